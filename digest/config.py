@@ -1,0 +1,199 @@
+"""One settings object, read from DIGEST_* environment variables at the edges."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field, replace
+from datetime import time
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from digest.errors import ConfigError
+
+SLOTS = ("morning", "evening")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class SMTPConfig:
+    """Where and how to reach the SMTP relay; the password never shows in repr."""
+
+    host: str
+    port: int
+    tls: str  # "none", "starttls" or "implicit"
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything digest needs to know about its surroundings."""
+
+    data_dir: Path
+    database_url: str = field(repr=False)
+    outbox_dir: Path
+    templates_dir: Path
+    secret_key: str = field(repr=False)
+    smtp: SMTPConfig | None = None
+    redis_url: str | None = field(default=None, repr=False)
+    base_url: str = "http://localhost:8000"
+    from_address: str = "digest@example.com"
+    from_name: str = "The Daily Digest"
+    postal_address: str = "1 Example Street, Sydney NSW 2000, Australia"
+    list_id: str = "daily.digest.example.com"
+    unsubscribe_mailto: str = "unsubscribe@example.com"
+    default_timezone: str = "Australia/Sydney"
+    send_times: dict[str, time] = field(
+        default_factory=lambda: {"morning": time(6, 0), "evening": time(17, 0)}
+    )
+    max_articles: int = 12
+    first_lookback_hours: int = 24
+    late_grace_hours: int = 24
+    catchup_minutes: int = 120
+    batch_size: int = 500
+    lease_seconds: int = 600
+    max_attempts: int = 5
+    retry_base_seconds: int = 60
+    retry_max_seconds: int = 3600
+    allow_private_feeds: bool = False
+    feed_timeout: float = 15.0
+    feed_max_bytes: int = 5_000_000
+    confirm_ttl_hours: int = 72
+
+    @property
+    def database_url_safe(self) -> str:
+        """The database URL with any password masked, for logs."""
+        parts = urlsplit(self.database_url)
+        if parts.password:
+            return self.database_url.replace(f":{parts.password}@", ":***@", 1)
+        return self.database_url
+
+    @property
+    def sender_domain(self) -> str:
+        return self.from_address.rpartition("@")[2] or "localhost"
+
+    def send_time(self, slot: str) -> time:
+        if slot not in self.send_times:
+            raise ConfigError(f"unknown slot {slot!r}; expected one of {', '.join(SLOTS)}")
+        return self.send_times[slot]
+
+    def with_(self, **changes: object) -> Settings:
+        """A copy with some fields changed (tests and the CLI use it)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def parse_smtp_url(url: str) -> SMTPConfig:
+    """smtp://user:pass@host:587?starttls=1, smtps://host:465 or smtp://host:25."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+        raise ConfigError(
+            f"DIGEST_SMTP_URL must look like smtp://host:port, got scheme {parts.scheme!r}"
+        )
+    query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
+    if parts.scheme == "smtps":
+        tls = "implicit"
+    elif query.get("starttls", "").lower() in ("1", "true", "yes"):
+        tls = "starttls"
+    else:
+        tls = "none"
+    default_port = 465 if tls == "implicit" else 587 if tls == "starttls" else 25
+    return SMTPConfig(
+        host=parts.hostname,
+        port=parts.port or default_port,
+        tls=tls,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        timeout=float(query.get("timeout", 30)),
+    )
+
+
+def _parse_time(name: str, value: str) -> time:
+    try:
+        hour, minute = value.split(":")
+        return time(int(hour), int(minute))
+    except ValueError:
+        raise ConfigError(f"{name} must be HH:MM, got {value!r}") from None
+
+
+def _int(env: dict[str, str], name: str, default: int) -> int:
+    value = env.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
+
+
+def _secret_key(env: dict[str, str], data_dir: Path) -> str:
+    if env.get("DIGEST_SECRET_KEY"):
+        return env["DIGEST_SECRET_KEY"]
+    # Embedded default: one random key per data folder, kept so links stay valid across runs.
+    path = data_dir / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(32)
+    path.write_text(key)
+    path.chmod(0o600)
+    return key
+
+
+def check_timezone(name: str) -> str:
+    """Return name if zoneinfo knows it, else raise ConfigError."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"unknown timezone {name!r}") from None
+    return name
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    """Build Settings from DIGEST_* variables, with embedded defaults for the rest."""
+    env = dict(os.environ if env is None else env)
+    data_dir = Path(env.get("DIGEST_DATA_DIR") or "var").resolve()
+    database_url = env.get("DIGEST_DATABASE_URL") or f"sqlite:///{data_dir / 'digest.db'}"
+    smtp_url = env.get("DIGEST_SMTP_URL")
+    send_times = {
+        "morning": _parse_time("DIGEST_MORNING_AT", env.get("DIGEST_MORNING_AT", "06:00")),
+        "evening": _parse_time("DIGEST_EVENING_AT", env.get("DIGEST_EVENING_AT", "17:00")),
+    }
+    defaults = Settings(
+        data_dir=data_dir,
+        database_url="",
+        outbox_dir=data_dir,
+        templates_dir=data_dir,
+        secret_key="",
+    )
+    return Settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        outbox_dir=Path(env.get("DIGEST_OUTBOX_DIR") or data_dir / "outbox").resolve(),
+        templates_dir=Path(env.get("DIGEST_TEMPLATES_DIR") or REPO_ROOT / "templates").resolve(),
+        secret_key=_secret_key(env, data_dir),
+        smtp=parse_smtp_url(smtp_url) if smtp_url else None,
+        redis_url=env.get("DIGEST_REDIS_URL") or None,
+        base_url=(env.get("DIGEST_BASE_URL") or defaults.base_url).rstrip("/"),
+        from_address=env.get("DIGEST_FROM_ADDRESS") or defaults.from_address,
+        from_name=env.get("DIGEST_FROM_NAME") or defaults.from_name,
+        postal_address=env.get("DIGEST_POSTAL_ADDRESS") or defaults.postal_address,
+        list_id=env.get("DIGEST_LIST_ID") or defaults.list_id,
+        unsubscribe_mailto=env.get("DIGEST_UNSUBSCRIBE_MAILTO") or defaults.unsubscribe_mailto,
+        default_timezone=check_timezone(env.get("DIGEST_TIMEZONE") or defaults.default_timezone),
+        send_times=send_times,
+        max_articles=_int(env, "DIGEST_MAX_ARTICLES", defaults.max_articles),
+        first_lookback_hours=_int(
+            env, "DIGEST_FIRST_LOOKBACK_HOURS", defaults.first_lookback_hours
+        ),
+        catchup_minutes=_int(env, "DIGEST_CATCHUP_MINUTES", defaults.catchup_minutes),
+        batch_size=_int(env, "DIGEST_BATCH_SIZE", defaults.batch_size),
+        lease_seconds=_int(env, "DIGEST_LEASE_SECONDS", defaults.lease_seconds),
+        max_attempts=_int(env, "DIGEST_MAX_ATTEMPTS", defaults.max_attempts),
+        allow_private_feeds=env.get("DIGEST_ALLOW_PRIVATE_FEEDS", "").lower()
+        in ("1", "true", "yes"),
+        feed_timeout=float(env.get("DIGEST_FEED_TIMEOUT") or defaults.feed_timeout),
+        feed_max_bytes=_int(env, "DIGEST_FEED_MAX_BYTES", defaults.feed_max_bytes),
+    )

@@ -1,0 +1,169 @@
+"""SQLAlchemy 2.0 typed models: the database is the source of truth."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+from sqlalchemy import (
+    Boolean,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+SUBSCRIBER_STATUSES = ("pending", "active", "unsubscribed", "bounced", "complained")
+DELIVERY_STATUSES = ("queued", "sending", "sent", "deferred", "failed", "suppressed")
+EDITION_STATUSES = ("planned", "sending", "done", "empty", "missed")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores naive UTC, hands back aware UTC, on SQLite and PostgreSQL alike."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Subscriber(Base):
+    __tablename__ = "subscriber"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    morning: Mapped[bool] = mapped_column(Boolean, default=True)
+    evening: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Sorted, comma-joined section names; "" means every section. Kept as one string
+    # so subscribers with the same choice group together for rendering.
+    sections: Mapped[str] = mapped_column(String(500), default="")
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    consent: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    unsubscribed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Suppression(Base):
+    """Addresses that must never be mailed again, kept as a hash of the address."""
+
+    __tablename__ = "suppression"
+
+    email_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Feed(Base):
+    __tablename__ = "feed"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    url: Mapped[str] = mapped_column(String(2000), unique=True)
+    section: Mapped[str] = mapped_column(String(64), default="news")
+    title: Mapped[str] = mapped_column(String(500), default="")
+    etag: Mapped[str | None] = mapped_column(String(500))
+    last_modified: Mapped[str | None] = mapped_column(String(100))
+    last_polled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_ok_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    error_count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Article(Base):
+    __tablename__ = "article"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    feed_id: Mapped[int | None] = mapped_column(ForeignKey("feed.id", ondelete="SET NULL"))
+    guid: Mapped[str | None] = mapped_column(String(1000), unique=True)
+    url: Mapped[str] = mapped_column(String(2000), unique=True)
+    title: Mapped[str] = mapped_column(String(500))
+    summary_html: Mapped[str] = mapped_column(Text, default="")
+    image_url: Mapped[str | None] = mapped_column(String(2000))
+    section: Mapped[str] = mapped_column(String(64), default="news")
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    published_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class Edition(Base):
+    __tablename__ = "edition"
+    __table_args__ = (UniqueConstraint("slot", "local_day", "timezone", name="uq_edition_cohort"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slot: Mapped[str] = mapped_column(String(16))
+    local_day: Mapped[date] = mapped_column(Date)
+    timezone: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="planned")
+    send_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    window_start: Mapped[datetime] = mapped_column(UTCDateTime)
+    window_end: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    note: Mapped[str] = mapped_column(Text, default="")
+
+
+class EditionArticle(Base):
+    """The snapshot of an edition's articles, in the order they are shown."""
+
+    __tablename__ = "edition_article"
+
+    edition_id: Mapped[int] = mapped_column(
+        ForeignKey("edition.id", ondelete="CASCADE"), primary_key=True
+    )
+    article_id: Mapped[int] = mapped_column(ForeignKey("article.id"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)
+
+
+class EditionVariant(Base):
+    """One pre-inlined rendering of an edition per distinct choice of sections."""
+
+    __tablename__ = "edition_variant"
+    __table_args__ = (UniqueConstraint("edition_id", "sections", name="uq_variant_sections"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    edition_id: Mapped[int] = mapped_column(ForeignKey("edition.id", ondelete="CASCADE"))
+    sections: Mapped[str] = mapped_column(String(500))
+    subject: Mapped[str] = mapped_column(String(300))
+    html: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(Text)
+    article_count: Mapped[int] = mapped_column(Integer)
+
+
+class Delivery(Base):
+    __tablename__ = "delivery"
+    __table_args__ = (
+        UniqueConstraint("edition_id", "subscriber_id", name="uq_delivery_once"),
+        Index("ix_delivery_edition_status", "edition_id", "status"),
+        Index("ix_delivery_status_lease", "status", "lease_until"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    edition_id: Mapped[int] = mapped_column(ForeignKey("edition.id", ondelete="CASCADE"))
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscriber.id", ondelete="CASCADE"))
+    variant_id: Mapped[int | None] = mapped_column(ForeignKey("edition_variant.id"))
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    message_id: Mapped[str | None] = mapped_column(String(300))
+    queued_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -1,0 +1,197 @@
+"""Subscriber input and output: one address, a CSV import, a CSV export."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from sqlalchemy.orm import Session
+
+from digest import store
+from digest.addresses import fold_header_text, normalise_address
+from digest.config import check_timezone
+from digest.editions import normalise_sections
+from digest.errors import ConfigError, InvalidInput
+from digest.models import Subscriber
+
+EDITION_CHOICES = {
+    "": (True, True),
+    "both": (True, True),
+    "morning": (True, False),
+    "evening": (False, True),
+    "morning,evening": (True, True),
+}
+EXPORT_FIELDS = ("email", "name", "timezone", "editions", "sections", "status", "created_at")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def parse_editions(raw: str | None) -> tuple[bool, bool]:
+    key = normalise_sections(raw or "")
+    if key not in EDITION_CHOICES:
+        raise InvalidInput(f"editions {raw!r} must be morning, evening or both")
+    return EDITION_CHOICES[key]
+
+
+def parse_timezone(raw: str | None) -> str | None:
+    if not raw or not raw.strip():
+        return None
+    try:
+        return check_timezone(raw.strip())
+    except ConfigError as exc:
+        raise InvalidInput(str(exc)) from None
+
+
+def clean_name(raw: str | None) -> str:
+    return fold_header_text(raw or "", limit=200)
+
+
+def subscriber_fields(
+    email: str,
+    name: str | None = None,
+    timezone: str | None = None,
+    editions: str | None = None,
+    sections: str | Iterable[str] | None = None,
+) -> dict[str, Any]:
+    """Validated column values for one subscriber, or InvalidInput naming the bad field."""
+    morning, evening = parse_editions(editions)
+    return {
+        "email": normalise_address(email),
+        "name": clean_name(name),
+        "timezone": parse_timezone(timezone),
+        "morning": morning,
+        "evening": evening,
+        "sections": normalise_sections(sections),
+    }
+
+
+@dataclass
+class ImportReport:
+    added: int = 0
+    existing: int = 0
+    suppressed: int = 0
+    errors: list[tuple[int, str]] = field(default_factory=list)
+
+
+def read_rows(handle: TextIO) -> Iterator[tuple[int, dict[str, str]]]:
+    reader = csv.DictReader(handle)
+    if not reader.fieldnames or "email" not in [f.strip().lower() for f in reader.fieldnames]:
+        raise InvalidInput("the CSV needs a header row with an 'email' column")
+    for row in reader:
+        yield reader.line_num, {(k or "").strip().lower(): (v or "") for k, v in row.items()}
+
+
+def import_csv(
+    session: Session,
+    handle: TextIO,
+    now: datetime,
+    *,
+    confirmed: bool = False,
+    source: str = "csv import",
+    chunk: int = 2000,
+) -> ImportReport:
+    """Import good rows in bulk; every bad row is reported with its line and reason.
+
+    Without `confirmed` imported readers are `pending` and get no edition until they
+    confirm; addresses that unsubscribed or bounced before are never re-added.
+    """
+    report = ImportReport()
+    batch: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    status = "active" if confirmed else "pending"
+
+    def flush() -> None:
+        emails = [r["email"] for r in batch]
+        blocked = store.suppressed_hashes(session, emails)
+        rows = [r for r in batch if store.address_hash(r["email"]) not in blocked]
+        report.suppressed += len(batch) - len(rows)
+        added = store.insert_subscribers(session, rows)
+        report.added += added
+        report.existing += len(rows) - added
+        batch.clear()
+
+    for line, row in read_rows(handle):
+        try:
+            fields = subscriber_fields(
+                row.get("email", ""),
+                row.get("name"),
+                row.get("timezone"),
+                row.get("editions"),
+                row.get("sections"),
+            )
+        except InvalidInput as exc:
+            report.errors.append((line, str(exc)))
+            continue
+        if fields["email"] in seen:
+            report.errors.append((line, f"{fields['email']} appears earlier in the file"))
+            continue
+        seen.add(fields["email"])
+        fields.update(
+            status=status, consent=source, created_at=now, confirmed_at=now if confirmed else None
+        )
+        batch.append(fields)
+        if len(batch) >= chunk:
+            flush()
+    if batch:
+        flush()
+    return report
+
+
+def import_file(session: Session, path: Path, now: datetime, *, confirmed: bool) -> ImportReport:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            return import_csv(
+                session, handle, now, confirmed=confirmed, source=f"import {path.name}"
+            )
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{path} is not UTF-8 text") from None
+
+
+def safe_cell(value: object) -> str:
+    """A CSV cell a spreadsheet will not run as a formula."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def editions_label(s: Subscriber) -> str:
+    return (
+        "both"
+        if s.morning and s.evening
+        else "morning"
+        if s.morning
+        else "evening"
+        if s.evening
+        else "none"
+    )
+
+
+def export_csv(session: Session, handle: TextIO) -> int:
+    """Write every subscriber as CSV; returns how many rows."""
+    writer = csv.writer(handle)
+    writer.writerow(EXPORT_FIELDS)
+    n = 0
+    for s in store.iter_subscribers(session):
+        values = (
+            s.email,
+            s.name,
+            s.timezone or "",
+            editions_label(s),
+            s.sections,
+            s.status,
+            s.created_at.isoformat(),
+        )
+        writer.writerow([safe_cell(v) for v in values])
+        n += 1
+    return n
+
+
+def export_text(session: Session) -> str:
+    buffer = io.StringIO()
+    export_csv(session, buffer)
+    return buffer.getvalue()

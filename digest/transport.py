@@ -1,0 +1,164 @@
+"""The one seam to the outside mail world: SMTP, or an outbox folder of .eml files.
+
+Only this module imports smtplib. SMTP errors leave it as TransientSendError (try
+again later) or PermanentSendError (do not), so the pipeline never sees reply codes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import smtplib
+import ssl
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol
+
+from digest.config import Settings, SMTPConfig
+from digest.errors import PermanentSendError, TransientSendError
+
+# 5.1.x enhanced codes (and the classic 550/551/553 wordings) mean the mailbox does
+# not exist: such an address is suppressed, not just failed.
+_UNKNOWN_MAILBOX = re.compile(
+    rb"5\.1\.[0-6]|user unknown|no such user|unknown user|mailbox unavailable|does not exist",
+    re.I,
+)
+
+
+class Transport(Protocol):
+    """Sends finished messages; used as a context manager around a batch."""
+
+    def __enter__(self) -> Transport: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    def send(self, sender: str, recipient: str, message: bytes, message_id: str) -> None: ...
+
+    def describe(self) -> str: ...
+
+
+def _classify(code: int, reply: bytes, what: str) -> Exception:
+    text = f"{what}: {code} {reply.decode('utf-8', 'replace')}"
+    if 400 <= code < 500:
+        return TransientSendError(text, code)
+    unknown = code in (550, 551, 553) and bool(_UNKNOWN_MAILBOX.search(reply))
+    return PermanentSendError(text, code, unknown_mailbox=unknown)
+
+
+class SMTPTransport:
+    """One connection per batch, opened on first use and reopened after a drop."""
+
+    def __init__(self, config: SMTPConfig, local_hostname: str | None = None) -> None:
+        self.config = config
+        self.local_hostname = local_hostname
+        self._conn: smtplib.SMTP | None = None
+
+    def describe(self) -> str:
+        return f"smtp {self.config.host}:{self.config.port} ({self.config.tls})"
+
+    def __enter__(self) -> SMTPTransport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _connect(self) -> smtplib.SMTP:
+        c = self.config
+        try:
+            if c.tls == "implicit":
+                conn: smtplib.SMTP = smtplib.SMTP_SSL(
+                    c.host,
+                    c.port,
+                    self.local_hostname,
+                    timeout=c.timeout,
+                    context=ssl.create_default_context(),
+                )
+            else:
+                conn = smtplib.SMTP(c.host, c.port, self.local_hostname, timeout=c.timeout)
+                if c.tls == "starttls":
+                    conn.starttls(context=ssl.create_default_context())
+            if c.username:
+                conn.login(c.username, c.password or "")
+        except smtplib.SMTPAuthenticationError as exc:
+            raise PermanentSendError(
+                f"SMTP login refused: {exc.smtp_code}", exc.smtp_code
+            ) from None
+        except (smtplib.SMTPException, OSError) as exc:
+            raise TransientSendError(f"cannot connect to {self.describe()}: {exc}") from None
+        return conn
+
+    def send(self, sender: str, recipient: str, message: bytes, message_id: str) -> None:
+        if self._conn is None:
+            self._conn = self._connect()
+        try:
+            self._conn.sendmail(sender, [recipient], message)
+        except smtplib.SMTPRecipientsRefused as exc:
+            code, reply = exc.recipients[recipient]
+            raise _classify(code, reply, "recipient refused") from None
+        except smtplib.SMTPSenderRefused as exc:
+            raise _classify(exc.smtp_code, exc.smtp_error, "sender refused") from None
+        except smtplib.SMTPDataError as exc:
+            raise _classify(exc.smtp_code, exc.smtp_error, "message refused") from None
+        except (smtplib.SMTPException, OSError) as exc:  # includes disconnects, timeouts
+            self._drop()
+            raise TransientSendError(f"connection lost: {exc}") from None
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.quit()
+        except (smtplib.SMTPException, OSError):
+            conn.close()
+
+
+class OutboxTransport:
+    """Writes each message to a folder as an .eml file named after its Message-ID,
+    so sending the same message twice leaves one file."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def describe(self) -> str:
+        return f"outbox {self.folder}"
+
+    def __enter__(self) -> OutboxTransport:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def path_for(self, message_id: str) -> Path:
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", message_id.strip("<>"))
+        return self.folder / f"{name}.eml"
+
+    def send(self, sender: str, recipient: str, message: bytes, message_id: str) -> None:
+        path = self.path_for(message_id)
+        tmp = path.with_suffix(".tmp")
+        try:
+            tmp.write_bytes(message)
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise TransientSendError(f"cannot write {path}: {exc}") from None
+
+
+def make_transport(settings: Settings) -> SMTPTransport | OutboxTransport:
+    """SMTP when a URL is configured, else the outbox folder."""
+    if settings.smtp is not None:
+        return SMTPTransport(settings.smtp)
+    return OutboxTransport(settings.outbox_dir)
