@@ -62,6 +62,8 @@ def list_unsubscribe(url: str, mailto: str, token: str) -> str:
 
 def qp(text: str) -> bytes:
     """Quoted-printable with CRLF line ends; C speed via binascii."""
+    if not text.endswith("\n"):
+        text += "\n"  # as EmailMessage.set_content does: a part ends with a line break
     encoded = binascii.b2a_qp(text.encode("utf-8"), istext=True)
     return encoded.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 

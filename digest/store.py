@@ -376,7 +376,11 @@ def queue_deliveries(
         )
         .on_conflict_do_nothing(index_elements=["edition_id", "subscriber_id"])
     )
-    return session.execute(stmt).rowcount or 0
+    session.execute(stmt)
+    # rowcount of INSERT ... SELECT is not reliable across drivers (psycopg gives -1).
+    return session.scalar(
+        select(func.count()).select_from(Delivery).where(Delivery.edition_id == edition.id)
+    ) or 0
 
 
 def delivery_ids(
@@ -560,3 +564,50 @@ def status_case() -> Any:
 
 def day_editions(session: Session, day: date) -> list[Edition]:
     return list(session.scalars(select(Edition).where(Edition.local_day == day)))
+
+
+# --- accounts ------------------------------------------------------------------------
+
+
+def ping(session: Session) -> None:
+    """A trivial query: raises if the database cannot be reached."""
+    session.execute(select(literal(1))).scalar_one()
+
+
+def known_sections(session: Session, since: datetime) -> list[str]:
+    """Sections a reader can choose: every feed's, and any article's seen since `since`.
+
+    Articles are bounded by time (published_at is indexed) so the subscribe page does
+    not scan the whole archive.
+    """
+    found = set(session.scalars(select(Feed.section).distinct()))
+    found.update(
+        session.scalars(select(Article.section).where(Article.published_at > since).distinct())
+    )
+    return sorted(s for s in found if s)
+
+
+def lift_suppression(session: Session, email: str) -> None:
+    """Forget a suppression: only after the address owner confirmed fresh consent."""
+    session.execute(delete(Suppression).where(Suppression.email_hash == address_hash(email)))
+
+
+def suppress_open_deliveries(session: Session, subscriber_id: int, reason: str) -> set[int]:
+    """Mark a reader's not-yet-claimed deliveries suppressed; returns their edition ids.
+
+    Rows already claimed (`sending`) are left to the sender, which re-reads statuses.
+    """
+    stmt = (
+        update(Delivery)
+        .where(Delivery.subscriber_id == subscriber_id, Delivery.status.in_(("queued", "deferred")))
+        .values(status="suppressed", lease_until=None, last_error=reason[:1000])
+        .returning(Delivery.edition_id)
+    )
+    return set(session.scalars(stmt).all())
+
+
+def find_delivery(session: Session, edition_id: int, subscriber_id: int) -> Delivery | None:
+    stmt = select(Delivery).where(
+        Delivery.edition_id == edition_id, Delivery.subscriber_id == subscriber_id
+    )
+    return session.scalars(stmt).first()

@@ -4,6 +4,7 @@ real SMTP server (aiosmtpd in this process)."""
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -137,6 +138,12 @@ class Sink:
         return [p for p, m in zip(self.parsed(), self.messages, strict=True) if address in m[1]]
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 class _Controller(Controller):
     def factory(self) -> SMTPProtocol:
         return SMTPProtocol(self.handler, decode_data=False, enable_SMTPUTF8=True)
@@ -146,7 +153,7 @@ class _Controller(Controller):
 def smtp_server() -> Iterator[tuple[Sink, str]]:
     """An aiosmtpd server on loopback; yields the sink and its smtp:// URL."""
     sink = Sink()
-    controller = _Controller(sink, hostname="127.0.0.1", port=0)
+    controller = _Controller(sink, hostname="127.0.0.1", port=free_port())
     controller.start()
     try:
         yield sink, f"smtp://127.0.0.1:{controller.port}"

@@ -1,0 +1,267 @@
+"""Plan and send editions end to end: real database, real SMTP server."""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from digest import pipeline, store
+from digest.config import Settings, parse_smtp_url
+from digest.models import Delivery, Edition, EditionVariant, Subscriber
+from digest.render import SLOTS
+from digest.sanitize import clean_summary
+from digest.schedule import Cohort
+from digest.tokens import read_token
+from digest.transport import SMTPTransport
+from tests.conftest import NOW
+
+TZ = "Australia/Sydney"
+DAY = date(2026, 11, 30)  # morning cut: 2026-11-29 19:00 UTC
+MORNING = Cohort("morning", DAY, TZ)
+CUT = datetime(2026, 11, 29, 19, 0, tzinfo=NOW.tzinfo)
+AFTER = CUT + timedelta(minutes=1)
+
+
+def add_articles(session, when: datetime, items: list[tuple[str, str]], prefix: str = "a") -> None:
+    store.insert_articles(session, [
+        {"guid": f"{prefix}{i}", "url": f"https://news.example.com/{prefix}/{i}", "title": title,
+         "summary_html": clean_summary(f"<p>Summary of {title}</p>"), "section": section, "priority": 0,
+         "published_at": when - timedelta(minutes=10 * i), "seen_at": when - timedelta(minutes=10 * i),
+         "image_url": None, "feed_id": None}
+        for i, (title, section) in enumerate(items)
+    ])
+
+
+def add_reader(session, email: str, name: str = "", sections: str = "", tz: str | None = TZ,
+               morning: bool = True, evening: bool = True) -> Subscriber:
+    return store.add_subscriber(session, email, NOW, name=name, sections=sections, timezone=tz,
+                                morning=morning, evening=evening, status="active")
+
+
+@pytest.fixture
+def smtp_settings(settings: Settings, smtp_server) -> Settings:
+    return settings.with_(smtp=parse_smtp_url(smtp_server[1]))
+
+
+@pytest.fixture
+def world(session) -> dict[str, Subscriber]:
+    add_articles(session, CUT - timedelta(hours=1), [
+        ("Ferry timetable changes", "news"), ("Harbour swim record", "sport"),
+        ("Council approves gardens", "news"), ("Netball final", "sport"),
+    ])
+    readers = {
+        "ana": add_reader(session, "ana@example.com", "Ana Souza"),
+        "ben": add_reader(session, "ben@example.com", "Ben", sections="sport"),
+        "cy": add_reader(session, "cy@example.com"),
+        "evening_only": add_reader(session, "eve@example.com", morning=False),
+        "pending": store.add_subscriber(session, "pending@example.com", NOW, timezone=TZ),
+        "london": add_reader(session, "lon@example.com", tz="Europe/London"),
+    }
+    session.commit()
+    return readers
+
+
+def send(session, settings: Settings, edition_id: int, now: datetime = AFTER):
+    return pipeline.run_edition(session, settings, SMTPTransport(settings.smtp), edition_id, now)
+
+
+def test_morning_edition_end_to_end(session, smtp_settings, smtp_server, world) -> None:
+    sink, _ = smtp_server
+    plan = pipeline.plan_edition(session, smtp_settings, MORNING, AFTER)
+    assert plan.created and plan.queued == 3 and plan.status == "sending"
+    report = send(session, smtp_settings, plan.edition_id)
+    assert (report.sent, report.failed, report.deferred) == (3, 0, 0)
+    assert sorted(r for m in sink.messages for r in m[1]) == [
+        "ana@example.com", "ben@example.com", "cy@example.com"]
+
+    ana = sink.to("ana@example.com")[0]
+    html = ana.get_body(("html",)).get_content()
+    text = ana.get_body(("plain",)).get_content()
+    assert "Good morning Ana Souza," in html and "Good morning Ana Souza," in text
+    for title in ("Ferry timetable changes", "Harbour swim record", "Netball final"):
+        assert title in html and title in text
+    assert not any(mark in html or mark in text for mark in SLOTS.values())
+    assert 'style="' in html and "<link" not in html  # inlined, nothing fetched
+    assert "1 Example Street" in html and "Unsubscribe" in html and "preferences" in html
+    token = re.search(r"/unsubscribe/([\w.-]+)>", str(ana["List-Unsubscribe"])).group(1)
+    assert read_token(smtp_settings.secret_key, "unsubscribe", token) == world["ana"].id
+    assert f"/unsubscribe/{token}" in html
+
+    ben_html = sink.to("ben@example.com")[0].get_body(("html",)).get_content()
+    assert "Harbour swim record" in ben_html and "Ferry timetable changes" not in ben_html
+
+    counts = store.edition_counts(session, plan.edition_id)
+    assert counts == {"sent": 3}
+    assert store.get_edition(session, plan.edition_id).status == "done"
+    ids = session.scalars(select(Delivery.message_id).where(Delivery.edition_id == plan.edition_id))
+    assert sorted(ids) == sorted(m["Message-ID"] for m in sink.parsed())
+
+
+def test_rendering_happens_once_per_section_choice(session, smtp_settings, world) -> None:
+    add_reader(session, "dee@example.com", sections="sport")
+    session.commit()
+    plan = pipeline.plan_edition(session, smtp_settings, MORNING, AFTER)
+    variants = session.scalars(
+        select(EditionVariant.sections).where(EditionVariant.edition_id == plan.edition_id))
+    assert sorted(variants) == ["", "sport"]  # four readers, two renderings
+
+
+def test_planning_and_sending_twice_sends_nothing_twice(session, smtp_settings, smtp_server,
+                                                        world) -> None:
+    sink, _ = smtp_server
+    first = pipeline.plan_edition(session, smtp_settings, MORNING, AFTER)
+    send(session, smtp_settings, first.edition_id)
+    again = pipeline.plan_edition(session, smtp_settings, MORNING, AFTER + timedelta(minutes=1))
+    assert again.edition_id == first.edition_id and not again.created
+    report = send(session, smtp_settings, first.edition_id)
+    assert report.claimed == 0 and len(sink.messages) == 3
+    assert session.scalar(select(func.count()).select_from(Edition)) == 1
+    assert session.scalar(select(func.count()).select_from(Delivery)) == 3
+
+
+def test_no_articles_means_no_email_and_a_reason(session, smtp_settings, smtp_server) -> None:
+    add_reader(session, "ana@example.com")
+    session.commit()
+    plan = pipeline.plan_edition(session, smtp_settings, MORNING, AFTER)
+    assert plan.status == "empty" and "no articles published between" in plan.note
+    assert session.scalar(select(func.count()).select_from(Delivery)) == 0
+    assert smtp_server[0].messages == []
+
+
+def test_next_edition_starts_where_the_last_one_ended(session, smtp_settings, world) -> None:
+    morning = pipeline.plan_edition(session, smtp_settings, MORNING, AFTER)
+    add_articles(session, CUT + timedelta(hours=5), [("Afternoon storm", "news")], prefix="b")
+    # An article published before the morning cut but only fetched now still gets in.
+    store.insert_articles(session, [{
+        "guid": "late", "url": "https://news.example.com/late", "title": "Late arrival",
+        "summary_html": "", "section": "news", "priority": 0, "image_url": None, "feed_id": None,
+        "published_at": CUT - timedelta(hours=2), "seen_at": CUT + timedelta(hours=3)}])
+    session.commit()
+    evening = pipeline.plan_edition(session, smtp_settings, Cohort("evening", DAY, TZ),
+                                    CUT + timedelta(hours=11))
+    morning_ids = set(store.edition_article_ids(session, morning.edition_id))
+    evening_ids = store.edition_article_ids(session, evening.edition_id)
+    titles = {a.title for a in store.articles_by_id(session, evening_ids).values()}
+    assert titles == {"Afternoon storm", "Late arrival"}
+    assert not morning_ids & set(evening_ids)
+    assert evening.queued == 3  # ana, cy and eve; ben's sport choice has nothing new
+    assert "nothing new for readers of sport" in evening.note
+
+
+def test_transient_failure_defers_then_succeeds(session, smtp_settings, smtp_server, world) -> None:
+    sink, _ = smtp_server
+    sink.refuse["cy@example.com"] = "451 4.7.1 greylisted, try again"
+    plan = pipeline.plan_edition(session, smtp_settings, MORNING, AFTER)
+    report = send(session, smtp_settings, plan.edition_id)
+    assert (report.sent, report.deferred) == (2, 1)
+    row = session.scalars(select(Delivery).where(Delivery.status == "deferred")).one()
+    assert row.next_attempt_at == AFTER + timedelta(seconds=smtp_settings.retry_base_seconds)
+    assert "451" in (row.last_error or "")
+    # Too early: nothing is claimed. After the backoff: sent, once.
+    assert send(session, smtp_settings, plan.edition_id).claimed == 0
+    del sink.refuse["cy@example.com"]
+    later = AFTER + timedelta(minutes=5)
+    report = pipeline.send_batch(session, smtp_settings, SMTPTransport(smtp_settings.smtp),
+                                 [row.id], later)
+    assert report.sent == 1
+    assert len(sink.to("cy@example.com")) == 1
+    assert store.edition_counts(session, plan.edition_id) == {"sent": 3}
+
+
+def test_transient_failures_give_up_after_max_attempts(session, smtp_settings, smtp_server,
+                                                       world) -> None:
+    sink, _ = smtp_server
+    sink.refuse["cy@example.com"] = "452 mailbox full"
+    settings = smtp_settings.with_(max_attempts=2)
+    plan = pipeline.plan_edition(session, settings, MORNING, AFTER)
+    send(session, settings, plan.edition_id)
+    row = session.scalars(select(Delivery).where(Delivery.status == "deferred")).one()
+    pipeline.send_batch(session, settings, SMTPTransport(settings.smtp), [row.id],
+                        AFTER + timedelta(hours=1))
+    session.refresh(row)
+    assert row.status == "failed" and row.attempts == 2 and "gave up" in (row.last_error or "")
+
+
+def test_unknown_mailbox_fails_and_suppresses(session, smtp_settings, smtp_server, world) -> None:
+    sink, _ = smtp_server
+    sink.refuse["cy@example.com"] = "550 5.1.1 <cy@example.com>: user unknown"
+    plan = pipeline.plan_edition(session, smtp_settings, MORNING, AFTER)
+    report = send(session, smtp_settings, plan.edition_id)
+    assert (report.sent, report.failed) == (2, 1)
+    cy = session.get(Subscriber, world["cy"].id)
+    session.refresh(cy)
+    assert cy.status == "bounced" and store.is_suppressed(session, "cy@example.com")
+    evening = pipeline.plan_edition(session, smtp_settings, Cohort("evening", DAY, TZ),
+                                    CUT + timedelta(hours=11))
+    assert evening.status == "empty" or "cy@example.com" not in [
+        r.email for r in store.sending_rows(session, store.delivery_ids(session, evening.edition_id))]
+
+
+def test_unsubscribe_during_the_edition_stops_the_unsent_message(
+        session, smtp_settings, smtp_server, world) -> None:
+    sink, _ = smtp_server
+    plan = pipeline.plan_edition(session, smtp_settings, MORNING, AFTER)
+    store.set_status(session, session.get(Subscriber, world["ana"].id), "unsubscribed", AFTER)
+    session.commit()
+    send(session, smtp_settings, plan.edition_id)
+    assert sink.to("ana@example.com") == []
+    assert store.edition_counts(session, plan.edition_id) == {"sent": 2, "suppressed": 1}
+
+
+def test_hostile_titles_are_escaped_and_stay_out_of_headers(session, smtp_settings, smtp_server
+                                                            ) -> None:
+    sink, _ = smtp_server
+    add_reader(session, "ana@example.com", name="Ana\r\nBcc: evil@example.org")
+    add_articles(session, CUT - timedelta(hours=1), [
+        ('<script>alert(1)</script>\r\nBcc: evil@example.org', "news"),
+        ('<img src=x onerror=alert(1)>', "news")])
+    session.commit()
+    plan = pipeline.plan_edition(session, smtp_settings, MORNING, AFTER)
+    send(session, smtp_settings, plan.edition_id)
+    msg = sink.parsed()[0]
+    assert msg["Bcc"] is None and "\n" not in str(msg["Subject"])
+    assert sink.messages[0][1] == ["ana@example.com"]
+    html = msg.get_body(("html",)).get_content()
+    assert "<script>" not in html and "<img src=x" not in html
+    assert "&lt;script&gt;" in html
+
+
+def test_missed_edition_is_recorded_not_sent(session, smtp_settings, world) -> None:
+    plan = pipeline.plan_edition(session, smtp_settings, MORNING, AFTER + timedelta(hours=5),
+                                 missed=True)
+    assert plan.status == "missed" and "not sent" in plan.note
+    assert session.scalar(select(func.count()).select_from(Delivery)) == 0
+
+
+def test_dispatch_plans_each_due_cohort_once(session, smtp_settings, world) -> None:
+    results = pipeline.dispatch_due(session, smtp_settings, AFTER)
+    planned = {(r.cohort.slot, r.cohort.timezone, r.status) for r in results}
+    assert ("morning", TZ, "sending") in planned
+    assert pipeline.dispatch_due(session, smtp_settings, AFTER + timedelta(minutes=1)) == []
+
+
+def test_sweep_requeues_expired_leases(session, smtp_settings, smtp_server, world) -> None:
+    plan = pipeline.plan_edition(session, smtp_settings, MORNING, AFTER)
+    ids = store.delivery_ids(session, plan.edition_id)
+    claimed = store.claim_deliveries(session, ids, AFTER, timedelta(seconds=60))
+    session.commit()
+    assert claimed == ids  # a worker took them ... and died
+    assert pipeline.sweep(session, smtp_settings, AFTER + timedelta(seconds=30)) == {}
+    found = pipeline.sweep(session, smtp_settings, AFTER + timedelta(seconds=61))
+    assert found == {plan.edition_id: ids}
+    report = send(session, smtp_settings, plan.edition_id, AFTER + timedelta(seconds=62))
+    assert report.sent == 3 and len(smtp_server[0].messages) == 3
+
+
+def test_two_claims_never_overlap(session, sessions, smtp_settings, world) -> None:
+    plan = pipeline.plan_edition(session, smtp_settings, MORNING, AFTER)
+    ids = store.delivery_ids(session, plan.edition_id)
+    with sessions() as other:
+        first = store.claim_deliveries(session, ids, AFTER, timedelta(minutes=5))
+        session.commit()
+        second = store.claim_deliveries(other, ids, AFTER, timedelta(minutes=5))
+        other.commit()
+    assert first == ids and second == []

@@ -1,0 +1,55 @@
+"""Signed tokens: bound to purpose, subscriber and expiry; forgeries change nothing."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from digest.errors import InvalidToken
+from digest.tokens import make_token, message_id, read_token
+
+SECRET = "s3cret"
+NOW = datetime(2026, 11, 29, tzinfo=UTC)
+
+
+def test_round_trip() -> None:
+    token = make_token(SECRET, "unsubscribe", 42)
+    assert read_token(SECRET, "unsubscribe", token) == 42
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda t: t.replace(t.split(".")[0], "1", 1),  # another subscriber's id
+        lambda t: t[:-1] + ("A" if t[-1] != "A" else "B"),  # flipped signature
+        lambda t: t + "x",
+        lambda t: "",
+        lambda t: "...",
+        lambda t: "x" * 500,
+    ],
+)
+def test_tampered_tokens_are_refused(mutate: object) -> None:
+    token = make_token(SECRET, "unsubscribe", 42)
+    with pytest.raises(InvalidToken):
+        read_token(SECRET, "unsubscribe", mutate(token))  # type: ignore[operator]
+
+
+def test_purpose_and_secret_are_bound() -> None:
+    token = make_token(SECRET, "view", 42)
+    with pytest.raises(InvalidToken):
+        read_token(SECRET, "unsubscribe", token)
+    with pytest.raises(InvalidToken):
+        read_token("other", "view", token)
+
+
+def test_expiry() -> None:
+    token = make_token(SECRET, "confirm", 7, expires=NOW + timedelta(hours=1))
+    assert read_token(SECRET, "confirm", token, now=NOW) == 7
+    with pytest.raises(InvalidToken, match="expired"):
+        read_token(SECRET, "confirm", token, now=NOW + timedelta(hours=2))
+
+
+def test_message_id_is_deterministic_and_distinct() -> None:
+    a = message_id(SECRET, 1, 2, "example.com")
+    assert a == message_id(SECRET, 1, 2, "example.com")
+    assert a != message_id(SECRET, 1, 3, "example.com")
+    assert a.startswith("<") and a.endswith("@example.com>")

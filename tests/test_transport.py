@@ -1,0 +1,90 @@
+"""SMTP against a real aiosmtpd server, and the outbox folder."""
+
+from pathlib import Path
+
+import pytest
+
+from digest.config import parse_smtp_url
+from digest.errors import ConfigError, PermanentSendError, TransientSendError
+from digest.transport import OutboxTransport, SMTPTransport
+
+MSG = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nbody\r\n"
+
+
+def test_one_connection_for_a_batch(smtp_server) -> None:
+    sink, url = smtp_server
+    with SMTPTransport(parse_smtp_url(url)) as t:
+        for i in range(5):
+            t.send("a@example.com", f"r{i}@example.com", MSG, f"<{i}@x>")
+        conn = t._conn
+    assert conn is not None
+    assert [m[1] for m in sink.messages] == [[f"r{i}@example.com"] for i in range(5)]
+
+
+def test_4xx_is_transient_and_5xx_permanent(smtp_server) -> None:
+    sink, url = smtp_server
+    sink.refuse["busy@example.com"] = "451 4.3.0 try again later"
+    sink.refuse["gone@example.com"] = "550 5.1.1 user unknown"
+    sink.refuse["policy@example.com"] = "554 5.7.1 rejected by policy"
+    with SMTPTransport(parse_smtp_url(url)) as t:
+        with pytest.raises(TransientSendError) as busy:
+            t.send("a@example.com", "busy@example.com", MSG, "<1@x>")
+        with pytest.raises(PermanentSendError) as gone:
+            t.send("a@example.com", "gone@example.com", MSG, "<2@x>")
+        with pytest.raises(PermanentSendError) as policy:
+            t.send("a@example.com", "policy@example.com", MSG, "<3@x>")
+        t.send("a@example.com", "ok@example.com", MSG, "<4@x>")  # connection still usable
+    assert busy.value.code == 451
+    assert gone.value.unknown_mailbox and gone.value.code == 550
+    assert not policy.value.unknown_mailbox
+    assert [m[1] for m in sink.messages] == [["ok@example.com"]]
+
+
+def test_dropped_connection_is_transient_then_reconnects(smtp_server) -> None:
+    sink, url = smtp_server
+    sink.drop_after = 1
+    with SMTPTransport(parse_smtp_url(url)) as t:
+        t.send("a@example.com", "one@example.com", MSG, "<1@x>")
+        with pytest.raises(TransientSendError):
+            t.send("a@example.com", "two@example.com", MSG, "<2@x>")
+        sink.drop_after = None
+        t.send("a@example.com", "two@example.com", MSG, "<2@x>")
+    assert [m[1] for m in sink.messages] == [["one@example.com"], ["two@example.com"]]
+
+
+def test_unreachable_server_is_transient() -> None:
+    with SMTPTransport(parse_smtp_url("smtp://127.0.0.1:1?timeout=2")) as t:
+        with pytest.raises(TransientSendError, match="cannot connect"):
+            t.send("a@example.com", "b@example.com", MSG, "<1@x>")
+
+
+def test_outbox_writes_one_file_per_message_id(tmp_path: Path) -> None:
+    with OutboxTransport(tmp_path / "out") as t:
+        t.send("a@example.com", "b@example.com", MSG, "<digest.1.2.x@example.com>")
+        t.send("a@example.com", "b@example.com", MSG, "<digest.1.2.x@example.com>")
+        t.send("a@example.com", "c@example.com", MSG, "<../../etc/passwd>")
+    files = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert files == ["digest.1.2.x_example.com.eml", "_.._etc_passwd.eml"] or len(files) == 2
+    assert all(p.parent == tmp_path / "out" for p in (tmp_path / "out").iterdir())
+    assert (tmp_path / "out" / "digest.1.2.x_example.com.eml").read_bytes() == MSG
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "port", "tls", "user", "password"),
+    [
+        ("smtp://mail.example.com", "mail.example.com", 25, "none", None, None),
+        ("smtp://u:p%40ss@mail.example.com:587?starttls=1", "mail.example.com", 587, "starttls",
+         "u", "p@ss"),
+        ("smtps://mail.example.com", "mail.example.com", 465, "implicit", None, None),
+    ],
+)
+def test_parse_smtp_url(url, host, port, tls, user, password) -> None:
+    config = parse_smtp_url(url)
+    assert (config.host, config.port, config.tls, config.username, config.password) == (
+        host, port, tls, user, password)
+    assert "p@ss" not in repr(config)
+
+
+def test_bad_smtp_url() -> None:
+    with pytest.raises(ConfigError, match="smtp://"):
+        parse_smtp_url("http://mail.example.com")
