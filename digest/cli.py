@@ -46,6 +46,10 @@ class App:
     def now(self) -> datetime:
         return self._now or datetime.now(UTC)
 
+    def pinned_now(self) -> str | None:
+        """The --now instant as ISO text for tasks; None lets workers read their clock."""
+        return self._now.isoformat() if self._now else None
+
 
 class Group(click.Group):
     """Turns digest's own errors and database errors into one clear line."""
@@ -296,12 +300,32 @@ def parse_tz(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
 @click.option("--timezone", callback=parse_tz, help="Only this cohort (default: every timezone).")
 @click.option("--dry-run", is_flag=True, help="Show what would be sent; change nothing.")
 @click.option("--to", "to", default=None, help="Send one test copy to this address only.")
+@click.option(
+    "--inline", is_flag=True, help="Send from this process even when a broker is configured."
+)
 @pass_app
 def send(
-    app: App, slot: str, day: date | None, timezone: str | None, dry_run: bool, to: str | None
+    app: App,
+    slot: str,
+    day: date | None,
+    timezone: str | None,
+    dry_run: bool,
+    to: str | None,
+    inline: bool,
 ) -> None:
-    """Plan and send the SLOT edition now."""
+    """Plan and send the SLOT edition now (through the workers when a broker is set)."""
     settings, now = app.settings, app.now()
+    if settings.redis_url and not (inline or dry_run or to):
+        from workers.client import enqueue
+
+        kwargs = {
+            "day": day.isoformat() if day else None,
+            "timezone": timezone,
+            "now": app.pinned_now(),
+        }
+        [task_id] = enqueue(settings, "digest.plan_edition", [([slot], kwargs)])
+        click.echo(f"digest.plan_edition enqueued for the {slot} edition: task {task_id}")
+        return
     with app.session() as session:
         cohorts = pipeline.cohorts_for(session, settings, slot, now, day, timezone)
         if to:
@@ -407,6 +431,91 @@ def status(app: App, edition_id: int | None) -> None:
             )
             if e.note and edition_id:
                 click.echo(f"  {e.note}")
+    if app.settings.redis_url:
+        from workers.client import BrokerUnavailable, queue_length
+
+        try:
+            waiting = f"{queue_length(app.settings)} tasks waiting"
+        except BrokerUnavailable as exc:
+            waiting = str(exc)
+        click.echo(f"queue {app.settings.task_queue}: {waiting}")
+
+
+# --- workers -------------------------------------------------------------------------
+
+
+def _send_batches(app: App, batches: list[list[int]], inline: bool) -> None:
+    """Enqueue a send_batch task per batch, or send them here without a broker."""
+    settings = app.settings
+    if settings.redis_url and not inline:
+        from workers.client import enqueue
+
+        calls = [([batch], {"now": app.pinned_now()}) for batch in batches]
+        ids = enqueue(settings, "digest.send_batch", calls)
+        click.echo(f"  {len(ids)} digest.send_batch tasks enqueued")
+        return
+    transport, report = make_transport(settings), pipeline.BatchReport()
+    with app.session() as session:
+        for batch in batches:
+            report.add(pipeline.send_batch(session, settings, transport, batch, app.now()))
+    click.echo(
+        f"  via {transport.describe()}: {report.sent} sent, {report.deferred} deferred, "
+        f"{report.failed} failed, {report.suppressed} suppressed"
+    )
+
+
+@cli.command()
+@click.argument("edition_id", type=int)
+@click.option("--failed", is_flag=True, help="Retry deliveries that failed.")
+@click.option("--deferred", is_flag=True, help="Retry deferred deliveries now.")
+@click.option("--inline", is_flag=True, help="Send from this process even with a broker.")
+@pass_app
+def retry(app: App, edition_id: int, failed: bool, deferred: bool, inline: bool) -> None:
+    """Put an edition's failed and/or deferred deliveries back in the queue and send them."""
+    from digest import dispatch
+
+    statuses = [name for name, on in (("failed", failed), ("deferred", deferred)) if on]
+    if not statuses:
+        raise click.UsageError("say which deliveries to retry: --failed, --deferred or both")
+    with app.session() as session:
+        count, batches = dispatch.retry_edition(
+            session, app.settings, edition_id, statuses, app.now()
+        )
+    click.echo(f"edition {edition_id}: {count} deliveries re-queued")
+    if batches:
+        _send_batches(app, batches, inline)
+
+
+@cli.command()
+@click.option("--inline", is_flag=True, help="Send from this process even with a broker.")
+@pass_app
+def sweep(app: App, inline: bool) -> None:
+    """Re-queue deliveries no worker is carrying (stuck in sending, lost tasks) and send."""
+    from digest import dispatch
+
+    with app.session() as session:
+        batches = dispatch.sweep(session, app.settings, app.now())
+    click.echo(f"{sum(len(b) for b in batches)} deliveries re-queued")
+    if batches:
+        _send_batches(app, batches, inline)
+
+
+@cli.command()
+@click.option("--concurrency", default=2, show_default=True, help="Worker processes.")
+@click.option("--flower/--no-flower", default=False, help="Also run Flower on loopback.")
+@click.option("--flower-port", default=5555, show_default=True)
+@click.option("--loglevel", default="info", show_default=True)
+@pass_app
+def dev(app: App, concurrency: int, flower: bool, flower_port: int, loglevel: str) -> None:
+    """Run Redis (embedded unless DIGEST_REDIS_URL is set), a worker and beat here."""
+    from digest import devstack
+
+    upgrade(app.settings.database_url)
+    click.echo(f"database ready: {app.settings.database_url_safe}")
+    options = devstack.DevOptions(concurrency, loglevel, flower, flower_port)
+    code = devstack.run(app.settings, options, click.echo)
+    if code:
+        raise SystemExit(code)
 
 
 # --- demo ------------------------------------------------------------------------------
@@ -464,6 +573,23 @@ def demo(app: App) -> None:
         if len(files) > 5:
             click.echo(f"  ... {len(files)} files in all")
     click.echo("open one in a mail client, or run: digest preview morning --out preview.html")
+
+
+# --- web -------------------------------------------------------------------------------
+
+
+@cli.command("web")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--debug", is_flag=True, help="Reload on code changes, show tracebacks (dev only).")
+@pass_app
+def web_command(app: App, host: str, port: int, debug: bool) -> None:
+    """Run the subscriber web app on Flask's development server (production: gunicorn)."""
+    from digest.web import run_dev_server
+
+    click.echo(f"database: {app.settings.database_url_safe}")
+    click.echo(f"links in emails point at {app.settings.base_url}")
+    run_dev_server(app.settings, host, port, debug=debug, clock=app.now)
 
 
 def main() -> None:

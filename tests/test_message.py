@@ -6,7 +6,8 @@ from email import message_from_bytes, policy
 import pytest
 
 from digest.errors import HeaderInjection
-from digest.message import Envelope, MessageTemplate, Sender, build_message
+from digest.message import Envelope, MessageTemplate, Reader, Sender, build_message
+from digest.render import SLOTS, Splicer
 
 SENDER = Sender("news@example.com", "Gazette Désk", "daily.example.com", "Gazette Désk",
                 "unsubscribe@example.com")
@@ -15,28 +16,48 @@ HEADERS = ("From", "To", "Subject", "Date", "Message-ID", "List-Id", "List-Unsub
            "List-Unsubscribe-Post", "MIME-Version")
 
 
-def envelope(name: str = "Ana Souza", text: str = "Hello\nworld ü\n", html: str = "<p>Hi ü</p>"
-             ) -> Envelope:
-    return Envelope("ana@example.com", name, "<digest.1.2.abc@example.com>",
-                    "https://news.example.com/unsubscribe/tok.en", "tok.en", text, html)
+def reader(name: str = "Ana Souza", values: dict[str, str] | None = None,
+           message_id: str = "<digest.1.2.abc@example.com>") -> Reader:
+    values = values or {"name_suffix": " Ana", "unsubscribe_url": "https://x/u?a=1&b=2",
+                        "preferences_url": "https://x/p", "view_url": "https://x/v"}
+    return Reader("ana@example.com", name, message_id,
+                  "https://news.example.com/unsubscribe/tok.en", "tok.en", values, values)
+
+
+def bodies(text: str, html: str) -> tuple[Splicer, Splicer]:
+    """Bodies with every slot in them, at the start, the middle and the end."""
+    marks = list(SLOTS.values())
+    return (Splicer.of(marks[0] + text + marks[1] + text + marks[2]),
+            Splicer.of(html + marks[3] + html + marks[0] + marks[1] + html + marks[2]))
+
+
+def both_ways(name: str, subject: str, text: str, html: str, values: dict[str, str] | None = None):
+    text_s, html_s = bodies(text, html)
+    r = reader(name, values)
+    fast = MessageTemplate(SENDER, subject, DATE, "1:", html_s, text_s).render(r)
+    env = Envelope(r.to_address, r.to_name, r.message_id, r.unsubscribe_url, r.unsubscribe_token,
+                   text_s.fill(r.text_values), html_s.fill(r.html_values))
+    slow = build_message(SENDER, subject, DATE, env).as_bytes()
+    return (message_from_bytes(fast, policy=policy.default),
+            message_from_bytes(slow, policy=policy.default), fast)
 
 
 @pytest.mark.parametrize(
-    ("name", "subject", "text", "html"),
+    ("name", "subject", "text", "html", "values"),
     [
-        ("Ana Souza", "Morning: news", "plain\n", "<p>x</p>"),
-        ("Chloé Ø'Brien", "Matin: café ☕", "ünïcode ☕\n" * 50, "<p>ü</p>" * 400),
-        ("", "A" * 140, "x" * 2000, "<td>" + "y" * 3000 + "</td>"),
-        ("Ana\r\nBcc: evil@example.org", "Hi\r\nBcc: evil@example.org", "t\r\n.\r\n", "<p>.</p>"),
-        ('"Quoted" <name>', "trailing space ", "line with trailing space \n", "=3D =\n"),
+        ("Ana Souza", "Morning: news", "plain\n", "<p>x</p>", None),
+        ("Chloé Ø'Brien", "Matin: café ☕", "ünïcode ☕\n" * 50, "<p>ü</p>" * 400, None),
+        ("", "A" * 140, "x" * 2000, "<td>" + "y" * 3000 + "</td>", None),
+        ("Ana\r\nBcc: evil@example.org", "Hi\r\nBcc: evil@example.org", "t\r\n.\r\n", "<p>.</p>",
+         None),
+        ('"Quoted" <name>', "trailing space ", "line with trailing space \n", "=3D =\n", None),
+        ("Zoë", "s", "ends without newline ", " starts with space",
+         {"name_suffix": " Zoë  ", "unsubscribe_url": "", "preferences_url": "=\n.",
+          "view_url": "x" * 300}),
     ],
 )
-def test_fast_build_matches_stdlib(name: str, subject: str, text: str, html: str) -> None:
-    env = envelope(name, text, html)
-    fast = message_from_bytes(MessageTemplate(SENDER, subject, DATE, "1:").render(env),
-                              policy=policy.default)
-    slow = message_from_bytes(build_message(SENDER, subject, DATE, env).as_bytes(),
-                              policy=policy.default)
+def test_fast_build_matches_stdlib(name, subject, text, html, values) -> None:
+    fast, slow, raw = both_ways(name, subject, text, html, values)
     for header in HEADERS:
         assert str(fast[header]) == str(slow[header]), header
     assert fast.get_content_type() == slow.get_content_type() == "multipart/alternative"
@@ -44,11 +65,13 @@ def test_fast_build_matches_stdlib(name: str, subject: str, text: str, html: str
     slow_parts = [(p.get_content_type(), p.get_content()) for p in slow.iter_parts()]
     assert fast_parts == slow_parts
     assert [t for t, _ in fast_parts] == ["text/plain", "text/html"]
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998  # RFC 5322 line limit
+    assert not fast.defects and not any(p.defects for p in fast.iter_parts())
 
 
 def test_hostile_names_and_subjects_never_make_a_header() -> None:
-    env = envelope("Ana\r\nBcc: evil@example.org\r\n")
-    raw = MessageTemplate(SENDER, "News\nBcc: evil@example.org", DATE, "1:").render(env)
+    _, _, raw = both_ways("Ana\r\nBcc: evil@example.org\r\n", "News\nBcc: evil@example.org",
+                          "t", "h")
     parsed = message_from_bytes(raw, policy=policy.default)
     assert parsed["Bcc"] is None
     assert "evil@example.org" in str(parsed["To"])  # kept as harmless display text
@@ -59,21 +82,19 @@ def test_hostile_names_and_subjects_never_make_a_header() -> None:
 
 
 def test_encoded_newlines_are_defused() -> None:
-    env = envelope("=?utf-8?q?x=0D=0ABcc:_evil@example.org?=")
-    parsed = message_from_bytes(MessageTemplate(SENDER, "s", DATE, "k").render(env),
-                                policy=policy.default)
+    parsed, _, _ = both_ways("=?utf-8?q?x=0D=0ABcc:_evil@example.org?=", "s", "t", "h")
     assert "\n" not in str(parsed["To"]) and parsed["Bcc"] is None
 
 
 def test_header_values_with_breaks_are_refused() -> None:
-    env = Envelope("ana@example.com", "", "<id@x>\r\nBcc: x", "https://x/u", "t", "t", "h")
+    text_s, html_s = bodies("t", "h")
     with pytest.raises(HeaderInjection):
-        MessageTemplate(SENDER, "s", DATE, "k").render(env)
+        MessageTemplate(SENDER, "s", DATE, "k", html_s, text_s).render(
+            reader(message_id="<id@x>\r\nBcc: x"))
 
 
 def test_required_headers() -> None:
-    parsed = message_from_bytes(MessageTemplate(SENDER, "s", DATE, "k").render(envelope()),
-                                policy=policy.default)
+    parsed, _, _ = both_ways("Ana", "s", "t", "h")
     assert parsed["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     unsub = str(parsed["List-Unsubscribe"])
     assert unsub.startswith("<https://news.example.com/unsubscribe/tok.en>")

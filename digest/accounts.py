@@ -1,0 +1,377 @@
+"""The reader's side of the list: sign up, confirm, change preferences, leave.
+
+No Flask here: functions take the session, settings and `now`, and never commit (the
+caller owns the transaction). Sending the sign-up email is a separate step, so that
+the caller can send it after the change is committed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from email.utils import make_msgid
+from functools import lru_cache
+from typing import Any
+from zoneinfo import ZoneInfo, available_timezones
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from digest import pipeline, store
+from digest.addresses import normalise_address
+from digest.config import Settings
+from digest.editions import normalise_sections
+from digest.errors import Duplicate, InvalidAddress, InvalidInput, InvalidToken, NotFound
+from digest.message import Envelope, build_message
+from digest.models import Subscriber
+from digest.render import environment
+from digest.schedule import local_day, send_at
+from digest.subscribers import parse_editions, parse_timezone, subscriber_fields
+from digest.tokens import make_token
+from digest.transport import Transport
+
+# Statuses of readers who left; only a confirmed fresh sign-up brings them back.
+LEFT = ("unsubscribed", "bounced", "complained")
+SECTIONS_LOOKBACK = timedelta(days=30)
+FORM_TTL = timedelta(hours=12)
+_REGIONS = (
+    "Africa/",
+    "America/",
+    "Antarctica/",
+    "Arctic/",
+    "Asia/",
+    "Atlantic/",
+    "Australia/",
+    "Europe/",
+    "Indian/",
+    "Pacific/",
+)
+
+
+# --- forms -----------------------------------------------------------------------------
+
+
+@dataclass
+class Form:
+    """What a subscribe or preferences form sent, as text, kept to show it again."""
+
+    email: str = ""
+    name: str = ""
+    timezone: str = ""
+    editions: str = "both"
+    sections: list[str] = field(default_factory=list)
+
+
+def form_of(subscriber: Subscriber) -> Form:
+    """A preferences form filled in with what the reader chose so far."""
+    editions = (
+        "both"
+        if subscriber.morning and subscriber.evening
+        else "morning"
+        if subscriber.morning
+        else "evening"
+    )
+    return Form(
+        email=subscriber.email,
+        name=subscriber.name,
+        timezone=subscriber.timezone or "",
+        editions=editions,
+        sections=[s for s in subscriber.sections.split(",") if s],
+    )
+
+
+def validate(
+    form: Form, allowed_sections: Collection[str], *, email: str | None = None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Column values for the form, or a message per field saying what to fix.
+
+    `email` is the reader's known address (the preferences form cannot change it);
+    without it the form's own email field is checked.
+    """
+    errors: dict[str, str] = {}
+    address = email
+    if address is None:
+        try:
+            address = normalise_address(form.email)
+        except InvalidAddress as exc:
+            errors["email"] = _address_problem(form.email, exc)
+    try:
+        parse_editions(form.editions)
+    except InvalidInput:
+        errors["editions"] = "Choose the morning edition, the evening edition or both."
+    try:
+        parse_timezone(form.timezone)
+    except InvalidInput:
+        errors["timezone"] = "Choose a timezone from the list."
+    chosen = normalise_sections(form.sections)
+    unknown = sorted(set(filter(None, chosen.split(","))) - set(allowed_sections))
+    if unknown:
+        errors["sections"] = f"There is no section called {', '.join(unknown)[:200]}."
+    elif len(chosen) > 500:
+        errors["sections"] = "Choose fewer sections."
+    if errors or address is None:
+        return {}, errors
+    return subscriber_fields(address, form.name, form.timezone, form.editions, form.sections), {}
+
+
+def _address_problem(raw: str, exc: InvalidAddress) -> str:
+    if not raw.strip():
+        return "Enter your email address."
+    # "address 'x' must contain exactly one @": the reader knows what they typed.
+    reason = re.match(r"^address (['\"]).*\1 (.+)$", str(exc), re.S)
+    return f"Enter a valid email address: this one {reason.group(2) if reason else exc}."
+
+
+def _form_mac(secret: str, stamp: str) -> str:
+    # Two parts, where subscriber tokens sign three: the two can never be confused.
+    mac = hmac.new(secret.encode(), f"subscribe-form|{stamp}".encode(), hashlib.sha256)
+    return base64.urlsafe_b64encode(mac.digest()[:16]).decode().rstrip("=")
+
+
+def form_token(secret: str, now: datetime) -> str:
+    """A signed, dated token for the subscribe form's hidden field."""
+    stamp = format(int(now.timestamp()), "x")
+    return f"{stamp}.{_form_mac(secret, stamp)}"
+
+
+def check_form_token(secret: str, token: str, now: datetime, ttl: timedelta = FORM_TTL) -> None:
+    """Raise InvalidInput unless the token was issued by us within `ttl`."""
+    stamp, _, mac = (token or "")[:80].partition(".")
+    if not hmac.compare_digest(mac.encode(), _form_mac(secret, stamp).encode()):
+        raise InvalidInput("This form could not be checked. Please send it again.")
+    try:
+        age = now.timestamp() - int(stamp, 16)
+    except ValueError:
+        raise InvalidInput("This form could not be checked. Please send it again.") from None
+    if not -300 <= age <= ttl.total_seconds():
+        raise InvalidInput("This form was open too long. Please check it and send it again.")
+
+
+@lru_cache(maxsize=1)
+def _zones() -> tuple[str, ...]:
+    return tuple(sorted(z for z in available_timezones() if z.startswith(_REGIONS))) + ("UTC",)
+
+
+def timezone_choices(current: str = "") -> list[str]:
+    """The timezones a form offers: the regional IANA names, plus the reader's own."""
+    zones = list(_zones())
+    if current and current not in zones:
+        zones.insert(0, current)
+    return zones
+
+
+def offered_sections(session: Session, now: datetime, current: str = "") -> list[str]:
+    """The sections a reader can choose now, plus any they chose before."""
+    found = set(store.known_sections(session, now - SECTIONS_LOOKBACK))
+    return sorted(found | set(filter(None, current.split(","))))
+
+
+def mask_address(email: str) -> str:
+    """j…@example.com: enough for a reader to recognise, little for anyone else."""
+    local, _, domain = email.partition("@")
+    return f"{local[:1]}…@{domain}"
+
+
+# --- lifecycle ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Notice:
+    """The email a sign-up calls for: `confirm` (click to confirm) or `already`."""
+
+    kind: str
+    subscriber_id: int
+    email: str
+    name: str
+
+
+def _apply(subscriber: Subscriber, fields: dict[str, Any]) -> None:
+    for key in ("name", "timezone", "morning", "evening", "sections"):
+        setattr(subscriber, key, fields[key])
+
+
+def _stamp(now: datetime) -> str:
+    return now.strftime("%Y-%m-%dT%H:%MZ")
+
+
+def request_subscription(
+    session: Session,
+    settings: Settings,
+    fields: dict[str, Any],
+    now: datetime,
+    *,
+    source: str = "web form",
+) -> Notice:
+    """Record a sign-up as pending and say which email to send; the caller's page is the
+    same whatever the address's state, so a sign-up never reveals who is subscribed.
+
+    New, pending and departed addresses (even suppressed ones) become pending with the
+    choices given and get a confirmation link. An active reader's choices are left
+    alone, since anyone can type any address; they get a note pointing at preferences.
+    """
+    subscriber = store.find_subscriber(session, fields["email"])
+    if subscriber is None:
+        subscriber = _add_pending(session, fields, now, source)
+    if subscriber.status == "active":
+        return Notice("already", subscriber.id, subscriber.email, subscriber.name)
+    _apply(subscriber, fields)
+    # A departed reader stays suppressed until they confirm: an unconfirmed request
+    # is no consent, and a CSV import must still refuse the address meanwhile.
+    subscriber.status = "pending"
+    subscriber.consent = f"{source}, requested {_stamp(now)}"[:200]
+    session.flush()
+    return Notice("confirm", subscriber.id, subscriber.email, subscriber.name)
+
+
+def _add_pending(
+    session: Session, fields: dict[str, Any], now: datetime, source: str
+) -> Subscriber:
+    try:
+        with session.begin_nested():
+            return store.add_subscriber(session, now=now, status="pending", **fields)
+    except (IntegrityError, Duplicate):
+        # Two sign-ups for one address at once: the other request inserted it first.
+        found = store.find_subscriber(session, fields["email"])
+        if found is None:
+            raise
+        return found
+
+
+def confirm(session: Session, subscriber_id: int, now: datetime) -> Subscriber:
+    """Make a pending sign-up active. Confirming is fresh consent, so a suppression from
+    an earlier unsubscribe or bounce is lifted. Confirming twice changes nothing."""
+    subscriber = store.get_subscriber(session, subscriber_id)
+    if subscriber.status in LEFT:
+        raise InvalidToken(
+            "this confirmation link is no longer valid: the address was unsubscribed "
+            "after it was sent"
+        )
+    if subscriber.status == "pending":
+        subscriber.status = "active"
+        subscriber.confirmed_at = now
+        subscriber.consent = f"{subscriber.consent}, confirmed {_stamp(now)}"[-200:]
+        store.lift_suppression(session, subscriber.email)
+    return subscriber
+
+
+def unsubscribe(session: Session, subscriber_id: int, now: datetime) -> Subscriber:
+    """Stop all mail to a reader at once, including an edition being sent right now.
+
+    Suppresses the address (kept hashed) and every delivery not yet handed to a sender;
+    those in a sender's hands are caught when it re-reads statuses. Idempotent.
+    """
+    subscriber = store.get_subscriber(session, subscriber_id)
+    if subscriber.status not in LEFT:
+        store.set_status(session, subscriber, "unsubscribed", now)
+    else:
+        store.suppress(session, subscriber.email, subscriber.status, now)
+    reason = f"subscriber is {subscriber.status}"
+    for edition_id in sorted(store.suppress_open_deliveries(session, subscriber.id, reason)):
+        store.update_edition_status(session, edition_id)
+    return subscriber
+
+
+def update_preferences(session: Session, subscriber_id: int, fields: dict[str, Any]) -> Subscriber:
+    """Change a current reader's editions, sections, timezone and name."""
+    subscriber = store.get_subscriber(session, subscriber_id)
+    if subscriber.status in LEFT:
+        raise InvalidInput("this address is unsubscribed; subscribe again to get editions")
+    _apply(subscriber, fields)
+    session.flush()
+    return subscriber
+
+
+def first_edition(
+    settings: Settings, subscriber: Subscriber, now: datetime
+) -> tuple[str, datetime] | None:
+    """The slot and local time of the next edition this reader will get."""
+    timezone = subscriber.timezone or settings.default_timezone
+    choices = (("morning", subscriber.morning), ("evening", subscriber.evening))
+    wanted = [slot for slot, on in choices if on]
+    today = local_day(now, timezone)
+    upcoming = sorted(
+        (send_at(settings.send_time(slot), today + timedelta(days=d), timezone), slot)
+        for d in range(3)
+        for slot in wanted
+    )
+    for at, slot in upcoming:
+        if at > now:
+            return slot, at.astimezone(ZoneInfo(timezone))
+    return None
+
+
+def edition_html(session: Session, settings: Settings, edition_id: int, subscriber_id: int) -> str:
+    """The edition as this reader got it: their stored variant with their own links."""
+    delivery = store.find_delivery(session, edition_id, subscriber_id)
+    if delivery is None or delivery.variant_id is None:
+        raise NotFound("this edition was not sent to you")
+    variant = store.get_variant(session, delivery.variant_id)
+    subscriber = store.get_subscriber(session, subscriber_id)
+    envelope = pipeline.personalise(
+        settings,
+        pipeline.prepare_variant(variant),
+        edition_id,
+        subscriber_id,
+        subscriber.email,
+        subscriber.name,
+    )
+    return envelope.html
+
+
+# --- the sign-up email -------------------------------------------------------------------
+
+
+def notice_links(settings: Settings, notice: Notice, now: datetime) -> dict[str, str]:
+    secret, base, sid = settings.secret_key, settings.base_url, notice.subscriber_id
+    expires = now + timedelta(hours=settings.confirm_ttl_hours)
+    unsubscribe_token = make_token(secret, "unsubscribe", sid)
+    return {
+        "confirm_url": f"{base}/confirm/{make_token(secret, 'confirm', sid, expires)}",
+        "preferences_url": f"{base}/preferences/{make_token(secret, 'preferences', sid)}",
+        "unsubscribe_url": f"{base}/unsubscribe/{unsubscribe_token}",
+        "unsubscribe_token": unsubscribe_token,
+    }
+
+
+def compose_notice(settings: Settings, notice: Notice, now: datetime) -> tuple[bytes, str]:
+    """The sign-up email (text and HTML, sender identified) and its Message-ID."""
+    links = notice_links(settings, notice, now)
+    subject = (
+        f"Confirm your subscription to {settings.from_name}"
+        if notice.kind == "confirm"
+        else f"You are already subscribed to {settings.from_name}"
+    )
+    context = {
+        "kind": notice.kind,
+        "subject": subject,
+        "name": notice.name,
+        "sender_name": settings.from_name,
+        "postal_address": settings.postal_address,
+        "ttl_hours": settings.confirm_ttl_hours,
+        **links,
+    }
+    html_env, text_env = environment(settings.templates_dir)
+    envelope = Envelope(
+        to_address=notice.email,
+        to_name=notice.name,
+        message_id=make_msgid("signup", domain=settings.sender_domain),
+        unsubscribe_url=links["unsubscribe_url"],
+        unsubscribe_token=links["unsubscribe_token"],
+        text=text_env.get_template("email/signup.txt").render(context),
+        html=html_env.get_template("email/signup.html").render(context),
+    )
+    message = build_message(pipeline.sender_of(settings), subject, now, envelope)
+    return message.as_bytes(), envelope.message_id
+
+
+def send_notice(settings: Settings, transport: Transport, notice: Notice, now: datetime) -> str:
+    """Send the sign-up email; SendError if the transport could not. Returns its Message-ID."""
+    message, message_id = compose_notice(settings, notice, now)
+    with transport:
+        transport.send(settings.from_address, notice.email, message, message_id)
+    return message_id

@@ -1,0 +1,152 @@
+"""What the Celery tasks decide between pipeline calls: which deliveries to fan out in
+which batches, and when a batch with deferred rows should run again.
+
+The tasks in workers/ only translate arguments, call these and enqueue what they return;
+everything here takes its session, settings and `now` like the rest of digest/.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from digest import pipeline, store
+from digest.config import Settings, check_timezone
+from digest.errors import InvalidInput
+from digest.pipeline import PlanResult
+
+
+@dataclass
+class Fanout:
+    """One planned edition and the delivery ids to hand to send tasks, in batches."""
+
+    plan: PlanResult
+    batches: list[list[int]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """What a task may return about it: ids and counts, never an address."""
+        return {
+            "edition": self.plan.edition_id,
+            "cohort": str(self.plan.cohort),
+            "created": self.plan.created,
+            "status": self.plan.status,
+            "queued": self.plan.queued,
+            "batches": len(self.batches),
+        }
+
+
+def parse_now(value: str | None) -> datetime:
+    """An ISO 8601 instant with an offset, as UTC; the real clock when None."""
+    if value is None:
+        return datetime.now(UTC)
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(f"{value!r} is not an ISO 8601 instant") from None
+    if when.tzinfo is None:
+        raise InvalidInput(f"{value!r} has no UTC offset")
+    return when.astimezone(UTC)
+
+
+def parse_day(value: str | None) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(f"{value!r} is not a date like 2026-11-29") from None
+
+
+def queued_batches(session: Session, edition_id: int, size: int) -> list[list[int]]:
+    """The edition's queued delivery ids in chunks of `size`, in id order."""
+    return list(pipeline.chunks(store.delivery_ids(session, edition_id), size))
+
+
+def plan_slot(
+    session: Session,
+    settings: Settings,
+    slot: str,
+    now: datetime,
+    *,
+    day: date | None = None,
+    timezone: str | None = None,
+    resume: bool = False,
+) -> list[Fanout]:
+    """Plan the slot's edition for one timezone, or for every timezone with readers.
+
+    Only an edition this call created is fanned out: a second call for the same cohort
+    creates nothing and sends nothing. With `resume` (the task came back after its
+    worker was lost, possibly between planning and fanning out) existing editions'
+    queued rows are fanned out too; claiming makes that safe.
+    """
+    settings.send_time(slot)  # unknown slots fail here, before anything is written
+    if timezone is not None:
+        check_timezone(timezone)
+    fanouts = []
+    for cohort in pipeline.cohorts_for(session, settings, slot, now, day, timezone):
+        plan = pipeline.plan_edition(session, settings, cohort, now)
+        fanout = Fanout(plan)
+        if plan.status == "sending" and (plan.created or resume):
+            fanout.batches = queued_batches(session, plan.edition_id, settings.batch_size)
+        fanouts.append(fanout)
+    return fanouts
+
+
+def dispatch_due(session: Session, settings: Settings, now: datetime) -> list[Fanout]:
+    """Plan every due cohort (see pipeline.dispatch_due) and batch what each queued."""
+    return [
+        Fanout(
+            plan,
+            queued_batches(session, plan.edition_id, settings.batch_size)
+            if plan.status == "sending"
+            else [],
+        )
+        for plan in pipeline.dispatch_due(session, settings, now)
+    ]
+
+
+def sweep(session: Session, settings: Settings, now: datetime) -> list[list[int]]:
+    """Re-queue what no worker carries (see pipeline.sweep); batches to send again."""
+    found = pipeline.sweep(session, settings, now)
+    return [batch for ids in found.values() for batch in pipeline.chunks(ids, settings.batch_size)]
+
+
+def retry_edition(
+    session: Session, settings: Settings, edition_id: int, statuses: Sequence[str], now: datetime
+) -> tuple[int, list[list[int]]]:
+    """Operator retry: put the edition's rows in `statuses` back in the queue.
+
+    Returns how many rows were re-queued and the batches of all its queued rows.
+    """
+    if not statuses:
+        raise InvalidInput("say which deliveries to retry: failed, deferred or both")
+    count = store.retry_deliveries(session, edition_id, statuses, now)
+    session.commit()
+    return count, queued_batches(session, edition_id, settings.batch_size)
+
+
+def next_retry(
+    session: Session, delivery_ids: Sequence[int], now: datetime
+) -> tuple[list[int], float] | None:
+    """The batch's rows left deferred and the seconds until the first of them is due,
+    or None when nothing in the batch waits for a retry."""
+    deferred = store.deferred_among(session, delivery_ids)
+    if not deferred:
+        return None
+    first = min(at for _, at in deferred)
+    return [d for d, _ in deferred], max(0.0, (first - now).total_seconds())
+
+
+def counts(report: pipeline.BatchReport) -> dict[str, int]:
+    """A batch report without its error texts, which name addresses."""
+    return {
+        "claimed": report.claimed,
+        "sent": report.sent,
+        "deferred": report.deferred,
+        "failed": report.failed,
+        "suppressed": report.suppressed,
+    }

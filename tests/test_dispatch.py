@@ -1,0 +1,184 @@
+"""What the tasks decide between pipeline calls (digest/dispatch.py), in-process."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from digest import dispatch, pipeline, store
+from digest.config import Settings
+from digest.errors import ConfigError, InvalidInput
+from digest.models import Delivery, Edition
+from digest.pipeline import BatchReport
+from digest.sanitize import clean_summary
+
+LONDON = "Europe/London"
+TICK = datetime(2026, 11, 29, 6, 5, tzinfo=UTC)  # 06:05 in London, 17:05 in Sydney
+
+
+def seed(session, tz: str, readers: int, when: datetime = TICK) -> None:
+    store.insert_articles(
+        session,
+        [
+            {
+                "guid": f"g{i}",
+                "url": f"https://news.example.com/{i}",
+                "title": f"Story {i}",
+                "summary_html": clean_summary(f"<p>Story {i}</p>"),
+                "section": "news",
+                "priority": 0,
+                "published_at": when - timedelta(hours=1, minutes=i),
+                "seen_at": when - timedelta(hours=1, minutes=i),
+                "image_url": None,
+                "feed_id": None,
+            }
+            for i in range(3)
+        ],
+    )
+    for i in range(readers):
+        store.add_subscriber(
+            session, f"r{i}@example.com", when, timezone=tz, evening=False, status="active"
+        )
+    session.commit()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-03-29T05:00:00+00:00", datetime(2026, 3, 29, 5, 0, tzinfo=UTC)),
+        ("2026-03-29T06:00:00+01:00", datetime(2026, 3, 29, 5, 0, tzinfo=UTC)),
+        ("2026-04-05T06:00:00+10:00", datetime(2026, 4, 4, 20, 0, tzinfo=UTC)),
+    ],
+)
+def test_parse_now_reads_iso_instants_as_utc(text: str, expected: datetime) -> None:
+    parsed = dispatch.parse_now(text)
+    assert parsed == expected and parsed.tzinfo == UTC
+
+
+@pytest.mark.parametrize("text", ["2026-03-29T05:00:00", "yesterday", ""])
+def test_parse_now_refuses_naive_or_garbled_instants(text: str) -> None:
+    with pytest.raises(InvalidInput):
+        dispatch.parse_now(text)
+
+
+def test_parse_now_defaults_to_the_real_clock() -> None:
+    before = datetime.now(UTC)
+    assert before <= dispatch.parse_now(None) <= datetime.now(UTC)
+
+
+def test_plan_slot_fans_out_a_new_edition_once(session, settings: Settings) -> None:
+    settings = settings.with_(batch_size=2)
+    seed(session, LONDON, readers=5)
+    [first] = dispatch.plan_slot(session, settings, "morning", TICK, timezone=LONDON)
+    assert first.plan.created and first.plan.status == "sending"
+    assert [len(b) for b in first.batches] == [2, 2, 1]
+    ids = sorted(i for b in first.batches for i in b)
+    assert ids == store.delivery_ids(session, first.plan.edition_id)
+
+    [again] = dispatch.plan_slot(session, settings, "morning", TICK, timezone=LONDON)
+    assert (again.plan.edition_id, again.plan.created, again.batches) == (
+        first.plan.edition_id,
+        False,
+        [],
+    )
+    # A task that came back after its worker died fans out what is still queued.
+    [resumed] = dispatch.plan_slot(session, settings, "morning", TICK, timezone=LONDON, resume=True)
+    assert sorted(i for b in resumed.batches for i in b) == ids
+    assert session.scalar(select(Edition.id).where(Edition.slot == "morning")) is not None
+    assert len(store.delivery_ids(session, first.plan.edition_id)) == 5
+
+
+def test_plan_slot_without_timezone_plans_every_timezone(session, settings: Settings) -> None:
+    seed(session, LONDON, readers=2)
+    fanouts = dispatch.plan_slot(session, settings, "morning", TICK, day=date(2026, 11, 29))
+    zones = {f.plan.cohort.timezone for f in fanouts}
+    assert zones == {LONDON, settings.default_timezone}
+    summary = next(f.summary() for f in fanouts if f.plan.cohort.timezone == LONDON)
+    assert summary["queued"] == 2 and summary["batches"] == 1
+    assert "@" not in repr([f.summary() for f in fanouts])
+
+
+@pytest.mark.parametrize(("slot", "timezone"), [("lunch", None), ("morning", "Mars/Olympus_Mons")])
+def test_plan_slot_refuses_unknown_slots_and_zones(
+    session, settings: Settings, slot: str, timezone: str | None
+) -> None:
+    with pytest.raises(ConfigError):
+        dispatch.plan_slot(session, settings, slot, TICK, timezone=timezone)
+    assert session.scalar(select(Edition.id)) is None
+
+
+def test_dispatch_due_batches_due_cohorts_and_not_missed_ones(session, settings) -> None:
+    seed(session, LONDON, readers=3)
+    fanouts = dispatch.dispatch_due(session, settings, TICK)
+    by_cohort = {str(f.plan.cohort): f for f in fanouts}
+    sending = by_cohort[f"morning 2026-11-29 {LONDON}"]
+    assert sending.plan.status == "sending" and sum(len(b) for b in sending.batches) == 3
+    missed = [f for f in fanouts if f.plan.status == "missed"]
+    assert missed and all(f.batches == [] for f in missed)
+    assert dispatch.dispatch_due(session, settings, TICK + timedelta(minutes=1)) == []
+
+
+def test_sweep_batches_rows_whose_lease_ran_out(session, settings: Settings) -> None:
+    settings = settings.with_(batch_size=2)
+    seed(session, LONDON, readers=3)
+    [fanout] = dispatch.plan_slot(session, settings, "morning", TICK, timezone=LONDON)
+    ids = [i for b in fanout.batches for i in b]
+    store.claim_deliveries(session, ids, TICK, timedelta(seconds=settings.lease_seconds))
+    session.commit()
+    assert dispatch.sweep(session, settings, TICK + timedelta(seconds=10)) == []
+    later = TICK + timedelta(seconds=settings.lease_seconds + 1)
+    assert [len(b) for b in dispatch.sweep(session, settings, later)] == [2, 1]
+    assert store.edition_counts(session, fanout.plan.edition_id) == {"queued": 3}
+
+
+def test_retry_edition_requeues_the_chosen_statuses(session, settings: Settings) -> None:
+    seed(session, LONDON, readers=3)
+    [fanout] = dispatch.plan_slot(session, settings, "morning", TICK, timezone=LONDON)
+    a, b, c = fanout.batches[0]
+    session.execute(update(Delivery).where(Delivery.id == a).values(status="failed"))
+    session.execute(update(Delivery).where(Delivery.id == b).values(status="deferred"))
+    session.execute(update(Delivery).where(Delivery.id == c).values(status="sent"))
+    session.commit()
+    count, batches = dispatch.retry_edition(
+        session, settings, fanout.plan.edition_id, ["failed"], TICK
+    )
+    assert (count, batches) == (1, [[a]])
+    count, batches = dispatch.retry_edition(
+        session, settings, fanout.plan.edition_id, ["failed", "deferred"], TICK
+    )
+    assert (count, batches) == (1, [[a, b]])
+    with pytest.raises(InvalidInput):
+        dispatch.retry_edition(session, settings, fanout.plan.edition_id, [], TICK)
+
+
+def test_next_retry_says_which_rows_and_when(session, settings: Settings) -> None:
+    seed(session, LONDON, readers=3)
+    [fanout] = dispatch.plan_slot(session, settings, "morning", TICK, timezone=LONDON)
+    a, b, c = fanout.batches[0]
+    assert dispatch.next_retry(session, [a, b, c], TICK) is None
+    for delivery_id, seconds in ((a, 120), (b, 60)):
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id == delivery_id)
+            .values(status="deferred", next_attempt_at=TICK + timedelta(seconds=seconds))
+        )
+    session.commit()
+    assert dispatch.next_retry(session, [a, b, c], TICK) == ([a, b], 60.0)
+    assert dispatch.next_retry(session, [a, b], TICK + timedelta(hours=1)) == ([a, b], 0.0)
+
+
+def test_counts_leave_out_error_texts() -> None:
+    report = BatchReport(claimed=2, sent=1, failed=1, errors=["x@example.com: 550 no"])
+    assert dispatch.counts(report) == {
+        "claimed": 2,
+        "sent": 1,
+        "deferred": 0,
+        "failed": 1,
+        "suppressed": 0,
+    }
+
+
+def test_chunks_match_the_batch_size_setting() -> None:
+    assert [len(c) for c in pipeline.chunks(list(range(1201)), 500)] == [500, 500, 201]

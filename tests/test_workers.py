@@ -1,0 +1,486 @@
+"""Celery workers for real: a Redis broker, worker subprocesses, an aiosmtpd sink.
+
+Time is injected: tasks take an ISO `now`, as beat would call them at that instant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import pytest
+from celery.exceptions import Reject
+from sqlalchemy import func, select
+
+from digest import store
+from digest.config import Settings, load_settings
+from digest.db import make_engine, make_sessionmaker
+from digest.errors import ConfigError
+from digest.models import Delivery, Edition
+from digest.sanitize import clean_summary
+from tests.conftest import make_settings, wait_for
+from workers.base import DigestTask
+from workers.client import client_app, enqueue, queue_length
+from workers.config import beat_schedule, celery_config
+
+LONDON, SYDNEY = "Europe/London", "Australia/Sydney"
+TICK = datetime(2026, 11, 29, 6, 0, tzinfo=UTC)  # 06:00 in London, 17:00 in Sydney
+TASKS = [
+    "digest.dispatch_due",
+    "digest.ingest_feeds",
+    "digest.plan_edition",
+    "digest.send_batch",
+    "digest.sweep",
+]
+
+
+# --- helpers --------------------------------------------------------------------------
+
+
+def seed(
+    database_url: str,
+    readers: dict[str, str],
+    articles_at: list[datetime],
+    *,
+    evening: bool = True,
+) -> None:
+    """Active readers (address -> timezone) and one article per instant given."""
+    engine = make_engine(database_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            store.insert_articles(
+                session,
+                [
+                    {
+                        "guid": f"g-{when.isoformat()}",
+                        "url": f"https://news.example.com/{when:%Y%m%d%H%M}",
+                        "title": f"Story of {when:%d %b %H:%M}",
+                        "summary_html": clean_summary("<p>What happened.</p>"),
+                        "section": "news",
+                        "priority": 0,
+                        "published_at": when,
+                        "seen_at": when,
+                        "image_url": None,
+                        "feed_id": None,
+                    }
+                    for when in articles_at
+                ],
+            )
+            for email, tz in readers.items():
+                store.add_subscriber(
+                    session, email, TICK, timezone=tz, evening=evening, status="active"
+                )
+            session.commit()
+    finally:
+        engine.dispose()
+
+
+def query(database_url: str, fn: Any) -> Any:
+    engine = make_engine(database_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            return fn(session)
+    finally:
+        engine.dispose()
+
+
+def delivery_counts(database_url: str) -> dict[str, int]:
+    by_status = select(Delivery.status, func.count()).group_by(Delivery.status)
+    return query(database_url, lambda s: {status: n for status, n in s.execute(by_status)})
+
+
+def editions(database_url: str) -> list[Edition]:
+    return query(database_url, lambda s: list(s.scalars(select(Edition).order_by(Edition.id))))
+
+
+def recipients(sink: Any) -> Counter[str]:
+    return Counter(r for _, rcpts, _ in sink.messages for r in rcpts)
+
+
+@pytest.fixture
+def client(worker_env: Any, sqlite_url: str) -> Iterator[Any]:
+    """A Celery app in the test process that sends tasks and reads their results."""
+    app = client_app(load_settings(worker_env(sqlite_url)))
+    yield app
+    app.close()
+
+
+def run(app: Any, name: str, timeout: float = 30, **kwargs: Any) -> dict[str, Any]:
+    """Send a task, wait for it and for every send_batch task it fanned out."""
+    result = app.send_task(name, kwargs=kwargs).get(timeout=timeout)
+    for task_id in result.get("batches", []):
+        app.AsyncResult(task_id).get(timeout=timeout)
+    return dict(result)
+
+
+def slow_down(sink: Any, seconds: float) -> None:
+    """Make the SMTP server take `seconds` over each message."""
+    accept = sink.handle_DATA
+
+    async def handle_DATA(server: Any, session: Any, envelope: Any) -> str:
+        await asyncio.sleep(seconds)
+        return str(await accept(server, session, envelope))
+
+    sink.handle_DATA = handle_DATA
+
+
+# --- configuration (no processes) -----------------------------------------------------
+
+
+def test_celery_config_is_production_safe(tmp_path) -> None:
+    settings = make_settings(
+        tmp_path, "sqlite://", DIGEST_REDIS_URL="redis://:hunter2@redis:6379/0"
+    )
+    conf = celery_config(settings)
+    vt = settings.visibility_timeout
+    assert conf["broker_transport_options"]["visibility_timeout"] == vt
+    assert conf["result_backend_transport_options"]["visibility_timeout"] == vt
+    assert conf["visibility_timeout"] == vt
+    assert vt > conf["task_time_limit"] + settings.retry_max_seconds
+    assert conf["task_time_limit"] <= settings.lease_seconds  # a batch never outlives its lease
+    assert conf["task_acks_late"] and conf["worker_prefetch_multiplier"] == 1
+    assert conf["task_reject_on_worker_lost"]
+    assert conf["worker_cancel_long_running_tasks_on_connection_loss"]
+    assert conf["worker_send_task_events"] and conf["task_send_sent_event"]
+    assert (conf["timezone"], conf["enable_utc"]) == ("UTC", True)
+    assert conf["accept_content"] == ["json"]
+    assert {e["task"] for e in conf["beat_schedule"].values()} <= set(TASKS)
+    assert conf["beat_schedule"]["dispatch-due"]["schedule"] == 60
+    assert "hunter2" not in repr(settings)
+
+
+def test_beat_ticks_expire_before_the_next(tmp_path) -> None:
+    settings = make_settings(tmp_path, "sqlite://", DIGEST_SWEEP_EVERY_SECONDS="30")
+    schedule = beat_schedule(settings)
+    assert schedule["sweep"] == {
+        "task": "digest.sweep",
+        "schedule": 30.0,
+        "options": {"expires": 30},
+    }
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},  # no broker at all
+        {"DIGEST_REDIS_URL": "redis://r:6379/0", "DIGEST_VISIBILITY_TIMEOUT": "3600"},
+    ],
+)
+def test_celery_config_refuses_unsafe_settings(tmp_path, env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError):
+        celery_config(make_settings(tmp_path, "sqlite://", **env))
+
+
+def test_redeliveries_are_capped(tmp_path, redis_url: str) -> None:
+    settings = make_settings(tmp_path, "sqlite://", DIGEST_REDIS_URL=redis_url)
+    app = client_app(settings)
+    try:
+
+        def noop() -> None:
+            return None
+
+        task = app.task(base=DigestTask, name="digest.test_cap", max_redeliveries=2)(noop)
+        task_id = f"cap-{os.getpid()}-{datetime.now().timestamp()}"
+        task.push_request(id=task_id, delivery_info={"redelivered": False}, retries=0)
+        task.before_start(task_id, (), {})  # a first delivery is not counted
+        task.pop_request()
+        task.push_request(id=task_id, delivery_info={"redelivered": True}, retries=0)
+        try:
+            task.before_start(task_id, (), {})
+            task.before_start(task_id, (), {})
+            with pytest.raises(Reject) as caught:
+                task.before_start(task_id, (), {})
+            assert caught.value.requeue is False
+        finally:
+            task.pop_request()
+        app.backend.client.delete(f"digest:redelivered:{task_id}:0")
+    finally:
+        app.close()
+
+
+# --- real workers ---------------------------------------------------------------------
+
+
+def test_a_beat_tick_sends_each_due_cohort_exactly_once(
+    sqlite_url, smtp_server, worker_env, start_worker, client
+) -> None:
+    sink, smtp_url = smtp_server
+    london = {f"l{i}@example.com": LONDON for i in range(3)}
+    sydney = {f"s{i}@example.com": SYDNEY for i in range(3)}
+    seed(sqlite_url, london | sydney, [TICK - timedelta(hours=h) for h in (1, 2, 3)])
+    worker = start_worker(worker_env(sqlite_url, smtp_url, DIGEST_BATCH_SIZE="2"))
+    assert all(f". {name}" in worker.output() for name in TASKS)
+
+    first = run(client, "digest.dispatch_due", now=TICK.isoformat())
+    # London's 06:00 and Sydney's 17:00 are both due at 06:00 UTC; older cohorts missed.
+    sent = {e["cohort"]: e for e in first["editions"] if e["status"] == "sending"}
+    assert set(sent) == {f"morning 2026-11-29 {LONDON}", f"evening 2026-11-29 {SYDNEY}"}
+    assert len(first["batches"]) == 4  # 3 readers each, batches of 2
+    assert recipients(sink) == Counter({email: 1 for email in london | sydney})
+    assert delivery_counts(sqlite_url) == {"sent": 6}
+
+    for later in (TICK, TICK + timedelta(minutes=1)):  # another tick, same or next minute
+        assert run(client, "digest.dispatch_due", now=later.isoformat()) == {
+            "editions": [],
+            "batches": [],
+        }
+    assert len(sink.messages) == 6
+    assert {e.status for e in editions(sqlite_url) if e.status != "missed"} == {"done"}
+
+
+def test_two_ticks_and_five_sends_make_one_edition(
+    database_url, smtp_server, worker_env, start_worker, spawn
+) -> None:
+    sink, smtp_url = smtp_server
+    now = TICK + timedelta(minutes=5)
+    readers = {f"r{i}@example.com": LONDON for i in range(12)}
+    seed(database_url, readers, [TICK - timedelta(hours=1)])
+    env = worker_env(database_url, smtp_url, DIGEST_BATCH_SIZE="4")
+    start_worker(env)
+    app = client_app(load_settings(env))
+    try:
+        ticks = [
+            app.send_task("digest.dispatch_due", kwargs={"now": now.isoformat()}) for _ in range(2)
+        ]
+        cli = [sys.executable, "-m", "digest.cli", "send", "morning"]
+        sends = [spawn("send", cli, {**env, "DIGEST_NOW": now.isoformat()}) for _ in range(5)]
+        task_ids = []
+        for send in sends:
+            assert send.proc.wait(timeout=60) == 0, send.output()
+            task_ids += re.findall(r"task ([0-9a-f-]{36})", send.output())
+        assert len(task_ids) == 5
+        results = [t.get(timeout=60) for t in ticks]
+        results += [app.AsyncResult(t).get(timeout=60) for t in task_ids]
+        for result in results:
+            for batch in result["batches"]:
+                app.AsyncResult(batch).get(timeout=60)
+    finally:
+        app.close()
+
+    london = [e for e in editions(database_url) if e.timezone == LONDON and e.slot == "morning"]
+    assert [(e.local_day.isoformat(), e.status) for e in london] == [("2026-11-29", "done")]
+    assert delivery_counts(database_url) == {"sent": 12}
+    assert recipients(sink) == Counter({email: 1 for email in readers})
+    created = [e for r in results for e in r["editions"] if e["created"] and e["queued"]]
+    assert len(created) == 1  # exactly one of the seven calls planned London's edition
+
+
+# The morning edition at 06:00 local time, before and after each city's clocks change
+# (London springs forward on 29 March 2026, Sydney falls back on 5 April 2026).
+DST_MORNINGS = [
+    (LONDON, "2026-03-28", datetime(2026, 3, 28, 6, 0, tzinfo=UTC)),  # GMT
+    (LONDON, "2026-03-29", datetime(2026, 3, 29, 5, 0, tzinfo=UTC)),  # BST from 01:00 UTC
+    (LONDON, "2026-03-30", datetime(2026, 3, 30, 5, 0, tzinfo=UTC)),
+    (SYDNEY, "2026-04-04", datetime(2026, 4, 3, 19, 0, tzinfo=UTC)),  # AEDT
+    (SYDNEY, "2026-04-05", datetime(2026, 4, 4, 20, 0, tzinfo=UTC)),  # AEST from 16:00 UTC
+    (SYDNEY, "2026-04-06", datetime(2026, 4, 5, 20, 0, tzinfo=UTC)),
+]
+
+
+def test_each_city_gets_its_morning_at_its_own_six_across_dst(
+    sqlite_url, smtp_server, worker_env, start_worker, client
+) -> None:
+    sink, smtp_url = smtp_server
+    readers = {"london@example.com": LONDON, "sydney@example.com": SYDNEY}
+    hours = [datetime(2026, 3, 26, tzinfo=UTC) + timedelta(hours=3 * i) for i in range(100)]
+    seed(sqlite_url, readers, hours, evening=False)
+    start_worker(worker_env(sqlite_url, smtp_url))
+    minute = timedelta(minutes=1)
+
+    for tz, day, six in DST_MORNINGS:
+        reader = next(email for email, zone in readers.items() if zone == tz)
+        before = recipients(sink)[reader]
+        run(client, "digest.dispatch_due", now=(six - minute).isoformat())
+        assert recipients(sink)[reader] == before, f"{tz} {day}: sent before 06:00"
+        run(client, "digest.dispatch_due", now=six.isoformat())
+        assert recipients(sink)[reader] == before + 1, f"{tz} {day}: not sent at 06:00"
+        run(client, "digest.dispatch_due", now=(six + minute).isoformat())
+        assert recipients(sink)[reader] == before + 1, f"{tz} {day}: sent twice"
+        message = sink.to(reader)[-1]
+        assert parsedate_to_datetime(message["Date"]) == six
+
+    mornings = {
+        (e.timezone, e.local_day.isoformat()): e.send_at
+        for e in editions(sqlite_url)
+        if e.slot == "morning" and e.status == "done"
+    }
+    assert mornings == {(tz, day): six for tz, day, six in DST_MORNINGS}
+    assert recipients(sink) == Counter({"london@example.com": 3, "sydney@example.com": 3})
+
+
+def test_a_killed_worker_loses_no_delivery(
+    sqlite_url, smtp_server, worker_env, start_worker, client
+) -> None:
+    sink, smtp_url = smtp_server
+    readers = {f"r{i:02}@example.com": LONDON for i in range(30)}
+    seed(sqlite_url, readers, [TICK - timedelta(hours=1)])
+    slow_down(sink, 0.05)
+    env = worker_env(sqlite_url, smtp_url, DIGEST_BATCH_SIZE="5")
+    doomed = start_worker(env, concurrency=2)
+
+    plan = client.send_task(
+        "digest.plan_edition",
+        args=["morning"],
+        kwargs={"timezone": LONDON, "now": TICK.isoformat()},
+    ).get(timeout=30)
+    assert len(plan["batches"]) == 6
+    wait_for(lambda: len(sink.messages) >= 6, 30, "the first messages")
+    doomed.signal(signal.SIGKILL)  # the whole worker: parent and pool processes
+    doomed.proc.wait(timeout=10)
+
+    states = {t: client.AsyncResult(t).state for t in plan["batches"]}
+    in_flight = {t for t, state in states.items() if state in ("STARTED", "PROGRESS")}
+    assert 1 <= len(in_flight) <= 2, states
+    assert delivery_counts(sqlite_url).get("sending", 0) > 0
+
+    start_worker(env, concurrency=2)  # a replacement takes what is still queued
+    for task_id in set(plan["batches"]) - in_flight:
+        client.AsyncResult(task_id).get(timeout=60)
+    # Rows the dead worker held stay `sending` until their lease runs out; then the
+    # sweep (beat runs it every few minutes) puts them back and sends them.
+    stuck = delivery_counts(sqlite_url).get("sending", 0)
+    assert stuck > 0
+    later = TICK + timedelta(seconds=load_settings(env).lease_seconds + 1)
+    swept = run(client, "digest.sweep", now=later.isoformat())
+    assert swept["requeued"] == stuck
+
+    assert delivery_counts(sqlite_url) == {"sent": 30}
+    got = recipients(sink)
+    assert set(got) == set(readers)
+    duplicates = sum(got.values()) - len(readers)
+    assert duplicates <= len(in_flight)  # at most the one message each batch had in flight
+    ids = Counter(m["Message-ID"] for m in sink.parsed())
+    assert len(ids) == 30  # a resent message carries the same Message-ID
+
+
+def test_transient_failures_retry_and_operators_retry_failures(
+    sqlite_url, smtp_server, worker_env, start_worker, client, spawn
+) -> None:
+    sink, smtp_url = smtp_server
+    readers = {"ok@example.com": LONDON, "busy@example.com": LONDON, "no@example.com": LONDON}
+    seed(sqlite_url, readers, [TICK - timedelta(hours=1)])
+    refusals = {"busy@example.com": ["451 4.3.0 try again later"]}
+    sink.refuse["no@example.com"] = "550 5.7.1 policy rejection"
+    accept_rcpt = sink.handle_RCPT
+
+    async def handle_RCPT(server, session, envelope, address, options):  # type: ignore[no-untyped-def]
+        if refusals.get(address):
+            return refusals[address].pop()
+        return await accept_rcpt(server, session, envelope, address, options)
+
+    sink.handle_RCPT = handle_RCPT
+    env = worker_env(sqlite_url, smtp_url, DIGEST_RETRY_BASE_SECONDS="1")
+    start_worker(env)
+
+    plan = run(client, "digest.plan_edition", slot="morning", timezone=LONDON, now=TICK.isoformat())
+    # The 451 was deferred for 1 s and retried by the task itself; the 550 is final.
+    assert sorted(recipients(sink)) == ["busy@example.com", "ok@example.com"]
+    assert delivery_counts(sqlite_url) == {"sent": 2, "failed": 1}
+    most = select(Delivery.status, func.max(Delivery.attempts)).group_by(Delivery.status)
+    attempts = query(sqlite_url, lambda s: {k: v for k, v in s.execute(most)})
+    assert attempts == {"sent": 2, "failed": 1}
+
+    del sink.refuse["no@example.com"]
+    edition_id = plan["editions"][0]["edition"]
+    cli = [sys.executable, "-m", "digest.cli", "retry", str(edition_id), "--failed"]
+    retry = spawn("retry", cli, env)
+    assert retry.proc.wait(timeout=60) == 0, retry.output()
+    assert "1 deliveries re-queued" in retry.output()
+    assert "1 digest.send_batch tasks enqueued" in retry.output()
+    wait_for(lambda: delivery_counts(sqlite_url) == {"sent": 3}, 30, "the retried delivery")
+    assert recipients(sink) == Counter({email: 1 for email in readers})
+
+    status = subprocess.run(
+        [sys.executable, "-m", "digest.cli", "status", str(edition_id)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert status.returncode == 0, status.stderr
+    assert "sent: 3" in status.stdout
+    assert f"queue {env['DIGEST_TASK_QUEUE']}: 0 tasks waiting" in status.stdout
+
+
+def test_send_without_broker_or_with_inline_runs_in_process(
+    sqlite_url, smtp_server, worker_env
+) -> None:
+    sink, smtp_url = smtp_server
+    seed(sqlite_url, {"a@example.com": LONDON}, [TICK - timedelta(hours=1)])
+    env = worker_env(sqlite_url, smtp_url, DIGEST_NOW=TICK.isoformat())
+    argv = [sys.executable, "-m", "digest.cli", "send", "morning", "--timezone", LONDON]
+    out = subprocess.run([*argv, "--inline"], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "1 sent" in out.stdout and "task" not in out.stdout
+    assert recipients(sink) == Counter({"a@example.com": 1})
+    # With a broker and no worker, the task waits in the queue for one.
+    queued = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert queued.returncode == 0, queued.stderr
+    assert re.search(r"task [0-9a-f-]{36}", queued.stdout)
+    assert queue_length(load_settings(env)) == 1
+
+
+def test_enqueue_reports_an_unreachable_broker(tmp_path) -> None:
+    settings = make_settings(
+        tmp_path, "sqlite://", DIGEST_REDIS_URL=f"redis+socket://{tmp_path}/nothing.sock"
+    )
+    with pytest.raises(ConnectionError):
+        enqueue(settings, "digest.sweep", [([], {})])
+
+
+def _fixed_offset_zone_at_six(now: datetime) -> str:
+    """An Etc/GMT zone whose local time is between 06:00 and 06:59 at `now`."""
+    for offset in range(-12, 15):
+        if (now.hour + offset) % 24 == 6:
+            # POSIX-style names: Etc/GMT-5 is five hours *ahead* of UTC.
+            return "Etc/GMT" if offset == 0 else f"Etc/GMT{-offset:+d}"
+    raise AssertionError("unreachable")
+
+
+def test_digest_dev_runs_worker_and_beat_until_ctrl_c(
+    sqlite_url, smtp_server, worker_env, spawn
+) -> None:
+    """Real clock and real beat: the reader whose local time is 06:xx gets the edition."""
+    sink, smtp_url = smtp_server
+    now = datetime.now(UTC)
+    zone = _fixed_offset_zone_at_six(now)
+    seed(sqlite_url, {"dev@example.com": zone}, [now - timedelta(minutes=30)])
+    env = worker_env(sqlite_url, smtp_url, DIGEST_DISPATCH_EVERY_SECONDS="1")
+    del env["DIGEST_REDIS_URL"]  # digest dev starts an embedded Redis of its own
+    dev = spawn("dev", [sys.executable, "-m", "digest.cli", "dev", "--concurrency=1"], env)
+
+    wait_for(lambda: sink.to("dev@example.com"), 60, "the edition sent by beat and worker")
+    pids = [int(p) for p in re.findall(r"started \(pid (\d+)\)", dev.output())]
+    assert len(pids) == 2 and "embedded redis" in dev.output()
+
+    os.kill(dev.proc.pid, signal.SIGINT)  # what Ctrl-C in its terminal sends
+    assert dev.proc.wait(timeout=40) == 0, dev.output()
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert len(sink.to("dev@example.com")) == 1
+    assert delivery_counts(sqlite_url) == {"sent": 1}
+
+
+def test_settings_for_workers_come_from_the_environment(tmp_path) -> None:
+    settings: Settings = make_settings(
+        tmp_path,
+        "sqlite://",
+        DIGEST_TASK_QUEUE="mail",
+        DIGEST_VISIBILITY_TIMEOUT="9000",
+        DIGEST_TASK_MAX_REDELIVERIES="5",
+        DIGEST_RETRY_BASE_SECONDS="2",
+        DIGEST_RETRY_MAX_SECONDS="100",
+    )
+    assert (settings.task_queue, settings.visibility_timeout) == ("mail", 9000)
+    assert (settings.task_max_redeliveries, settings.retry_base_seconds) == (5, 2)
+    assert settings.retry_max_seconds == 100
