@@ -16,7 +16,7 @@ from digest import store
 from digest.addresses import fold_header_text, normalise_address
 from digest.config import check_timezone
 from digest.editions import normalise_sections
-from digest.errors import ConfigError, InvalidInput
+from digest.errors import ConfigError, InvalidAddress, InvalidInput
 from digest.models import Subscriber
 
 EDITION_CHOICES = {
@@ -123,7 +123,7 @@ def import_csv(
                 row.get("editions"),
                 row.get("sections"),
             )
-        except InvalidInput as exc:
+        except (InvalidInput, InvalidAddress) as exc:
             report.errors.append((line, str(exc)))
             continue
         if fields["email"] in seen:

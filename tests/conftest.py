@@ -179,7 +179,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         yield f"redis+socket://{server.socket_file}"
     finally:
-        server.shutdown()
+        server.shutdown(nosave=True)
 
 
 def wait_for(check: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
@@ -396,6 +396,6 @@ def live_server() -> Iterator[Any]:
 
     yield start
     for server, thread in running:
-        server.shutdown()
+        server.shutdown(nosave=True)
         server.server_close()
         thread.join(timeout=5)

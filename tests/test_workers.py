@@ -267,7 +267,10 @@ def test_two_ticks_and_five_sends_make_one_edition(
         app.close()
 
     london = [e for e in editions(database_url) if e.timezone == LONDON and e.slot == "morning"]
-    assert [(e.local_day.isoformat(), e.status) for e in london] == [("2026-11-29", "done")]
+    assert [(e.local_day.isoformat(), e.status) for e in london] == [
+        ("2026-11-28", "missed"),  # yesterday's, past its catch-up window: never sent late
+        ("2026-11-29", "done"),
+    ]
     assert delivery_counts(database_url) == {"sent": 12}
     assert recipients(sink) == Counter({email: 1 for email in readers})
     created = [e for r in results for e in r["editions"] if e["created"] and e["queued"]]

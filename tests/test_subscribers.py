@@ -1,0 +1,102 @@
+"""Subscriber import and export: every bad row named, nothing else lost."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, datetime
+
+import pytest
+
+from digest import store
+from digest.errors import InvalidInput
+from digest.subscribers import export_csv, import_csv, safe_cell, subscriber_fields
+
+NOW = datetime(2026, 11, 29, tzinfo=UTC)
+
+CSV = """email,name,timezone,editions,sections
+ana@example.com,Ana,Europe/London,morning,
+not-an-address,Bad,,,
+ben@example.com,Ben,Mars/Olympus,,
+cy@example.com,"Cy, Jr.",,evening,"Sport, News"
+ANA@example.com,Ana again,,,
+dee@example.com,Dee,,weekly,
+eve@example.com,"=HYPERLINK(""http://evil"")",,,
+"""
+
+
+def test_import_reports_each_bad_row_and_keeps_the_good(session) -> None:
+    report = import_csv(session, io.StringIO(CSV), NOW)
+    session.commit()
+    assert report.added == 3
+    errors = dict(report.errors)
+    assert set(errors) == {3, 4, 6, 7}
+    assert "not-an-address" in errors[3] and "@" in errors[3]
+    assert "Mars/Olympus" in errors[4]
+    assert "earlier in the file" in errors[6]
+    assert "weekly" in errors[7]
+    cy = store.find_subscriber(session, "cy@example.com")
+    assert cy is not None and cy.sections == "news,sport" and not cy.morning and cy.evening
+    assert cy.status == "pending"  # no proof of consent: double opt-in still needed
+
+
+def test_import_twice_adds_nothing_and_respects_suppression(session) -> None:
+    import_csv(session, io.StringIO(CSV), NOW, confirmed=True)
+    ana = store.find_subscriber(session, "ana@example.com")
+    assert ana is not None and ana.status == "active"
+    store.set_status(session, ana, "unsubscribed", NOW)
+    session.delete(ana)  # even with the row gone, the hashed suppression remains
+    session.commit()
+    report = import_csv(session, io.StringIO(CSV), NOW, confirmed=True)
+    session.commit()
+    assert report.added == 0 and report.suppressed == 1 and report.existing == 2
+    assert store.find_subscriber(session, "ana@example.com") is None
+
+
+def test_import_needs_an_email_column(session) -> None:
+    with pytest.raises(InvalidInput, match="email"):
+        import_csv(session, io.StringIO("name,address\nx,y\n"), NOW)
+
+
+def test_large_import_is_bulk(session) -> None:
+    rows = "email,name\n" + "".join(f"r{i}@example.com,Reader {i}\n" for i in range(20_000))
+    report = import_csv(session, io.StringIO(rows), NOW, confirmed=True)
+    session.commit()
+    assert report.added == 20_000 and not report.errors
+    assert store.count_subscribers(session) == {"active": 20_000}
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("=1+1", "'=1+1"), ("+61 400", "'+61 400"), ("-x", "'-x"), ("@SUM(A1)", "'@SUM(A1)"),
+     ("\t=x", "'\t=x"), ("plain", "plain"), ("", ""), (None, "")],
+)
+def test_safe_cell(value: object, expected: str) -> None:
+    assert safe_cell(value) == expected
+
+
+def test_export_never_starts_a_cell_with_a_formula(session) -> None:
+    store.add_subscriber(session, "eve@example.com", NOW, name='=HYPERLINK("http://evil")',
+                         sections="-news")
+    store.add_subscriber(session, "ok@example.com", NOW, name="Ok")
+    session.commit()
+    out = io.StringIO()
+    assert export_csv(session, out) == 2
+    rows = list(csv.reader(io.StringIO(out.getvalue())))
+    assert rows[0][0] == "email"
+    for row in rows[1:]:
+        assert all(not cell.startswith(("=", "+", "-", "@")) for cell in row)
+    assert rows[1][1] == "'=HYPERLINK(\"http://evil\")"
+
+
+def test_subscriber_fields_folds_hostile_names() -> None:
+    fields = subscriber_fields("ana@example.com", "Ana\r\nBcc: x@example.org")
+    assert fields["name"] == "Ana Bcc: x@example.org"
+
+
+def test_duplicate_subscriber_is_refused(session) -> None:
+    from digest.errors import Duplicate
+
+    store.add_subscriber(session, "ana@example.com", NOW)
+    with pytest.raises(Duplicate, match="already"):
+        store.add_subscriber(session, "ana@example.com", NOW)
