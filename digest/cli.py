@@ -41,7 +41,7 @@ class App:
         return make_sessionmaker(make_engine(self.settings.database_url))
 
     def session(self) -> Session:
-        return self.sessions()  # type: ignore[no-any-return]
+        return self.sessions()
 
     def now(self) -> datetime:
         return self._now or datetime.now(UTC)
@@ -60,7 +60,7 @@ class Group(click.Group):
         except DigestError as exc:
             raise click.ClickException(str(exc)) from None
         except SQLAlchemyError as exc:
-            first = str(exc.orig if getattr(exc, "orig", None) else exc).splitlines()[0]
+            first = str(getattr(exc, "orig", None) or exc).splitlines()[0]
             hint = " (run `digest init` first?)" if "no such table" in first else ""
             raise click.ClickException(f"database error: {first}{hint}") from None
 

@@ -7,7 +7,7 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -39,7 +39,7 @@ class ArticleView:
 @dataclass(frozen=True)
 class EditionView:
     slot: str
-    local_day: datetime | object
+    local_day: date
     timezone: str
     articles: Sequence[ArticleView]
     sender_name: str
@@ -110,7 +110,7 @@ def edition_title(slot: str) -> str:
 
 
 def subject_for(view: EditionView) -> str:
-    day = view.local_day.strftime("%A %-d %B")  # type: ignore[attr-defined]
+    day = view.local_day.strftime("%A %-d %B")
     lead = view.articles[0].title if view.articles else ""
     subject = f"{edition_title(view.slot)}, {day}: {lead}" if lead else edition_title(view.slot)
     return fold_header_text(subject, limit=150)
@@ -122,7 +122,7 @@ def render_edition(view: EditionView, templates_dir: Path) -> Rendered:
     context = {
         "subject": subject_for(view),
         "title": edition_title(view.slot),
-        "dateline": view.local_day.strftime("%A %-d %B %Y"),  # type: ignore[attr-defined]
+        "dateline": view.local_day.strftime("%A %-d %B %Y"),
         "preheader": " · ".join(a.title for a in view.articles[:3]),
         "greeting": "Good morning" if view.slot == "morning" else "Good evening",
         "groups": group_by_section(view.articles),

@@ -39,6 +39,11 @@ def _insert_for(dialect_name: str, model: Any) -> Any:
     return (postgresql.insert if dialect_name == "postgresql" else sqlite.insert)(model)
 
 
+def _rowcount(result: Any) -> int:
+    """Rows an UPDATE touched (a CursorResult attribute the generic Result type lacks)."""
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def dialect(session: Session) -> str:
     return session.get_bind().dialect.name
 
@@ -456,12 +461,13 @@ def subscriber_statuses(session: Session, subscriber_ids: Sequence[int]) -> dict
 
 # The send loop records every message on its own; these statements are built once
 # and run as Core (no ORM session synchronisation), which keeps a record under 0.2 ms.
-_DELIVERY = Delivery.__table__.c
+_DELIVERY_TABLE: Any = Delivery.__table__
+_DELIVERY = _DELIVERY_TABLE.c
 
 
 def _finish_stmt(**values: Any) -> Any:
     return (
-        update(Delivery.__table__)
+        update(_DELIVERY_TABLE)
         .where(_DELIVERY.id == bindparam("b_id"), _DELIVERY.status == "sending")
         .values(lease_until=None, **values)
     )
@@ -490,7 +496,8 @@ class Recorder:
     _sqlite_lock = threading.Lock()
 
     def __init__(self, session: Session) -> None:
-        self._conn = session.get_bind().connect().execution_options(isolation_level="AUTOCOMMIT")
+        engine: Any = session.get_bind()
+        self._conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         self._lock: AbstractContextManager[Any] = (
             self._sqlite_lock if self._conn.dialect.name == "sqlite" else nullcontext()
         )
@@ -594,7 +601,7 @@ def requeue(session: Session, delivery_ids: Sequence[int], now: datetime) -> int
             .where(Delivery.id.in_(chunk), Delivery.status.in_(("sending", "queued")))
             .values(status="queued", lease_until=None, queued_at=now)
         )
-        total += result.rowcount or 0
+        total += _rowcount(result)
     return total
 
 
@@ -608,9 +615,9 @@ def retry_deliveries(
         .values(status="queued", next_attempt_at=None, queued_at=now)
     )
     edition = get_edition(session, edition_id)
-    if result.rowcount and edition.status == "done":
+    if _rowcount(result) and edition.status == "done":
         edition.status = "sending"
-    return result.rowcount or 0
+    return _rowcount(result)
 
 
 def delete_subscriber_deliveries(session: Session, subscriber_id: int) -> None:
