@@ -182,7 +182,10 @@ def fetch(
     `timeout` bounds the whole fetch, redirects included. Every error is a FeedError
     (UnsafeURL for a refused address or scheme) naming the URL it is about.
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise FeedError(f"{url}: not a valid URL: {exc}") from None
     if parts.scheme == "file" or (not parts.scheme and Path(url).exists()):
         return _read_file(url, max_bytes)
     headers = {
@@ -228,13 +231,14 @@ def _get_once(
     url: str, headers: dict[str, str], deadline: _Deadline, max_bytes: int, allow_private: bool
 ) -> Fetched | str:
     """One GET: a Fetched, or the absolute URL a redirect points to."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UnsafeURL(f"refusing to fetch {url!r}: only http and https feeds are allowed")
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        parts = urlsplit(url)
+        port = parts.port
     except ValueError as exc:
         raise FeedError(f"{url}: not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UnsafeURL(f"refusing to fetch {url!r}: only http and https feeds are allowed")
+    port = port or (443 if parts.scheme == "https" else 80)
     host = parts.hostname
     _check_host(url, host, port, allow_private)
     conn: _CheckedHTTPConnection

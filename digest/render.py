@@ -145,6 +145,9 @@ def inline_css(raw_html: str) -> str:
         cssutils_logging_level=logging.CRITICAL,
         remove_classes=False,
         strip_important=False,
+        # The template's own width attributes (600 on the container, 552 on images, for
+        # Outlook) must stay: premailer would copy CSS widths such as 100% over them.
+        disable_basic_attributes=["width", "height"],
     ).transform()
 
 

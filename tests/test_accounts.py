@@ -386,8 +386,9 @@ def test_already_subscribed_email_points_at_preferences(session, settings: Setti
 def test_send_notice_uses_the_transport(session, settings: Settings, smtp_server, tmp_path) -> None:
     sink, url = smtp_server
     notice = accounts.request_subscription(session, settings, fields(), NOW)
-    smtp = settings.with_(smtp=parse_smtp_url(url))
-    mid = accounts.send_notice(smtp, SMTPTransport(smtp.smtp), notice, NOW)
+    config = parse_smtp_url(url)
+    smtp = settings.with_(smtp=config)
+    mid = accounts.send_notice(smtp, SMTPTransport(config), notice, NOW)
     assert [m["Message-ID"] for m in sink.to("reader@example.com")] == [mid]
     outbox = OutboxTransport(tmp_path / "outbox")
     mid = accounts.send_notice(settings, outbox, notice, NOW)

@@ -645,8 +645,9 @@ def test_etag_is_stored_only_when_it_fits(
 
 
 def test_bad_url_is_a_feed_error() -> None:
-    with pytest.raises(FeedError, match="not a valid URL"):
-        fetch("http://news.example.com:99999/feed", allow_private=True)
+    for url in ("http://news.example.com:99999/feed", "http://[::1/feed"):
+        with pytest.raises(FeedError, match="not a valid URL"):
+            fetch(url, allow_private=True)
     with pytest.raises(UnsafeURL, match="only http and https"):
         fetch("gopher://news.example.com/feed")
 

@@ -19,9 +19,11 @@ from typing import Any
 
 import pytest
 from celery.exceptions import Reject
+from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from digest import store
+from digest.cli import cli
 from digest.config import Settings, load_settings
 from digest.db import make_engine, make_sessionmaker
 from digest.errors import ConfigError
@@ -104,6 +106,13 @@ def editions(database_url: str) -> list[Edition]:
 
 def recipients(sink: Any) -> Counter[str]:
     return Counter(r for _, rcpts, _ in sink.messages for r in rcpts)
+
+
+def digest_cli(env: dict[str, str], *args: str) -> str:
+    """Run a `digest` command in this process with `env` as its environment."""
+    result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
 
 
 @pytest.fixture
@@ -366,7 +375,7 @@ def test_a_killed_worker_loses_no_delivery(
 
 
 def test_transient_failures_retry_and_operators_retry_failures(
-    sqlite_url, smtp_server, worker_env, start_worker, client, spawn
+    sqlite_url, smtp_server, worker_env, start_worker, client
 ) -> None:
     sink, smtp_url = smtp_server
     readers = {"ok@example.com": LONDON, "busy@example.com": LONDON, "no@example.com": LONDON}
@@ -394,42 +403,33 @@ def test_transient_failures_retry_and_operators_retry_failures(
 
     del sink.refuse["no@example.com"]
     edition_id = plan["editions"][0]["edition"]
-    cli = [sys.executable, "-m", "digest.cli", "retry", str(edition_id), "--failed"]
-    retry = spawn("retry", cli, env)
-    assert retry.proc.wait(timeout=60) == 0, retry.output()
-    assert "1 deliveries re-queued" in retry.output()
-    assert "1 digest.send_batch tasks enqueued" in retry.output()
+    retry = digest_cli(env, "retry", str(edition_id), "--failed")
+    assert "1 deliveries re-queued" in retry
+    assert "1 digest.send_batch tasks enqueued" in retry
     wait_for(lambda: delivery_counts(sqlite_url) == {"sent": 3}, 30, "the retried delivery")
     assert recipients(sink) == Counter({email: 1 for email in readers})
 
-    status = subprocess.run(
-        [sys.executable, "-m", "digest.cli", "status", str(edition_id)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert status.returncode == 0, status.stderr
-    assert "sent: 3" in status.stdout
-    assert f"queue {env['DIGEST_TASK_QUEUE']}: 0 tasks waiting" in status.stdout
+    status = digest_cli(env, "status", str(edition_id))
+    assert "sent: 3" in status
+    assert f"queue {env['DIGEST_TASK_QUEUE']}: 0 tasks waiting" in status
 
 
-def test_send_without_broker_or_with_inline_runs_in_process(
+def test_send_inline_runs_in_process_and_otherwise_enqueues(
     sqlite_url, smtp_server, worker_env
 ) -> None:
     sink, smtp_url = smtp_server
     seed(sqlite_url, {"a@example.com": LONDON}, [TICK - timedelta(hours=1)])
     env = worker_env(sqlite_url, smtp_url, DIGEST_NOW=TICK.isoformat())
-    argv = [sys.executable, "-m", "digest.cli", "send", "morning", "--timezone", LONDON]
-    out = subprocess.run([*argv, "--inline"], env=env, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert "1 sent" in out.stdout and "task" not in out.stdout
+    inline = digest_cli(env, "send", "morning", "--timezone", LONDON, "--inline")
+    assert "1 sent" in inline and "task" not in inline
     assert recipients(sink) == Counter({"a@example.com": 1})
     # With a broker and no worker, the task waits in the queue for one.
+    argv = [sys.executable, "-m", "digest.cli", "send", "evening", "--timezone", LONDON]
     queued = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
     assert queued.returncode == 0, queued.stderr
-    assert re.search(r"task [0-9a-f-]{36}", queued.stdout)
+    assert re.search(r"digest.plan_edition enqueued .* task [0-9a-f-]{36}", queued.stdout)
     assert queue_length(load_settings(env)) == 1
+    assert len(sink.messages) == 1
 
 
 def test_enqueue_reports_an_unreachable_broker(tmp_path) -> None:
@@ -460,16 +460,23 @@ def test_digest_dev_runs_worker_and_beat_until_ctrl_c(
     env = worker_env(sqlite_url, smtp_url, DIGEST_DISPATCH_EVERY_SECONDS="1")
     del env["DIGEST_REDIS_URL"]  # digest dev starts an embedded Redis of its own
     dev = spawn("dev", [sys.executable, "-m", "digest.cli", "dev", "--concurrency=1"], env)
+    pids: list[int] = []
+    try:
+        wait_for(lambda: sink.to("dev@example.com"), 60, "the edition sent by beat and worker")
+        pids += [int(p) for p in re.findall(r"started \(pid (\d+)\)", dev.output())]
+        assert len(pids) == 2 and "embedded redis" in dev.output()
 
-    wait_for(lambda: sink.to("dev@example.com"), 60, "the edition sent by beat and worker")
-    pids = [int(p) for p in re.findall(r"started \(pid (\d+)\)", dev.output())]
-    assert len(pids) == 2 and "embedded redis" in dev.output()
-
-    os.kill(dev.proc.pid, signal.SIGINT)  # what Ctrl-C in its terminal sends
-    assert dev.proc.wait(timeout=40) == 0, dev.output()
-    for pid in pids:
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
+        os.kill(dev.proc.pid, signal.SIGINT)  # what Ctrl-C in its terminal sends
+        assert dev.proc.wait(timeout=40) == 0, dev.output()
+        for pid in pids:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+    finally:
+        for pid in pids:  # each child leads its own group; never leave one behind
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
     assert len(sink.to("dev@example.com")) == 1
     assert delivery_counts(sqlite_url) == {"sent": 1}
 

@@ -1,0 +1,1 @@
+"""Celery workers for digest: the app in workers.app, thin tasks in workers.tasks."""

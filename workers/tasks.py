@@ -1,0 +1,120 @@
+"""Thin tasks: ids and ISO strings in, digest's functions called, batches fanned out.
+
+Arguments never carry rows, addresses or secrets; each task re-reads what it needs.
+`now` (ISO 8601 with offset) pins the clock for tests and operators; beat omits it.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.exc import OperationalError
+
+from digest import dispatch, pipeline
+from digest.ingest import ingest_all
+from digest.transport import make_transport
+from workers.app import app, runtime
+
+settings = runtime.settings
+
+# The database being briefly unreachable (or SQLite busy past its timeout) is worth
+# retrying with capped exponential backoff; digest's own errors are not.
+OPTIONS = {
+    "max_redeliveries": settings.task_max_redeliveries,
+    "autoretry_for": (OperationalError,),
+    "retry_backoff": settings.retry_base_seconds,
+    "retry_backoff_max": settings.retry_max_seconds,
+    "retry_jitter": True,
+    "max_retries": settings.max_attempts,
+}
+
+
+def fan_out(batches: list[list[int]], now: str | None) -> list[str]:
+    """One send_batch task per batch of delivery ids; returns their task ids."""
+    return [send_batch.delay(batch, now=now).id for batch in batches]
+
+
+def _redelivered(task: Any) -> bool:
+    return bool((task.request.delivery_info or {}).get("redelivered")) or bool(task.request.retries)
+
+
+@app.task(name="digest.dispatch_due", **OPTIONS)
+def dispatch_due(now: str | None = None) -> dict[str, Any]:
+    """Plan every cohort whose send time has passed, then fan out its sends."""
+    with runtime.session() as session:
+        fanouts = dispatch.dispatch_due(session, settings, dispatch.parse_now(now))
+    return {
+        "editions": [f.summary() for f in fanouts],
+        "batches": [tid for f in fanouts for tid in fan_out(f.batches, now)],
+    }
+
+
+@app.task(bind=True, name="digest.plan_edition", **OPTIONS)
+def plan_edition(
+    self: Any,
+    slot: str,
+    day: str | None = None,
+    timezone: str | None = None,
+    now: str | None = None,
+) -> dict[str, Any]:
+    """Create the slot's edition (one timezone, or all) and fan out its sends, once."""
+    with runtime.session() as session:
+        fanouts = dispatch.plan_slot(
+            session,
+            settings,
+            slot,
+            dispatch.parse_now(now),
+            day=dispatch.parse_day(day),
+            timezone=timezone,
+            resume=_redelivered(self),
+        )
+    return {
+        "editions": [f.summary() for f in fanouts],
+        "batches": [tid for f in fanouts for tid in fan_out(f.batches, now)],
+    }
+
+
+@app.task(bind=True, name="digest.send_batch", **OPTIONS)
+def send_batch(self: Any, delivery_ids: list[int], now: str | None = None) -> dict[str, Any]:
+    """Claim and send these deliveries over one SMTP connection; retry deferred ones."""
+    at = dispatch.parse_now(now)
+
+    def progress(done: int, total: int) -> None:
+        self.update_state(state="PROGRESS", meta={"sent": done, "total": total})
+
+    progress(0, len(delivery_ids))
+    with runtime.session() as session:
+        report = pipeline.send_batch(
+            session, settings, make_transport(settings), delivery_ids, at, progress
+        )
+        again = dispatch.next_retry(session, delivery_ids, at)
+    if again and self.request.retries < settings.max_attempts:
+        ids, countdown = again
+        # A pinned clock moves on by the delay, so the retry finds its rows due.
+        later = None if now is None else (at + timedelta(seconds=countdown)).isoformat()
+        raise self.retry(args=(ids,), kwargs={"now": later}, countdown=countdown)
+    return dispatch.counts(report)
+
+
+@app.task(name="digest.ingest_feeds", **OPTIONS)
+def ingest_feeds(now: str | None = None) -> dict[str, int]:
+    """Poll every feed once."""
+    with runtime.session() as session:
+        reports = ingest_all(session, settings, dispatch.parse_now(now))
+    return {
+        "feeds": len(reports),
+        "new": sum(r.new for r in reports),
+        "failed": sum(1 for r in reports if r.error),
+    }
+
+
+@app.task(name="digest.sweep", **OPTIONS)
+def sweep(now: str | None = None) -> dict[str, Any]:
+    """Re-queue deliveries no worker is carrying and send them again."""
+    with runtime.session() as session:
+        batches = dispatch.sweep(session, settings, dispatch.parse_now(now))
+    return {
+        "requeued": sum(len(b) for b in batches),
+        "batches": fan_out(batches, now),
+    }
