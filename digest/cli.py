@@ -151,7 +151,7 @@ def ingest(app: App) -> None:
     for r in reports:
         if r.error:
             failed += 1
-            click.echo(f"FAILED {r.feed_url}: {r.error}")
+            click.echo(f"FAILED {r.error}")
         elif r.not_modified:
             click.echo(f"unchanged {r.feed_url}")
         else:

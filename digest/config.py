@@ -221,4 +221,5 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         in ("1", "true", "yes"),
         feed_timeout=float(env.get("DIGEST_FEED_TIMEOUT") or defaults.feed_timeout),
         feed_max_bytes=_int(env, "DIGEST_FEED_MAX_BYTES", defaults.feed_max_bytes),
+        confirm_ttl_hours=_int(env, "DIGEST_CONFIRM_TTL_HOURS", defaults.confirm_ttl_hours),
     )
