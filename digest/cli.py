@@ -432,13 +432,15 @@ def status(app: App, edition_id: int | None) -> None:
             if e.note and edition_id:
                 click.echo(f"  {e.note}")
     if app.settings.redis_url:
-        from workers.client import BrokerUnavailable, queue_length
+        from workers.client import BrokerUnavailable, queue_lengths
 
         try:
-            waiting = f"{queue_length(app.settings)} tasks waiting"
+            lengths = queue_lengths(app.settings)
         except BrokerUnavailable as exc:
-            waiting = str(exc)
-        click.echo(f"queue {app.settings.task_queue}: {waiting}")
+            click.echo(str(exc))
+            return
+        for queue, waiting in lengths.items():
+            click.echo(f"queue {queue}: {waiting} tasks waiting")
 
 
 # --- workers -------------------------------------------------------------------------

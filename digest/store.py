@@ -688,5 +688,5 @@ def deferred_among(session: Session, delivery_ids: Sequence[int]) -> list[tuple[
             Delivery.status == "deferred",
             Delivery.next_attempt_at.is_not(None),
         )
-        found.extend((d, at) for d, at in session.execute(stmt))
+        found.extend((d, at) for d, at in session.execute(stmt) if at is not None)
     return sorted(found)

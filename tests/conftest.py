@@ -303,13 +303,20 @@ def worker_env(tmp_path: Path, redis_url: str) -> Iterator[Any]:
         return env
 
     yield make
+    import json
+
     with redis_client(redis_url) as client:
         stale = [
             *client.scan_iter(match=f"{queue}*"),
-            *client.scan_iter(match=f"_kombu.binding.{queue}"),
+            *client.scan_iter(match=f"_kombu.binding*.{queue}*"),
         ]
         if stale:
             client.delete(*stale)
+        # Messages a killed worker held stay in kombu's unacked hash until restored.
+        for tag, raw in client.hscan_iter("unacked"):
+            if json.loads(raw)[-1].startswith(queue):
+                client.hdel("unacked", tag)
+                client.zrem("unacked_index", tag)
 
 
 @pytest.fixture

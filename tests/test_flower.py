@@ -77,3 +77,10 @@ def test_flower_api_sends_an_edition(
     [edition] = result["result"]["editions"]
     assert edition["cohort"] == f"morning 2026-11-29 {LONDON}" and edition["queued"] == 3
     assert call(f"{base}/api/task/async-apply/digest.nonexistent", {})[0] == 404
+
+    def seen_by_flower() -> bool:
+        # Flower's task list comes from worker events alone (task events are on).
+        status, tasks = call(f"{base}/api/tasks?taskname=digest.send_batch")
+        return status == 200 and any(t["state"] == "SUCCESS" for t in tasks.values())
+
+    wait_for(seen_by_flower, 20, "Flower to see the send_batch task succeed", interval=0.2)

@@ -31,7 +31,7 @@ from digest.models import Delivery, Edition
 from digest.sanitize import clean_summary
 from tests.conftest import make_settings, wait_for
 from workers.base import DigestTask
-from workers.client import client_app, enqueue, queue_length
+from workers.client import client_app, enqueue, queue_lengths
 from workers.config import beat_schedule, celery_config
 
 LONDON, SYDNEY = "Europe/London", "Australia/Sydney"
@@ -162,6 +162,8 @@ def test_celery_config_is_production_safe(tmp_path) -> None:
     assert conf["worker_send_task_events"] and conf["task_send_sent_event"]
     assert (conf["timezone"], conf["enable_utc"]) == ("UTC", True)
     assert conf["accept_content"] == ["json"]
+    assert conf["task_routes"]["digest.send_batch"]["queue"] == "digest.send"
+    assert [q.name for q in conf["task_queues"]] == ["digest", "digest.send"]
     assert {e["task"] for e in conf["beat_schedule"].values()} <= set(TASKS)
     assert conf["beat_schedule"]["dispatch-due"]["schedule"] == 60
     assert "hunter2" not in repr(settings)
@@ -352,6 +354,9 @@ def test_a_killed_worker_loses_no_delivery(
     states = {t: client.AsyncResult(t).state for t in plan["batches"]}
     in_flight = {t for t, state in states.items() if state in ("STARTED", "PROGRESS")}
     assert 1 <= len(in_flight) <= 2, states
+    # What Flower shows for a running batch: its progress, as sent of total.
+    progress = [client.AsyncResult(t).info for t in in_flight if states[t] == "PROGRESS"]
+    assert progress and all(p["total"] == 5 and 0 <= p["sent"] <= 5 for p in progress)
     assert delivery_counts(sqlite_url).get("sending", 0) > 0
 
     start_worker(env, concurrency=2)  # a replacement takes what is still queued
@@ -412,6 +417,7 @@ def test_transient_failures_retry_and_operators_retry_failures(
     status = digest_cli(env, "status", str(edition_id))
     assert "sent: 3" in status
     assert f"queue {env['DIGEST_TASK_QUEUE']}: 0 tasks waiting" in status
+    assert f"queue {env['DIGEST_TASK_QUEUE']}.send: 0 tasks waiting" in status
 
 
 def test_send_inline_runs_in_process_and_otherwise_enqueues(
@@ -428,7 +434,8 @@ def test_send_inline_runs_in_process_and_otherwise_enqueues(
     queued = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
     assert queued.returncode == 0, queued.stderr
     assert re.search(r"digest.plan_edition enqueued .* task [0-9a-f-]{36}", queued.stdout)
-    assert queue_length(load_settings(env)) == 1
+    queue = env["DIGEST_TASK_QUEUE"]
+    assert queue_lengths(load_settings(env)) == {queue: 1, f"{queue}.send": 0}
     assert len(sink.messages) == 1
 
 
@@ -494,3 +501,25 @@ def test_settings_for_workers_come_from_the_environment(tmp_path) -> None:
     assert (settings.task_queue, settings.visibility_timeout) == ("mail", 9000)
     assert (settings.task_max_redeliveries, settings.retry_base_seconds) == (5, 2)
     assert settings.retry_max_seconds == 100
+
+
+def test_retry_and_sweep_run_in_process_without_a_broker(
+    sqlite_url, smtp_server, worker_env
+) -> None:
+    sink, smtp_url = smtp_server
+    seed(sqlite_url, {"a@example.com": LONDON, "b@example.com": LONDON}, [TICK])
+    env = worker_env(sqlite_url, smtp_url, DIGEST_NOW=(TICK + timedelta(minutes=1)).isoformat())
+    del env["DIGEST_REDIS_URL"]
+    sink.refuse["b@example.com"] = "550 5.7.1 not today"
+    assert "1 sent" in digest_cli(env, "send", "morning", "--timezone", LONDON)
+    assert delivery_counts(sqlite_url) == {"sent": 1, "failed": 1}
+    [edition] = [e for e in editions(sqlite_url) if e.status == "done" and e.slot == "morning"]
+
+    del sink.refuse["b@example.com"]
+    with pytest.raises(AssertionError, match="--failed, --deferred or both"):
+        digest_cli(env, "retry", str(edition.id))
+    out = digest_cli(env, "retry", str(edition.id), "--failed", "--deferred")
+    assert "1 deliveries re-queued" in out and "1 sent" in out
+    assert delivery_counts(sqlite_url) == {"sent": 2}
+    assert recipients(sink) == Counter({"a@example.com": 1, "b@example.com": 1})
+    assert "0 deliveries re-queued" in digest_cli(env, "sweep")

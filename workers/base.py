@@ -21,7 +21,7 @@ def count_redelivery(client: Any, task_id: str, retries: int, ttl: int) -> int:
     return int(count)
 
 
-class DigestTask(Task):  # type: ignore[misc]
+class DigestTask(Task):
     """Celery puts a task whose worker died back in the queue (task_reject_on_worker_lost)
     with no limit, so a task that kills its worker, out of memory say, would loop for
     ever. Past `max_redeliveries` returns the message is dropped instead: the database

@@ -10,7 +10,7 @@ from kombu.exceptions import OperationalError
 
 from digest.config import Settings
 from digest.errors import DigestError
-from workers.config import celery_config
+from workers.config import celery_config, queues
 
 
 class BrokerUnavailable(DigestError, ConnectionError):
@@ -46,17 +46,20 @@ def enqueue(
         app.close()
 
 
-def queue_length(settings: Settings) -> int:
-    """Tasks waiting in digest's queue (not counting those workers hold)."""
+def queue_lengths(settings: Settings) -> dict[str, int]:
+    """Tasks waiting in each of digest's queues (not counting those workers hold)."""
     app = client_app(settings, results=False)
+    lengths = {}
     try:
         with app.connection_for_read() as conn:
             channel = conn.default_channel
-            try:
-                return int(channel.queue_declare(settings.task_queue, passive=True).message_count)
-            except conn.channel_errors:
-                return 0  # never declared: nothing was ever queued
+            for queue in queues(settings):
+                try:
+                    lengths[queue] = int(channel.queue_declare(queue, passive=True).message_count)
+                except conn.channel_errors:
+                    lengths[queue] = 0  # never declared: nothing was ever queued there
     except OperationalError as exc:
         raise BrokerUnavailable(f"cannot reach the broker: {exc}") from None
     finally:
         app.close()
+    return lengths

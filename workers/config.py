@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from kombu import Queue
+
 from digest.config import Settings
 from digest.errors import ConfigError
 
@@ -65,7 +67,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
+        # Send batches get a queue of their own: a backlog of thousands of them must
+        # not hold up the next dispatch tick or sweep, which a worker takes in turn.
         "task_default_queue": settings.task_queue,
+        "task_queues": [Queue(q) for q in queues(settings)],
+        "task_routes": {"digest.send_batch": {"queue": send_queue(settings)}},
         # Beat's own clock is UTC; each cohort's local send time is computed by digest
         # with zoneinfo, so daylight-saving changes never move the schedule.
         "timezone": "UTC",
@@ -73,6 +79,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_schedule": beat_schedule(settings),
         "beat_schedule_filename": str(settings.data_dir / "celerybeat-schedule"),
     }
+
+
+def send_queue(settings: Settings) -> str:
+    return f"{settings.task_queue}.send"
+
+
+def queues(settings: Settings) -> list[str]:
+    """Every queue digest's tasks go through; a worker consumes all of them by default."""
+    return [settings.task_queue, send_queue(settings)]
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:

