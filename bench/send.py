@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from digest import pipeline, store  # noqa: E402
-from digest.config import Settings, load_settings, parse_smtp_url  # noqa: E402
+from digest.config import Settings, load_settings  # noqa: E402
 from digest.db import make_engine, make_sessionmaker, upgrade  # noqa: E402
 from digest.message import Envelope, MessageTemplate, build_message  # noqa: E402
 from digest.render import inline_css  # noqa: E402
@@ -42,21 +42,28 @@ def rss_mb() -> float:
 
 
 def start_sink() -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "smtp_sink.py")],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "smtp_sink.py")], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None
     port = int(proc.stdout.readline())
     return proc, f"smtp://127.0.0.1:{port}"
 
 
-def bench_settings(database_url: str, smtp_url: str, data_dir: Path, batch: int,
-                   connections: int = 4) -> Settings:
-    return load_settings({
-        "DIGEST_DATA_DIR": str(data_dir), "DIGEST_DATABASE_URL": database_url,
-        "DIGEST_SMTP_URL": smtp_url, "DIGEST_SECRET_KEY": "bench-secret",
-        "DIGEST_BATCH_SIZE": str(batch), "DIGEST_BASE_URL": "https://news.example.com",
-        "DIGEST_SMTP_CONNECTIONS": str(connections),
-    })
+def bench_settings(
+    database_url: str, smtp_url: str, data_dir: Path, batch: int, connections: int = 4
+) -> Settings:
+    return load_settings(
+        {
+            "DIGEST_DATA_DIR": str(data_dir),
+            "DIGEST_DATABASE_URL": database_url,
+            "DIGEST_SMTP_URL": smtp_url,
+            "DIGEST_SECRET_KEY": "bench-secret",
+            "DIGEST_BATCH_SIZE": str(batch),
+            "DIGEST_BASE_URL": "https://news.example.com",
+            "DIGEST_SMTP_CONNECTIONS": str(connections),
+        }
+    )
 
 
 def seed(settings: Settings, subscribers: int) -> None:
@@ -64,22 +71,44 @@ def seed(settings: Settings, subscribers: int) -> None:
     upgrade(settings.database_url)
     sessions = make_sessionmaker(make_engine(settings.database_url))
     with sessions() as session:
-        store.insert_articles(session, [
-            {"guid": f"bench-{i}", "url": f"https://news.example.com/story/{i}",
-             "title": f"Story number {i}: what happened and why it matters",
-             "summary_html": "<p>" + "A paragraph of summary text for the story. " * 6 + "</p>",
-             "section": SECTIONS[i % 3], "priority": i % 2, "image_url": None, "feed_id": None,
-             "published_at": NOW - timedelta(hours=1, minutes=i),
-             "seen_at": NOW - timedelta(hours=1, minutes=i)}
-            for i in range(15)
-        ])
+        store.insert_articles(
+            session,
+            [
+                {
+                    "guid": f"bench-{i}",
+                    "url": f"https://news.example.com/story/{i}",
+                    "title": f"Story number {i}: what happened and why it matters",
+                    "summary_html": "<p>"
+                    + "A paragraph of summary text for the story. " * 6
+                    + "</p>",
+                    "section": SECTIONS[i % 3],
+                    "priority": i % 2,
+                    "image_url": None,
+                    "feed_id": None,
+                    "published_at": NOW - timedelta(hours=1, minutes=i),
+                    "seen_at": NOW - timedelta(hours=1, minutes=i),
+                }
+                for i in range(15)
+            ],
+        )
         for start in range(0, subscribers, 5000):
-            store.insert_subscribers(session, [
-                {"email": f"reader{i}@example.com", "name": f"Reader {i}", "timezone": TZ,
-                 "morning": True, "evening": True, "sections": "sport" if i % 5 == 0 else "",
-                 "status": "active", "consent": "bench", "created_at": NOW}
-                for i in range(start, min(start + 5000, subscribers))
-            ])
+            store.insert_subscribers(
+                session,
+                [
+                    {
+                        "email": f"reader{i}@example.com",
+                        "name": f"Reader {i}",
+                        "timezone": TZ,
+                        "morning": True,
+                        "evening": True,
+                        "sections": "sport" if i % 5 == 0 else "",
+                        "status": "active",
+                        "consent": "bench",
+                        "created_at": NOW,
+                    }
+                    for i in range(start, min(start + 5000, subscribers))
+                ],
+            )
         session.commit()
 
 
@@ -95,13 +124,21 @@ def run_inprocess(settings: Settings) -> dict[str, float]:
         total = 0
         ids = store.delivery_ids(session, plan.edition_id)
         for i, batch in enumerate(pipeline.chunks(ids, settings.batch_size)):
-            report = pipeline.send_batch(session, settings, SMTPTransport(settings.smtp), batch, NOW)
+            report = pipeline.send_batch(
+                session, settings, SMTPTransport(settings.smtp), batch, NOW
+            )
             total += report.sent
             if i == 0:
                 rss_first = rss_mb()
         t2 = time.perf_counter()
-    return {"plan_s": t1 - t0, "send_s": t2 - t1, "sent": total, "queued": plan.queued,
-            "rss_first_batch_mb": rss_first, "rss_end_mb": rss_mb()}
+    return {
+        "plan_s": t1 - t0,
+        "send_s": t2 - t1,
+        "sent": total,
+        "queued": plan.queued,
+        "rss_first_batch_mb": rss_first,
+        "rss_end_mb": rss_mb(),
+    }
 
 
 def per_message_costs(settings: Settings, samples: int) -> tuple[list[float], list[float]]:
@@ -112,15 +149,17 @@ def per_message_costs(settings: Settings, samples: int) -> tuple[list[float], li
         assert edition is not None
         variant = store.variants(session, edition.id)[0]
         prepared = pipeline.prepare_variant(variant)
-        template = MessageTemplate(pipeline.sender_of(settings), variant.subject, NOW, "k",
-                                   prepared.html, prepared.text)
+        template = MessageTemplate(
+            pipeline.sender_of(settings), variant.subject, NOW, "k", prepared.html, prepared.text
+        )
         cohort = Cohort("morning", DAY, TZ)
         _, snapshot = pipeline.select_snapshot(session, settings, cohort, edition.window_end)
         ours = []
         for i in range(samples * 20):
             t = time.perf_counter()
-            reader = pipeline.address_reader(settings, edition.id, i, f"r{i}@example.com",
-                                             f"Reader {i}")
+            reader = pipeline.address_reader(
+                settings, edition.id, i, f"r{i}@example.com", f"Reader {i}"
+            )
             template.render(reader)
             ours.append(time.perf_counter() - t)
         naive = []
@@ -130,8 +169,15 @@ def per_message_costs(settings: Settings, samples: int) -> tuple[list[float], li
             assert rendered is not None
             # premailer and the stdlib MIME build again, as a per-message renderer would
             html = inline_css(rendered[0].html)
-            env = Envelope(f"r{i}@example.com", f"Reader {i}", f"<{i}@x>", "https://x/u", "u",
-                           rendered[0].text, html)
+            env = Envelope(
+                f"r{i}@example.com",
+                f"Reader {i}",
+                f"<{i}@x>",
+                "https://x/u",
+                "u",
+                rendered[0].text,
+                html,
+            )
             build_message(pipeline.sender_of(settings), rendered[0].subject, NOW, env).as_bytes()
             naive.append(time.perf_counter() - t)
     return ours, naive
@@ -153,8 +199,10 @@ def main() -> None:
             settings = bench_settings(url, smtp_url, Path(tmp), args.batch, args.connections)
             t = time.perf_counter()
             seed(settings, args.subscribers)
-            print(f"seeded {args.subscribers} subscribers in {time.perf_counter() - t:.1f} s "
-                  f"({settings.database_url_safe.split('?')[0]})")
+            print(
+                f"seeded {args.subscribers} subscribers in {time.perf_counter() - t:.1f} s "
+                f"({settings.database_url_safe.split('?')[0]})"
+            )
             rss_start = rss_mb()
             r = run_inprocess(settings)
             ours, naive = per_message_costs(settings, args.naive_samples)
@@ -164,18 +212,29 @@ def main() -> None:
     total = r["plan_s"] + r["send_s"]
     ours_ms = statistics.median(ours) * 1000
     naive_ms = statistics.median(naive) * 1000
-    print(f"plan (select, render + premailer per section choice, {r['queued']:.0f} rows): "
-          f"{r['plan_s']:.2f} s")
-    print(f"send, batches of {args.batch} over {args.connections} SMTP connections each: "
-          f"{r['send_s']:.2f} s")
+    print(
+        f"plan (select, render + premailer per section choice, {r['queued']:.0f} rows): "
+        f"{r['plan_s']:.2f} s"
+    )
+    print(
+        f"send, batches of {args.batch} over {args.connections} SMTP connections each: "
+        f"{r['send_s']:.2f} s"
+    )
     print(f"messages/s, plan + render + build + SMTP send: {r['sent'] / total:,.0f}")
     print(f"messages/s, send phase only: {r['sent'] / r['send_s']:,.0f}")
     print(f"per-message personalise + MIME build (median of {len(ours)}): {ours_ms:.3f} ms")
-    print(f"per-message naive render + premailer + stdlib MIME (median of {len(naive)}): {naive_ms:.1f} ms")
-    print(f"naive / ours per message: {naive_ms / ours_ms:,.0f}x "
-          f"(naive ceiling ~{1000 / naive_ms:,.0f} messages/s on one core)")
-    print(f"peak RSS: {rss_start:.0f} MB before plan, {r['rss_first_batch_mb']:.0f} MB after the "
-          f"first batch, {r['rss_end_mb']:.0f} MB after the last")
+    print(
+        f"per-message naive render + premailer + stdlib MIME "
+        f"(median of {len(naive)}): {naive_ms:.1f} ms"
+    )
+    print(
+        f"naive / ours per message: {naive_ms / ours_ms:,.0f}x "
+        f"(naive ceiling ~{1000 / naive_ms:,.0f} messages/s on one core)"
+    )
+    print(
+        f"peak RSS: {rss_start:.0f} MB before plan, {r['rss_first_batch_mb']:.0f} MB after the "
+        f"first batch, {r['rss_end_mb']:.0f} MB after the last"
+    )
     if os.environ.get("BENCH_ASSERT") and r["sent"] != args.subscribers:
         sys.exit(f"sent {r['sent']} of {args.subscribers}")
 

@@ -93,8 +93,10 @@ class SMTPTransport:
             if c.username:
                 conn.login(c.username, c.password or "")
         except smtplib.SMTPAuthenticationError as exc:
-            raise PermanentSendError(
-                f"SMTP login refused: {exc.smtp_code}", exc.smtp_code
+            # Wrong credentials are the operator's to fix, not the reader's fault: defer
+            # (and retry with backoff) rather than fail every delivery of the batch.
+            raise TransientSendError(
+                f"SMTP login refused by {self.describe()}: {exc.smtp_code}", exc.smtp_code
             ) from None
         except (smtplib.SMTPException, OSError) as exc:
             raise TransientSendError(f"cannot connect to {self.describe()}: {exc}") from None

@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -121,8 +121,9 @@ class Sink:
     refuse: dict[str, str] = field(default_factory=dict)
     drop_after: int | None = None  # close the connection at DATA after this many messages
 
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
-                          rcpt_options: Any) -> str:
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any
+    ) -> str:
         if address in self.refuse:
             return self.refuse[address]
         envelope.rcpt_tos.append(address)
@@ -417,3 +418,33 @@ def live_server() -> Iterator[Any]:
         httpd.shutdown()  # werkzeug's BaseWSGIServer: stop serve_forever
         httpd.server_close()
         thread.join(timeout=5)
+
+
+# --- shared data helpers ----------------------------------------------------------------
+
+
+def add_articles(
+    session: Session, when: datetime, items: list[tuple[str, str]], prefix: str = "a"
+) -> None:
+    """Store articles (title, section), ten minutes apart, the newest published at `when`."""
+    from digest import store
+    from digest.sanitize import clean_summary
+
+    store.insert_articles(
+        session,
+        [
+            {
+                "guid": f"{prefix}{i}",
+                "url": f"https://news.example.com/{prefix}/{i}",
+                "title": title,
+                "summary_html": clean_summary(f"<p>About {title}</p>"),
+                "section": section,
+                "priority": 0,
+                "published_at": when - timedelta(minutes=10 * i),
+                "seen_at": when - timedelta(minutes=10 * i),
+                "image_url": None,
+                "feed_id": None,
+            }
+            for i, (title, section) in enumerate(items)
+        ],
+    )

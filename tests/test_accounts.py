@@ -14,12 +14,11 @@ from digest import accounts, pipeline, store
 from digest.config import Settings, parse_smtp_url
 from digest.errors import InvalidInput, InvalidToken, NotFound
 from digest.models import Delivery, Subscriber, Suppression
-from digest.sanitize import clean_summary
 from digest.schedule import Cohort
 from digest.subscribers import import_csv, subscriber_fields
 from digest.tokens import read_token
 from digest.transport import OutboxTransport, SMTPTransport
-from tests.conftest import NOW
+from tests.conftest import NOW, add_articles
 
 SECRET = "test-secret-key"
 TZ = "Australia/Sydney"
@@ -36,30 +35,6 @@ def add_active(session, email: str = "reader@example.com", **kw: Any) -> Subscri
     s = store.add_subscriber(session, email, NOW, timezone=TZ, status="active", **kw)
     session.commit()
     return s
-
-
-def add_articles(session, when: datetime, items: list[tuple[str, str]]) -> None:
-    store.insert_articles(
-        session,
-        [
-            {
-                "guid": f"g{i}",
-                "url": f"https://news.example.com/a/{i}",
-                "title": title,
-                "summary_html": clean_summary(f"<p>About {title}</p>"),
-                "section": section,
-                "priority": 0,
-                "published_at": when - timedelta(minutes=10 * i),
-                "seen_at": when - timedelta(minutes=10 * i),
-                "image_url": None,
-                "feed_id": None,
-            }
-            for i, (title, section) in enumerate(items)
-        ],
-    )
-
-
-# --- forms -------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -50,8 +50,19 @@ def test_demo_sends_the_morning_edition_to_the_outbox(run, tmp_path: Path) -> No
 
 def test_subscribers_commands(run, tmp_path: Path) -> None:
     run("init")
-    assert "added" in run("subscribers", "add", "Ana@Example.com", "--name", "Ana",
-                          "--timezone", "Europe/London", "--confirmed").output
+    assert (
+        "added"
+        in run(
+            "subscribers",
+            "add",
+            "Ana@Example.com",
+            "--name",
+            "Ana",
+            "--timezone",
+            "Europe/London",
+            "--confirmed",
+        ).output
+    )
     bad = run("subscribers", "add", "not-an-address", ok=False)
     assert bad.exit_code == 1 and "Error:" in bad.output and "Traceback" not in bad.output
     dup = run("subscribers", "add", "ana@example.com", ok=False)
@@ -74,14 +85,18 @@ def test_send_dry_run_preview_and_test_send(run, tmp_path: Path) -> None:
     dry = run("send", "evening", "--dry-run").output
     assert "evening" in dry and "window" in dry
     page = tmp_path / "preview.html"
-    assert "written to" in run("preview", "morning", "--out", str(page), "--day",
-                               "2026-11-30").output
+    assert (
+        "written to" in run("preview", "morning", "--out", str(page), "--day", "2026-11-30").output
+    )
     html = page.read_text()
     assert "Reader" in html and "DGSTx" not in html and 'style="' in html
     sent = run("send", "morning", "--day", "2026-11-30", "--to", "editor@example.com").output
     assert "test copy" in sent
-    test_copies = [p for p in (tmp_path / "data" / "outbox").glob("*.eml")
-                   if b"editor@example.com" in p.read_bytes()]
+    test_copies = [
+        p
+        for p in (tmp_path / "data" / "outbox").glob("*.eml")
+        if b"editor@example.com" in p.read_bytes()
+    ]
     assert len(test_copies) == 1 and b"[TEST]" in test_copies[0].read_bytes()
 
 

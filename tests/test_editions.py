@@ -10,8 +10,13 @@ CUT = datetime(2026, 11, 29, 19, 0, tzinfo=UTC)
 START = CUT - timedelta(hours=13)
 
 
-def art(i: int, hours_ago: float, section: str = "news", priority: int = 0,
-        seen_hours_ago: float | None = None) -> Candidate:
+def art(
+    i: int,
+    hours_ago: float,
+    section: str = "news",
+    priority: int = 0,
+    seen_hours_ago: float | None = None,
+) -> Candidate:
     published = CUT - timedelta(hours=hours_ago)
     seen = CUT - timedelta(hours=seen_hours_ago if seen_hours_ago is not None else hours_ago)
     return Candidate(i, section, priority, published, seen)
@@ -60,8 +65,13 @@ def test_pick_for_sections_groups_and_limits() -> None:
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
-    [(None, ""), ("", ""), ("Sport, news", "news,sport"), (["news", "news", " x "], "news,x"),
-     ("a;b", "a,b")],
+    [
+        (None, ""),
+        ("", ""),
+        ("Sport, news", "news,sport"),
+        (["news", "news", " x "], "news,x"),
+        ("a;b", "a,b"),
+    ],
 )
 def test_normalise_sections(raw: object, expected: str) -> None:
     assert normalise_sections(raw) == expected  # type: ignore[arg-type]

@@ -9,37 +9,77 @@ from digest.errors import HeaderInjection
 from digest.message import Envelope, MessageTemplate, Reader, Sender, build_message
 from digest.render import SLOTS, Splicer
 
-SENDER = Sender("news@example.com", "Gazette Désk", "daily.example.com", "Gazette Désk",
-                "unsubscribe@example.com")
+SENDER = Sender(
+    "news@example.com",
+    "Gazette Désk",
+    "daily.example.com",
+    "Gazette Désk",
+    "unsubscribe@example.com",
+)
 DATE = datetime(2026, 11, 29, 19, 0, tzinfo=UTC)
-HEADERS = ("From", "To", "Subject", "Date", "Message-ID", "List-Id", "List-Unsubscribe",
-           "List-Unsubscribe-Post", "MIME-Version")
+HEADERS = (
+    "From",
+    "To",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "List-Id",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+    "MIME-Version",
+)
 
 
-def reader(name: str = "Ana Souza", values: dict[str, str] | None = None,
-           message_id: str = "<digest.1.2.abc@example.com>") -> Reader:
-    values = values or {"name_suffix": " Ana", "unsubscribe_url": "https://x/u?a=1&b=2",
-                        "preferences_url": "https://x/p", "view_url": "https://x/v"}
-    return Reader("ana@example.com", name, message_id,
-                  "https://news.example.com/unsubscribe/tok.en", "tok.en", values, values)
+def reader(
+    name: str = "Ana Souza",
+    values: dict[str, str] | None = None,
+    message_id: str = "<digest.1.2.abc@example.com>",
+) -> Reader:
+    values = values or {
+        "name_suffix": " Ana",
+        "unsubscribe_url": "https://x/u?a=1&b=2",
+        "preferences_url": "https://x/p",
+        "view_url": "https://x/v",
+    }
+    return Reader(
+        "ana@example.com",
+        name,
+        message_id,
+        "https://news.example.com/unsubscribe/tok.en",
+        "tok.en",
+        values,
+        values,
+    )
 
 
 def bodies(text: str, html: str) -> tuple[Splicer, Splicer]:
     """Bodies with every slot in them, at the start, the middle and the end."""
     marks = list(SLOTS.values())
-    return (Splicer.of(marks[0] + text + marks[1] + text + marks[2]),
-            Splicer.of(html + marks[3] + html + marks[0] + marks[1] + html + marks[2]))
+    return (
+        Splicer.of(marks[0] + text + marks[1] + text + marks[2]),
+        Splicer.of(html + marks[3] + html + marks[0] + marks[1] + html + marks[2]),
+    )
 
 
 def both_ways(name: str, subject: str, text: str, html: str, values: dict[str, str] | None = None):
     text_s, html_s = bodies(text, html)
     r = reader(name, values)
     fast = MessageTemplate(SENDER, subject, DATE, "1:", html_s, text_s).render(r)
-    env = Envelope(r.to_address, r.to_name, r.message_id, r.unsubscribe_url, r.unsubscribe_token,
-                   text_s.fill(r.text_values), html_s.fill(r.html_values))
+    env = Envelope(
+        r.to_address,
+        r.to_name,
+        r.message_id,
+        r.unsubscribe_url,
+        r.unsubscribe_token,
+        text_s.fill(r.text_values),
+        html_s.fill(r.html_values),
+    )
     slow = build_message(SENDER, subject, DATE, env).as_bytes()
-    return (message_from_bytes(fast, policy=policy.default),
-            message_from_bytes(slow, policy=policy.default), fast)
+    return (
+        message_from_bytes(fast, policy=policy.default),
+        message_from_bytes(slow, policy=policy.default),
+        fast,
+    )
 
 
 @pytest.mark.parametrize(
@@ -48,12 +88,26 @@ def both_ways(name: str, subject: str, text: str, html: str, values: dict[str, s
         ("Ana Souza", "Morning: news", "plain\n", "<p>x</p>", None),
         ("Chloé Ø'Brien", "Matin: café ☕", "ünïcode ☕\n" * 50, "<p>ü</p>" * 400, None),
         ("", "A" * 140, "x" * 2000, "<td>" + "y" * 3000 + "</td>", None),
-        ("Ana\r\nBcc: evil@example.org", "Hi\r\nBcc: evil@example.org", "t\r\n.\r\n", "<p>.</p>",
-         None),
+        (
+            "Ana\r\nBcc: evil@example.org",
+            "Hi\r\nBcc: evil@example.org",
+            "t\r\n.\r\n",
+            "<p>.</p>",
+            None,
+        ),
         ('"Quoted" <name>', "trailing space ", "line with trailing space \n", "=3D =\n", None),
-        ("Zoë", "s", "ends without newline ", " starts with space",
-         {"name_suffix": " Zoë  ", "unsubscribe_url": "", "preferences_url": "=\n.",
-          "view_url": "x" * 300}),
+        (
+            "Zoë",
+            "s",
+            "ends without newline ",
+            " starts with space",
+            {
+                "name_suffix": " Zoë  ",
+                "unsubscribe_url": "",
+                "preferences_url": "=\n.",
+                "view_url": "x" * 300,
+            },
+        ),
     ],
 )
 def test_fast_build_matches_stdlib(name, subject, text, html, values) -> None:
@@ -70,8 +124,9 @@ def test_fast_build_matches_stdlib(name, subject, text, html, values) -> None:
 
 
 def test_hostile_names_and_subjects_never_make_a_header() -> None:
-    _, _, raw = both_ways("Ana\r\nBcc: evil@example.org\r\n", "News\nBcc: evil@example.org",
-                          "t", "h")
+    _, _, raw = both_ways(
+        "Ana\r\nBcc: evil@example.org\r\n", "News\nBcc: evil@example.org", "t", "h"
+    )
     parsed = message_from_bytes(raw, policy=policy.default)
     assert parsed["Bcc"] is None
     assert "evil@example.org" in str(parsed["To"])  # kept as harmless display text
@@ -90,7 +145,8 @@ def test_header_values_with_breaks_are_refused() -> None:
     text_s, html_s = bodies("t", "h")
     with pytest.raises(HeaderInjection):
         MessageTemplate(SENDER, "s", DATE, "k", html_s, text_s).render(
-            reader(message_id="<id@x>\r\nBcc: x"))
+            reader(message_id="<id@x>\r\nBcc: x")
+        )
 
 
 def test_required_headers() -> None:

@@ -12,11 +12,10 @@ from digest import pipeline, store
 from digest.config import Settings, parse_smtp_url
 from digest.models import Delivery, Edition, EditionVariant, Subscriber
 from digest.render import SLOTS
-from digest.sanitize import clean_summary
 from digest.schedule import Cohort
 from digest.tokens import read_token
 from digest.transport import SMTPTransport
-from tests.conftest import NOW
+from tests.conftest import NOW, add_articles
 
 TZ = "Australia/Sydney"
 DAY = date(2026, 11, 30)  # morning cut: 2026-11-29 19:00 UTC
@@ -25,20 +24,26 @@ CUT = datetime(2026, 11, 29, 19, 0, tzinfo=NOW.tzinfo)
 AFTER = CUT + timedelta(minutes=1)
 
 
-def add_articles(session, when: datetime, items: list[tuple[str, str]], prefix: str = "a") -> None:
-    store.insert_articles(session, [
-        {"guid": f"{prefix}{i}", "url": f"https://news.example.com/{prefix}/{i}", "title": title,
-         "summary_html": clean_summary(f"<p>Summary of {title}</p>"), "section": section, "priority": 0,
-         "published_at": when - timedelta(minutes=10 * i), "seen_at": when - timedelta(minutes=10 * i),
-         "image_url": None, "feed_id": None}
-        for i, (title, section) in enumerate(items)
-    ])
-
-
-def add_reader(session, email: str, name: str = "", sections: str = "", tz: str | None = TZ,
-               morning: bool = True, evening: bool = True) -> Subscriber:
-    return store.add_subscriber(session, email, NOW, name=name, sections=sections, timezone=tz,
-                                morning=morning, evening=evening, status="active")
+def add_reader(
+    session,
+    email: str,
+    name: str = "",
+    sections: str = "",
+    tz: str | None = TZ,
+    morning: bool = True,
+    evening: bool = True,
+) -> Subscriber:
+    return store.add_subscriber(
+        session,
+        email,
+        NOW,
+        name=name,
+        sections=sections,
+        timezone=tz,
+        morning=morning,
+        evening=evening,
+        status="active",
+    )
 
 
 @pytest.fixture
@@ -48,10 +53,16 @@ def smtp_settings(settings: Settings, smtp_server) -> Settings:
 
 @pytest.fixture
 def world(session) -> dict[str, Subscriber]:
-    add_articles(session, CUT - timedelta(hours=1), [
-        ("Ferry timetable changes", "news"), ("Harbour swim record", "sport"),
-        ("Council approves gardens", "news"), ("Netball final", "sport"),
-    ])
+    add_articles(
+        session,
+        CUT - timedelta(hours=1),
+        [
+            ("Ferry timetable changes", "news"),
+            ("Harbour swim record", "sport"),
+            ("Council approves gardens", "news"),
+            ("Netball final", "sport"),
+        ],
+    )
     readers = {
         "ana": add_reader(session, "ana@example.com", "Ana Souza"),
         "ben": add_reader(session, "ben@example.com", "Ben", sections="sport"),
@@ -75,7 +86,10 @@ def test_morning_edition_end_to_end(session, smtp_settings, smtp_server, world) 
     report = send(session, smtp_settings, plan.edition_id)
     assert (report.sent, report.failed, report.deferred) == (3, 0, 0)
     assert sorted(r for m in sink.messages for r in m[1]) == [
-        "ana@example.com", "ben@example.com", "cy@example.com"]
+        "ana@example.com",
+        "ben@example.com",
+        "cy@example.com",
+    ]
 
     ana = sink.to("ana@example.com")[0]
     html = ana.get_body(("html",)).get_content()
@@ -105,12 +119,14 @@ def test_rendering_happens_once_per_section_choice(session, smtp_settings, world
     session.commit()
     plan = pipeline.plan_edition(session, smtp_settings, MORNING, AFTER)
     variants = session.scalars(
-        select(EditionVariant.sections).where(EditionVariant.edition_id == plan.edition_id))
+        select(EditionVariant.sections).where(EditionVariant.edition_id == plan.edition_id)
+    )
     assert sorted(variants) == ["", "sport"]  # four readers, two renderings
 
 
-def test_planning_and_sending_twice_sends_nothing_twice(session, smtp_settings, smtp_server,
-                                                        world) -> None:
+def test_planning_and_sending_twice_sends_nothing_twice(
+    session, smtp_settings, smtp_server, world
+) -> None:
     sink, _ = smtp_server
     first = pipeline.plan_edition(session, smtp_settings, MORNING, AFTER)
     send(session, smtp_settings, first.edition_id)
@@ -135,13 +151,27 @@ def test_next_edition_starts_where_the_last_one_ended(session, smtp_settings, wo
     morning = pipeline.plan_edition(session, smtp_settings, MORNING, AFTER)
     add_articles(session, CUT + timedelta(hours=5), [("Afternoon storm", "news")], prefix="b")
     # An article published before the morning cut but only fetched now still gets in.
-    store.insert_articles(session, [{
-        "guid": "late", "url": "https://news.example.com/late", "title": "Late arrival",
-        "summary_html": "", "section": "news", "priority": 0, "image_url": None, "feed_id": None,
-        "published_at": CUT - timedelta(hours=2), "seen_at": CUT + timedelta(hours=3)}])
+    store.insert_articles(
+        session,
+        [
+            {
+                "guid": "late",
+                "url": "https://news.example.com/late",
+                "title": "Late arrival",
+                "summary_html": "",
+                "section": "news",
+                "priority": 0,
+                "image_url": None,
+                "feed_id": None,
+                "published_at": CUT - timedelta(hours=2),
+                "seen_at": CUT + timedelta(hours=3),
+            }
+        ],
+    )
     session.commit()
-    evening = pipeline.plan_edition(session, smtp_settings, Cohort("evening", DAY, TZ),
-                                    CUT + timedelta(hours=11))
+    evening = pipeline.plan_edition(
+        session, smtp_settings, Cohort("evening", DAY, TZ), CUT + timedelta(hours=11)
+    )
     morning_ids = set(store.edition_article_ids(session, morning.edition_id))
     evening_ids = store.edition_article_ids(session, evening.edition_id)
     titles = {a.title for a in store.articles_by_id(session, evening_ids).values()}
@@ -164,23 +194,26 @@ def test_transient_failure_defers_then_succeeds(session, smtp_settings, smtp_ser
     assert send(session, smtp_settings, plan.edition_id).claimed == 0
     del sink.refuse["cy@example.com"]
     later = AFTER + timedelta(minutes=5)
-    report = pipeline.send_batch(session, smtp_settings, SMTPTransport(smtp_settings.smtp),
-                                 [row.id], later)
+    report = pipeline.send_batch(
+        session, smtp_settings, SMTPTransport(smtp_settings.smtp), [row.id], later
+    )
     assert report.sent == 1
     assert len(sink.to("cy@example.com")) == 1
     assert store.edition_counts(session, plan.edition_id) == {"sent": 3}
 
 
-def test_transient_failures_give_up_after_max_attempts(session, smtp_settings, smtp_server,
-                                                       world) -> None:
+def test_transient_failures_give_up_after_max_attempts(
+    session, smtp_settings, smtp_server, world
+) -> None:
     sink, _ = smtp_server
     sink.refuse["cy@example.com"] = "452 mailbox full"
     settings = smtp_settings.with_(max_attempts=2)
     plan = pipeline.plan_edition(session, settings, MORNING, AFTER)
     send(session, settings, plan.edition_id)
     row = session.scalars(select(Delivery).where(Delivery.status == "deferred")).one()
-    pipeline.send_batch(session, settings, SMTPTransport(settings.smtp), [row.id],
-                        AFTER + timedelta(hours=1))
+    pipeline.send_batch(
+        session, settings, SMTPTransport(settings.smtp), [row.id], AFTER + timedelta(hours=1)
+    )
     session.refresh(row)
     assert row.status == "failed" and row.attempts == 2 and "gave up" in (row.last_error or "")
 
@@ -194,14 +227,18 @@ def test_unknown_mailbox_fails_and_suppresses(session, smtp_settings, smtp_serve
     cy = session.get(Subscriber, world["cy"].id)
     session.refresh(cy)
     assert cy.status == "bounced" and store.is_suppressed(session, "cy@example.com")
-    evening = pipeline.plan_edition(session, smtp_settings, Cohort("evening", DAY, TZ),
-                                    CUT + timedelta(hours=11))
+    evening = pipeline.plan_edition(
+        session, smtp_settings, Cohort("evening", DAY, TZ), CUT + timedelta(hours=11)
+    )
     assert evening.status == "empty" or "cy@example.com" not in [
-        r.email for r in store.sending_rows(session, store.delivery_ids(session, evening.edition_id))]
+        r.email
+        for r in store.sending_rows(session, store.delivery_ids(session, evening.edition_id))
+    ]
 
 
 def test_unsubscribe_during_the_edition_stops_the_unsent_message(
-        session, smtp_settings, smtp_server, world) -> None:
+    session, smtp_settings, smtp_server, world
+) -> None:
     sink, _ = smtp_server
     plan = pipeline.plan_edition(session, smtp_settings, MORNING, AFTER)
     store.set_status(session, session.get(Subscriber, world["ana"].id), "unsubscribed", AFTER)
@@ -211,13 +248,19 @@ def test_unsubscribe_during_the_edition_stops_the_unsent_message(
     assert store.edition_counts(session, plan.edition_id) == {"sent": 2, "suppressed": 1}
 
 
-def test_hostile_titles_are_escaped_and_stay_out_of_headers(session, smtp_settings, smtp_server
-                                                            ) -> None:
+def test_hostile_titles_are_escaped_and_stay_out_of_headers(
+    session, smtp_settings, smtp_server
+) -> None:
     sink, _ = smtp_server
     add_reader(session, "ana@example.com", name="Ana\r\nBcc: evil@example.org")
-    add_articles(session, CUT - timedelta(hours=1), [
-        ('<script>alert(1)</script>\r\nBcc: evil@example.org', "news"),
-        ('<img src=x onerror=alert(1)>', "news")])
+    add_articles(
+        session,
+        CUT - timedelta(hours=1),
+        [
+            ("<script>alert(1)</script>\r\nBcc: evil@example.org", "news"),
+            ("<img src=x onerror=alert(1)>", "news"),
+        ],
+    )
     session.commit()
     plan = pipeline.plan_edition(session, smtp_settings, MORNING, AFTER)
     send(session, smtp_settings, plan.edition_id)
@@ -230,8 +273,9 @@ def test_hostile_titles_are_escaped_and_stay_out_of_headers(session, smtp_settin
 
 
 def test_missed_edition_is_recorded_not_sent(session, smtp_settings, world) -> None:
-    plan = pipeline.plan_edition(session, smtp_settings, MORNING, AFTER + timedelta(hours=5),
-                                 missed=True)
+    plan = pipeline.plan_edition(
+        session, smtp_settings, MORNING, AFTER + timedelta(hours=5), missed=True
+    )
     assert plan.status == "missed" and "not sent" in plan.note
     assert session.scalar(select(func.count()).select_from(Delivery)) == 0
 

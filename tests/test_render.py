@@ -10,13 +10,25 @@ TEMPLATES = REPO_ROOT / "templates"
 
 
 def view(*articles: ArticleView, slot: str = "morning") -> EditionView:
-    return EditionView(slot, date(2026, 11, 30), "Australia/Sydney", list(articles),
-                       "Gazette", "1 Example Street, Sydney")
+    return EditionView(
+        slot,
+        date(2026, 11, 30),
+        "Australia/Sydney",
+        list(articles),
+        "Gazette",
+        "1 Example Street, Sydney",
+    )
 
 
 def article(title: str = "Title", section: str = "news", image: str | None = None) -> ArticleView:
-    return ArticleView(title, "https://news.example.com/a?x=1&y=2", section,
-                       "<p>Safe <strong>summary</strong></p>", "Safe summary", image)
+    return ArticleView(
+        title,
+        "https://news.example.com/a?x=1&y=2",
+        section,
+        "<p>Safe <strong>summary</strong></p>",
+        "Safe summary",
+        image,
+    )
 
 
 def test_every_slot_survives_inlining_once_per_body() -> None:
@@ -44,19 +56,31 @@ def test_css_is_inlined_and_only_media_queries_stay_in_a_style_block() -> None:
 
 
 def test_grouped_by_section_with_subject_and_footer() -> None:
-    page = render_edition(view(article("A", "sport"), article("C", "sport"), article("B", "news"),
-                               slot="evening"), TEMPLATES)
+    page = render_edition(
+        view(article("A", "sport"), article("C", "sport"), article("B", "news"), slot="evening"),
+        TEMPLATES,
+    )
     assert page.subject.startswith("The Evening Edition, Monday 30 November: A")
-    assert page.html.index("Sport") < page.html.index(">A<") < page.html.index(">C<") \
-        < page.html.index("News") < page.html.index(">B<")
+    assert (
+        page.html.index("Sport")
+        < page.html.index(">A<")
+        < page.html.index(">C<")
+        < page.html.index("News")
+        < page.html.index(">B<")
+    )
     assert "1 Example Street, Sydney" in page.html and "1 Example Street, Sydney" in page.text
     assert "Unsubscribe" in page.html and "preferences" in page.html
 
 
 def test_splicer_fills_html_escaped_values() -> None:
     page = render_edition(view(article()), TEMPLATES)
-    values = slot_values(name='Ana <b>"', unsubscribe_url="https://x/u/1", for_html=True,
-                         preferences_url="https://x/p/1", view_url="https://x/v/1")
+    values = slot_values(
+        name='Ana <b>"',
+        unsubscribe_url="https://x/u/1",
+        for_html=True,
+        preferences_url="https://x/p/1",
+        view_url="https://x/v/1",
+    )
     html = Splicer.of(page.html).fill(values)
     assert "Good morning Ana &lt;b&gt;&#x27;" not in html
     assert "Good morning Ana &lt;b&gt;&quot;," in html

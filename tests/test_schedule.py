@@ -27,7 +27,12 @@ TIMES = {"morning": time(6, 0), "evening": time(17, 0)}
         # A wall time inside the spring-forward gap lands just after the jump.
         ("Europe/London", date(2026, 3, 29), time(1, 30), datetime(2026, 3, 29, 1, 30, tzinfo=UTC)),
         # A repeated wall time (autumn) resolves to its first occurrence.
-        ("Europe/London", date(2026, 10, 25), time(1, 30), datetime(2026, 10, 25, 0, 30, tzinfo=UTC)),
+        (
+            "Europe/London",
+            date(2026, 10, 25),
+            time(1, 30),
+            datetime(2026, 10, 25, 0, 30, tzinfo=UTC),
+        ),
         ("America/New_York", date(2026, 3, 8), time(6), datetime(2026, 3, 8, 10, 0, tzinfo=UTC)),
         ("Asia/Kolkata", date(2026, 6, 1), time(6), datetime(2026, 6, 1, 0, 30, tzinfo=UTC)),
     ],
@@ -69,8 +74,10 @@ def test_ticking_clock_fires_every_edition_once_at_local_send_time(
 
 def test_due_cohorts_marks_late_editions_missed() -> None:
     now = datetime(2026, 11, 29, 23, 0, tzinfo=UTC)  # 10:00 in Sydney on the 30th
-    due = {(d.cohort.slot, d.cohort.local_day): d for d in
-           due_cohorts(now, {"Australia/Sydney"}, TIMES, timedelta(hours=2))}
+    due = {
+        (d.cohort.slot, d.cohort.local_day): d
+        for d in due_cohorts(now, {"Australia/Sydney"}, TIMES, timedelta(hours=2))
+    }
     morning = due[("morning", date(2026, 11, 30))]
     assert morning.missed  # 06:00 was four hours ago, past the two-hour catch-up
     assert ("evening", date(2026, 11, 30)) not in due  # not yet

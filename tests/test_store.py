@@ -37,27 +37,57 @@ def test_delivery_is_unique_per_edition_and_subscriber(session) -> None:
 
 
 def test_articles_are_stored_once_by_guid_then_url(session) -> None:
-    base = {"title": "T", "summary_html": "", "section": "news", "priority": 0,
-            "image_url": None, "feed_id": None, "published_at": NOW, "seen_at": NOW}
-    assert store.insert_articles(session, [
-        {**base, "guid": "g1", "url": "https://x.example/1"},
-        {**base, "guid": "g1", "url": "https://x.example/other"},  # same guid
-        {**base, "guid": None, "url": "https://x.example/1"},  # same URL
-        {**base, "guid": "g2", "url": "https://x.example/2"},
-    ]) == 2
-    assert store.insert_articles(session, [{**base, "guid": "g3", "url": "https://x.example/2"}]) == 0
+    base = {
+        "title": "T",
+        "summary_html": "",
+        "section": "news",
+        "priority": 0,
+        "image_url": None,
+        "feed_id": None,
+        "published_at": NOW,
+        "seen_at": NOW,
+    }
+    assert (
+        store.insert_articles(
+            session,
+            [
+                {**base, "guid": "g1", "url": "https://x.example/1"},
+                {**base, "guid": "g1", "url": "https://x.example/other"},  # same guid
+                {**base, "guid": None, "url": "https://x.example/1"},  # same URL
+                {**base, "guid": "g2", "url": "https://x.example/2"},
+            ],
+        )
+        == 2
+    )
+    assert (
+        store.insert_articles(session, [{**base, "guid": "g3", "url": "https://x.example/2"}]) == 0
+    )
 
 
 def test_concurrent_planners_make_one_edition(settings, sessions) -> None:
     """Five planners at once (threads, separate connections): one edition, one row each."""
     with sessions() as session:
         for i in range(30):
-            store.add_subscriber(session, f"r{i}@example.com", NOW, status="active",
-                                 timezone="Australia/Sydney")
-        store.insert_articles(session, [{
-            "guid": "a", "url": "https://x.example/a", "title": "A", "summary_html": "",
-            "section": "news", "priority": 0, "image_url": None, "feed_id": None,
-            "published_at": NOW - timedelta(hours=3), "seen_at": NOW - timedelta(hours=3)}])
+            store.add_subscriber(
+                session, f"r{i}@example.com", NOW, status="active", timezone="Australia/Sydney"
+            )
+        store.insert_articles(
+            session,
+            [
+                {
+                    "guid": "a",
+                    "url": "https://x.example/a",
+                    "title": "A",
+                    "summary_html": "",
+                    "section": "news",
+                    "priority": 0,
+                    "image_url": None,
+                    "feed_id": None,
+                    "published_at": NOW - timedelta(hours=3),
+                    "seen_at": NOW - timedelta(hours=3),
+                }
+            ],
+        )
         session.commit()
     results, errors = [], []
     barrier = threading.Barrier(5)

@@ -73,15 +73,26 @@ def test_outbox_writes_one_file_per_message_id(tmp_path: Path) -> None:
     ("url", "host", "port", "tls", "user", "password"),
     [
         ("smtp://mail.example.com", "mail.example.com", 25, "none", None, None),
-        ("smtp://u:p%40ss@mail.example.com:587?starttls=1", "mail.example.com", 587, "starttls",
-         "u", "p@ss"),
+        (
+            "smtp://u:p%40ss@mail.example.com:587?starttls=1",
+            "mail.example.com",
+            587,
+            "starttls",
+            "u",
+            "p@ss",
+        ),
         ("smtps://mail.example.com", "mail.example.com", 465, "implicit", None, None),
     ],
 )
 def test_parse_smtp_url(url, host, port, tls, user, password) -> None:
     config = parse_smtp_url(url)
     assert (config.host, config.port, config.tls, config.username, config.password) == (
-        host, port, tls, user, password)
+        host,
+        port,
+        tls,
+        user,
+        password,
+    )
     assert "p@ss" not in repr(config)
 
 

@@ -24,12 +24,11 @@ from digest import accounts, pipeline, store
 from digest.config import Settings, parse_smtp_url
 from digest.db import make_engine, make_sessionmaker
 from digest.models import Delivery, Subscriber, Suppression
-from digest.sanitize import clean_summary
 from digest.schedule import Cohort
 from digest.tokens import PURPOSES, make_token
 from digest.transport import SMTPTransport
 from digest.web import EDITION_CSP, redact_path
-from tests.conftest import NOW, make_settings
+from tests.conftest import NOW, add_articles, make_settings
 
 TZ = "Australia/Sydney"
 MORNING = Cohort("morning", date(2026, 11, 30), TZ)  # cut at 2026-11-29 19:00 UTC
@@ -51,27 +50,9 @@ def add_reader(session, email: str, status: str = "active", **kw: Any) -> Subscr
     return s
 
 
-def add_articles(session) -> None:
+def add_sample_articles(session) -> None:
     when = datetime(2026, 11, 29, 18, 0, tzinfo=UTC)
-    items = [("Ferry timetable changes", "news"), ("Netball final", "sport")]
-    store.insert_articles(
-        session,
-        [
-            {
-                "guid": f"g{i}",
-                "url": f"https://news.example.com/a/{i}",
-                "title": title,
-                "summary_html": clean_summary(f"<p>About {title}</p>"),
-                "section": section,
-                "priority": 0,
-                "published_at": when - timedelta(minutes=10 * i),
-                "seen_at": when - timedelta(minutes=10 * i),
-                "image_url": None,
-                "feed_id": None,
-            }
-            for i, (title, section) in enumerate(items)
-        ],
-    )
+    add_articles(session, when, [("Ferry timetable changes", "news"), ("Netball final", "sport")])
     session.commit()
 
 
@@ -151,7 +132,7 @@ def smtp_client(make_app, smtp_settings: Settings, clock) -> Any:
 
 def test_subscribe_page_offers_sections_and_the_default_timezone(client, session) -> None:
     store.add_feed(session, "https://feeds.example.com/biz.xml", "business")
-    add_articles(session)
+    add_sample_articles(session)
     for path in ("/subscribe", "/"):
         r = client.get(path)
         assert r.status_code == 200
@@ -200,7 +181,7 @@ def test_sign_up_without_smtp_goes_to_the_outbox(client, settings: Settings, ses
 
 
 def test_bad_input_is_explained_and_nothing_else_is_lost(client, settings, session, sessions):
-    add_articles(session)
+    add_sample_articles(session)
     r = signup(
         client,
         settings,
@@ -362,7 +343,7 @@ def test_unsubscribe_during_a_running_edition_stops_the_unsent_message(
     client, smtp_settings, smtp_server, session, sessions
 ) -> None:
     sink, _ = smtp_server
-    add_articles(session)
+    add_sample_articles(session)
     readers = [add_reader(session, f"{n}@example.com", name=n) for n in ("ana", "ben", "cy")]
     plan = pipeline.plan_edition(session, smtp_settings, MORNING, AFTER_CUT)
     assert plan.queued == 3
@@ -390,7 +371,7 @@ def test_unsubscribe_during_a_running_edition_stops_the_unsent_message(
 
 
 def test_preferences_show_and_change_the_readers_choices(client, settings, session, sessions):
-    add_articles(session)
+    add_sample_articles(session)
     reader = add_reader(session, "reader@example.com", name="Ana", sections="news")
     url = f"/preferences/{token(settings, 'preferences', reader.id)}"
     r = client.get(url)
@@ -439,7 +420,7 @@ def test_preferences_show_and_change_the_readers_choices(client, settings, sessi
 
 
 def test_web_version_is_the_readers_own_edition(client, settings, session) -> None:
-    add_articles(session)
+    add_sample_articles(session)
     ben = add_reader(session, "ben@example.com", name="Ben", sections="sport")
     late = add_reader(session, "late@example.com", morning=False)
     plan = pipeline.plan_edition(session, settings, MORNING, AFTER_CUT)
@@ -528,7 +509,7 @@ def test_ten_thousand_forged_tokens_change_nothing(make_app, sqlite_url, tmp_pat
     app = make_app(settings, clock=clock)
     runtime = app.extensions["digest"]
     with runtime.sessions() as session:
-        add_articles(session)
+        add_sample_articles(session)
         readers = [
             add_reader(session, "a@example.com"),
             add_reader(session, "b@example.com", status="pending"),
