@@ -463,7 +463,9 @@ def test_digest_dev_runs_worker_and_beat_until_ctrl_c(
     sink, smtp_url = smtp_server
     now = datetime.now(UTC)
     zone = _fixed_offset_zone_at_six(now)
-    seed(sqlite_url, {"dev@example.com": zone}, [now - timedelta(minutes=30)])
+    # Published at 05:00 local, before the 06:00 cut whatever the minute is now.
+    before_cut = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    seed(sqlite_url, {"dev@example.com": zone}, [before_cut])
     env = worker_env(sqlite_url, smtp_url, DIGEST_DISPATCH_EVERY_SECONDS="1")
     del env["DIGEST_REDIS_URL"]  # digest dev starts an embedded Redis of its own
     dev = spawn("dev", [sys.executable, "-m", "digest.cli", "dev", "--concurrency=1"], env)
