@@ -332,18 +332,23 @@ def send_batch(
     lanes = max(1, min(settings.smtp_connections, len(rows) // 20))
     shares = [rows[i::lanes] for i in range(lanes)]
     transports = [transport] + [transport.fresh() for _ in range(lanes - 1)]
-    lock = threading.Lock()
+    lane = Lane(session, settings, templates, now, report)
     if lanes == 1:
-        _send_share(session, settings, transport, shares[0], templates, now, report, lock)
+        lane.run(transport, shares[0])
     else:
         with ThreadPoolExecutor(lanes, thread_name_prefix="digest-send") as pool:
             futures = [
-                pool.submit(_send_share, session, settings, t, share, templates, now, report, lock)
-                for t, share in zip(transports, shares, strict=True)
+                pool.submit(lane.run, t, share) for t, share in zip(transports, shares, strict=True)
             ]
-            while wait(futures, timeout=0.5).not_done:
-                if on_progress:
-                    on_progress(report.done, len(rows))
+            try:
+                while wait(futures, timeout=0.5).not_done:
+                    if on_progress:
+                        on_progress(report.done, len(rows))
+            except BaseException:
+                # A time limit or shutdown reached this thread: the lanes stop after
+                # their current message and hand the rest back to the queue.
+                lane.stop.set()
+                raise
             for future in futures:
                 future.result()  # re-raise a lane's unexpected error, after all have stopped
     if on_progress:
@@ -362,32 +367,45 @@ def message_template(settings: Settings, variant: EditionVariant, now: datetime)
     )
 
 
-def _send_share(
-    session: Session,
-    settings: Settings,
-    transport: Transport,
-    rows: Sequence[Any],
-    templates: dict[int, MessageTemplate],
-    now: datetime,
-    report: BatchReport,
-    lock: threading.Lock,
-) -> None:
-    """Send one lane's rows over one connection; unsent rows go back to the queue."""
-    pending = {row.id for row in rows}
-    with store.Recorder(session) as record:
-        try:
-            with transport:
-                for i, row in enumerate(rows):
-                    if i % 100 == 0:
-                        # Re-read statuses as we go: an unsubscribe during the edition wins.
-                        statuses = record.statuses([r.subscriber_id for r in rows[i : i + 100]])
-                    outcome = _send_one(settings, transport, record, row, statuses, templates, now)
-                    pending.discard(row.id)
-                    with lock:
-                        report.count(outcome[0], row.email, outcome[1])
-        finally:
-            if pending:
-                record.release(sorted(pending))
+@dataclass
+class Lane:
+    """What the parallel lanes of one batch share; `run` sends one lane's rows."""
+
+    session: Session
+    settings: Settings
+    templates: dict[int, MessageTemplate]
+    now: datetime
+    report: BatchReport
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self, transport: Transport, rows: Sequence[Any]) -> None:
+        """Send rows over one connection; rows left unsent go back to the queue."""
+        pending = {row.id for row in rows}
+        with store.Recorder(self.session) as record:
+            try:
+                with transport:
+                    for i, row in enumerate(rows):
+                        if self.stop.is_set():
+                            break
+                        if i % 100 == 0:
+                            # Re-read statuses as we go: an unsubscribe during the edition wins.
+                            statuses = record.statuses([r.subscriber_id for r in rows[i : i + 100]])
+                        outcome, error = _send_one(
+                            self.settings,
+                            transport,
+                            record,
+                            row,
+                            statuses,
+                            self.templates,
+                            self.now,
+                        )
+                        pending.discard(row.id)
+                        with self.lock:
+                            self.report.count(outcome, row.email, error)
+            finally:
+                if pending:
+                    record.release(sorted(pending))
 
 
 def _send_one(

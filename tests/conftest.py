@@ -3,6 +3,7 @@ real SMTP server (aiosmtpd in this process)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -120,6 +121,7 @@ class Sink:
     messages: list[tuple[str, list[str], bytes]] = field(default_factory=list)
     refuse: dict[str, str] = field(default_factory=dict)
     drop_after: int | None = None  # close the connection at DATA after this many messages
+    delay: float = 0.0  # seconds to wait before answering DATA (a slow relay)
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any
@@ -130,6 +132,8 @@ class Sink:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if self.drop_after is not None and len(self.messages) >= self.drop_after:
             server.transport.close()
             return "421 closing"

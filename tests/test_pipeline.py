@@ -309,3 +309,35 @@ def test_two_claims_never_overlap(session, sessions, smtp_settings, world) -> No
         second = store.claim_deliveries(other, ids, AFTER, timedelta(minutes=5))
         other.commit()
     assert first == ids and second == []
+
+
+def test_interrupted_batch_hands_unsent_rows_back(session, smtp_settings, smtp_server) -> None:
+    """A time limit reaching the task mid-batch: every lane stops after its current
+    message; nothing is left `sending`, and what was sent is recorded as sent."""
+    sink, _ = smtp_server
+    sink.delay = 0.03
+    add_articles(session, CUT - timedelta(hours=1), [("Story", "news")])
+    for i in range(80):
+        add_reader(session, f"r{i}@example.com")
+    session.commit()
+    settings = smtp_settings.with_(smtp_connections=2)
+    plan = pipeline.plan_edition(session, settings, MORNING, AFTER)
+
+    def time_limit(done: int, total: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.send_batch(
+            session,
+            settings,
+            SMTPTransport(settings.smtp),
+            store.delivery_ids(session, plan.edition_id),
+            AFTER,
+            time_limit,
+        )
+    counts = store.edition_counts(session, plan.edition_id)
+    assert "sending" not in counts
+    assert counts["sent"] == len(sink.messages) and 0 < counts["sent"] < 80
+    assert counts["queued"] == 80 - counts["sent"]
+    report = send(session, settings, plan.edition_id)  # the retry sends the rest, once
+    assert report.sent == counts["queued"] and len(sink.messages) == 80
