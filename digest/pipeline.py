@@ -456,8 +456,10 @@ def run_edition(
 ) -> BatchReport:
     """Send every queued delivery of an edition in this process, batch by batch."""
     report = BatchReport()
-    for batch in chunks(store.delivery_ids(session, edition_id), settings.batch_size):
+    last = 0
+    while batch := store.delivery_page(session, edition_id, last, settings.batch_size):
         report.add(send_batch(session, settings, transport, batch, now, on_progress))
+        last = batch[-1]
     return report
 
 

@@ -407,6 +407,24 @@ def delivery_ids(
     return list(session.scalars(stmt))
 
 
+def delivery_page(
+    session: Session, edition_id: int, after: int, size: int, statuses: Sequence[str] = ("queued",)
+) -> list[int]:
+    """Up to `size` of the edition's delivery ids above `after`, in id order (keyset
+    paging: the caller walks an edition of any size with flat memory)."""
+    stmt = (
+        select(Delivery.id)
+        .where(
+            Delivery.edition_id == edition_id,
+            Delivery.status.in_(statuses),
+            Delivery.id > after,
+        )
+        .order_by(Delivery.id)
+        .limit(size)
+    )
+    return list(session.scalars(stmt))
+
+
 def claim_deliveries(
     session: Session, ids: Sequence[int], now: datetime, lease: timedelta
 ) -> list[int]:
