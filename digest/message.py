@@ -43,16 +43,25 @@ class Sender:
     unsubscribe_mailto: str
 
 
-def _addr(name: str, address: str) -> str:
-    """A header address, the display name folded to one line and encoded if need be."""
-    return formataddr((fold_header_text(name, limit=80), check_header_value(address)), "utf-8")
+def _addr(name: str, address: str, header: str = "To") -> str:
+    """A header address, the display name folded to one line and encoded if need be.
+
+    Non-ASCII names become RFC 2047 encoded-words of at most 75 characters, folded
+    with CRLF as the rest of the header block is.
+    """
+    clean = fold_header_text(name, limit=80)
+    check_header_value(address)
+    if clean.isascii():
+        return formataddr((clean, address))
+    words = Header(clean, "utf-8", header_name=header).encode(maxlinelen=76, linesep="\r\n")
+    return f"{words} <{address}>"
 
 
-def _encoded(text: str) -> str:
+def _encoded(text: str, header: str = "Subject") -> str:
     folded = fold_header_text(text, limit=300)
     if folded.isascii():
         return folded
-    return Header(folded, "utf-8").encode(maxlinelen=998)
+    return Header(folded, "utf-8", header_name=header).encode(maxlinelen=76, linesep="\r\n")
 
 
 def list_unsubscribe(url: str, mailto: str, token: str) -> str:
@@ -65,31 +74,49 @@ def qp(text: str, final: bool = True) -> bytes:
     """Quoted-printable with CRLF line ends; C speed via binascii.
 
     `final` marks the end of a part, which (as EmailMessage.set_content does) always
-    ends with a line break.
+    ends with a line break. Any CR, LF or CRLF is a line break: a bare CR never
+    reaches the wire (relays that guard against SMTP smuggling refuse them).
     """
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
     if final and not text.endswith("\n"):
         text += "\n"
     encoded = binascii.b2a_qp(text.encode("utf-8"), istext=True)
-    return encoded.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    return encoded.replace(b"\n", b"\r\n")
+
+
+def soft_break(encoded: bytes) -> bytes:
+    """End a QP piece with a soft line break ("=" CRLF, which decodes to nothing),
+    keeping its last line within 76 characters and never splitting an =XX escape."""
+    start = encoded.rfind(b"\n") + 1
+    last = encoded[start:]
+    if len(last) <= 75:
+        return encoded + b"=\r\n"
+    cut = 75
+    while b"=" in last[cut - 2 : cut]:  # "=" only ever opens an escape in QP output
+        cut -= 1
+    return encoded[:start] + last[:cut] + b"=\r\n" + last[cut:] + b"=\r\n"
 
 
 class EncodedSplicer:
     """A sliced body whose fixed pieces are quoted-printable encoded once.
 
     Each reader's values are encoded alone and joined in between QP soft line
-    breaks ("=" CRLF, which decode to nothing), so a message costs a few small
-    encodes instead of encoding the whole 15-30 kB body again.
+    breaks, so a message costs a few small encodes instead of encoding the whole
+    15-30 kB body again, and decodes to exactly the same text.
     """
 
     def __init__(self, splicer: Splicer) -> None:
         last = len(splicer.parts) - 1
-        self.parts = [qp(part, final=i == last) for i, part in enumerate(splicer.parts)]
+        self.parts = [
+            qp(part) if i == last else soft_break(qp(part, final=False))
+            for i, part in enumerate(splicer.parts)
+        ]
         self.slots = splicer.slots
 
     def fill(self, values: dict[str, str]) -> bytes:
         out = [self.parts[0]]
         for slot, part in zip(self.slots, self.parts[1:], strict=True):
-            out += (b"=\r\n", qp(values[slot], final=False), b"=\r\n", part)
+            out += (soft_break(qp(values[slot], final=False)), part)
         return b"".join(out)
 
 
@@ -119,11 +146,12 @@ class MessageTemplate:
         text: Splicer,
     ) -> None:
         self.boundary = "==digest-" + hashlib.sha256(variant_key.encode()).hexdigest()[:24] + "=="
+        list_id = check_header_value(sender.list_id)
         fixed = [
-            f"From: {_addr(sender.from_name, sender.from_address)}",
+            f"From: {_addr(sender.from_name, sender.from_address, 'From')}",
             f"Subject: {_encoded(subject)}",
             f"Date: {format_datetime(date)}",
-            f"List-Id: {_encoded(sender.list_name)} <{check_header_value(sender.list_id)}>",
+            f"List-Id: {_encoded(sender.list_name, 'List-Id')} <{list_id}>",
             "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
             "MIME-Version: 1.0",
             f'Content-Type: multipart/alternative; boundary="{self.boundary}"',
@@ -169,8 +197,9 @@ class MessageTemplate:
 def build_message(sender: Sender, subject: str, date: datetime, env: Envelope) -> EmailMessage:
     """The stdlib way (slow, a few ms): for single sends and to check MessageTemplate."""
     msg = EmailMessage(policy=SMTP)
-    msg["From"] = _addr(sender.from_name, sender.from_address)
-    msg["To"] = _addr(env.to_name, env.to_address)
+    # The stdlib encodes and folds unicode display names itself.
+    msg["From"] = formataddr((fold_header_text(sender.from_name, 80), sender.from_address))
+    msg["To"] = formataddr((fold_header_text(env.to_name, 80), check_header_value(env.to_address)))
     msg["Subject"] = fold_header_text(subject, limit=300)
     msg["Date"] = format_datetime(date)
     msg["Message-ID"] = check_header_value(env.message_id)

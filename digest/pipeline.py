@@ -460,6 +460,7 @@ def run_edition(
     while batch := store.delivery_page(session, edition_id, last, settings.batch_size):
         report.add(send_batch(session, settings, transport, batch, now, on_progress))
         last = batch[-1]
+    session.commit()  # end the last page's read: on SQLite it holds the write lock
     return report
 
 

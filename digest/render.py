@@ -6,7 +6,7 @@ import html
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -116,8 +116,31 @@ def subject_for(view: EditionView) -> str:
     return fold_header_text(subject, limit=150)
 
 
+def defuse(text: str) -> str:
+    """Remove slot markers from outside text: a feed that wrote one into a summary
+    would otherwise have each reader's private links spliced into its own URL."""
+    return _SLOT_RE.sub("", text) if "DGSTx" in text else text
+
+
+def _defused(view: EditionView) -> EditionView:
+    articles = [
+        replace(
+            a,
+            **{name: defuse(value) for name, value in vars(a).items() if isinstance(value, str)},
+        )
+        for a in view.articles
+    ]
+    return replace(
+        view,
+        articles=articles,
+        sender_name=defuse(view.sender_name),
+        postal_address=defuse(view.postal_address),
+    )
+
+
 def render_edition(view: EditionView, templates_dir: Path) -> Rendered:
     """Render one variant and inline its CSS (the only premailer call per variant)."""
+    view = _defused(view)
     html_env, text_env = environment(templates_dir)
     context = {
         "subject": subject_for(view),

@@ -50,7 +50,15 @@ def _classify(code: int, reply: bytes, what: str) -> Exception:
     text = f"{what}: {code} {reply.decode('utf-8', 'replace')}"
     if 400 <= code < 500:
         return TransientSendError(text, code)
-    unknown = code in (550, 551, 553) and bool(_UNKNOWN_MAILBOX.search(reply))
+    if what == "sender refused":
+        # The relay refuses *our* From address: the operator's problem, never the
+        # reader's. Defer (retried with backoff, then failed) instead of bouncing anyone.
+        return TransientSendError(text, code)
+    unknown = (
+        what == "recipient refused"
+        and code in (550, 551, 553)
+        and bool(_UNKNOWN_MAILBOX.search(reply))
+    )
     return PermanentSendError(text, code, unknown_mailbox=unknown)
 
 
@@ -105,13 +113,17 @@ class SMTPTransport:
     def send(self, sender: str, recipient: str, message: bytes, message_id: str) -> None:
         if "\r" in sender + recipient or "\n" in sender + recipient:
             raise PermanentSendError(f"refusing address with a line break: {recipient!r}")
-        if self._conn is None:
-            self._conn = self._connect()
-            self._conn.ehlo_or_helo_if_needed()
-            self._pipelining = self._conn.has_extn("pipelining")
         try:
+            if self._conn is None:
+                self._conn = self._connect()
+                self._conn.ehlo_or_helo_if_needed()
+                self._pipelining = self._conn.has_extn("pipelining")
             self._transaction(self._conn, sender, recipient, message)
-        except (smtplib.SMTPServerDisconnected, OSError) as exc:  # includes timeouts
+        except TransientSendError as exc:
+            if exc.code == 421:  # the server is closing the connection: do not reuse it
+                self._drop()
+            raise
+        except (smtplib.SMTPException, OSError) as exc:  # disconnects, timeouts, bad EHLO
             self._drop()
             raise TransientSendError(f"connection lost: {exc}") from None
 
@@ -160,12 +172,11 @@ class SMTPTransport:
             self._reset(conn)
             raise _classify(code, reply, "message refused")
 
-    @staticmethod
-    def _reset(conn: smtplib.SMTP) -> None:
+    def _reset(self, conn: smtplib.SMTP) -> None:
         try:
             conn.rset()
-        except smtplib.SMTPException:
-            pass
+        except (smtplib.SMTPException, OSError):
+            self._drop()  # a connection that cannot even reset is not reused
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None

@@ -122,6 +122,16 @@ class Sink:
     refuse: dict[str, str] = field(default_factory=dict)
     drop_after: int | None = None  # close the connection at DATA after this many messages
     delay: float = 0.0  # seconds to wait before answering DATA (a slow relay)
+    refuse_sender: str | None = None  # reply to MAIL FROM, e.g. "550 sender rejected"
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, mail_options: Any
+    ) -> str:
+        if self.refuse_sender:
+            return self.refuse_sender
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any

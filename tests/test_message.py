@@ -1,5 +1,6 @@
 """The fast per-reader MIME build parses to the same headers and parts as the stdlib way."""
 
+import re
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
 
@@ -96,6 +97,19 @@ def both_ways(name: str, subject: str, text: str, html: str, values: dict[str, s
             None,
         ),
         ('"Quoted" <name>', "trailing space ", "line with trailing space \n", "=3D =\n", None),
+        ("Ÿ" * 80, "Ünïcode subject " * 12, "x" * 76, "=" * 76 + "é" * 30, None),
+        (
+            "a",
+            "s",
+            "bare\rCR and\r\nCRLF",
+            "y" * 75,
+            {
+                "name_suffix": "z" * 76,
+                "unsubscribe_url": "=" * 75,
+                "preferences_url": "é" * 40,
+                "view_url": " ",
+            },
+        ),
         (
             "Zoë",
             "s",
@@ -113,13 +127,24 @@ def both_ways(name: str, subject: str, text: str, html: str, values: dict[str, s
 def test_fast_build_matches_stdlib(name, subject, text, html, values) -> None:
     fast, slow, raw = both_ways(name, subject, text, html, values)
     for header in HEADERS:
+        if header in ("From", "To"):
+            # CPython's address parser shows a space between adjacent encoded-words of a
+            # display name (RFC 2047 says to drop it), and the two paths fold at
+            # different points; compare the names without that whitespace.
+            assert "".join(str(fast[header]).split()) == "".join(str(slow[header]).split())
+            assert fast[header].addresses[0].addr_spec == slow[header].addresses[0].addr_spec
+            continue
         assert str(fast[header]) == str(slow[header]), header
     assert fast.get_content_type() == slow.get_content_type() == "multipart/alternative"
     fast_parts = [(p.get_content_type(), p.get_content()) for p in fast.iter_parts()]
     slow_parts = [(p.get_content_type(), p.get_content()) for p in slow.iter_parts()]
     assert fast_parts == slow_parts
     assert [t for t, _ in fast_parts] == ["text/plain", "text/html"]
-    assert max(len(line) for line in raw.split(b"\r\n")) <= 998  # RFC 5322 line limit
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert max(len(line) for line in body.split(b"\r\n")) <= 76  # RFC 2045 6.7
+    assert b"\r" not in body.replace(b"\r\n", b"")  # no bare CR on the wire
+    assert max(len(line) for line in head.split(b"\r\n")) <= 998  # RFC 5322
+    assert all(len(w) <= 75 for w in re.findall(rb"=\?[^?]+\?[qQbB]\?[^?]*\?=", head))
     assert not fast.defects and not any(p.defects for p in fast.iter_parts())
 
 

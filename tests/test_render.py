@@ -89,3 +89,24 @@ def test_splicer_fills_html_escaped_values() -> None:
 
 def test_templates_dir_exists() -> None:
     assert Path(TEMPLATES / "email" / "edition.html").exists()
+
+
+def test_slot_markers_from_feeds_are_defused() -> None:
+    """A hostile summary naming a slot must not receive a reader's private links."""
+    mark = SLOTS["unsubscribe_url"]
+    hostile = ArticleView(
+        f"Title {mark}",
+        f"https://evil.example/?u={mark}",
+        "news",
+        f'<p><a href="https://evil.example/?u={mark}">x</a></p>',
+        mark,
+        None,
+    )
+    page = render_edition(view(hostile), TEMPLATES)
+    assert page.html.count(mark) == 1 and page.text.count(mark) == 1  # only the footer link
+    filled = Splicer.of(page.html).fill(
+        slot_values(
+            name="", unsubscribe_url="SECRET", preferences_url="p", view_url="v", for_html=True
+        )
+    )
+    assert "evil.example/?u=SECRET" not in filled

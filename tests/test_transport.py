@@ -99,3 +99,25 @@ def test_parse_smtp_url(url, host, port, tls, user, password) -> None:
 def test_bad_smtp_url() -> None:
     with pytest.raises(ConfigError, match="smtp://"):
         parse_smtp_url("http://mail.example.com")
+
+
+def test_sender_refusal_is_never_blamed_on_the_reader(smtp_server) -> None:
+    sink, url = smtp_server
+    sink.refuse_sender = "550 5.1.0 <a@example.com>: Sender address rejected: User unknown"
+    with SMTPTransport(parse_smtp_url(url)) as t:
+        with pytest.raises(TransientSendError, match="sender refused"):
+            t.send("a@example.com", "reader@example.com", MSG, "<1@x>")
+        sink.refuse_sender = None
+        t.send("a@example.com", "reader@example.com", MSG, "<1@x>")
+    assert len(sink.messages) == 1
+
+
+def test_421_drops_the_connection(smtp_server) -> None:
+    sink, url = smtp_server
+    sink.refuse["busy@example.com"] = "421 4.3.2 shutting down"
+    with SMTPTransport(parse_smtp_url(url)) as t:
+        with pytest.raises(TransientSendError):
+            t.send("a@example.com", "busy@example.com", MSG, "<1@x>")
+        assert t._conn is None  # the next message opens a fresh connection
+        t.send("a@example.com", "ok@example.com", MSG, "<2@x>")
+    assert [m[1] for m in sink.messages] == [["ok@example.com"]]
