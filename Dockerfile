@@ -26,4 +26,4 @@ ENV DIGEST_DATA_DIR=/data \
 
 USER digest
 EXPOSE 8000 5555
-CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2", "--access-logfile", "-", "digest.web:create_app()"]
+CMD ["gunicorn", "--config", "python:digest.gunicorn_conf", "digest.web:create_app()"]

@@ -242,15 +242,21 @@ def _add_pending(
         return found
 
 
-def confirm(session: Session, subscriber_id: int, now: datetime) -> Subscriber:
-    """Make a pending sign-up active. Confirming is fresh consent, so a suppression from
-    an earlier unsubscribe or bounce is lifted. Confirming twice changes nothing."""
+def check_confirmable(session: Session, subscriber_id: int) -> Subscriber:
+    """The reader a confirmation link is for, if the link may still be used."""
     subscriber = store.get_subscriber(session, subscriber_id)
     if subscriber.status in LEFT:
         raise InvalidToken(
             "this confirmation link is no longer valid: the address was unsubscribed "
             "after it was sent"
         )
+    return subscriber
+
+
+def confirm(session: Session, subscriber_id: int, now: datetime) -> Subscriber:
+    """Make a pending sign-up active. Confirming is fresh consent, so a suppression from
+    an earlier unsubscribe or bounce is lifted. Confirming twice changes nothing."""
+    subscriber = check_confirmable(session, subscriber_id)
     if subscriber.status == "pending":
         subscriber.status = "active"
         subscriber.confirmed_at = now

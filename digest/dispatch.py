@@ -109,9 +109,11 @@ def dispatch_due(session: Session, settings: Settings, now: datetime) -> list[Fa
     ]
 
 
-def sweep(session: Session, settings: Settings, now: datetime) -> list[list[int]]:
+def sweep(
+    session: Session, settings: Settings, now: datetime, *, queued_too: bool = True
+) -> list[list[int]]:
     """Re-queue what no worker carries (see pipeline.sweep); batches to send again."""
-    found = pipeline.sweep(session, settings, now)
+    found = pipeline.sweep(session, settings, now, queued_too=queued_too)
     return [batch for ids in found.values() for batch in pipeline.chunks(ids, settings.batch_size)]
 
 

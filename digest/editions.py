@@ -20,16 +20,25 @@ def rank_key(c: Candidate) -> tuple[int, float, int]:
     return (-c.priority, -c.published_at.timestamp(), -c.id)
 
 
+# An ingest run stamps its articles when it starts and commits them feed by feed, so an
+# article stamped a little before the last cut may only have been stored after it.
+INGEST_SLACK = timedelta(minutes=30)
+
+
 def in_window(
     c: Candidate, window_start: datetime, window_end: datetime, late_grace: timedelta
 ) -> bool:
-    """Published in the window, or reached us after the last edition though published
-    a little before it (feeds are polled, not pushed)."""
+    """Published in the window, or reached us around or after the last edition though
+    published a little before it (feeds are polled, not pushed). Articles the last
+    edition did carry are excluded by the caller."""
     if c.published_at > window_end:
         return False
     if c.published_at > window_start:
         return True
-    return window_start < c.seen_at <= window_end and c.published_at > window_start - late_grace
+    return (
+        window_start - INGEST_SLACK < c.seen_at <= window_end
+        and c.published_at > window_start - late_grace
+    )
 
 
 def select_articles(

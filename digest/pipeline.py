@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -457,8 +458,12 @@ def run_edition(
     """Send every queued delivery of an edition in this process, batch by batch."""
     report = BatchReport()
     last = 0
+    started = time.monotonic()
     while batch := store.delivery_page(session, edition_id, last, settings.batch_size):
-        report.add(send_batch(session, settings, transport, batch, now, on_progress))
+        # `now` moves on with the time spent: leases, retry times and sent_at of a long
+        # run must not lie in the past (the sweep would take rows still being sent).
+        batch_now = now + timedelta(seconds=time.monotonic() - started)
+        report.add(send_batch(session, settings, transport, batch, batch_now, on_progress))
         last = batch[-1]
     session.commit()  # end the last page's read: on SQLite it holds the write lock
     return report
@@ -549,15 +554,19 @@ def dispatch_due(session: Session, settings: Settings, now: datetime) -> list[Pl
     return results
 
 
-def sweep(session: Session, settings: Settings, now: datetime) -> dict[int, list[int]]:
+def sweep(
+    session: Session, settings: Settings, now: datetime, *, queued_too: bool = True
+) -> dict[int, list[int]]:
     """Find deliveries no worker is carrying and put them back in the queue.
 
     Rows stuck in `sending` past their lease (a worker died), deferred rows whose retry
     time has come, and queued rows older than a lease (their task was lost with Redis).
-    Returns the delivery ids by edition, for the caller to send or enqueue.
+    A caller that knows tasks are still waiting in the broker passes `queued_too=False`:
+    those queued rows are a backlog, not lost, and re-sending them would only pile up
+    duplicate tasks. Returns the delivery ids by edition, for the caller to send or enqueue.
     """
     lease = timedelta(seconds=settings.lease_seconds)
-    found = store.stale_deliveries(session, now, queued_before=now - lease)
+    found = store.stale_deliveries(session, now, now - lease if queued_too else None)
     store.requeue(session, [d for _, d in found], now)
     session.commit()
     by_edition: dict[int, list[int]] = {}

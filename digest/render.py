@@ -126,7 +126,12 @@ def _defused(view: EditionView) -> EditionView:
     articles = [
         replace(
             a,
-            **{name: defuse(value) for name, value in vars(a).items() if isinstance(value, str)},
+            title=defuse(a.title),
+            url=defuse(a.url),
+            section=defuse(a.section),
+            summary_html=defuse(a.summary_html),
+            summary_text=defuse(a.summary_text),
+            image_url=defuse(a.image_url) if a.image_url else a.image_url,
         )
         for a in view.articles
     ]

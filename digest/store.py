@@ -591,19 +591,20 @@ def update_edition_status(session: Session, edition_id: int) -> str:
 
 
 def stale_deliveries(
-    session: Session, now: datetime, queued_before: datetime
+    session: Session, now: datetime, queued_before: datetime | None
 ) -> list[tuple[int, int]]:
     """(edition, delivery) pairs the sweep must put back: expired leases, ripe retries,
-    and queued rows older than any task should take to pick them up."""
+    and (unless `queued_before` is None) queued rows older than any task should take
+    to pick them up."""
+    stale = [
+        and_(Delivery.status == "sending", Delivery.lease_until < now),
+        and_(Delivery.status == "deferred", Delivery.next_attempt_at <= now),
+    ]
+    if queued_before is not None:
+        stale.append(and_(Delivery.status == "queued", Delivery.queued_at < queued_before))
     stmt = (
         select(Delivery.edition_id, Delivery.id)
-        .where(
-            or_(
-                and_(Delivery.status == "sending", Delivery.lease_until < now),
-                and_(Delivery.status == "deferred", Delivery.next_attempt_at <= now),
-                and_(Delivery.status == "queued", Delivery.queued_at < queued_before),
-            )
-        )
+        .where(or_(*stale))
         .order_by(Delivery.edition_id, Delivery.id)
     )
     return [(e, d) for e, d in session.execute(stmt)]

@@ -306,10 +306,26 @@ def subscribe() -> Any:
 
 
 @bp.get("/confirm/<token>")
+def confirm_page(token: str) -> Any:
+    """A page with one button: mail scanners open confirmation links too, and must not
+    subscribe anyone (or lift a suppression) by doing so. Bad links say so here."""
+    rt = _rt()
+    subscriber_id = read_token(rt.settings.secret_key, "confirm", token, rt.clock())
+    subscriber = accounts.check_confirmable(_session(), subscriber_id)
+    return render_template(
+        "web/confirm.html",
+        address=accounts.mask_address(subscriber.email),
+        active=subscriber.status == "active",
+    )
+
+
+@bp.post("/confirm/<token>")
 def confirm(token: str) -> Any:
     rt = _rt()
     now = rt.clock()
     subscriber_id = read_token(rt.settings.secret_key, "confirm", token, now)
+    if not _same_origin():
+        return _page("Nothing changed", "This form was sent from another site.", 403)
     session = _session()
     subscriber = accounts.confirm(session, subscriber_id, now)
     session.commit()

@@ -98,7 +98,8 @@ def test_flower_has_basic_auth_and_persistent_state(compose: dict[str, Any]) -> 
 def test_web_serves_the_app_factory_with_a_healthcheck(compose: dict[str, Any]) -> None:
     web = compose["services"]["web"]
     assert web["command"][0] == "gunicorn" and "digest.web:create_app()" in web["command"]
-    assert "--bind=0.0.0.0:8000" in web["command"] and "8000:8000" in web["ports"]
+    # digest.gunicorn_conf binds 0.0.0.0:8000 and keeps tokens out of the access log.
+    assert "--config=python:digest.gunicorn_conf" in web["command"] and "8000:8000" in web["ports"]
     assert "/healthz" in " ".join(web["healthcheck"]["test"])
 
 

@@ -27,11 +27,15 @@ def art(
     [
         (art(1, 1), True),
         (art(2, 12.9), True),
-        (art(3, 13), False),  # exactly at the previous cut: belonged to the last edition
+        # At the previous cut and stored well before it: the last edition's article.
+        (art(3, 13, seen_hours_ago=13.6), False),
         (art(4, -0.5), False),  # published after the cut: next edition
         (art(5, 14, seen_hours_ago=2), True),  # published before, but reached us late
         (art(6, 40, seen_hours_ago=2), False),  # too old even if seen late
-        (art(7, 14, seen_hours_ago=14), False),  # seen before the last edition too
+        (art(7, 14, seen_hours_ago=14), False),  # seen well before the last edition too
+        # Stamped by an ingest run that started just before the last cut and stored
+        # its feed after that edition was planned: the last edition never saw it.
+        (art(8, 13.2, seen_hours_ago=13.1), True),
     ],
 )
 def test_window(candidate: Candidate, included: bool) -> None:

@@ -28,7 +28,7 @@ from digest.schedule import Cohort
 from digest.tokens import PURPOSES, make_token
 from digest.transport import SMTPTransport
 from digest.web import EDITION_CSP, redact_path
-from tests.conftest import NOW, add_articles, make_settings
+from tests.conftest import NOW, add_articles, make_settings, wait_for
 
 TZ = "Australia/Sydney"
 MORNING = Cohort("morning", date(2026, 11, 30), TZ)  # cut at 2026-11-29 19:00 UTC
@@ -162,7 +162,13 @@ def test_sign_up_and_confirm_over_smtp(smtp_client, smtp_settings, smtp_server, 
         reader = store.find_subscriber(s, "reader@example.com")
         assert reader is not None and reader.status == "pending"
 
-    r = smtp_client.get(link_path(body, "confirm"))
+    # Opening the link (as a mail scanner would) changes nothing; the button does.
+    confirm = link_path(body, "confirm")
+    for _ in range(2):
+        r = smtp_client.get(confirm)
+        assert r.status_code == 200 and "Confirm my subscription" in r.get_data(as_text=True)
+    assert status_of(sessions, reader.id) == "pending"
+    r = smtp_client.post(confirm)
     assert r.status_code == 200
     page = r.get_data(as_text=True)
     assert "You are subscribed" in page
@@ -174,7 +180,7 @@ def test_sign_up_without_smtp_goes_to_the_outbox(client, settings: Settings, ses
     assert signup(client, settings).status_code == 200
     msg = outbox(settings)["reader@example.com"]
     assert msg["Subject"] == "Confirm your subscription to The Daily Digest"
-    assert client.get(link_path(text_of(msg), "confirm")).status_code == 200
+    assert client.post(link_path(text_of(msg), "confirm")).status_code == 200
     with sessions() as s:
         reader = store.find_subscriber(s, "reader@example.com")
         assert reader is not None and reader.status == "active"
@@ -272,6 +278,8 @@ def test_web_resubscribe_of_a_suppressed_address_needs_confirmation(
 
     confirm = link_path(text_of(outbox(settings)["back@example.com"]), "confirm")
     assert client.get(confirm).status_code == 200
+    assert status_of(sessions, reader.id) == "pending"  # a scanner's GET lifts nothing
+    assert client.post(confirm).status_code == 200
     with sessions() as s:
         assert store.get_subscriber(s, reader.id).status == "active"
         assert not store.is_suppressed(s, "back@example.com")
@@ -525,7 +533,7 @@ def test_ten_thousand_forged_tokens_change_nothing(make_app, sqlite_url, tmp_pat
         "unsubscribe": lambda t: client.post(
             f"/unsubscribe/{t}", data=b"List-Unsubscribe=One-Click", content_type=form
         ),
-        "confirm": lambda t: client.get(f"/confirm/{t}"),
+        "confirm": lambda t: client.post(f"/confirm/{t}"),
         "preferences": lambda t: client.post(
             f"/preferences/{t}", data=b"editions=morning&timezone=UTC", content_type=form
         ),
@@ -580,8 +588,8 @@ def test_sign_up_confirm_and_one_click_over_real_http(
     status, headers, page = http_post(base, "/subscribe", body, "application/x-www-form-urlencoded")
     assert status == 200 and b"Check your inbox" in page and headers["Set-Cookie"] is None
     [msg] = sink.to("reader@example.com")
-    with urlopen(base + link_path(text_of(msg), "confirm"), timeout=10) as r:
-        assert r.status == 200
+    with urlopen(base + link_path(text_of(msg), "confirm"), data=b"", timeout=10) as r:
+        assert r.status == 200  # the page's button: a POST with no cookie
     with sessions() as s:
         reader = store.find_subscriber(s, "reader@example.com")
         assert reader is not None and reader.status == "active"
@@ -621,12 +629,11 @@ def test_gunicorn_runs_the_app_factory(spawn, sqlite_url, tmp_path) -> None:
         sys.executable,
         "-m",
         "gunicorn",
-        "--bind",
-        "127.0.0.1:0",
-        "--workers",
-        "1",
+        "--config",
+        "python:digest.gunicorn_conf",
         "digest.web:create_app()",
     ]
+    env.update(WEB_BIND="127.0.0.1:0", WEB_WORKERS="1")
     child = spawn("gunicorn", argv, env)
     deadline = time.monotonic() + 60  # generous: CI machines can be busy
     while not (found := re.search(r"Listening at: (http://127\.0\.0\.1:\d+)", child.output())):
@@ -647,6 +654,8 @@ def test_gunicorn_runs_the_app_factory(spawn, sqlite_url, tmp_path) -> None:
     )
     assert status == 200 and headers["Set-Cookie"] is None
     assert status_of(sessions, reader.id) == "unsubscribed"
+    wait_for(lambda: "POST /unsubscribe/<token>" in child.output(), 10, "the access log line")
+    assert path.rsplit("/", 1)[1] not in child.output()  # the token never reaches the log
     child.signal(signal.SIGQUIT)  # gunicorn's quick shutdown; SIGTERM waits on idle workers
     child.proc.wait(timeout=10)
     engine.dispose()

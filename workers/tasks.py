@@ -15,6 +15,7 @@ from digest import dispatch, pipeline
 from digest.ingest import ingest_all
 from digest.transport import make_transport
 from workers.app import app, runtime
+from workers.client import BrokerUnavailable, queue_lengths
 
 settings = runtime.settings
 
@@ -115,8 +116,16 @@ def ingest_feeds(now: str | None = None) -> dict[str, int]:
 @app.task(name="digest.sweep", **OPTIONS)
 def sweep(now: str | None = None) -> dict[str, Any]:
     """Re-queue deliveries no worker is carrying and send them again."""
+    try:
+        backlog = sum(queue_lengths(settings).values())
+    except BrokerUnavailable:
+        backlog = 0
     with runtime.session() as session:
-        batches = dispatch.sweep(session, settings, dispatch.parse_now(now))
+        # Tasks still waiting in Redis carry the queued rows; only when none wait are
+        # old queued rows taken as lost (Redis was flushed or restarted empty).
+        batches = dispatch.sweep(
+            session, settings, dispatch.parse_now(now), queued_too=backlog == 0
+        )
     return {
         "requeued": sum(len(b) for b in batches),
         "batches": fan_out(batches, now),
