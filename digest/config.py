@@ -198,6 +198,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         first_lookback_hours=_int(
             env, "DIGEST_FIRST_LOOKBACK_HOURS", defaults.first_lookback_hours
         ),
+        late_grace_hours=_int(env, "DIGEST_LATE_GRACE_HOURS", defaults.late_grace_hours),
         catchup_minutes=_int(env, "DIGEST_CATCHUP_MINUTES", defaults.catchup_minutes),
         batch_size=_int(env, "DIGEST_BATCH_SIZE", defaults.batch_size),
         smtp_connections=max(1, _int(env, "DIGEST_SMTP_CONNECTIONS", defaults.smtp_connections)),

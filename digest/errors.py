@@ -33,6 +33,10 @@ class Duplicate(DigestError, ValueError):
     """A row that must be unique already exists."""
 
 
+class NothingToSend(DigestError, LookupError):
+    """An edition has no articles for the readers asked about."""
+
+
 class FeedError(DigestError):
     """A feed could not be fetched or parsed."""
 

@@ -28,6 +28,7 @@ from urllib.request import url2pathname
 
 import feedparser
 from feedparser.exceptions import ThingsNobodyCaresAboutButMe
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from digest import store
@@ -470,9 +471,10 @@ def ingest_all(session: Session, settings: Settings, now: datetime) -> list[Inge
         try:
             with session.begin_nested():
                 report = ingest_feed(session, settings, feed, now)
-        except Exception as exc:
+        except (SQLAlchemyError, ValueError, TypeError, KeyError, AttributeError, OSError) as exc:
             # Feed errors are handled inside; this is a bug or a database error on this
             # one feed. The savepoint has undone its partial work: record it, move on.
+            # (Anything else, such as a task's time limit, is not ours to swallow.)
             report = IngestReport(feed.url)
             feed.last_polled_at = now
             _record_failure(feed, report, f"{feed.url}: {exc.__class__.__name__}: {exc}")

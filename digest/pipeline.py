@@ -21,12 +21,12 @@ from sqlalchemy.orm import Session
 from digest import store
 from digest.config import Settings
 from digest.editions import Candidate, pick_for_sections, select_articles
-from digest.errors import HeaderInjection, PermanentSendError, TransientSendError
+from digest.errors import HeaderInjection, NothingToSend, PermanentSendError, TransientSendError
 from digest.message import Envelope, MessageTemplate, Reader, Sender, build_message
 from digest.models import Article, Edition, EditionVariant
 from digest.render import ArticleView, EditionView, Rendered, Splicer, render_edition, slot_values
 from digest.sanitize import html_to_text
-from digest.schedule import Cohort, local_day, send_at
+from digest.schedule import Cohort, due_cohorts, local_day, send_at
 from digest.tokens import make_token, message_id
 from digest.transport import Transport
 
@@ -499,20 +499,13 @@ def test_send(
     """Send one copy of the cohort's edition (all sections) to `to`; no delivery row."""
     rendered = preview(session, settings, cohort, now)
     if rendered is None:
-        raise_nothing(cohort)
-    assert rendered is not None
+        raise NothingToSend(f"the {cohort} edition has no articles to show")
     page, prepared = rendered
     env = personalise(settings, prepared, 0, 0, to, "")
     msg = build_message(sender_of(settings), "[TEST] " + page.subject, now, env)
     with transport:
         transport.send(settings.from_address, to, msg.as_bytes(), env.message_id)
     return env.message_id
-
-
-def raise_nothing(cohort: Cohort) -> None:
-    from digest.errors import DigestError
-
-    raise DigestError(f"the {cohort} edition has no articles to show")
 
 
 def preview(
@@ -543,8 +536,6 @@ def dispatch_due(session: Session, settings: Settings, now: datetime) -> list[Pl
     Within the catch-up window the edition is planned (and sent late); past it, it is
     recorded as missed so that it is never sent hours late.
     """
-    from digest.schedule import due_cohorts
-
     zones = store.active_timezones(session, settings.default_timezone) | {settings.default_timezone}
     catchup = timedelta(minutes=settings.catchup_minutes)
     results = []

@@ -29,8 +29,9 @@ def local_day(now: datetime, timezone: str) -> date:
 def send_at(slot_time: time, day: date, timezone: str) -> datetime:
     """The UTC instant of `slot_time` on `day` in `timezone`.
 
-    A wall time skipped by a daylight-saving jump (02:30 on a spring-forward night)
-    resolves to the instant just after the jump; a repeated one to its first occurrence.
+    A wall time skipped by a daylight-saving jump resolves as if the clocks had not
+    moved yet (02:30 on a spring-forward night becomes 03:30 new time); a repeated
+    wall time resolves to its first occurrence. Either way the day has one instant.
     """
     local = datetime.combine(day, slot_time, tzinfo=ZoneInfo(timezone))
     return local.astimezone(UTC)

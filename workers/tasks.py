@@ -101,7 +101,9 @@ def send_batch(self: Any, delivery_ids: list[int], now: str | None = None) -> di
     return dispatch.counts(report)
 
 
-@app.task(name="digest.ingest_feeds", **OPTIONS)
+# Polling is bounded per feed (timeout, size cap), not by the send lease: many slow
+# feeds may take longer than a batch may.
+@app.task(name="digest.ingest_feeds", soft_time_limit=1800, time_limit=1860, **OPTIONS)
 def ingest_feeds(now: str | None = None) -> dict[str, int]:
     """Poll every feed once."""
     with runtime.session() as session:
