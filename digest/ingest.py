@@ -85,11 +85,20 @@ def _kind(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
     return "a non-public address"
 
 
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
 def check_address(host: str, address: str, allow_private: bool) -> None:
     """Raise UnsafeURL, naming host and address, unless the address may be fetched from."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        # IPv4 carried inside IPv6 (mapped, 6to4, NAT64) is judged as the IPv4 it is.
+        if ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        elif ip.sixtofour:
+            ip = ip.sixtofour
+        elif ip in _NAT64:
+            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     # 0.0.0.0 reaches this very machine on Linux and multicast is no place for a feed:
     # never fetched from, even when private addresses are allowed.
     if ip.is_unspecified or ip.is_multicast:

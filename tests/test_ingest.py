@@ -22,6 +22,7 @@ from digest.config import Settings
 from digest.errors import FeedError, InvalidInput, UnsafeURL
 from digest.ingest import (
     canonical_url,
+    check_address,
     fetch,
     import_articles,
     ingest_all,
@@ -837,3 +838,11 @@ def test_import_a_directory_is_invalid_input(tmp_path: Path, now: datetime) -> N
 )
 def test_canonical_url(url: str, expected: str) -> None:
     assert canonical_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    "address", ["64:ff9b::7f00:1", "64:ff9b::a00:1", "2002:7f00:1::", "2002:c0a8:101::1"]
+)
+def test_ipv4_inside_ipv6_is_judged_as_ipv4(address: str) -> None:
+    with pytest.raises(UnsafeURL, match="refusing"):
+        check_address("feeds.example.com", address, allow_private=False)
