@@ -17,8 +17,10 @@ from sqlalchemy.orm import Session
 from digest import pipeline, store
 from digest.config import SLOTS, Settings, check_timezone, load_settings
 from digest.db import make_engine, make_sessionmaker, upgrade
+from digest.editions import normalise_sections
 from digest.errors import ConfigError, DigestError
 from digest.ingest import import_articles, ingest_all
+from digest.render import slot_values
 from digest.schedule import Cohort, next_day_of
 from digest.subscribers import export_csv, import_file, subscriber_fields
 from digest.transport import make_transport
@@ -383,7 +385,7 @@ def _send_cohort(
 @cli.command()
 @click.argument("slot", type=click.Choice(SLOTS))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="HTML file to write.")
-@click.option("--day", callback=parse_day)
+@click.option("--day", callback=parse_day, help="Local day (default: the next SLOT edition's day).")
 @click.option("--timezone", callback=parse_tz)
 @click.option("--sections", default="", help="Preview what readers of these sections get.")
 @pass_app
@@ -391,11 +393,9 @@ def preview(
     app: App, slot: str, out: Path, day: date | None, timezone: str | None, sections: str
 ) -> None:
     """Write the SLOT edition as a reader would see it to an HTML file."""
-    from digest.editions import normalise_sections
-    from digest.render import slot_values
-
     settings, now = app.settings, app.now()
     tz = timezone or settings.default_timezone
+    day = day or next_day_of(now, tz, settings.send_time(slot))
     with app.session() as session:
         cohort = pipeline.cohorts_for(session, settings, slot, now, day, tz)[0]
         found = pipeline.preview(session, settings, cohort, now, normalise_sections(sections))
