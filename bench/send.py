@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from digest import pipeline, store  # noqa: E402
+from digest import pipeline, sending, store  # noqa: E402
 from digest.config import Settings, load_settings  # noqa: E402
 from digest.db import make_engine, make_sessionmaker, upgrade  # noqa: E402
 from digest.message import Envelope, MessageTemplate, build_message  # noqa: E402
@@ -123,10 +123,8 @@ def run_inprocess(settings: Settings) -> dict[str, float]:
         rss_first = 0.0
         total = 0
         ids = store.delivery_ids(session, plan.edition_id)
-        for i, batch in enumerate(pipeline.chunks(ids, settings.batch_size)):
-            report = pipeline.send_batch(
-                session, settings, SMTPTransport(settings.smtp), batch, NOW
-            )
+        for i, batch in enumerate(sending.chunks(ids, settings.batch_size)):
+            report = sending.send_batch(session, settings, SMTPTransport(settings.smtp), batch, NOW)
             total += report.sent
             if i == 0:
                 rss_first = rss_mb()
@@ -148,16 +146,16 @@ def per_message_costs(settings: Settings, samples: int) -> tuple[list[float], li
         edition = store.find_edition(session, Cohort("morning", DAY, TZ))
         assert edition is not None
         variant = store.variants(session, edition.id)[0]
-        prepared = pipeline.prepare_variant(variant)
+        prepared = sending.prepare_variant(variant)
         template = MessageTemplate(
-            pipeline.sender_of(settings), variant.subject, NOW, "k", prepared.html, prepared.text
+            sending.sender_of(settings), variant.subject, NOW, "k", prepared.html, prepared.text
         )
         cohort = Cohort("morning", DAY, TZ)
         _, snapshot = pipeline.select_snapshot(session, settings, cohort, edition.window_end)
         ours = []
         for i in range(samples * 20):
             t = time.perf_counter()
-            reader = pipeline.address_reader(
+            reader = sending.address_reader(
                 settings, edition.id, i, f"r{i}@example.com", f"Reader {i}"
             )
             template.render(reader)
@@ -178,7 +176,7 @@ def per_message_costs(settings: Settings, samples: int) -> tuple[list[float], li
                 rendered[0].text,
                 html,
             )
-            build_message(pipeline.sender_of(settings), rendered[0].subject, NOW, env).as_bytes()
+            build_message(sending.sender_of(settings), rendered[0].subject, NOW, env).as_bytes()
             naive.append(time.perf_counter() - t)
     return ours, naive
 

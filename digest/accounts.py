@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo, available_timezones
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from digest import pipeline, store
+from digest import sending, store
 from digest.addresses import normalise_address
 from digest.config import Settings
 from digest.editions import normalise_sections
@@ -318,9 +318,9 @@ def edition_html(session: Session, settings: Settings, edition_id: int, subscrib
         raise NotFound("this edition was not sent to you")
     variant = store.get_variant(session, delivery.variant_id)
     subscriber = store.get_subscriber(session, subscriber_id)
-    envelope = pipeline.personalise(
+    envelope = sending.personalise(
         settings,
-        pipeline.prepare_variant(variant),
+        sending.prepare_variant(variant),
         edition_id,
         subscriber_id,
         subscriber.email,
@@ -371,7 +371,7 @@ def compose_notice(settings: Settings, notice: Notice, now: datetime) -> tuple[b
         text=text_env.get_template("email/signup.txt").render(context),
         html=html_env.get_template("email/signup.html").render(context),
     )
-    message = build_message(pipeline.sender_of(settings), subject, now, envelope)
+    message = build_message(sending.sender_of(settings), subject, now, envelope)
     return message.as_bytes(), envelope.message_id
 
 

@@ -14,7 +14,7 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from digest import pipeline, store
+from digest import pipeline, sending, store
 from digest.config import SLOTS, Settings, check_timezone, load_settings
 from digest.db import make_engine, make_sessionmaker, upgrade
 from digest.editions import normalise_sections
@@ -372,7 +372,7 @@ def _send_cohort(
     plan = pipeline.plan_edition(session, settings, cohort, now)
     verb = "planned" if plan.created else "exists"
     click.echo(f"{cohort}: edition {plan.edition_id} {verb} ({plan.status}) {plan.note}")
-    report = pipeline.run_edition(session, settings, transport, plan.edition_id, now)
+    report = sending.run_edition(session, settings, transport, plan.edition_id, now)
     if report.claimed:
         click.echo(
             f"  via {transport.describe()}: {report.sent} sent, {report.deferred} deferred, "
@@ -456,10 +456,10 @@ def _send_batches(app: App, batches: list[list[int]], inline: bool) -> None:
         ids = enqueue(settings, "digest.send_batch", calls)
         click.echo(f"  {len(ids)} digest.send_batch tasks enqueued")
         return
-    transport, report = make_transport(settings), pipeline.BatchReport()
+    transport, report = make_transport(settings), sending.BatchReport()
     with app.session() as session:
         for batch in batches:
-            report.add(pipeline.send_batch(session, settings, transport, batch, app.now()))
+            report.add(sending.send_batch(session, settings, transport, batch, app.now()))
     click.echo(
         f"  via {transport.describe()}: {report.sent} sent, {report.deferred} deferred, "
         f"{report.failed} failed, {report.suppressed} suppressed"

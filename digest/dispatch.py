@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from digest import pipeline, store
+from digest import pipeline, sending, store
 from digest.config import Settings, check_timezone
 from digest.errors import InvalidInput
 from digest.pipeline import PlanResult
@@ -63,7 +63,7 @@ def parse_day(value: str | None) -> date | None:
 
 def queued_batches(session: Session, edition_id: int, size: int) -> list[list[int]]:
     """The edition's queued delivery ids in chunks of `size`, in id order."""
-    return list(pipeline.chunks(store.delivery_ids(session, edition_id), size))
+    return list(sending.chunks(store.delivery_ids(session, edition_id), size))
 
 
 def plan_slot(
@@ -114,7 +114,7 @@ def sweep(
 ) -> list[list[int]]:
     """Re-queue what no worker carries (see pipeline.sweep); batches to send again."""
     found = pipeline.sweep(session, settings, now, queued_too=queued_too)
-    return [batch for ids in found.values() for batch in pipeline.chunks(ids, settings.batch_size)]
+    return [batch for ids in found.values() for batch in sending.chunks(ids, settings.batch_size)]
 
 
 def retry_edition(
@@ -143,7 +143,7 @@ def next_retry(
     return [d for d, _ in deferred], max(0.0, (first - now).total_seconds())
 
 
-def counts(report: pipeline.BatchReport) -> dict[str, int]:
+def counts(report: sending.BatchReport) -> dict[str, int]:
     """A batch report without its error texts, which name addresses."""
     return {
         "claimed": report.claimed,

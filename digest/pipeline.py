@@ -1,33 +1,29 @@
-"""The send path, top to bottom: plan an edition, then send its deliveries in batches.
+"""Editions, top to bottom: select a cohort's articles, plan the edition once, and the
+operator's views of it (preview, test send); the schedule's dispatch and the sweep.
 
-Functions here own their transactions (they commit): planning is one transaction, and
-each delivery is recorded in its own commit right after the server accepted it.
+Sending the planned deliveries lives in digest/sending.py. Functions here own their
+transactions (they commit): planning an edition is one transaction.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from functools import lru_cache
-from typing import Any
 
 from sqlalchemy.orm import Session
 
 from digest import store
 from digest.config import Settings
 from digest.editions import Candidate, pick_for_sections, select_articles
-from digest.errors import HeaderInjection, NothingToSend, PermanentSendError, TransientSendError
-from digest.message import Envelope, MessageTemplate, Reader, Sender, build_message
-from digest.models import Article, Edition, EditionVariant
-from digest.render import ArticleView, EditionView, Rendered, Splicer, render_edition, slot_values
+from digest.errors import NothingToSend
+from digest.message import build_message
+from digest.models import Article, Edition
+from digest.render import ArticleView, EditionView, Rendered, Splicer, render_edition
 from digest.sanitize import html_to_text
 from digest.schedule import Cohort, due_cohorts, local_day, send_at
-from digest.tokens import make_token, message_id
+from digest.sending import PreparedVariant, personalise, prepare_variant, sender_of
 from digest.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -42,30 +38,6 @@ class PlanResult:
     status: str
     queued: int = 0
     note: str = ""
-
-
-@dataclass
-class BatchReport:
-    claimed: int = 0
-    sent: int = 0
-    deferred: int = 0
-    failed: int = 0
-    suppressed: int = 0
-    errors: list[str] = field(default_factory=list)
-
-    @property
-    def done(self) -> int:
-        return self.sent + self.deferred + self.failed + self.suppressed
-
-    def count(self, outcome: str, email: str, error: str | None = None) -> None:
-        setattr(self, outcome, getattr(self, outcome) + 1)
-        if error and len(self.errors) < 100:
-            self.errors.append(f"{email}: {error}")
-
-    def add(self, other: BatchReport) -> None:
-        for name in ("claimed", "sent", "deferred", "failed", "suppressed"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.errors.extend(other.errors[:20])
 
 
 # --- selection -------------------------------------------------------------------
@@ -212,261 +184,6 @@ def _existing(session: Session, edition: Edition, cohort: Cohort) -> PlanResult:
     return PlanResult(
         edition.id, cohort, False, edition.status, counts.get("queued", 0), edition.note
     )
-
-
-# --- sending -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PreparedVariant:
-    html: Splicer
-    text: Splicer
-    subject: str
-
-
-@lru_cache(maxsize=64)
-def _splicers(variant_id: int, html: str, text: str, subject: str) -> PreparedVariant:
-    return PreparedVariant(Splicer.of(html), Splicer.of(text), subject)
-
-
-def prepare_variant(variant: EditionVariant) -> PreparedVariant:
-    """Cut a stored rendering at its slots (cached: variants never change)."""
-    return _splicers(variant.id, variant.html, variant.text, variant.subject)
-
-
-def sender_of(settings: Settings) -> Sender:
-    return Sender(
-        from_address=settings.from_address,
-        from_name=settings.from_name,
-        list_id=settings.list_id,
-        list_name=settings.from_name,
-        unsubscribe_mailto=settings.unsubscribe_mailto,
-    )
-
-
-def reader_links(settings: Settings, subscriber_id: int, edition_id: int) -> dict[str, str]:
-    """The personal links of one reader: each token signed for its own purpose."""
-    secret, base = settings.secret_key, settings.base_url
-    unsubscribe = make_token(secret, "unsubscribe", subscriber_id)
-    return {
-        "unsubscribe_token": unsubscribe,
-        "unsubscribe_url": f"{base}/unsubscribe/{unsubscribe}",
-        "preferences_url": f"{base}/preferences/{make_token(secret, 'preferences', subscriber_id)}",
-        "view_url": f"{base}/editions/{edition_id}/{make_token(secret, 'view', subscriber_id)}",
-    }
-
-
-def address_reader(
-    settings: Settings, edition_id: int, subscriber_id: int, email: str, name: str
-) -> Reader:
-    """One reader's slot values and ids, for the pre-encoded message template."""
-    links = reader_links(settings, subscriber_id, edition_id)
-    shared = {k: links[k] for k in ("unsubscribe_url", "preferences_url", "view_url")}
-    return Reader(
-        to_address=email,
-        to_name=name,
-        message_id=message_id(
-            settings.secret_key, edition_id, subscriber_id, settings.sender_domain
-        ),
-        unsubscribe_url=links["unsubscribe_url"],
-        unsubscribe_token=links["unsubscribe_token"],
-        html_values=slot_values(name=name, for_html=True, **shared),
-        text_values=slot_values(name=name, for_html=False, **shared),
-    )
-
-
-def personalise(
-    settings: Settings,
-    prepared: PreparedVariant,
-    edition_id: int,
-    subscriber_id: int,
-    email: str,
-    name: str,
-) -> Envelope:
-    """Fill one reader's slots into the pre-inlined HTML and the text (no re-inlining)."""
-    reader = address_reader(settings, edition_id, subscriber_id, email, name)
-    return Envelope(
-        to_address=email,
-        to_name=name,
-        message_id=reader.message_id,
-        unsubscribe_url=reader.unsubscribe_url,
-        unsubscribe_token=reader.unsubscribe_token,
-        html=prepared.html.fill(reader.html_values),
-        text=prepared.text.fill(reader.text_values),
-    )
-
-
-def backoff(settings: Settings, attempts: int) -> timedelta:
-    """Exponential: base, 2x base, 4x base ... capped."""
-    seconds = settings.retry_base_seconds * 2 ** max(0, attempts - 1)
-    return timedelta(seconds=min(seconds, settings.retry_max_seconds))
-
-
-def send_batch(
-    session: Session,
-    settings: Settings,
-    transport: Transport,
-    delivery_ids: Sequence[int],
-    now: datetime,
-    on_progress: Progress | None = None,
-) -> BatchReport:
-    """Claim the given deliveries and send them, recording each right after its reply.
-
-    The rows are split over `settings.smtp_connections` connections (threads): a
-    relay answers each command after a round trip, and overlapping those waits is
-    where a sender's throughput comes from. Each connection is reused for its share.
-    """
-    report = BatchReport()
-    claimed = store.claim_deliveries(
-        session, delivery_ids, now, timedelta(seconds=settings.lease_seconds)
-    )
-    session.commit()
-    if not claimed:
-        return report
-    report.claimed = len(claimed)
-    rows = store.sending_rows(session, claimed)
-    templates = {
-        vid: message_template(settings, store.get_variant(session, vid), now)
-        for vid in {r.variant_id for r in rows}
-    }
-    session.commit()  # the lanes below use their own connections
-    lanes = max(1, min(settings.smtp_connections, len(rows) // 20))
-    shares = [rows[i::lanes] for i in range(lanes)]
-    transports = [transport] + [transport.fresh() for _ in range(lanes - 1)]
-    lane = Lane(session, settings, templates, now, report)
-    if lanes == 1:
-        lane.run(transport, shares[0])
-    else:
-        with ThreadPoolExecutor(lanes, thread_name_prefix="digest-send") as pool:
-            futures = [
-                pool.submit(lane.run, t, share) for t, share in zip(transports, shares, strict=True)
-            ]
-            try:
-                while wait(futures, timeout=0.5).not_done:
-                    if on_progress:
-                        on_progress(report.done, len(rows))
-            except BaseException:
-                # A time limit or shutdown reached this thread: the lanes stop after
-                # their current message and hand the rest back to the queue.
-                lane.stop.set()
-                raise
-            for future in futures:
-                future.result()  # re-raise a lane's unexpected error, after all have stopped
-    if on_progress:
-        on_progress(report.done, len(rows))
-    for edition_id in {row.edition_id for row in rows}:
-        store.update_edition_status(session, edition_id)
-    session.commit()
-    return report
-
-
-def message_template(settings: Settings, variant: EditionVariant, now: datetime) -> MessageTemplate:
-    prepared = prepare_variant(variant)
-    key = f"{variant.edition_id}:{variant.sections}"
-    return MessageTemplate(
-        sender_of(settings), variant.subject, now, key, prepared.html, prepared.text
-    )
-
-
-@dataclass
-class Lane:
-    """What the parallel lanes of one batch share; `run` sends one lane's rows."""
-
-    session: Session
-    settings: Settings
-    templates: dict[int, MessageTemplate]
-    now: datetime
-    report: BatchReport
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self, transport: Transport, rows: Sequence[Any]) -> None:
-        """Send rows over one connection; rows left unsent go back to the queue."""
-        pending = {row.id for row in rows}
-        with store.Recorder(self.session) as record:
-            try:
-                with transport:
-                    for i, row in enumerate(rows):
-                        if self.stop.is_set():
-                            break
-                        if i % 100 == 0:
-                            # Re-read statuses as we go: an unsubscribe during the edition wins.
-                            statuses = record.statuses([r.subscriber_id for r in rows[i : i + 100]])
-                        outcome, error = _send_one(
-                            self.settings,
-                            transport,
-                            record,
-                            row,
-                            statuses,
-                            self.templates,
-                            self.now,
-                        )
-                        pending.discard(row.id)
-                        with self.lock:
-                            self.report.count(outcome, row.email, error)
-            finally:
-                if pending:
-                    record.release(sorted(pending))
-
-
-def _send_one(
-    settings: Settings,
-    transport: Transport,
-    record: store.Recorder,
-    r: Any,
-    statuses: dict[int, str],
-    templates: dict[int, MessageTemplate],
-    now: datetime,
-) -> tuple[str, str | None]:
-    """Send one message and record the outcome; returns (outcome, error)."""
-    status = statuses.get(r.subscriber_id, r.status)
-    if status != "active":
-        record.suppressed(r.id, f"subscriber is {status}")
-        return "suppressed", None
-    reader = address_reader(settings, r.edition_id, r.subscriber_id, r.email, r.name)
-    try:
-        message = templates[r.variant_id].render(reader)
-        transport.send(settings.from_address, r.email, message, reader.message_id)
-    except TransientSendError as exc:
-        if r.attempts >= settings.max_attempts:
-            record.failed(r.id, f"gave up after {r.attempts} attempts: {exc}")
-            return "failed", str(exc)
-        record.deferred(r.id, str(exc), now + backoff(settings, r.attempts))
-        return "deferred", str(exc)
-    except (PermanentSendError, HeaderInjection) as exc:
-        record.failed(r.id, str(exc))
-        if getattr(exc, "unknown_mailbox", False):
-            record.bounce(r.subscriber_id, r.email, now)
-        return "failed", str(exc)
-    record.sent(r.id, reader.message_id, now)
-    return "sent", None
-
-
-def chunks(ids: Sequence[int], size: int) -> Iterator[list[int]]:
-    for i in range(0, len(ids), size):
-        yield list(ids[i : i + size])
-
-
-def run_edition(
-    session: Session,
-    settings: Settings,
-    transport: Transport,
-    edition_id: int,
-    now: datetime,
-    on_progress: Progress | None = None,
-) -> BatchReport:
-    """Send every queued delivery of an edition in this process, batch by batch."""
-    report = BatchReport()
-    last = 0
-    started = time.monotonic()
-    while batch := store.delivery_page(session, edition_id, last, settings.batch_size):
-        # `now` moves on with the time spent: leases, retry times and sent_at of a long
-        # run must not lie in the past (the sweep would take rows still being sent).
-        batch_now = now + timedelta(seconds=time.monotonic() - started)
-        report.add(send_batch(session, settings, transport, batch, batch_now, on_progress))
-        last = batch[-1]
-    session.commit()  # end the last page's read: on SQLite it holds the write lock
-    return report
 
 
 def cohorts_for(

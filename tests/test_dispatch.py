@@ -7,12 +7,12 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from sqlalchemy import select, update
 
-from digest import dispatch, pipeline, store
+from digest import dispatch, sending, store
 from digest.config import Settings
 from digest.errors import ConfigError, InvalidInput
 from digest.models import Delivery, Edition
-from digest.pipeline import BatchReport
 from digest.sanitize import clean_summary
+from digest.sending import BatchReport
 
 LONDON = "Europe/London"
 TICK = datetime(2026, 11, 29, 6, 5, tzinfo=UTC)  # 06:05 in London, 17:05 in Sydney
@@ -181,4 +181,4 @@ def test_counts_leave_out_error_texts() -> None:
 
 
 def test_chunks_match_the_batch_size_setting() -> None:
-    assert [len(c) for c in pipeline.chunks(list(range(1201)), 500)] == [500, 500, 201]
+    assert [len(c) for c in sending.chunks(list(range(1201)), 500)] == [500, 500, 201]

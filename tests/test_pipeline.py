@@ -8,7 +8,7 @@ from datetime import date, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from digest import pipeline, store
+from digest import pipeline, sending, store
 from digest.config import Settings, parse_smtp_url
 from digest.models import Delivery, Edition, EditionVariant, Subscriber
 from digest.render import SLOTS
@@ -76,7 +76,7 @@ def world(session) -> dict[str, Subscriber]:
 
 
 def send(session, settings: Settings, edition_id: int, now: datetime = AFTER):
-    return pipeline.run_edition(session, settings, SMTPTransport(settings.smtp), edition_id, now)
+    return sending.run_edition(session, settings, SMTPTransport(settings.smtp), edition_id, now)
 
 
 def test_morning_edition_end_to_end(session, smtp_settings, smtp_server, world) -> None:
@@ -195,7 +195,7 @@ def test_transient_failure_defers_then_succeeds(session, smtp_settings, smtp_ser
     assert send(session, smtp_settings, plan.edition_id).claimed == 0
     del sink.refuse["cy@example.com"]
     later = AFTER + timedelta(minutes=5)
-    report = pipeline.send_batch(
+    report = sending.send_batch(
         session, smtp_settings, SMTPTransport(smtp_settings.smtp), [row.id], later
     )
     assert report.sent == 1
@@ -212,7 +212,7 @@ def test_transient_failures_give_up_after_max_attempts(
     plan = pipeline.plan_edition(session, settings, MORNING, AFTER)
     send(session, settings, plan.edition_id)
     row = session.scalars(select(Delivery).where(Delivery.status == "deferred")).one()
-    pipeline.send_batch(
+    sending.send_batch(
         session, settings, SMTPTransport(settings.smtp), [row.id], AFTER + timedelta(hours=1)
     )
     session.refresh(row)
@@ -328,7 +328,7 @@ def test_interrupted_batch_hands_unsent_rows_back(session, smtp_settings, smtp_s
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        pipeline.send_batch(
+        sending.send_batch(
             session,
             settings,
             SMTPTransport(settings.smtp),

@@ -20,7 +20,7 @@ from urllib.request import urlopen
 import pytest
 from sqlalchemy import event, select
 
-from digest import accounts, pipeline, store
+from digest import accounts, pipeline, sending, store
 from digest.config import Settings, parse_smtp_url
 from digest.db import make_engine, make_sessionmaker
 from digest.models import Delivery, Subscriber, Suppression
@@ -357,15 +357,15 @@ def test_unsubscribe_during_a_running_edition_stops_the_unsent_message(
     assert plan.queued == 3
     transport = SMTPTransport(smtp_settings.smtp)
     ids = store.delivery_ids(session, plan.edition_id)
-    first = pipeline.send_batch(session, smtp_settings, transport, ids[:1], AFTER_CUT)
+    first = sending.send_batch(session, smtp_settings, transport, ids[:1], AFTER_CUT)
     assert first.sent == 1  # the edition is under way
 
     # ben uses the one-click URL his List-Unsubscribe header carries.
     ben = readers[1]
-    url = pipeline.reader_links(smtp_settings, ben.id, plan.edition_id)["unsubscribe_url"]
+    url = sending.reader_links(smtp_settings, ben.id, plan.edition_id)["unsubscribe_url"]
     assert client.post(urlsplit(url).path, data=ONE_CLICK).status_code == 200
 
-    report = pipeline.run_edition(session, smtp_settings, transport, plan.edition_id, AFTER_CUT)
+    report = sending.run_edition(session, smtp_settings, transport, plan.edition_id, AFTER_CUT)
     assert sink.to("ben@example.com") == []
     assert len(sink.to("cy@example.com")) == 1 and report.sent == 1
     with sessions() as s:

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
-from digest import dispatch, pipeline
+from digest import dispatch, sending
 from digest.ingest import ingest_all
 from digest.transport import make_transport
 from workers.app import app, runtime
@@ -89,7 +89,7 @@ def send_batch(self: Any, delivery_ids: list[int], now: str | None = None) -> di
 
     progress(0, len(delivery_ids))
     with runtime.session() as session:
-        report = pipeline.send_batch(
+        report = sending.send_batch(
             session, settings, make_transport(settings), delivery_ids, at, progress
         )
         again = dispatch.next_retry(session, delivery_ids, at)
