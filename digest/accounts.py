@@ -271,9 +271,14 @@ def unsubscribe(session: Session, subscriber_id: int, now: datetime) -> Subscrib
     Suppresses the address (kept hashed) and every delivery not yet handed to a sender;
     those in a sender's hands are caught when it re-reads statuses. Idempotent.
     """
+    return leave(session, subscriber_id, "unsubscribed", now)
+
+
+def leave(session: Session, subscriber_id: int, status: str, now: datetime) -> Subscriber:
+    """A reader leaves for good (unsubscribed, bounced or complained): see unsubscribe."""
     subscriber = store.get_subscriber(session, subscriber_id)
     if subscriber.status not in LEFT:
-        store.set_status(session, subscriber, "unsubscribed", now)
+        store.set_status(session, subscriber, status, now)
     else:
         store.suppress(session, subscriber.email, subscriber.status, now)
     reason = f"subscriber is {subscriber.status}"

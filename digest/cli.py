@@ -8,7 +8,7 @@ import sys
 from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import click
 from sqlalchemy.exc import SQLAlchemyError
@@ -518,6 +518,24 @@ def dev(app: App, concurrency: int, flower: bool, flower_port: int, loglevel: st
     code = devstack.run(app.settings, options, click.echo)
     if code:
         raise SystemExit(code)
+
+
+@cli.command()
+@click.argument("file", type=click.File("rb"), default="-")
+@pass_app
+def inbound(app: App, file: BinaryIO) -> None:
+    """Act on one inbound message (FILE or standard input): a mailto unsubscribe, a
+    bounce report or a complaint report. For the MTA to pipe the unsubscribe and
+    bounce mailboxes into; exits 0 for mail it ignores, so nothing bounces back."""
+    from digest.inbound import apply, classify
+
+    raw = file.read(10_000_000)
+    now = app.now()
+    found = classify(raw, app.settings.secret_key, now)
+    with app.session() as session:
+        outcome = apply(session, found, now)
+        session.commit()
+    click.echo(outcome)
 
 
 # --- demo ------------------------------------------------------------------------------

@@ -709,3 +709,16 @@ def deferred_among(session: Session, delivery_ids: Sequence[int]) -> list[tuple[
         )
         found.extend((d, at) for d, at in session.execute(stmt) if at is not None)
     return sorted(found)
+
+
+def record_late_bounce(session: Session, edition_id: int, subscriber_id: int, detail: str) -> None:
+    """A message the relay accepted bounced later: its delivery failed after all."""
+    session.execute(
+        update(Delivery)
+        .where(
+            Delivery.edition_id == edition_id,
+            Delivery.subscriber_id == subscriber_id,
+            Delivery.status == "sent",
+        )
+        .values(status="failed", last_error=detail[:1000])
+    )

@@ -29,6 +29,7 @@ def run(tmp_path: Path):
             assert result.exit_code == 0, result.output
         return result
 
+    invoke.env = env  # type: ignore[attr-defined]
     return invoke
 
 
@@ -113,3 +114,11 @@ def test_errors_are_one_line(run, tmp_path: Path) -> None:
     bad_json.write_text("{not json")
     broken = run("articles", "import", str(bad_json), ok=False)
     assert broken.exit_code == 1 and "not valid JSON" in broken.output
+
+
+def test_inbound_reads_standard_input_and_never_fails_on_stray_mail(run) -> None:
+    run("init")
+    result = CliRunner(env=run.env).invoke(
+        cli, ["inbound"], input=b"From: a@example.com\r\nSubject: hello\r\n\r\nhi\r\n"
+    )
+    assert result.exit_code == 0 and result.output.startswith("ignored")

@@ -1,0 +1,157 @@
+"""Mail that comes back: real DSN and ARF reports, and mailto unsubscribes, built the
+way receiving systems build them, against an edition actually sent over SMTP."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from email.message import EmailMessage, Message
+from email.mime.base import MIMEBase
+from email.mime.message import MIMEMessage
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+
+import pytest
+
+from digest import inbound, pipeline, sending, store
+from digest.config import Settings, parse_smtp_url
+from digest.schedule import Cohort
+from digest.transport import SMTPTransport
+from tests.conftest import NOW, add_articles
+
+TZ = "Australia/Sydney"
+MORNING = Cohort("morning", NOW.date() + timedelta(days=1), TZ)
+AFTER = NOW + timedelta(hours=9, minutes=1)  # just past 06:00 in Sydney on the 30th
+
+
+@pytest.fixture
+def sent(session, settings: Settings, smtp_server) -> tuple[Settings, list[EmailMessage]]:
+    """An edition really sent to two readers; returns the messages as received."""
+    sink, url = smtp_server
+    settings = settings.with_(smtp=parse_smtp_url(url))
+    add_articles(session, AFTER - timedelta(hours=2), [("Ferry news", "news")])
+    for email in ("ana@example.com", "ben@example.com"):
+        store.add_subscriber(session, email, NOW, timezone=TZ, status="active")
+    session.commit()
+    plan = pipeline.plan_edition(session, settings, MORNING, AFTER)
+    sending.run_edition(session, settings, SMTPTransport(settings.smtp), plan.edition_id, AFTER)
+    return settings, sink.parsed()
+
+
+def to(messages: list[EmailMessage], address: str) -> EmailMessage:
+    return next(m for m in messages if m["To"].addresses[0].addr_spec == address)
+
+
+def dsn(original: EmailMessage, status: str = "5.1.1", action: str = "failed") -> bytes:
+    """A delivery status notification (RFC 3464) quoting the original's headers."""
+    report = MIMEMultipart("report", report_type="delivery-status")
+    report["From"] = "MAILER-DAEMON@mx.example.net"
+    report["Subject"] = "Undelivered Mail Returned to Sender"
+    report.attach(MIMEText("This is the mail system at host mx.example.net.\n"))
+    per_message, per_recipient = Message(), Message()
+    per_message["Reporting-MTA"] = "dns; mx.example.net"
+    per_recipient["Final-Recipient"] = f"rfc822; {original['To'].addresses[0].addr_spec}"
+    per_recipient["Action"] = action
+    per_recipient["Status"] = status
+    status_part = MIMEBase("message", "delivery-status")
+    status_part.set_payload([per_message, per_recipient])
+    report.attach(status_part)
+    headers = original.as_bytes().split(b"\r\n\r\n", 1)[0].decode()
+    report.attach(MIMEText(headers, "rfc822-headers"))
+    return report.as_bytes()
+
+
+def arf(original: EmailMessage) -> bytes:
+    """An abuse report (RFC 5965) with the original message attached."""
+    report = MIMEMultipart("report", report_type="feedback-report")
+    report["From"] = "fbl@isp.example.net"
+    report["Subject"] = "Abuse report"
+    report.attach(MIMEText("This is an email abuse report.\n"))
+    feedback = Message()
+    feedback["Feedback-Type"] = "abuse"
+    feedback["User-Agent"] = "ExampleFBL/1.0"
+    feedback["Version"] = "1"
+    part = MIMEBase("message", "feedback-report")
+    part.set_payload([feedback])
+    report.attach(part)
+    report.attach(MIMEMessage(original))
+    return report.as_bytes()
+
+
+def status_of(session, email: str) -> str:
+    subscriber = store.find_subscriber(session, email)
+    assert subscriber is not None
+    session.refresh(subscriber)
+    return subscriber.status
+
+
+def test_mailto_unsubscribe_from_the_header(session, sent) -> None:
+    settings, messages = sent
+    header = str(to(messages, "ana@example.com")["List-Unsubscribe"])
+    mailto = re.search(r"<mailto:([^?]+)\?subject=([^>]+)>", header)
+    assert mailto is not None and mailto.group(1) == settings.unsubscribe_mailto
+    request = EmailMessage()
+    request["From"] = "ana@example.com"
+    request["To"] = mailto.group(1)
+    request["Subject"] = mailto.group(2).replace("%20", " ")
+    found = inbound.classify(request.as_bytes(), settings.secret_key, AFTER)
+    assert found.kind == "unsubscribe"
+    assert "is now unsubscribed" in inbound.apply(session, found, AFTER)
+    session.commit()
+    assert status_of(session, "ana@example.com") == "unsubscribed"
+    assert status_of(session, "ben@example.com") == "active"
+
+
+def test_hard_bounce_marks_the_reader_and_the_delivery(session, sent) -> None:
+    settings, messages = sent
+    found = inbound.classify(dsn(to(messages, "ben@example.com")), settings.secret_key, AFTER)
+    assert found.kind == "bounce" and "5.1.1" in found.detail
+    assert "is now bounced" in inbound.apply(session, found, AFTER)
+    session.commit()
+    assert status_of(session, "ben@example.com") == "bounced"
+    assert store.is_suppressed(session, "ben@example.com")
+    assert found.edition_id is not None
+    assert store.edition_counts(session, found.edition_id) == {"sent": 1, "failed": 1}
+
+
+def test_delayed_delivery_report_changes_nothing(session, sent) -> None:
+    settings, messages = sent
+    raw = dsn(to(messages, "ben@example.com"), status="4.4.1", action="delayed")
+    found = inbound.classify(raw, settings.secret_key, AFTER)
+    assert found.kind == "ignored"
+    assert inbound.apply(session, found, AFTER).startswith("ignored")
+    assert status_of(session, "ben@example.com") == "active"
+
+
+def test_complaint_suppresses_the_reader(session, sent) -> None:
+    settings, messages = sent
+    found = inbound.classify(arf(to(messages, "ana@example.com")), settings.secret_key, AFTER)
+    assert found.kind == "complaint"
+    inbound.apply(session, found, AFTER)
+    session.commit()
+    assert status_of(session, "ana@example.com") == "complained"
+    assert store.is_suppressed(session, "ana@example.com")
+
+
+def test_forged_reports_change_nothing(session, sent) -> None:
+    settings, messages = sent
+    original = to(messages, "ana@example.com")
+    forged = EmailMessage()
+    for name in ("From", "To", "Subject"):
+        forged[name] = str(original[name])
+    # A report about another reader's id, with a tag the forger had to guess.
+    ben = store.find_subscriber(session, "ben@example.com")
+    assert ben is not None
+    other = ben.id
+    forged["Message-ID"] = re.sub(
+        r"\.(\d+)\.(\w+)@", f".{other}.AAAAAAAAAA@", str(original["Message-ID"])
+    )
+    forged.set_content("x")
+    for raw in (dsn(forged), arf(forged)):
+        found = inbound.classify(raw, settings.secret_key, AFTER)
+        assert found.kind == "ignored" and "does not quote a message of ours" in found.detail
+    request = EmailMessage()
+    request["Subject"] = "unsubscribe 2..AAAAAAAAAAAAAAAAAAAAAA"
+    assert inbound.classify(request.as_bytes(), settings.secret_key, AFTER).kind == "ignored"
+    assert status_of(session, "ana@example.com") == "active"
+    assert status_of(session, "ben@example.com") == "active"
