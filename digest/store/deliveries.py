@@ -1,0 +1,354 @@
+"""Delivery rows: queueing, claiming, recording outcomes, repair."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, bindparam, func, literal, or_, select, update
+from sqlalchemy.orm import Session
+
+from digest.models import (
+    Delivery,
+    Edition,
+    EditionVariant,
+    Subscriber,
+    Suppression,
+)
+from digest.schedule import Cohort
+from digest.store.base import insert_for, insert_for_session, rowcount
+from digest.store.editions import get_edition
+from digest.store.subscribers import address_hash, cohort_filter
+
+OPEN_STATUSES = ("queued", "sending", "deferred")
+
+
+def queue_deliveries(
+    session: Session, edition: Edition, default_timezone: str, now: datetime
+) -> int:
+    """One queued delivery per reader of the cohort, in one INSERT ... SELECT.
+
+    Readers whose sections have no variant (nothing to show them) get no row.
+    """
+    cohort = Cohort(edition.slot, edition.local_day, edition.timezone)
+    source = (
+        select(
+            literal(edition.id),
+            Subscriber.id,
+            EditionVariant.id,
+            literal("queued"),
+            literal(0),
+            literal(now, type_=Delivery.__table__.c.queued_at.type),
+        )
+        .join(
+            EditionVariant,
+            and_(
+                EditionVariant.edition_id == edition.id,
+                EditionVariant.sections == Subscriber.sections,
+            ),
+        )
+        .where(cohort_filter(cohort, default_timezone))
+    )
+    stmt = (
+        insert_for_session(session, Delivery)
+        .from_select(
+            ["edition_id", "subscriber_id", "variant_id", "status", "attempts", "queued_at"], source
+        )
+        .on_conflict_do_nothing(index_elements=["edition_id", "subscriber_id"])
+    )
+    session.execute(stmt)
+    # rowcount of INSERT ... SELECT is not reliable across drivers (psycopg gives -1).
+    return (
+        session.scalar(
+            select(func.count()).select_from(Delivery).where(Delivery.edition_id == edition.id)
+        )
+        or 0
+    )
+
+
+def delivery_ids(
+    session: Session, edition_id: int, statuses: Sequence[str] = ("queued",)
+) -> list[int]:
+    stmt = (
+        select(Delivery.id)
+        .where(Delivery.edition_id == edition_id, Delivery.status.in_(statuses))
+        .order_by(Delivery.id)
+    )
+    return list(session.scalars(stmt))
+
+
+def delivery_page(
+    session: Session, edition_id: int, after: int, size: int, statuses: Sequence[str] = ("queued",)
+) -> list[int]:
+    """Up to `size` of the edition's delivery ids above `after`, in id order (keyset
+    paging: the caller walks an edition of any size with flat memory)."""
+    stmt = (
+        select(Delivery.id)
+        .where(
+            Delivery.edition_id == edition_id,
+            Delivery.status.in_(statuses),
+            Delivery.id > after,
+        )
+        .order_by(Delivery.id)
+        .limit(size)
+    )
+    return list(session.scalars(stmt))
+
+
+def claim_deliveries(
+    session: Session, ids: Sequence[int], now: datetime, lease: timedelta
+) -> list[int]:
+    """Move the given rows that are ready to `sending`; returns those this caller won.
+
+    On PostgreSQL rows another worker holds are skipped, not waited for.
+    """
+    ready = (
+        select(Delivery.id)
+        .where(
+            Delivery.id.in_(ids),
+            or_(
+                Delivery.status == "queued",
+                and_(Delivery.status == "deferred", Delivery.next_attempt_at <= now),
+            ),
+        )
+        .with_for_update(skip_locked=True)
+    )
+    stmt = (
+        update(Delivery)
+        .where(Delivery.id.in_(ready.scalar_subquery()))
+        .values(status="sending", lease_until=now + lease, attempts=Delivery.attempts + 1)
+        .returning(Delivery.id)
+    )
+    return sorted(session.scalars(stmt).all())
+
+
+def sending_rows(session: Session, ids: Sequence[int]) -> list[Any]:
+    """What the send loop needs of each claimed row, in id order."""
+    stmt = (
+        select(
+            Delivery.id,
+            Delivery.edition_id,
+            Delivery.subscriber_id,
+            Delivery.variant_id,
+            Delivery.attempts,
+            Subscriber.email,
+            Subscriber.name,
+            Subscriber.status,
+        )
+        .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+        .where(Delivery.id.in_(ids))
+        .order_by(Delivery.id)
+    )
+    return list(session.execute(stmt))
+
+
+# The send loop records every message on its own; these statements are built once
+# and run as Core (no ORM session synchronisation), which keeps a record under 0.2 ms.
+_DELIVERY_TABLE: Any = Delivery.__table__
+_DELIVERY = _DELIVERY_TABLE.c
+
+
+def _finish_stmt(**values: Any) -> Any:
+    return (
+        update(_DELIVERY_TABLE)
+        .where(_DELIVERY.id == bindparam("b_id"), _DELIVERY.status == "sending")
+        .values(lease_until=None, **values)
+    )
+
+
+_SENT = _finish_stmt(
+    status="sent", sent_at=bindparam("b_at"), message_id=bindparam("b_mid"), last_error=None
+)
+_DEFERRED = _finish_stmt(
+    status="deferred", last_error=bindparam("b_error"), next_attempt_at=bindparam("b_at")
+)
+_FAILED = _finish_stmt(status="failed", last_error=bindparam("b_error"))
+_SUPPRESSED = _finish_stmt(status="suppressed", last_error=bindparam("b_error"))
+
+
+class Recorder:
+    """Records each delivery's outcome in its own autocommitted UPDATE.
+
+    The send loop calls it right after the server's reply, so a crash can resend at
+    most the one message in flight. It runs on its own connection, outside the
+    caller's session transaction, at a fraction of a session commit's cost.
+    """
+
+    # SQLite has one writer at a time and its busy handler sleeps (milliseconds) when it
+    # loses a race; lanes of one process take turns on this lock instead.
+    _sqlite_lock = threading.Lock()
+
+    def __init__(self, session: Session) -> None:
+        engine: Any = session.get_bind()
+        self._conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        self._lock: AbstractContextManager[Any] = (
+            self._sqlite_lock if self._conn.dialect.name == "sqlite" else nullcontext()
+        )
+
+    def _run(self, stmt: Any, params: dict[str, Any] | None = None) -> Any:
+        with self._lock:
+            return self._conn.execute(stmt, params)
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._conn.close()
+
+    def sent(self, delivery_id: int, message_id: str, now: datetime) -> None:
+        self._run(_SENT, {"b_id": delivery_id, "b_at": now, "b_mid": message_id})
+
+    def deferred(self, delivery_id: int, error: str, retry_at: datetime) -> None:
+        self._run(_DEFERRED, {"b_id": delivery_id, "b_error": error[:1000], "b_at": retry_at})
+
+    def failed(self, delivery_id: int, error: str) -> None:
+        self._run(_FAILED, {"b_id": delivery_id, "b_error": error[:1000]})
+
+    def suppressed(self, delivery_id: int, reason: str) -> None:
+        self._run(_SUPPRESSED, {"b_id": delivery_id, "b_error": reason[:1000]})
+
+    def statuses(self, subscriber_ids: Sequence[int]) -> dict[int, str]:
+        stmt = select(Subscriber.id, Subscriber.status).where(Subscriber.id.in_(subscriber_ids))
+        return {sid: status for sid, status in self._run(stmt)}
+
+    def bounce(self, subscriber_id: int, email: str, now: datetime) -> None:
+        """The mailbox does not exist: stop mailing it, for good."""
+        self._run(
+            update(Subscriber)
+            .where(Subscriber.id == subscriber_id)
+            .values(status="bounced", unsubscribed_at=now)
+        )
+        stmt = insert_for(self._conn.dialect.name, Suppression).values(
+            email_hash=address_hash(email), reason="bounced", created_at=now
+        )
+        self._run(stmt.on_conflict_do_nothing(index_elements=["email_hash"]))
+
+    def release(self, delivery_ids: Sequence[int]) -> None:
+        """Hand claimed rows back to the queue untouched (the batch stopped early)."""
+        self._run(
+            update(Delivery)
+            .where(Delivery.id.in_(delivery_ids), Delivery.status == "sending")
+            .values(status="queued", lease_until=None, attempts=Delivery.attempts - 1)
+        )
+
+
+def edition_counts(session: Session, edition_id: int) -> dict[str, int]:
+    stmt = (
+        select(Delivery.status, func.count())
+        .where(Delivery.edition_id == edition_id)
+        .group_by(Delivery.status)
+    )
+    return {status: n for status, n in session.execute(stmt)}
+
+
+def update_edition_status(session: Session, edition_id: int) -> str:
+    """`done` once no delivery is open any more; returns the status now stored."""
+    edition = get_edition(session, edition_id)
+    if edition.status == "sending":
+        open_rows = session.scalar(
+            select(func.count())
+            .select_from(Delivery)
+            .where(Delivery.edition_id == edition_id, Delivery.status.in_(OPEN_STATUSES))
+        )
+        if not open_rows:
+            edition.status = "done"
+    return edition.status
+
+
+def stale_deliveries(
+    session: Session, now: datetime, queued_before: datetime | None
+) -> list[tuple[int, int]]:
+    """(edition, delivery) pairs the sweep must put back: expired leases, ripe retries,
+    and (unless `queued_before` is None) queued rows older than any task should take
+    to pick them up."""
+    stale = [
+        and_(Delivery.status == "sending", Delivery.lease_until < now),
+        and_(Delivery.status == "deferred", Delivery.next_attempt_at <= now),
+    ]
+    if queued_before is not None:
+        stale.append(and_(Delivery.status == "queued", Delivery.queued_at < queued_before))
+    stmt = (
+        select(Delivery.edition_id, Delivery.id)
+        .where(or_(*stale))
+        .order_by(Delivery.edition_id, Delivery.id)
+    )
+    return [(e, d) for e, d in session.execute(stmt)]
+
+
+def requeue(session: Session, delivery_ids: Sequence[int], now: datetime) -> int:
+    """Expired `sending` rows go back to `queued`; all given rows get a fresh queued_at."""
+    total = 0
+    for i in range(0, len(delivery_ids), 500):
+        chunk = delivery_ids[i : i + 500]
+        result = session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(chunk), Delivery.status.in_(("sending", "queued")))
+            .values(status="queued", lease_until=None, queued_at=now)
+        )
+        total += rowcount(result)
+    return total
+
+
+def retry_deliveries(
+    session: Session, edition_id: int, statuses: Sequence[str], now: datetime
+) -> int:
+    """Operator retry: put failed or deferred rows of an edition back in the queue."""
+    result = session.execute(
+        update(Delivery)
+        .where(Delivery.edition_id == edition_id, Delivery.status.in_(statuses))
+        .values(status="queued", next_attempt_at=None, queued_at=now)
+    )
+    edition = get_edition(session, edition_id)
+    if rowcount(result) and edition.status == "done":
+        edition.status = "sending"
+    return rowcount(result)
+
+
+def suppress_open_deliveries(session: Session, subscriber_id: int, reason: str) -> set[int]:
+    """Mark a reader's not-yet-claimed deliveries suppressed; returns their edition ids.
+
+    Rows already claimed (`sending`) are left to the sender, which re-reads statuses.
+    """
+    stmt = (
+        update(Delivery)
+        .where(Delivery.subscriber_id == subscriber_id, Delivery.status.in_(("queued", "deferred")))
+        .values(status="suppressed", lease_until=None, last_error=reason[:1000])
+        .returning(Delivery.edition_id)
+    )
+    return set(session.scalars(stmt).all())
+
+
+def find_delivery(session: Session, edition_id: int, subscriber_id: int) -> Delivery | None:
+    stmt = select(Delivery).where(
+        Delivery.edition_id == edition_id, Delivery.subscriber_id == subscriber_id
+    )
+    return session.scalars(stmt).first()
+
+
+def deferred_among(session: Session, delivery_ids: Sequence[int]) -> list[tuple[int, datetime]]:
+    """Which of these rows wait for a retry, and when each may go again."""
+    found: list[tuple[int, datetime]] = []
+    for i in range(0, len(delivery_ids), 500):
+        stmt = select(Delivery.id, Delivery.next_attempt_at).where(
+            Delivery.id.in_(delivery_ids[i : i + 500]),
+            Delivery.status == "deferred",
+            Delivery.next_attempt_at.is_not(None),
+        )
+        found.extend((d, at) for d, at in session.execute(stmt) if at is not None)
+    return sorted(found)
+
+
+def record_late_bounce(session: Session, edition_id: int, subscriber_id: int, detail: str) -> None:
+    """A message the relay accepted bounced later: its delivery failed after all."""
+    session.execute(
+        update(Delivery)
+        .where(
+            Delivery.edition_id == edition_id,
+            Delivery.subscriber_id == subscriber_id,
+            Delivery.status == "sent",
+        )
+        .values(status="failed", last_error=detail[:1000])
+    )
