@@ -532,9 +532,15 @@ def inbound(app: App, file: BinaryIO) -> None:
     raw = file.read(10_000_000)
     now = app.now()
     found = classify(raw, app.settings.secret_key, now)
-    with app.session() as session:
-        outcome = apply(session, found, now)
-        session.commit()
+    try:
+        with app.session() as session:
+            outcome = apply(session, found, now)
+            session.commit()
+    except SQLAlchemyError as exc:
+        # EX_TEMPFAIL: the MTA keeps the message and tries again, rather than bouncing
+        # a reader's unsubscribe request back to them.
+        click.echo(f"database unavailable, try again later: {exc.__class__.__name__}", err=True)
+        sys.exit(75)
     click.echo(outcome)
 
 

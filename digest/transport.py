@@ -17,12 +17,23 @@ from typing import Protocol
 from digest.config import Settings, SMTPConfig
 from digest.errors import PermanentSendError, TransientSendError
 
-# 5.1.x enhanced codes (and the classic 550/551/553 wordings) mean the mailbox does
-# not exist: such an address is suppressed, not just failed.
-_UNKNOWN_MAILBOX = re.compile(
-    rb"5\.1\.[0-6]|user unknown|no such user|unknown user|mailbox unavailable|does not exist",
-    re.I,
-)
+# A mailbox that does not exist: enhanced status 5.1.1 (bad mailbox), 5.1.2 (bad
+# domain) or 5.1.10 (null MX) at the start of the reply. Only without an enhanced code
+# do the classic wordings count. Anything else (5.7.1 policy, a blocklisted IP that
+# happens to contain "5.1.") fails the message but never suppresses the reader.
+_ENHANCED = re.compile(rb"^\s*(\d)\.(\d{1,3})\.(\d{1,3})\b")
+_NO_MAILBOX = {(5, 1, 1), (5, 1, 2), (5, 1, 10)}
+_UNKNOWN_WORDING = re.compile(rb"user unknown|no such user|unknown user|does not exist", re.I)
+
+
+def unknown_mailbox(code: int, reply: bytes) -> bool:
+    """Whether a 5xx reply to RCPT says the address itself does not exist."""
+    if code not in (550, 551, 553):
+        return False
+    enhanced = _ENHANCED.match(reply)
+    if enhanced:
+        return tuple(int(g) for g in enhanced.groups()) in _NO_MAILBOX
+    return bool(_UNKNOWN_WORDING.search(reply))
 
 
 class Transport(Protocol):
@@ -54,11 +65,7 @@ def _classify(code: int, reply: bytes, what: str) -> Exception:
         # The relay refuses *our* From address: the operator's problem, never the
         # reader's. Defer (retried with backoff, then failed) instead of bouncing anyone.
         return TransientSendError(text, code)
-    unknown = (
-        what == "recipient refused"
-        and code in (550, 551, 553)
-        and bool(_UNKNOWN_MAILBOX.search(reply))
-    )
+    unknown = what == "recipient refused" and unknown_mailbox(code, reply)
     return PermanentSendError(text, code, unknown_mailbox=unknown)
 
 

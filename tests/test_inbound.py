@@ -155,3 +155,55 @@ def test_forged_reports_change_nothing(session, sent) -> None:
     assert inbound.classify(request.as_bytes(), settings.secret_key, AFTER).kind == "ignored"
     assert status_of(session, "ana@example.com") == "active"
     assert status_of(session, "ben@example.com") == "active"
+
+
+def test_policy_rejection_fails_the_message_but_keeps_the_reader(session, sent) -> None:
+    settings, messages = sent
+    raw = dsn(to(messages, "ben@example.com"), status="5.7.1")
+    found = inbound.classify(raw, settings.secret_key, AFTER)
+    assert found.kind == "failure"
+    assert "stays" in inbound.apply(session, found, AFTER)
+    session.commit()
+    assert status_of(session, "ben@example.com") == "active"
+    assert found.edition_id is not None
+    assert store.edition_counts(session, found.edition_id) == {"sent": 1, "failed": 1}
+
+
+def test_feedback_that_is_not_a_complaint_is_ignored(session, sent) -> None:
+    settings, messages = sent
+    raw = arf(to(messages, "ana@example.com")).replace(
+        b"Feedback-Type: abuse", b"Feedback-Type: not-spam"
+    )
+    assert inbound.classify(raw, settings.secret_key, AFTER).kind == "ignored"
+
+
+def test_report_naming_another_recipient_changes_nothing(session, sent) -> None:
+    settings, messages = sent
+    raw = dsn(to(messages, "ben@example.com")).replace(
+        b"rfc822; ben@example.com", b"rfc822; someone@example.org"
+    )
+    found = inbound.classify(raw, settings.secret_key, AFTER)
+    assert found.kind == "bounce"
+    assert "another or an unnamed recipient" in inbound.apply(session, found, AFTER)
+    assert status_of(session, "ben@example.com") == "active"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"\x00\xff garbage",
+        b"Content-Type: multipart/report; report-type=delivery-status; boundary=x\r\n\r\n--x\r\n",
+        b"Subject: unsubscribe " + b"9" * 5000 + b".." + b"A" * 22 + b"\r\n\r\n",
+    ],
+)
+def test_malformed_mail_is_ignored_not_raised(raw: bytes, settings: Settings) -> None:
+    assert inbound.classify(raw, settings.secret_key, AFTER).kind == "ignored"
+
+
+def test_malformed_quoted_message_ids_are_ignored(session, sent) -> None:
+    settings, messages = sent
+    original = to(messages, "ben@example.com")
+    for bad in ("<>", "<", "<@>", "<<a@b>>", "<a@[b>", "<digest." + "9" * 5000 + ".1.x@y>"):
+        raw = dsn(original).replace(str(original["Message-ID"]).encode(), bad.encode())
+        assert inbound.classify(raw, settings.secret_key, AFTER).kind == "ignored"

@@ -121,3 +121,22 @@ def test_421_drops_the_connection(smtp_server) -> None:
         assert t._conn is None  # the next message opens a fresh connection
         t.send("a@example.com", "ok@example.com", MSG, "<2@x>")
     assert [m[1] for m in sink.messages] == [["ok@example.com"]]
+
+
+@pytest.mark.parametrize(
+    ("code", "reply", "unknown"),
+    [
+        (550, b"5.1.1 <a@example.com>: Recipient address rejected: User unknown", True),
+        (550, b"5.1.2 Host unknown", True),
+        (550, b"5.1.10 Recipient domain has null MX", True),
+        (550, b"User unknown in local recipient table", True),
+        (550, b"5.7.1 Service unavailable, Client host [185.5.1.20] blocked using Spamhaus", False),
+        (550, b"Requested action not taken: mailbox unavailable", False),
+        (554, b"5.1.1 user unknown", False),
+        (550, b"5.2.2 mailbox full", False),
+    ],
+)
+def test_only_a_missing_mailbox_counts_as_unknown(code: int, reply: bytes, unknown: bool) -> None:
+    from digest.transport import unknown_mailbox
+
+    assert unknown_mailbox(code, reply) is unknown
