@@ -11,7 +11,9 @@ import binascii
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
+from email import quoprimime
 from email.header import Header
+from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, formataddr
@@ -80,7 +82,12 @@ def qp(text: str, final: bool = True) -> bytes:
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     if final and not text.endswith("\n"):
         text += "\n"
-    encoded = binascii.b2a_qp(text.encode("utf-8"), istext=True)
+    data = text.encode("utf-8")
+    encoded = binascii.b2a_qp(data, istext=True)
+    if any(len(line) > 76 for line in encoded.split(b"\n")):
+        # binascii does not count the =20 it writes for trailing whitespace against the
+        # 76-character limit; the stdlib encoder does (slower, and rarely needed).
+        encoded = quoprimime.body_encode(data.decode("latin-1"), 76, "\n").encode("ascii")
     return encoded.replace(b"\n", b"\r\n")
 
 
@@ -194,12 +201,18 @@ class MessageTemplate:
         )
 
 
+def _address(name: str, address: str) -> Address:
+    local, _, domain = check_header_value(address).rpartition("@")
+    return Address(display_name=fold_header_text(name, 80), username=local, domain=domain)
+
+
 def build_message(sender: Sender, subject: str, date: datetime, env: Envelope) -> EmailMessage:
     """The stdlib way (slow, a few ms): for single sends and to check MessageTemplate."""
     msg = EmailMessage(policy=SMTP)
-    # The stdlib encodes and folds unicode display names itself.
-    msg["From"] = formataddr((fold_header_text(sender.from_name, 80), sender.from_address))
-    msg["To"] = formataddr((fold_header_text(env.to_name, 80), check_header_value(env.to_address)))
+    # Address objects: the stdlib then quotes, encodes and folds display names itself
+    # (a formatted string would let "(" or "<" in a unicode name swallow the address).
+    msg["From"] = _address(sender.from_name, sender.from_address)
+    msg["To"] = _address(env.to_name, env.to_address)
     msg["Subject"] = fold_header_text(subject, limit=300)
     msg["Date"] = format_datetime(date)
     msg["Message-ID"] = check_header_value(env.message_id)

@@ -154,9 +154,8 @@ def send_batch(
     where a sender's throughput comes from. Each connection is reused for its share.
     """
     report = BatchReport()
-    claimed = store.claim_deliveries(
-        session, delivery_ids, now, timedelta(seconds=settings.lease_seconds)
-    )
+    lease = timedelta(seconds=settings.lease_seconds)
+    claimed = store.claim_deliveries(session, delivery_ids, now, lease)
     session.commit()
     if not claimed:
         return report
@@ -170,7 +169,7 @@ def send_batch(
     lanes = max(1, min(settings.smtp_connections, len(rows) // 20))
     shares = [rows[i::lanes] for i in range(lanes)]
     transports = [transport] + [transport.fresh() for _ in range(lanes - 1)]
-    lane = Lane(session, settings, templates, now, report)
+    lane = Lane(session, settings, templates, now, now + lease, report)
     if lanes == 1:
         lane.run(transport, shares[0])
     else:
@@ -213,6 +212,7 @@ class Lane:
     settings: Settings
     templates: dict[int, MessageTemplate]
     now: datetime
+    lease_until: datetime  # what the claim wrote; only rows still holding it are ours
     report: BatchReport
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
@@ -220,11 +220,14 @@ class Lane:
     def run(self, transport: Transport, rows: Sequence[Any]) -> None:
         """Send rows over one connection; rows left unsent go back to the queue."""
         pending = {row.id for row in rows}
-        with store.Recorder(self.session) as record:
+        # Stop well inside the lease: past it the sweep may hand these rows to another
+        # sender (a tarpitting relay can make a share take that long).
+        deadline = time.monotonic() + 0.9 * self.settings.lease_seconds
+        with store.Recorder(self.session, self.lease_until) as record:
             try:
                 with transport:
                     for i, row in enumerate(rows):
-                        if self.stop.is_set():
+                        if self.stop.is_set() or time.monotonic() > deadline:
                             break
                         if i % 100 == 0:
                             # Re-read statuses as we go: an unsubscribe during the edition wins.

@@ -98,6 +98,8 @@ def both_ways(name: str, subject: str, text: str, html: str, values: dict[str, s
         ),
         ('"Quoted" <name>', "trailing space ", "line with trailing space \n", "=3D =\n", None),
         ("Ÿ" * 80, "Ünïcode subject " * 12, "x" * 76, "=" * 76 + "é" * 30, None),
+        ("José (Ana)", "s", "x" * 74 + " \n" + "y" * 75 + "\t\n", "=" * 25 + " \n", None),
+        ("( é", "s", "t", "h", None),
         (
             "a",
             "s",

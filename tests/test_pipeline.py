@@ -342,3 +342,23 @@ def test_interrupted_batch_hands_unsent_rows_back(session, smtp_settings, smtp_s
     assert counts["queued"] == 80 - counts["sent"]
     report = send(session, settings, plan.edition_id)  # the retry sends the rest, once
     assert report.sent == counts["queued"] and len(sink.messages) == 80
+
+
+def test_a_claim_only_finishes_rows_it_still_holds(session, smtp_settings, world) -> None:
+    """A sender whose lease ran out (and whose rows the sweep gave to another) cannot
+    overwrite the new owner's record or hand its rows back."""
+    plan = pipeline.plan_edition(session, smtp_settings, MORNING, AFTER)
+    ids = store.delivery_ids(session, plan.edition_id)
+    lease = timedelta(seconds=60)
+    store.claim_deliveries(session, ids, AFTER, lease)
+    session.commit()
+    pipeline.sweep(session, smtp_settings, AFTER + timedelta(seconds=61))
+    later = AFTER + timedelta(seconds=62)
+    assert store.claim_deliveries(session, ids, later, lease) == ids
+    session.commit()
+    with store.Recorder(session, AFTER + lease) as stale:
+        stale.sent(ids[0], "<late@x>", later)
+        stale.release(ids)
+    with store.Recorder(session, later + lease) as owner:
+        owner.sent(ids[1], "<owner@x>", later)
+    assert store.edition_counts(session, plan.edition_id) == {"sending": 2, "sent": 1}

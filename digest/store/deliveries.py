@@ -154,7 +154,13 @@ _DELIVERY = _DELIVERY_TABLE.c
 def _finish_stmt(**values: Any) -> Any:
     return (
         update(_DELIVERY_TABLE)
-        .where(_DELIVERY.id == bindparam("b_id"), _DELIVERY.status == "sending")
+        .where(
+            _DELIVERY.id == bindparam("b_id"),
+            _DELIVERY.status == "sending",
+            # Only the claim that holds the row may finish it: once its lease is gone
+            # the sweep may have handed the row to another sender.
+            _DELIVERY.lease_until == bindparam("b_lease"),
+        )
         .values(lease_until=None, **values)
     )
 
@@ -181,7 +187,8 @@ class Recorder:
     # loses a race; lanes of one process take turns on this lock instead.
     _sqlite_lock = threading.Lock()
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, lease_until: datetime) -> None:
+        self.lease_until = lease_until
         engine: Any = session.get_bind()
         self._conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         self._lock: AbstractContextManager[Any] = (
@@ -192,6 +199,9 @@ class Recorder:
         with self._lock:
             return self._conn.execute(stmt, params)
 
+    def _finish(self, stmt: Any, **params: Any) -> None:
+        self._run(stmt, {"b_lease": self.lease_until, **params})
+
     def __enter__(self) -> Recorder:
         return self
 
@@ -199,16 +209,16 @@ class Recorder:
         self._conn.close()
 
     def sent(self, delivery_id: int, message_id: str, now: datetime) -> None:
-        self._run(_SENT, {"b_id": delivery_id, "b_at": now, "b_mid": message_id})
+        self._finish(_SENT, b_id=delivery_id, b_at=now, b_mid=message_id)
 
     def deferred(self, delivery_id: int, error: str, retry_at: datetime) -> None:
-        self._run(_DEFERRED, {"b_id": delivery_id, "b_error": error[:1000], "b_at": retry_at})
+        self._finish(_DEFERRED, b_id=delivery_id, b_error=error[:1000], b_at=retry_at)
 
     def failed(self, delivery_id: int, error: str) -> None:
-        self._run(_FAILED, {"b_id": delivery_id, "b_error": error[:1000]})
+        self._finish(_FAILED, b_id=delivery_id, b_error=error[:1000])
 
     def suppressed(self, delivery_id: int, reason: str) -> None:
-        self._run(_SUPPRESSED, {"b_id": delivery_id, "b_error": reason[:1000]})
+        self._finish(_SUPPRESSED, b_id=delivery_id, b_error=reason[:1000])
 
     def statuses(self, subscriber_ids: Sequence[int]) -> dict[int, str]:
         stmt = select(Subscriber.id, Subscriber.status).where(Subscriber.id.in_(subscriber_ids))
@@ -230,7 +240,11 @@ class Recorder:
         """Hand claimed rows back to the queue untouched (the batch stopped early)."""
         self._run(
             update(Delivery)
-            .where(Delivery.id.in_(delivery_ids), Delivery.status == "sending")
+            .where(
+                Delivery.id.in_(delivery_ids),
+                Delivery.status == "sending",
+                Delivery.lease_until == self.lease_until,
+            )
             .values(status="queued", lease_until=None, attempts=Delivery.attempts - 1)
         )
 
