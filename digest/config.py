@@ -201,7 +201,10 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         late_grace_hours=_int(env, "DIGEST_LATE_GRACE_HOURS", defaults.late_grace_hours),
         catchup_minutes=_int(env, "DIGEST_CATCHUP_MINUTES", defaults.catchup_minutes),
         batch_size=_int(env, "DIGEST_BATCH_SIZE", defaults.batch_size),
-        smtp_connections=max(1, _int(env, "DIGEST_SMTP_CONNECTIONS", defaults.smtp_connections)),
+        # Each lane also holds a database connection: stay inside the default pool (15).
+        smtp_connections=min(
+            10, max(1, _int(env, "DIGEST_SMTP_CONNECTIONS", defaults.smtp_connections))
+        ),
         lease_seconds=_int(env, "DIGEST_LEASE_SECONDS", defaults.lease_seconds),
         max_attempts=_int(env, "DIGEST_MAX_ATTEMPTS", defaults.max_attempts),
         retry_base_seconds=_int(env, "DIGEST_RETRY_BASE_SECONDS", defaults.retry_base_seconds),
