@@ -1,0 +1,120 @@
+"""The `digest` operator CLI. Errors are one line and a non-zero exit, not a traceback.
+
+Each command group lives in a module of this package; importing them registers them.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from functools import cached_property
+from typing import Any
+
+import click
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from digest.config import Settings, check_timezone, load_settings
+from digest.db import make_engine, make_sessionmaker, upgrade
+from digest.errors import ConfigError, DigestError
+
+
+class App:
+    """What every command needs, built on first use."""
+
+    def __init__(self, now: datetime | None) -> None:
+        self._now = now
+
+    @cached_property
+    def settings(self) -> Settings:
+        return load_settings()
+
+    @cached_property
+    def sessions(self) -> Any:
+        return make_sessionmaker(make_engine(self.settings.database_url))
+
+    def session(self) -> Session:
+        return self.sessions()
+
+    def now(self) -> datetime:
+        return self._now or datetime.now(UTC)
+
+    def pinned_now(self) -> str | None:
+        """The --now instant as ISO text for tasks; None lets workers read their clock."""
+        return self._now.isoformat() if self._now else None
+
+
+class Group(click.Group):
+    """Turns digest's own errors and database errors into one clear line."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DigestError as exc:
+            raise click.ClickException(str(exc)) from None
+        except SQLAlchemyError as exc:
+            first = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            hint = " (run `digest init` first?)" if "no such table" in first else ""
+            raise click.ClickException(f"database error: {first}{hint}") from None
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+def parse_now(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 time") from None
+    if when.tzinfo is None:
+        raise click.BadParameter("give a UTC offset, e.g. 2026-03-01T19:00:00+00:00")
+    return when.astimezone(UTC)
+
+
+@click.group(cls=Group)
+@click.option(
+    "--now",
+    callback=parse_now,
+    hidden=True,
+    envvar="DIGEST_NOW",
+    help="Pretend it is this instant (ISO 8601 with offset).",
+)
+@click.pass_context
+def cli(ctx: click.Context, now: datetime | None) -> None:
+    """digest: twice-daily email digests from your feeds."""
+    ctx.obj = App(now)
+
+
+@cli.command()
+@pass_app
+def init(app: App) -> None:
+    """Create or upgrade the database schema."""
+    upgrade(app.settings.database_url)
+    click.echo(f"database ready: {app.settings.database_url_safe}")
+
+
+def parse_day(_ctx: click.Context, _param: click.Parameter, value: str | None) -> date | None:
+    if not value:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date like 2026-11-29") from None
+
+
+def parse_tz(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if not value:
+        return None
+    try:
+        return check_timezone(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def main() -> None:
+    cli(prog_name="digest")
+
+
+# Registers the commands of each group on `cli` (they import it from here).
+from digest.cli import content, readers, send, service  # noqa: E402,F401

@@ -1,0 +1,5 @@
+"""`python -m digest.cli`."""
+
+from digest.cli import main
+
+main()

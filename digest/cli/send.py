@@ -1,0 +1,221 @@
+"""Editions: `digest send`, `preview`, `status`, `retry` and `sweep`."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy.orm import Session
+
+from digest import pipeline, sending, store
+from digest.cli import App, cli, parse_day, parse_tz, pass_app
+from digest.config import SLOTS, Settings
+from digest.editions import normalise_sections
+from digest.render import slot_values
+from digest.schedule import Cohort, next_day_of
+from digest.transport import make_transport
+
+
+@cli.command()
+@click.argument("slot", type=click.Choice(SLOTS))
+@click.option("--day", callback=parse_day, help="Local day of the edition (default: today there).")
+@click.option("--timezone", callback=parse_tz, help="Only this cohort (default: every timezone).")
+@click.option("--dry-run", is_flag=True, help="Show what would be sent; change nothing.")
+@click.option("--to", "to", default=None, help="Send one test copy to this address only.")
+@click.option(
+    "--inline", is_flag=True, help="Send from this process even when a broker is configured."
+)
+@pass_app
+def send(
+    app: App,
+    slot: str,
+    day: date | None,
+    timezone: str | None,
+    dry_run: bool,
+    to: str | None,
+    inline: bool,
+) -> None:
+    """Plan and send the SLOT edition now (through the workers when a broker is set)."""
+    settings, now = app.settings, app.now()
+    if settings.redis_url and not (inline or dry_run or to):
+        from workers.client import enqueue
+
+        kwargs = {
+            "day": day.isoformat() if day else None,
+            "timezone": timezone,
+            "now": app.pinned_now(),
+        }
+        [task_id] = enqueue(settings, "digest.plan_edition", [([slot], kwargs)])
+        click.echo(f"digest.plan_edition enqueued for the {slot} edition: task {task_id}")
+        return
+    with app.session() as session:
+        cohorts = pipeline.cohorts_for(session, settings, slot, now, day, timezone)
+        if to:
+            from digest.addresses import normalise_address
+
+            address = normalise_address(to)
+            cohort = Cohort(slot, cohorts[0].local_day, timezone or settings.default_timezone)
+            mid = pipeline.test_send(
+                session, settings, make_transport(settings), cohort, address, now
+            )
+            click.echo(f"test copy of the {cohort} edition sent to {address} ({mid})")
+            return
+        if dry_run:
+            _dry_run(session, settings, cohorts, now)
+            return
+        transport = make_transport(settings)
+        for cohort in cohorts:
+            send_cohort(session, settings, transport, cohort, now)
+
+
+def _dry_run(session: Session, settings: Settings, cohorts: list[Cohort], now: datetime) -> None:
+    for cohort in cohorts:
+        edition = store.find_edition(session, cohort)
+        if edition is not None:
+            click.echo(f"{cohort}: edition {edition.id} exists ({edition.status}); nothing to plan")
+            continue
+        cut = min(pipeline.cohort_send_at(settings, cohort), now)
+        start, snapshot = pipeline.select_snapshot(session, settings, cohort, cut)
+        choices = store.cohort_section_choices(session, cohort, settings.default_timezone)
+        click.echo(
+            f"{cohort}: window {start.isoformat(timespec='minutes')} .. "
+            f"{cut.isoformat(timespec='minutes')}, {len(snapshot)} articles, "
+            f"{len(choices)} section choices"
+        )
+        for view in pipeline.article_views(session, snapshot[: settings.max_articles]):
+            click.echo(f"  [{view.section}] {view.title}")
+
+
+def send_cohort(
+    session: Session, settings: Settings, transport: Any, cohort: Cohort, now: datetime
+) -> None:
+    plan = pipeline.plan_edition(session, settings, cohort, now)
+    verb = "planned" if plan.created else "exists"
+    click.echo(f"{cohort}: edition {plan.edition_id} {verb} ({plan.status}) {plan.note}")
+    report = sending.run_edition(session, settings, transport, plan.edition_id, now)
+    if report.claimed:
+        click.echo(
+            f"  via {transport.describe()}: {report.sent} sent, {report.deferred} deferred, "
+            f"{report.failed} failed, {report.suppressed} suppressed"
+        )
+        for error in report.errors[:10]:
+            click.echo(f"  {error}")
+
+
+@cli.command()
+@click.argument("slot", type=click.Choice(SLOTS))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="HTML file to write.")
+@click.option("--day", callback=parse_day, help="Local day (default: the next SLOT edition's day).")
+@click.option("--timezone", callback=parse_tz)
+@click.option("--sections", default="", help="Preview what readers of these sections get.")
+@pass_app
+def preview(
+    app: App, slot: str, out: Path, day: date | None, timezone: str | None, sections: str
+) -> None:
+    """Write the SLOT edition as a reader would see it to an HTML file."""
+    settings, now = app.settings, app.now()
+    tz = timezone or settings.default_timezone
+    day = day or next_day_of(now, tz, settings.send_time(slot))
+    with app.session() as session:
+        cohort = pipeline.cohorts_for(session, settings, slot, now, day, tz)[0]
+        found = pipeline.preview(session, settings, cohort, now, normalise_sections(sections))
+    if found is None:
+        raise click.ClickException(f"the {cohort} edition has no articles to show")
+    page, prepared = found
+    links = {
+        k: f"{settings.base_url}/{k.removesuffix('_url')}/preview"
+        for k in ("unsubscribe_url", "preferences_url", "view_url")
+    }
+    out.write_text(
+        prepared.html.fill(slot_values(name="Reader", for_html=True, **links)), encoding="utf-8"
+    )
+    click.echo(f"{page.subject}\nwritten to {out}")
+
+
+@cli.command()
+@click.argument("edition_id", required=False, type=int)
+@pass_app
+def status(app: App, edition_id: int | None) -> None:
+    """Delivery counts by status for one edition, or the latest editions."""
+    with app.session() as session:
+        editions = (
+            [store.get_edition(session, edition_id)] if edition_id else store.list_editions(session)
+        )
+        if not editions:
+            click.echo("no editions yet")
+        for e in editions:
+            counts = store.edition_counts(session, e.id)
+            shown = "  ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "no deliveries"
+            click.echo(
+                f"edition {e.id}  {e.slot} {e.local_day} {e.timezone}  [{e.status}]  {shown}"
+            )
+            if e.note and edition_id:
+                click.echo(f"  {e.note}")
+    if app.settings.redis_url:
+        from workers.client import BrokerUnavailable, queue_lengths
+
+        try:
+            lengths = queue_lengths(app.settings)
+        except BrokerUnavailable as exc:
+            click.echo(str(exc))
+            return
+        for queue, waiting in lengths.items():
+            click.echo(f"queue {queue}: {waiting} tasks waiting")
+
+
+def _send_batches(app: App, batches: list[list[int]], inline: bool) -> None:
+    """Enqueue a send_batch task per batch, or send them here without a broker."""
+    settings = app.settings
+    if settings.redis_url and not inline:
+        from workers.client import enqueue
+
+        calls = [([batch], {"now": app.pinned_now()}) for batch in batches]
+        ids = enqueue(settings, "digest.send_batch", calls)
+        click.echo(f"  {len(ids)} digest.send_batch tasks enqueued")
+        return
+    transport, report = make_transport(settings), sending.BatchReport()
+    with app.session() as session:
+        for batch in batches:
+            report.add(sending.send_batch(session, settings, transport, batch, app.now()))
+    click.echo(
+        f"  via {transport.describe()}: {report.sent} sent, {report.deferred} deferred, "
+        f"{report.failed} failed, {report.suppressed} suppressed"
+    )
+
+
+@cli.command()
+@click.argument("edition_id", type=int)
+@click.option("--failed", is_flag=True, help="Retry deliveries that failed.")
+@click.option("--deferred", is_flag=True, help="Retry deferred deliveries now.")
+@click.option("--inline", is_flag=True, help="Send from this process even with a broker.")
+@pass_app
+def retry(app: App, edition_id: int, failed: bool, deferred: bool, inline: bool) -> None:
+    """Put an edition's failed and/or deferred deliveries back in the queue and send them."""
+    from digest import dispatch
+
+    statuses = [name for name, on in (("failed", failed), ("deferred", deferred)) if on]
+    if not statuses:
+        raise click.UsageError("say which deliveries to retry: --failed, --deferred or both")
+    with app.session() as session:
+        count, batches = dispatch.retry_edition(
+            session, app.settings, edition_id, statuses, app.now()
+        )
+    click.echo(f"edition {edition_id}: {count} deliveries re-queued")
+    if batches:
+        _send_batches(app, batches, inline)
+
+
+@cli.command()
+@click.option("--inline", is_flag=True, help="Send from this process even with a broker.")
+@pass_app
+def sweep(app: App, inline: bool) -> None:
+    """Re-queue deliveries no worker is carrying (stuck in sending, lost tasks) and send."""
+    from digest import dispatch
+
+    with app.session() as session:
+        batches = dispatch.sweep(session, app.settings, app.now())
+    click.echo(f"{sum(len(b) for b in batches)} deliveries re-queued")
+    if batches:
+        _send_batches(app, batches, inline)
