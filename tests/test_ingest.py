@@ -20,10 +20,9 @@ from sqlalchemy.orm import Session
 from digest import store
 from digest.config import Settings
 from digest.errors import FeedError, InvalidInput, UnsafeURL
+from digest.fetch import check_address, fetch
 from digest.ingest import (
     canonical_url,
-    check_address,
-    fetch,
     import_articles,
     ingest_all,
     parse_article_records,
