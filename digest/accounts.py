@@ -37,6 +37,7 @@ from digest.transport import Transport
 
 # Statuses of readers who left; only a confirmed fresh sign-up brings them back.
 LEFT = ("unsubscribed", "bounced", "complained")
+NOTICE_INTERVAL = timedelta(minutes=10)
 SECTIONS_LOOKBACK = timedelta(days=30)
 FORM_TTL = timedelta(hours=12)
 _REGIONS = (
@@ -182,7 +183,8 @@ def mask_address(email: str) -> str:
 
 @dataclass(frozen=True)
 class Notice:
-    """The email a sign-up calls for: `confirm` (click to confirm) or `already`."""
+    """The email a sign-up calls for: `confirm` (click to confirm), `already`, or
+    `quiet` (none: one went to this address moments ago)."""
 
     kind: str
     subscriber_id: int
@@ -217,15 +219,21 @@ def request_subscription(
     subscriber = store.find_subscriber(session, fields["email"])
     if subscriber is None:
         subscriber = _add_pending(session, fields, now, source)
-    if subscriber.status == "active":
-        return Notice("already", subscriber.id, subscriber.email, subscriber.name)
-    _apply(subscriber, fields)
-    # A departed reader stays suppressed until they confirm: an unconfirmed request
-    # is no consent, and a CSV import must still refuse the address meanwhile.
-    subscriber.status = "pending"
-    subscriber.consent = f"{source}, requested {_stamp(now)}"[:200]
+    kind = "already"
+    if subscriber.status != "active":
+        _apply(subscriber, fields)
+        # A departed reader stays suppressed until they confirm: an unconfirmed request
+        # is no consent, and a CSV import must still refuse the address meanwhile.
+        subscriber.status = "pending"
+        subscriber.consent = f"{source}, requested {_stamp(now)}"[:200]
+        kind = "confirm"
+    last = subscriber.last_notice_at
+    if last is not None and now - last < NOTICE_INTERVAL:
+        kind = "quiet"  # the same address again within minutes: send nothing more
+    else:
+        subscriber.last_notice_at = now
     session.flush()
-    return Notice("confirm", subscriber.id, subscriber.email, subscriber.name)
+    return Notice(kind, subscriber.id, subscriber.email, subscriber.name)
 
 
 def _add_pending(
@@ -381,7 +389,10 @@ def compose_notice(settings: Settings, notice: Notice, now: datetime) -> tuple[b
 
 
 def send_notice(settings: Settings, transport: Transport, notice: Notice, now: datetime) -> str:
-    """Send the sign-up email; SendError if the transport could not. Returns its Message-ID."""
+    """Send the sign-up email; SendError if the transport could not. Returns its Message-ID
+    ("" for a repeat within NOTICE_INTERVAL, which sends nothing)."""
+    if notice.kind == "quiet":
+        return ""
     message, message_id = compose_notice(settings, notice, now)
     with transport:
         transport.send(settings.from_address, notice.email, message, message_id)

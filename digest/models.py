@@ -61,6 +61,9 @@ class Subscriber(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     unsubscribed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When the last sign-up email went out: anyone can type any address into the form,
+    # so repeats within a few minutes send nothing (the page looks the same).
+    last_notice_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Suppression(Base):

@@ -169,8 +169,14 @@ def test_repeated_pending_sign_up_takes_the_latest_choices(session, settings: Se
     first = accounts.request_subscription(session, settings, fields(sections="news"), NOW)
     second = accounts.request_subscription(session, settings, fields(sections="sport"), NOW)
     session.commit()
-    assert first.subscriber_id == second.subscriber_id and second.kind == "confirm"
+    # The latest choices count, but a second email within minutes is not sent.
+    assert first.subscriber_id == second.subscriber_id and first.kind == "confirm"
+    assert second.kind == "quiet"
+    assert accounts.send_notice(settings, OutboxTransport(settings.outbox_dir), second, NOW) == ""
     assert store.get_subscriber(session, first.subscriber_id).sections == "sport"
+    later = NOW + accounts.NOTICE_INTERVAL + timedelta(seconds=1)
+    third = accounts.request_subscription(session, settings, fields(), later)
+    assert third.kind == "confirm"
 
 
 def test_resubscribe_after_unsubscribe_needs_fresh_confirmation(

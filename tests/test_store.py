@@ -111,3 +111,18 @@ def test_concurrent_planners_make_one_edition(settings, sessions) -> None:
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(Edition)) == 1
         assert session.scalar(select(func.count()).select_from(Delivery)) == 30
+
+
+def test_migrations_match_the_models(database_url) -> None:
+    """`digest init` builds exactly the schema the models describe, on either database."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from digest.db import make_engine
+    from digest.models import Base
+
+    engine = make_engine(database_url)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    engine.dispose()
+    assert diff == []
