@@ -7,8 +7,6 @@ the caller can send it after the change is committed.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 import re
 from collections.abc import Collection
@@ -32,7 +30,7 @@ from digest.models import Subscriber
 from digest.render import environment
 from digest.schedule import local_day, send_at
 from digest.subscribers import parse_editions, parse_timezone, subscriber_fields
-from digest.tokens import make_token
+from digest.tokens import make_token, sign
 from digest.transport import Transport
 
 # Statuses of readers who left; only a confirmed fresh sign-up brings them back.
@@ -130,8 +128,7 @@ def _address_problem(raw: str, exc: InvalidAddress) -> str:
 
 def _form_mac(secret: str, stamp: str) -> str:
     # Two parts, where subscriber tokens sign three: the two can never be confused.
-    mac = hmac.new(secret.encode(), f"subscribe-form|{stamp}".encode(), hashlib.sha256)
-    return base64.urlsafe_b64encode(mac.digest()[:16]).decode().rstrip("=")
+    return sign(secret, f"subscribe-form|{stamp}")
 
 
 def form_token(secret: str, now: datetime) -> str:
@@ -346,14 +343,11 @@ def edition_html(session: Session, settings: Settings, edition_id: int, subscrib
 
 
 def notice_links(settings: Settings, notice: Notice, now: datetime) -> dict[str, str]:
-    secret, base, sid = settings.secret_key, settings.base_url, notice.subscriber_id
     expires = now + timedelta(hours=settings.confirm_ttl_hours)
-    unsubscribe_token = make_token(secret, "unsubscribe", sid)
+    confirm = make_token(settings.secret_key, "confirm", notice.subscriber_id, expires)
     return {
-        "confirm_url": f"{base}/confirm/{make_token(secret, 'confirm', sid, expires)}",
-        "preferences_url": f"{base}/preferences/{make_token(secret, 'preferences', sid)}",
-        "unsubscribe_url": f"{base}/unsubscribe/{unsubscribe_token}",
-        "unsubscribe_token": unsubscribe_token,
+        **sending.account_links(settings, notice.subscriber_id),
+        "confirm_url": f"{settings.base_url}/confirm/{confirm}",
     }
 
 

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from functools import lru_cache
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from premailer import Premailer
@@ -190,10 +189,9 @@ def slot_values(
         "preferences_url": preferences_url,
         "view_url": view_url,
     }
-    if for_html:
-        return {k: html.escape(v, quote=True) for k, v in values.items()}
-    return values
+    return html_escaped(values) if for_html else values
 
 
-def local_time(when: datetime, timezone: str) -> str:
-    return when.astimezone(ZoneInfo(timezone)).strftime("%H:%M")
+def html_escaped(values: dict[str, str]) -> dict[str, str]:
+    """Slot values made safe for the HTML body."""
+    return {k: html.escape(v, quote=True) for k, v in values.items()}

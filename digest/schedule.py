@@ -62,18 +62,6 @@ def due_cohorts(
     return due
 
 
-def next_send(now: datetime, timezone: str, send_times: dict[str, time]) -> tuple[str, datetime]:
-    """The next slot and instant after `now` in `timezone`."""
-    today = local_day(now, timezone)
-    upcoming = [
-        (send_at(send_times[slot], day, timezone), slot)
-        for day in (today, today + timedelta(days=1))
-        for slot in SLOTS
-    ]
-    at, slot = min(item for item in upcoming if item[0] > now)
-    return slot, at
-
-
 def next_day_of(now: datetime, timezone: str, slot_time: time) -> date:
     """The local day of the next `slot_time` at or after `now`: today's if still ahead."""
     today = local_day(now, timezone)

@@ -23,7 +23,7 @@ from digest.config import Settings
 from digest.errors import HeaderInjection, PermanentSendError, TransientSendError
 from digest.message import Envelope, MessageTemplate, Reader, Sender
 from digest.models import EditionVariant
-from digest.render import Splicer, slot_values
+from digest.render import Splicer, html_escaped, slot_values
 from digest.tokens import make_token, message_id
 from digest.transport import Transport
 
@@ -81,15 +81,24 @@ def sender_of(settings: Settings) -> Sender:
     )
 
 
-def reader_links(settings: Settings, subscriber_id: int, edition_id: int) -> dict[str, str]:
-    """The personal links of one reader: each token signed for its own purpose."""
+def account_links(settings: Settings, subscriber_id: int) -> dict[str, str]:
+    """A reader's unsubscribe and preferences links, each token signed for its purpose
+    (every edition and the sign-up email carry them)."""
     secret, base = settings.secret_key, settings.base_url
     unsubscribe = make_token(secret, "unsubscribe", subscriber_id)
     return {
         "unsubscribe_token": unsubscribe,
         "unsubscribe_url": f"{base}/unsubscribe/{unsubscribe}",
         "preferences_url": f"{base}/preferences/{make_token(secret, 'preferences', subscriber_id)}",
-        "view_url": f"{base}/editions/{edition_id}/{make_token(secret, 'view', subscriber_id)}",
+    }
+
+
+def reader_links(settings: Settings, subscriber_id: int, edition_id: int) -> dict[str, str]:
+    """The personal links of one reader in one edition."""
+    view = make_token(settings.secret_key, "view", subscriber_id)
+    return {
+        **account_links(settings, subscriber_id),
+        "view_url": f"{settings.base_url}/editions/{edition_id}/{view}",
     }
 
 
@@ -99,6 +108,7 @@ def address_reader(
     """One reader's slot values and ids, for the pre-encoded message template."""
     links = reader_links(settings, subscriber_id, edition_id)
     shared = {k: links[k] for k in ("unsubscribe_url", "preferences_url", "view_url")}
+    text_values = slot_values(name=name, for_html=False, **shared)
     return Reader(
         to_address=email,
         to_name=name,
@@ -107,8 +117,8 @@ def address_reader(
         ),
         unsubscribe_url=links["unsubscribe_url"],
         unsubscribe_token=links["unsubscribe_token"],
-        html_values=slot_values(name=name, for_html=True, **shared),
-        text_values=slot_values(name=name, for_html=False, **shared),
+        html_values=html_escaped(text_values),
+        text_values=text_values,
     )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -189,9 +188,3 @@ def export_csv(session: Session, handle: TextIO) -> int:
         writer.writerow([safe_cell(v) for v in values])
         n += 1
     return n
-
-
-def export_text(session: Session) -> str:
-    buffer = io.StringIO()
-    export_csv(session, buffer)
-    return buffer.getvalue()

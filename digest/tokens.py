@@ -22,7 +22,8 @@ def _b36(n: int) -> str:
             return out
 
 
-def _mac(secret: str, message: str) -> str:
+def sign(secret: str, message: str) -> str:
+    """A short URL-safe HMAC-SHA256 (128 bits) of message under secret."""
     digest = hmac.new(secret.encode(), message.encode(), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest[:16]).decode().rstrip("=")
 
@@ -35,7 +36,7 @@ def make_token(
         raise ValueError(f"unknown token purpose {purpose!r}")
     exp = _b36(int(expires.timestamp())) if expires else ""
     sid = _b36(subscriber_id)
-    return f"{sid}.{exp}.{_mac(secret, f'{purpose}|{sid}|{exp}')}"
+    return f"{sid}.{exp}.{sign(secret, f'{purpose}|{sid}|{exp}')}"
 
 
 def read_token(secret: str, purpose: str, token: str, now: datetime | None = None) -> int:
@@ -44,7 +45,7 @@ def read_token(secret: str, purpose: str, token: str, now: datetime | None = Non
     if len(parts) != 3:
         raise InvalidToken("this link is malformed")
     sid, exp, mac = parts
-    if not hmac.compare_digest(mac.encode(), _mac(secret, f"{purpose}|{sid}|{exp}").encode()):
+    if not hmac.compare_digest(mac.encode(), sign(secret, f"{purpose}|{sid}|{exp}").encode()):
         raise InvalidToken("this link is not valid")
     try:
         subscriber_id = int(sid, 36)
@@ -59,6 +60,6 @@ def read_token(secret: str, purpose: str, token: str, now: datetime | None = Non
 def message_id(secret: str, edition_id: int, subscriber_id: int, domain: str) -> str:
     """The same Message-ID every time this edition goes to this subscriber."""
     tag = (
-        _mac(secret, f"msgid|{edition_id}|{subscriber_id}")[:10].replace("-", "x").replace("_", "y")
+        sign(secret, f"msgid|{edition_id}|{subscriber_id}")[:10].replace("-", "x").replace("_", "y")
     )
     return f"<digest.{edition_id}.{subscriber_id}.{tag}@{domain}>"

@@ -13,9 +13,10 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from digest import dispatch
 from digest.config import Settings, check_timezone, load_settings
 from digest.db import make_engine, make_sessionmaker, upgrade
-from digest.errors import ConfigError, DigestError
+from digest.errors import ConfigError, DigestError, InvalidInput
 
 
 class App:
@@ -64,12 +65,9 @@ def parse_now(_ctx: click.Context, _param: click.Parameter, value: str | None) -
     if not value:
         return None
     try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not an ISO 8601 time") from None
-    if when.tzinfo is None:
-        raise click.BadParameter("give a UTC offset, e.g. 2026-03-01T19:00:00+00:00")
-    return when.astimezone(UTC)
+        return dispatch.parse_now(value)
+    except InvalidInput as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @click.group(cls=Group)
@@ -95,12 +93,10 @@ def init(app: App) -> None:
 
 
 def parse_day(_ctx: click.Context, _param: click.Parameter, value: str | None) -> date | None:
-    if not value:
-        return None
     try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a date like 2026-11-29") from None
+        return dispatch.parse_day(value or None)
+    except InvalidInput as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def parse_tz(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
+
+from digest.errors import NotFound
+
+T = TypeVar("T")
 
 
 def insert_for_session(session: Session, model: Any) -> Any:
@@ -21,6 +25,14 @@ def insert_for(dialect_name: str, model: Any) -> Any:
 def rowcount(result: Any) -> int:
     """Rows an UPDATE touched (a CursorResult attribute the generic Result type lacks)."""
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+def get_or_raise(session: Session, model: type[T], row_id: int, what: str) -> T:
+    """The row with this primary key, or NotFound naming what was looked for."""
+    row = session.get(model, row_id)
+    if row is None:
+        raise NotFound(f"no {what} with id {row_id}")
+    return row
 
 
 def ping(session: Session) -> None:

@@ -9,14 +9,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from digest.errors import NotFound
 from digest.models import (
     Edition,
     EditionArticle,
     EditionVariant,
 )
 from digest.schedule import Cohort
-from digest.store.base import insert_for_session
+from digest.store.base import get_or_raise, insert_for_session
 
 
 def find_edition(session: Session, cohort: Cohort) -> Edition | None:
@@ -29,10 +28,7 @@ def find_edition(session: Session, cohort: Cohort) -> Edition | None:
 
 
 def get_edition(session: Session, edition_id: int) -> Edition:
-    edition = session.get(Edition, edition_id)
-    if edition is None:
-        raise NotFound(f"no edition with id {edition_id}")
-    return edition
+    return get_or_raise(session, Edition, edition_id, "edition")
 
 
 def previous_edition(session: Session, timezone: str, before: datetime) -> Edition | None:
@@ -106,10 +102,7 @@ def add_variant(session: Session, edition_id: int, sections: str, **fields: Any)
 
 
 def get_variant(session: Session, variant_id: int) -> EditionVariant:
-    variant = session.get(EditionVariant, variant_id)
-    if variant is None:
-        raise NotFound(f"no edition variant with id {variant_id}")
-    return variant
+    return get_or_raise(session, EditionVariant, variant_id, "edition variant")
 
 
 def variants(session: Session, edition_id: int) -> list[EditionVariant]:

@@ -10,13 +10,13 @@ from typing import Any
 from sqlalchemy import and_, delete, func, select
 from sqlalchemy.orm import Session
 
-from digest.errors import Duplicate, InvalidInput, NotFound
+from digest.errors import Duplicate, InvalidInput
 from digest.models import (
     Subscriber,
     Suppression,
 )
 from digest.schedule import Cohort
-from digest.store.base import insert_for_session
+from digest.store.base import get_or_raise, insert_for_session
 
 
 def address_hash(email: str) -> str:
@@ -98,10 +98,7 @@ def find_subscriber(session: Session, email: str) -> Subscriber | None:
 
 
 def get_subscriber(session: Session, subscriber_id: int) -> Subscriber:
-    subscriber = session.get(Subscriber, subscriber_id)
-    if subscriber is None:
-        raise NotFound(f"no subscriber with id {subscriber_id}")
-    return subscriber
+    return get_or_raise(session, Subscriber, subscriber_id, "subscriber")
 
 
 def iter_subscribers(session: Session, status: str | None = None) -> Iterator[Subscriber]:
