@@ -7,7 +7,7 @@ import secrets
 from dataclasses import dataclass, field, replace
 from datetime import time
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from digest.errors import ConfigError
@@ -37,6 +37,8 @@ class Settings:
     outbox_dir: Path
     templates_dir: Path
     secret_key: str = field(repr=False)
+    # How long `digest init` waits for the database to take connections (compose start-up).
+    database_wait_seconds: int = 60
     smtp: SMTPConfig | None = None
     redis_url: str | None = field(default=None, repr=False)
     base_url: str = "http://localhost:8000"
@@ -152,6 +154,62 @@ def _secret_key(env: dict[str, str], data_dir: Path) -> str:
     return key
 
 
+def postgres_url(host: str, port: int, name: str, user: str, password: str | None) -> str:
+    """A postgresql:// URL from its parts, each quoted so any character survives."""
+    userinfo = quote(user, safe="") + (f":{quote(password, safe='')}" if password else "")
+    if host.startswith("/"):  # a Unix socket folder goes in the query, as libpq reads it
+        return f"postgresql://{userinfo}@/{quote(name, safe='')}?host={quote(host, safe='')}"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 address
+    return f"postgresql://{userinfo}@{host}:{port}/{quote(name, safe='')}"
+
+
+DATABASE_PARTS = (
+    "DIGEST_DATABASE_PORT",
+    "DIGEST_DATABASE_NAME",
+    "DIGEST_DATABASE_USER",
+    "DIGEST_DATABASE_PASSWORD",
+    "DIGEST_DATABASE_PASSWORD_FILE",
+)
+
+
+def _database_password(env: dict[str, str]) -> str | None:
+    path = env.get("DIGEST_DATABASE_PASSWORD_FILE")
+    if not path:
+        return env.get("DIGEST_DATABASE_PASSWORD") or None
+    if env.get("DIGEST_DATABASE_PASSWORD"):
+        raise ConfigError("set DIGEST_DATABASE_PASSWORD or DIGEST_DATABASE_PASSWORD_FILE, not both")
+    try:
+        # Secret files usually end with a newline that is not part of the password.
+        return Path(path).read_text(encoding="utf-8").rstrip("\r\n") or None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise ConfigError(f"DIGEST_DATABASE_PASSWORD_FILE {path!r}: {reason}") from None
+
+
+def database_url_from(env: dict[str, str], data_dir: Path) -> str:
+    """DIGEST_DATABASE_URL as given, else PostgreSQL from DIGEST_DATABASE_HOST and the
+    other parts, else the SQLite file in the data folder."""
+    if env.get("DIGEST_DATABASE_URL"):
+        return env["DIGEST_DATABASE_URL"]
+    host = env.get("DIGEST_DATABASE_HOST")
+    if not host:
+        given = [name for name in DATABASE_PARTS if env.get(name)]
+        if given:
+            raise ConfigError(f"{given[0]} is set but DIGEST_DATABASE_HOST is not")
+        return f"sqlite:///{data_dir / 'digest.db'}"
+    port = _int(env, "DIGEST_DATABASE_PORT", 5432)
+    if not 0 < port < 65536:
+        raise ConfigError(f"DIGEST_DATABASE_PORT must be 1 to 65535, got {port}")
+    return postgres_url(
+        host=host,
+        port=port,
+        name=env.get("DIGEST_DATABASE_NAME") or "digest",
+        user=env.get("DIGEST_DATABASE_USER") or "digest",
+        password=_database_password(env),
+    )
+
+
 def check_timezone(name: str) -> str:
     """Return name if zoneinfo knows it, else raise ConfigError."""
     try:
@@ -165,7 +223,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     """Build Settings from DIGEST_* variables, with embedded defaults for the rest."""
     env = dict(os.environ if env is None else env)
     data_dir = Path(env.get("DIGEST_DATA_DIR") or "var").resolve()
-    database_url = env.get("DIGEST_DATABASE_URL") or f"sqlite:///{data_dir / 'digest.db'}"
+    database_url = database_url_from(env, data_dir)
     smtp_url = env.get("DIGEST_SMTP_URL")
     send_times = {
         "morning": _parse_time("DIGEST_MORNING_AT", env.get("DIGEST_MORNING_AT", "06:00")),
@@ -181,6 +239,9 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     return Settings(
         data_dir=data_dir,
         database_url=database_url,
+        database_wait_seconds=_int(
+            env, "DIGEST_DATABASE_WAIT_SECONDS", defaults.database_wait_seconds
+        ),
         outbox_dir=Path(env.get("DIGEST_OUTBOX_DIR") or data_dir / "outbox").resolve(),
         templates_dir=Path(env.get("DIGEST_TEMPLATES_DIR") or REPO_ROOT / "templates").resolve(),
         secret_key=_secret_key(env, data_dir),

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import math
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
+
+from digest.errors import DatabaseUnavailable
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -55,6 +63,62 @@ def _sqlite_pragmas(engine: Engine) -> None:
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+# Answers that waiting cannot change: a wrong password, a missing role or database.
+REFUSALS = ("password authentication failed", "does not exist", "no pg_hba.conf entry")
+
+
+def safe_url(url: str) -> str:
+    """The URL with its password masked, for messages."""
+    return make_url(normalise_url(url)).render_as_string(hide_password=True)
+
+
+def wait_for_database(
+    url: str, deadline_seconds: float, notify: Callable[[str], None] | None = None
+) -> None:
+    """Connect until the database answers; DatabaseUnavailable after deadline_seconds.
+
+    A database container takes connections some seconds after it starts (PostgreSQL's
+    image first initialises on a socket-only server), so a refusal is not yet an error.
+    notify hears once that digest is waiting, and why.
+    """
+    start = time.monotonic()
+    told = False
+    while True:
+        remaining = deadline_seconds - (time.monotonic() - start)
+        try:
+            _connect_once(url, timeout=remaining)
+            return
+        except OperationalError as exc:
+            reason = str(exc.orig or exc).strip().splitlines()[0]
+            if any(refusal in reason for refusal in REFUSALS):
+                raise DatabaseUnavailable(
+                    f"database {safe_url(url)} refused digest: {reason}"
+                ) from None
+            remaining = deadline_seconds - (time.monotonic() - start)
+            if remaining <= 0:
+                raise DatabaseUnavailable(
+                    f"database {safe_url(url)} did not answer within {deadline_seconds:g} s"
+                    f" (DIGEST_DATABASE_WAIT_SECONDS): {reason}"
+                ) from None
+            if notify and not told:
+                notify(f"waiting up to {deadline_seconds:g} s for the database: {reason}")
+                told = True
+            time.sleep(min(1.0, remaining))
+
+
+def _connect_once(url: str, timeout: float) -> None:
+    kwargs: dict[str, Any] = {"poolclass": NullPool}
+    if make_url(normalise_url(url)).get_backend_name() == "postgresql":
+        # libpq waits at least 2 s; without a limit a silent host holds us for minutes.
+        kwargs["connect_args"] = {"connect_timeout": min(10, max(2, math.ceil(timeout)))}
+    engine = make_engine(url, **kwargs)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    finally:
+        engine.dispose()
 
 
 def alembic_config(url: str) -> Any:

@@ -63,3 +63,7 @@ class PermanentSendError(SendError):
     def __init__(self, message: str, code: int | None = None, unknown_mailbox: bool = False):
         super().__init__(message, code)
         self.unknown_mailbox = unknown_mailbox
+
+
+class DatabaseUnavailable(DigestError, ConnectionError):
+    """The database did not take connections in time, or refused digest for good."""

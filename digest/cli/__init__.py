@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from digest import dispatch
 from digest.config import Settings, check_timezone, load_settings
-from digest.db import make_engine, make_sessionmaker, upgrade
+from digest.db import make_engine, make_sessionmaker, upgrade, wait_for_database
 from digest.errors import ConfigError, DigestError, InvalidInput
 
 
@@ -87,9 +87,15 @@ def cli(ctx: click.Context, now: datetime | None) -> None:
 @cli.command()
 @pass_app
 def init(app: App) -> None:
-    """Create or upgrade the database schema."""
-    upgrade(app.settings.database_url)
-    click.echo(f"database ready: {app.settings.database_url_safe}")
+    """Create or upgrade the database schema (waiting DIGEST_DATABASE_WAIT_SECONDS for it)."""
+    settings = app.settings
+    wait_for_database(
+        settings.database_url,
+        settings.database_wait_seconds,
+        notify=lambda line: click.echo(line, err=True),
+    )
+    upgrade(settings.database_url)
+    click.echo(f"database ready: {settings.database_url_safe}")
 
 
 def parse_day(_ctx: click.Context, _param: click.Parameter, value: str | None) -> date | None:
