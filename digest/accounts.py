@@ -378,8 +378,9 @@ def compose_notice(settings: Settings, notice: Notice, now: datetime) -> tuple[b
         text=text_env.get_template("email/signup.txt").render(context),
         html=html_env.get_template("email/signup.html").render(context),
     )
-    message = build_message(sending.sender_of(settings), subject, now, envelope)
-    return message.as_bytes(), envelope.message_id
+    sender = sending.sender_of(settings)
+    message = build_message(sender, subject, now, envelope, campaign="signup", edition=notice.kind)
+    return message, envelope.message_id
 
 
 def send_notice(settings: Settings, transport: Transport, notice: Notice, now: datetime) -> str:

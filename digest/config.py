@@ -65,6 +65,14 @@ class Settings:
     feed_timeout: float = 15.0
     feed_max_bytes: int = 5_000_000
     confirm_ttl_hours: int = 72
+    # Mail that comes back (issue 8): the envelope sender (VERP tags are added to it),
+    # where replies go, the sender part of Feedback-ID, and optional DKIM signing.
+    bounce_address: str = ""
+    reply_to: str = ""
+    feedback_id_sender: str = "digest"
+    dkim_selector: str = ""
+    dkim_domain: str = ""
+    dkim_key_file: Path | None = None
     # Celery (workers/): the queue every digest task goes through, how long Redis waits
     # for an ack before handing a task to another worker, how often one task may come
     # back after its worker was lost, and how often beat runs the periodic tasks.
@@ -140,13 +148,15 @@ def _int(env: dict[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
 
 
-def _secret_key(env: dict[str, str], data_dir: Path) -> str:
+def _secret_key(env: dict[str, str], data_dir: Path, create: bool = True) -> str:
     if env.get("DIGEST_SECRET_KEY"):
         return env["DIGEST_SECRET_KEY"]
     # Embedded default: one random key per data folder, kept so links stay valid across runs.
     path = data_dir / "secret_key"
     if path.exists():
         return path.read_text().strip()
+    if not create:
+        raise ConfigError(f"DIGEST_SECRET_KEY is not set and {path} does not exist")
     data_dir.mkdir(parents=True, exist_ok=True)
     key = secrets.token_urlsafe(32)
     path.write_text(key)
@@ -210,6 +220,10 @@ def database_url_from(env: dict[str, str], data_dir: Path) -> str:
     )
 
 
+def _path(env: dict[str, str], name: str) -> Path | None:
+    return Path(env[name]).resolve() if env.get(name) else None
+
+
 def check_timezone(name: str) -> str:
     """Return name if zoneinfo knows it, else raise ConfigError."""
     try:
@@ -219,8 +233,12 @@ def check_timezone(name: str) -> str:
     return name
 
 
-def load_settings(env: dict[str, str] | None = None) -> Settings:
-    """Build Settings from DIGEST_* variables, with embedded defaults for the rest."""
+def load_settings(env: dict[str, str] | None = None, *, create_secret: bool = True) -> Settings:
+    """Build Settings from DIGEST_* variables, with embedded defaults for the rest.
+
+    `create_secret=False` (digest inbound, digest check) never makes a new secret key:
+    one made there would sign nothing that was ever sent.
+    """
     env = dict(os.environ if env is None else env)
     data_dir = Path(env.get("DIGEST_DATA_DIR") or "var").resolve()
     database_url = database_url_from(env, data_dir)
@@ -244,7 +262,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         ),
         outbox_dir=Path(env.get("DIGEST_OUTBOX_DIR") or data_dir / "outbox").resolve(),
         templates_dir=Path(env.get("DIGEST_TEMPLATES_DIR") or REPO_ROOT / "templates").resolve(),
-        secret_key=_secret_key(env, data_dir),
+        secret_key=_secret_key(env, data_dir, create_secret),
         smtp=parse_smtp_url(smtp_url) if smtp_url else None,
         redis_url=env.get("DIGEST_REDIS_URL") or None,
         base_url=(env.get("DIGEST_BASE_URL") or defaults.base_url).rstrip("/"),
@@ -287,4 +305,10 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         feed_timeout=float(env.get("DIGEST_FEED_TIMEOUT") or defaults.feed_timeout),
         feed_max_bytes=_int(env, "DIGEST_FEED_MAX_BYTES", defaults.feed_max_bytes),
         confirm_ttl_hours=_int(env, "DIGEST_CONFIRM_TTL_HOURS", defaults.confirm_ttl_hours),
+        bounce_address=env.get("DIGEST_BOUNCE_ADDRESS") or "",
+        reply_to=env.get("DIGEST_REPLY_TO") or "",
+        feedback_id_sender=env.get("DIGEST_FEEDBACK_ID_SENDER") or defaults.feedback_id_sender,
+        dkim_selector=env.get("DIGEST_DKIM_SELECTOR") or "",
+        dkim_domain=env.get("DIGEST_DKIM_DOMAIN") or "",
+        dkim_key_file=_path(env, "DIGEST_DKIM_KEY_FILE"),
     )

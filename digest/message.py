@@ -1,31 +1,58 @@
-"""MIME messages: built once per edition variant, with only what differs filled per reader.
+"""MIME messages: one builder for every message digest sends.
 
-The stdlib EmailMessage costs milliseconds per message; here the header block and the
-part framing are fixed once and each message is a join of bytes. `build_message` is the
-slow, obviously-correct stdlib way, kept for single sends and to prove the two agree.
+The header block and the part framing of a variant are fixed once; each message is a
+join of bytes with one reader's values quoted-printable encoded in between. Editions
+use `MessageTemplate` directly; a single message (the sign-up email, an operator's test
+copy) goes through `build_message`, which is the same template with no open slots, so
+every message on the wire has the same headers written the same way.
 """
 
 from __future__ import annotations
 
 import binascii
 import hashlib
+import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email import quoprimime
 from email.header import Header
-from email.headerregistry import Address
-from email.message import EmailMessage
-from email.policy import SMTP
 from email.utils import format_datetime, formataddr
+from typing import Protocol
 from urllib.parse import quote
 
 from digest.addresses import check_header_value, fold_header_text
-from digest.render import Splicer
+from digest.dkimsign import DKIMKey, dkim_header
+
+
+class Body(Protocol):
+    """A text cut at its per-reader slots: parts[0] slot[0] parts[1] ... parts[-1]."""
+
+    @property
+    def parts(self) -> Sequence[str]: ...
+
+    @property
+    def slots(self) -> Sequence[str]: ...
+
+
+@dataclass(frozen=True)
+class Whole:
+    """A body with no slots (a single message)."""
+
+    text: str
+
+    @property
+    def parts(self) -> Sequence[str]:
+        return (self.text,)
+
+    @property
+    def slots(self) -> Sequence[str]:
+        return ()
 
 
 @dataclass(frozen=True)
 class Envelope:
-    """A whole single message's reader parts and bodies (the stdlib path)."""
+    """A whole single message's reader parts and bodies."""
 
     to_address: str
     to_name: str
@@ -38,21 +65,28 @@ class Envelope:
 
 @dataclass(frozen=True)
 class Sender:
+    """Who sends, and the list's own headers (the same in every message)."""
+
     from_address: str
     from_name: str
     list_id: str
     list_name: str
     unsubscribe_mailto: str
+    reply_to: str = ""
+    feedback_sender: str = "digest"  # last field of Feedback-ID: the sender's own id
+    dkim: DKIMKey | None = None
 
 
 def _addr(name: str, address: str, header: str = "To") -> str:
     """A header address, the display name folded to one line and encoded if need be.
 
     Non-ASCII names become RFC 2047 encoded-words of at most 75 characters, folded
-    with CRLF as the rest of the header block is.
+    with CRLF as the rest of the header block is; the address itself is never encoded.
     """
     clean = fold_header_text(name, limit=80)
     check_header_value(address)
+    if not address.isascii():
+        raise ValueError(f"address {address!r} is not ASCII")
     if clean.isascii():
         return formataddr((clean, address))
     words = Header(clean, "utf-8", header_name=header).encode(maxlinelen=76, linesep="\r\n")
@@ -66,18 +100,39 @@ def _encoded(text: str, header: str = "Subject") -> str:
     return Header(folded, "utf-8", header_name=header).encode(maxlinelen=76, linesep="\r\n")
 
 
+def ascii_phrase(text: str) -> str:
+    """Free text as an RFC 5322 phrase in plain ASCII (accents dropped, quoted if need be),
+    for headers that clients show raw, such as List-Id."""
+    plain = unicodedata.normalize("NFKD", fold_header_text(text, limit=80))
+    plain = "".join(c for c in plain if c.isascii() and c.isprintable()).strip()
+    if not plain:
+        return ""
+    if any(c in plain for c in '()<>[]:;@\\,."'):
+        return '"' + plain.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return plain
+
+
 def list_unsubscribe(url: str, mailto: str, token: str) -> str:
-    """The https URL first (RFC 8058 one-click), then a mailto fallback."""
+    """The https URL first (RFC 8058 one-click), then a mailto fallback, folded between
+    the two (RFC 2369 allows whitespace there) so lines stay short."""
     check_header_value(url)
-    return f"<{url}>, <mailto:{mailto}?subject={quote('unsubscribe ' + token)}>"
+    check_header_value(mailto)
+    return f"<{url}>,\r\n <mailto:{mailto}?subject={quote('unsubscribe ' + token)}>"
+
+
+def feedback_id(campaign: str, edition: str, list_id: str, sender: str) -> str:
+    """Gmail's Feedback-ID: campaign:edition:list:sender, colons only as separators."""
+    fields = [campaign, edition, list_id, sender]
+    clean = ["".join(c for c in f if c.isascii() and c.isalnum() or c in "._-") for f in fields]
+    return ":".join(clean)
 
 
 def qp(text: str, final: bool = True) -> bytes:
     """Quoted-printable with CRLF line ends; C speed via binascii.
 
-    `final` marks the end of a part, which (as EmailMessage.set_content does) always
-    ends with a line break. Any CR, LF or CRLF is a line break: a bare CR never
-    reaches the wire (relays that guard against SMTP smuggling refuse them).
+    `final` marks the end of a part, which always ends with a line break. Any CR, LF or
+    CRLF is a line break: a bare CR never reaches the wire (relays that guard against
+    SMTP smuggling refuse them).
     """
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     if final and not text.endswith("\n"):
@@ -112,13 +167,13 @@ class EncodedSplicer:
     15-30 kB body again, and decodes to exactly the same text.
     """
 
-    def __init__(self, splicer: Splicer) -> None:
-        last = len(splicer.parts) - 1
+    def __init__(self, body: Body) -> None:
+        last = len(body.parts) - 1
         self.parts = [
             qp(part) if i == last else soft_break(qp(part, final=False))
-            for i, part in enumerate(splicer.parts)
+            for i, part in enumerate(body.parts)
         ]
-        self.slots = splicer.slots
+        self.slots = list(body.slots)
 
     def fill(self, values: dict[str, str]) -> bytes:
         out = [self.parts[0]]
@@ -141,7 +196,11 @@ class Reader:
 
 
 class MessageTemplate:
-    """The fixed bytes of one variant's message; `render` adds one reader's parts."""
+    """The fixed bytes of one variant's message; `render` adds one reader's parts.
+
+    `variant_key` is "edition:sections" for an edition; its first field names the
+    edition in Feedback-ID, `campaign` the kind of mail.
+    """
 
     def __init__(
         self,
@@ -149,17 +208,23 @@ class MessageTemplate:
         subject: str,
         date: datetime,
         variant_key: str,
-        html: Splicer,
-        text: Splicer,
+        html: Body,
+        text: Body,
+        *,
+        campaign: str = "edition",
     ) -> None:
         self.boundary = "==digest-" + hashlib.sha256(variant_key.encode()).hexdigest()[:24] + "=="
         list_id = check_header_value(sender.list_id)
+        list_name = ascii_phrase(sender.list_name)
+        edition = variant_key.split(":", 1)[0]
         fixed = [
             f"From: {_addr(sender.from_name, sender.from_address, 'From')}",
+            *([f"Reply-To: {_addr('', sender.reply_to, 'Reply-To')}"] if sender.reply_to else []),
             f"Subject: {_encoded(subject)}",
             f"Date: {format_datetime(date)}",
-            f"List-Id: {_encoded(sender.list_name, 'List-Id')} <{list_id}>",
+            f"List-Id: {list_name} <{list_id}>" if list_name else f"List-Id: <{list_id}>",
             "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
+            f"Feedback-ID: {feedback_id(campaign, edition, list_id, sender.feedback_sender)}",
             "MIME-Version: 1.0",
             f'Content-Type: multipart/alternative; boundary="{self.boundary}"',
         ]
@@ -188,7 +253,7 @@ class MessageTemplate:
             f"Message-ID: {check_header_value(reader.message_id)}\r\n"
             f"List-Unsubscribe: {unsubscribe}\r\n"
         ).encode("ascii")
-        return b"".join(
+        message = b"".join(
             (
                 per_reader,
                 self.head,
@@ -199,28 +264,37 @@ class MessageTemplate:
                 self.close,
             )
         )
+        if self.sender.dkim is not None:
+            return dkim_header(self.sender.dkim, message) + message
+        return message
 
 
-def _address(name: str, address: str) -> Address:
-    local, _, domain = check_header_value(address).rpartition("@")
-    return Address(display_name=fold_header_text(name, 80), username=local, domain=domain)
-
-
-def build_message(sender: Sender, subject: str, date: datetime, env: Envelope) -> EmailMessage:
-    """The stdlib way (slow, a few ms): for single sends and to check MessageTemplate."""
-    msg = EmailMessage(policy=SMTP)
-    # Address objects: the stdlib then quotes, encodes and folds display names itself
-    # (a formatted string would let "(" or "<" in a unicode name swallow the address).
-    msg["From"] = _address(sender.from_name, sender.from_address)
-    msg["To"] = _address(env.to_name, env.to_address)
-    msg["Subject"] = fold_header_text(subject, limit=300)
-    msg["Date"] = format_datetime(date)
-    msg["Message-ID"] = check_header_value(env.message_id)
-    msg["List-Id"] = f"{fold_header_text(sender.list_name)} <{check_header_value(sender.list_id)}>"
-    msg["List-Unsubscribe"] = list_unsubscribe(
-        env.unsubscribe_url, sender.unsubscribe_mailto, env.unsubscribe_token
+def build_message(
+    sender: Sender,
+    subject: str,
+    date: datetime,
+    env: Envelope,
+    *,
+    campaign: str = "notice",
+    edition: str = "0",
+) -> bytes:
+    """A single message's bytes, built by the same template as every edition."""
+    template = MessageTemplate(
+        sender,
+        subject,
+        date,
+        f"{edition}:{env.message_id}",
+        Whole(env.html),
+        Whole(env.text),
+        campaign=campaign,
     )
-    msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    msg.set_content(env.text, cte="quoted-printable")
-    msg.add_alternative(env.html, subtype="html", cte="quoted-printable")
-    return msg
+    reader = Reader(
+        env.to_address,
+        env.to_name,
+        env.message_id,
+        env.unsubscribe_url,
+        env.unsubscribe_token,
+        {},
+        {},
+    )
+    return template.render(reader)

@@ -21,6 +21,7 @@ from digest.errors import NothingToSend
 from digest.message import build_message
 from digest.models import Article, Edition
 from digest.render import ArticleView, EditionView, Rendered, Splicer, render_edition
+from digest.returns import envelope_sender
 from digest.sanitize import html_to_text
 from digest.schedule import Cohort, due_cohorts, local_day, send_at
 from digest.sending import PreparedVariant, personalise, prepare_variant, sender_of
@@ -219,9 +220,9 @@ def test_send(
         raise NothingToSend(f"the {cohort} edition has no articles to show")
     page, prepared = rendered
     env = personalise(settings, prepared, 0, 0, to, "")
-    msg = build_message(sender_of(settings), "[TEST] " + page.subject, now, env)
+    msg = build_message(sender_of(settings), "[TEST] " + page.subject, now, env, campaign="test")
     with transport:
-        transport.send(settings.from_address, to, msg.as_bytes(), env.message_id)
+        transport.send(envelope_sender(settings, 0, 0), to, msg, env.message_id)
     return env.message_id
 
 

@@ -24,6 +24,8 @@ from digest.errors import HeaderInjection, PermanentSendError, TransientSendErro
 from digest.message import Envelope, MessageTemplate, Reader, Sender
 from digest.models import EditionVariant
 from digest.render import Splicer, html_escaped, slot_values
+from digest.returns import envelope_sender
+from digest.senders import sender_for
 from digest.tokens import make_token, message_id
 from digest.transport import Transport
 
@@ -72,13 +74,7 @@ def prepare_variant(variant: EditionVariant) -> PreparedVariant:
 
 
 def sender_of(settings: Settings) -> Sender:
-    return Sender(
-        from_address=settings.from_address,
-        from_name=settings.from_name,
-        list_id=settings.list_id,
-        list_name=settings.from_name,
-        unsubscribe_mailto=settings.unsubscribe_mailto,
-    )
+    return sender_for(settings)  # From, list headers, Reply-To, Feedback-ID, DKIM key
 
 
 def account_links(settings: Settings, subscriber_id: int) -> dict[str, str]:
@@ -276,7 +272,12 @@ def _send_one(
     reader = address_reader(settings, r.edition_id, r.subscriber_id, r.email, r.name)
     try:
         message = templates[r.variant_id].render(reader)
-        transport.send(settings.from_address, r.email, message, reader.message_id)
+        transport.send(
+            envelope_sender(settings, r.edition_id, r.subscriber_id),
+            r.email,
+            message,
+            reader.message_id,
+        )
     except TransientSendError as exc:
         if r.attempts >= settings.max_attempts:
             record.failed(r.id, f"gave up after {r.attempts} attempts: {exc}")
