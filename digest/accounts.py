@@ -27,7 +27,7 @@ from digest.editions import normalise_sections
 from digest.errors import Duplicate, InvalidAddress, InvalidInput, InvalidToken, NotFound
 from digest.message import Envelope, build_message
 from digest.models import Subscriber
-from digest.render import environment
+from digest.render import environment, slot_values
 from digest.schedule import local_day, send_at
 from digest.subscribers import parse_editions, parse_timezone, subscriber_fields
 from digest.tokens import make_token, sign
@@ -170,9 +170,9 @@ def offered_sections(session: Session, now: datetime, current: str = "") -> list
 
 
 def mask_address(email: str) -> str:
-    """j…@example.com: enough for a reader to recognise, little for anyone else."""
-    local, _, domain = email.partition("@")
-    return f"{local[:1]}…@{domain}"
+    """j***@example.com: enough for a reader to recognise, little for anyone else."""
+    local, _, domain = email.rpartition("@")
+    return f"{local[:1]}***@{domain}"
 
 
 # --- lifecycle ---------------------------------------------------------------------------
@@ -321,22 +321,34 @@ def first_edition(
     return None
 
 
-def edition_html(session: Session, settings: Settings, edition_id: int, subscriber_id: int) -> str:
-    """The edition as this reader got it: their stored variant with their own links."""
+WEB_VIEW_SELF = "#digest-web-view"
+_SELF_LINK = re.compile(r'<a\b[^>]*href="' + WEB_VIEW_SELF + r'"[^>]*>.*?</a>', re.S)
+
+
+def edition_html(
+    session: Session, settings: Settings, edition_id: int, subscriber_id: int, now: datetime
+) -> str:
+    """The edition this reader got, as a page with nothing personal in it.
+
+    Whoever holds a "view in browser" link (a forwarded email) sees this page, so it
+    carries no name and no account links: those point at pages that ask for the links
+    in the reader's own email. The link works for `view_ttl_days` after the edition.
+    """
     delivery = store.find_delivery(session, edition_id, subscriber_id)
     if delivery is None or delivery.variant_id is None:
         raise NotFound("this edition was not sent to you")
-    variant = store.get_variant(session, delivery.variant_id)
-    subscriber = store.get_subscriber(session, subscriber_id)
-    envelope = sending.personalise(
-        settings,
-        sending.prepare_variant(variant),
-        edition_id,
-        subscriber_id,
-        subscriber.email,
-        subscriber.name,
+    edition = store.get_edition(session, edition_id)
+    if now - edition.send_at > timedelta(days=settings.view_ttl_days):
+        raise InvalidToken("this link has expired")
+    prepared = sending.prepare_variant(store.get_variant(session, delivery.variant_id))
+    values = slot_values(
+        name="",
+        unsubscribe_url=f"{settings.base_url}/unsubscribe",
+        preferences_url=f"{settings.base_url}/preferences",
+        view_url=WEB_VIEW_SELF,
+        for_html=True,
     )
-    return envelope.html
+    return _SELF_LINK.sub("", prepared.html.fill(values))
 
 
 # --- the sign-up email -------------------------------------------------------------------

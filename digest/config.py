@@ -26,6 +26,9 @@ class SMTPConfig:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     timeout: float = 30.0
+    # The whole exchange for one message (connect, EHLO, MAIL, RCPT, DATA) may take this
+    # long, whatever the server does: a relay that drips a byte at a time cannot hold a lane.
+    deadline: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ class Settings:
     dkim_selector: str = ""
     dkim_domain: str = ""
     dkim_key_file: Path | None = None
+    view_ttl_days: int = 30
     # Celery (workers/): the queue every digest task goes through, how long Redis waits
     # for an ack before handing a task to another worker, how often one task may come
     # back after its worker was lost, and how often beat runs the periodic tasks.
@@ -81,7 +85,13 @@ class Settings:
     task_max_redeliveries: int = 3
     dispatch_every_seconds: int = 60
     ingest_every_seconds: int = 300
-    sweep_every_seconds: int = 120
+    sweep_every_seconds: int = 15
+    # Send tasks keep retrying while the database is unreachable for this long, apart
+    # from a delivery's own DIGEST_MAX_ATTEMPTS.
+    outage_seconds: int = 300
+    # A claim on delivery rows lasts this long unless the worker holding it renews it
+    # (every third of it); rows of a stopped worker go back within about this much.
+    claim_seconds: int = 45
 
     @property
     def database_url_safe(self) -> str:
@@ -127,6 +137,7 @@ def parse_smtp_url(url: str) -> SMTPConfig:
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,
         timeout=float(query.get("timeout", 30)),
+        deadline=float(query.get("deadline", 30)),
     )
 
 
@@ -300,6 +311,8 @@ def load_settings(env: dict[str, str] | None = None, *, create_secret: bool = Tr
             env, "DIGEST_INGEST_EVERY_SECONDS", defaults.ingest_every_seconds
         ),
         sweep_every_seconds=_int(env, "DIGEST_SWEEP_EVERY_SECONDS", defaults.sweep_every_seconds),
+        outage_seconds=_int(env, "DIGEST_OUTAGE_SECONDS", defaults.outage_seconds),
+        claim_seconds=max(3, _int(env, "DIGEST_CLAIM_SECONDS", defaults.claim_seconds)),
         allow_private_feeds=env.get("DIGEST_ALLOW_PRIVATE_FEEDS", "").lower()
         in ("1", "true", "yes"),
         feed_timeout=float(env.get("DIGEST_FEED_TIMEOUT") or defaults.feed_timeout),
@@ -311,4 +324,5 @@ def load_settings(env: dict[str, str] | None = None, *, create_secret: bool = Tr
         dkim_selector=env.get("DIGEST_DKIM_SELECTOR") or "",
         dkim_domain=env.get("DIGEST_DKIM_DOMAIN") or "",
         dkim_key_file=_path(env, "DIGEST_DKIM_KEY_FILE"),
+        view_ttl_days=_int(env, "DIGEST_VIEW_TTL_DAYS", defaults.view_ttl_days),
     )

@@ -148,6 +148,9 @@ class EditionVariant(Base):
     html: Mapped[str] = mapped_column(Text)
     text: Mapped[str] = mapped_column(Text)
     article_count: Mapped[int] = mapped_column(Integer)
+    # The random value in this rendering's slot markers (digest.render.SlotMarks): feed
+    # text never sees it, so no feed can write a marker.
+    slot_nonce: Mapped[str] = mapped_column(String(64), default="", server_default="")
 
 
 class Delivery(Base):

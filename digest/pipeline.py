@@ -20,7 +20,7 @@ from digest.editions import Candidate, pick_for_sections, select_articles
 from digest.errors import NothingToSend
 from digest.message import build_message
 from digest.models import Article, Edition
-from digest.render import ArticleView, EditionView, Rendered, Splicer, render_edition
+from digest.render import ArticleView, EditionView, Rendered, SlotMarks, Splicer, render_edition
 from digest.returns import envelope_sender
 from digest.sanitize import html_to_text
 from digest.schedule import Cohort, due_cohorts, local_day, send_at
@@ -169,6 +169,7 @@ def plan_edition(
             subject=page.subject,
             html=page.html,
             text=page.text,
+            slot_nonce=page.slot_nonce,
             article_count=count,
         )
     queued = store.queue_deliveries(session, edition, settings.default_timezone, now)
@@ -234,7 +235,7 @@ def preview(
     if edition is not None:
         for variant in store.variants(session, edition.id):
             if variant.sections == sections:
-                page = Rendered(variant.subject, variant.html, variant.text)
+                page = Rendered(variant.subject, variant.html, variant.text, variant.slot_nonce)
                 return page, prepare_variant(variant)
     cut = min(cohort_send_at(settings, cohort), now)
     _, snapshot = select_snapshot(session, settings, cohort, cut)
@@ -242,7 +243,9 @@ def preview(
     if rendered is None:
         return None
     page = rendered[0]
-    return page, PreparedVariant(Splicer.of(page.html), Splicer.of(page.text), page.subject)
+    marks = SlotMarks(page.slot_nonce)
+    html, text = Splicer.of(page.html, marks), Splicer.of(page.text, marks)
+    return page, PreparedVariant(html, text, page.subject)
 
 
 # --- schedule and repair -----------------------------------------------------------------

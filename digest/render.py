@@ -5,8 +5,9 @@ from __future__ import annotations
 import html
 import logging
 import re
+import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -16,12 +17,40 @@ from premailer import Premailer
 
 from digest.addresses import fold_header_text
 
-# Per-reader values are rendered as these markers, which survive Jinja escaping and
-# premailer's serialisation untouched, and are spliced in per message afterwards.
 SLOT_NAMES = ("name_suffix", "unsubscribe_url", "preferences_url", "view_url")
-SLOTS = {name: f"DGSTx{name.replace('_', 'x').upper()}xDGST" for name in SLOT_NAMES}
-_SLOT_RE = re.compile("(" + "|".join(SLOTS.values()) + ")")
-_SLOT_BY_MARK = {mark: name for name, mark in SLOTS.items()}
+_NONCE = re.compile(r"[0-9a-f]{32,64}")
+
+
+@dataclass(frozen=True)
+class SlotMarks:
+    """The markers of one rendering's per-reader slots.
+
+    Each marker carries a random nonce drawn when the edition is rendered and kept only
+    beside the rendering (the variant row), never in anything a feed can see: feed text
+    cannot spell a marker, however it nests, splits, encodes or guesses, so only the
+    template's own slots are ever filled with a reader's values.
+    """
+
+    nonce: str
+
+    def __post_init__(self) -> None:
+        if not _NONCE.fullmatch(self.nonce):
+            raise ValueError("slot nonce must be 32 to 64 lowercase hex digits")
+
+    @classmethod
+    def fresh(cls) -> SlotMarks:
+        return cls(secrets.token_hex(16))
+
+    @property
+    def by_name(self) -> dict[str, str]:
+        # Letters and digits only: they pass Jinja escaping, URL attributes and
+        # premailer's serialisation unchanged.
+        return {name: f"DGST{self.nonce}{name.replace('_', '').upper()}" for name in SLOT_NAMES}
+
+    def split(self, template: str) -> list[str]:
+        """The template cut at its markers: text, marker, text, ..., text."""
+        marks = self.by_name
+        return re.split("(" + "|".join(marks.values()) + ")", template)
 
 
 @dataclass(frozen=True)
@@ -53,6 +82,7 @@ class Rendered:
     subject: str
     html: str
     text: str
+    slot_nonce: str
 
 
 @dataclass
@@ -63,9 +93,10 @@ class Splicer:
     slots: list[str] = field(default_factory=list)
 
     @classmethod
-    def of(cls, template: str) -> Splicer:
-        pieces = _SLOT_RE.split(template)
-        return cls(parts=pieces[0::2], slots=[_SLOT_BY_MARK[m] for m in pieces[1::2]])
+    def of(cls, template: str, marks: SlotMarks) -> Splicer:
+        by_mark = {mark: name for name, mark in marks.by_name.items()}
+        pieces = marks.split(template)
+        return cls(parts=pieces[0::2], slots=[by_mark[m] for m in pieces[1::2]])
 
     def fill(self, values: dict[str, str]) -> str:
         out = [self.parts[0]]
@@ -115,36 +146,9 @@ def subject_for(view: EditionView) -> str:
     return fold_header_text(subject, limit=150)
 
 
-def defuse(text: str) -> str:
-    """Remove slot markers from outside text: a feed that wrote one into a summary
-    would otherwise have each reader's private links spliced into its own URL."""
-    return _SLOT_RE.sub("", text) if "DGSTx" in text else text
-
-
-def _defused(view: EditionView) -> EditionView:
-    articles = [
-        replace(
-            a,
-            title=defuse(a.title),
-            url=defuse(a.url),
-            section=defuse(a.section),
-            summary_html=defuse(a.summary_html),
-            summary_text=defuse(a.summary_text),
-            image_url=defuse(a.image_url) if a.image_url else a.image_url,
-        )
-        for a in view.articles
-    ]
-    return replace(
-        view,
-        articles=articles,
-        sender_name=defuse(view.sender_name),
-        postal_address=defuse(view.postal_address),
-    )
-
-
 def render_edition(view: EditionView, templates_dir: Path) -> Rendered:
     """Render one variant and inline its CSS (the only premailer call per variant)."""
-    view = _defused(view)
+    marks = SlotMarks.fresh()
     html_env, text_env = environment(templates_dir)
     context = {
         "subject": subject_for(view),
@@ -156,11 +160,12 @@ def render_edition(view: EditionView, templates_dir: Path) -> Rendered:
         "sender_name": view.sender_name,
         "postal_address": view.postal_address,
         "editions_label": view.editions_label,
-        "slots": SLOTS,
+        "slots": marks.by_name,
     }
     raw_html = html_env.get_template("email/edition.html").render(context)
     text = text_env.get_template("email/edition.txt").render(context)
-    return Rendered(subject=context["subject"], html=inline_css(raw_html), text=text)  # type: ignore[arg-type]
+    subject = str(context["subject"])
+    return Rendered(subject, inline_css(raw_html), text, marks.nonce)
 
 
 def inline_css(raw_html: str) -> str:

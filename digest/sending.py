@@ -23,7 +23,7 @@ from digest.config import Settings
 from digest.errors import HeaderInjection, PermanentSendError, TransientSendError
 from digest.message import Envelope, MessageTemplate, Reader, Sender
 from digest.models import EditionVariant
-from digest.render import Splicer, html_escaped, slot_values
+from digest.render import SlotMarks, Splicer, html_escaped, slot_values
 from digest.returns import envelope_sender
 from digest.senders import sender_for
 from digest.tokens import make_token, message_id
@@ -40,6 +40,8 @@ class BatchReport:
     failed: int = 0
     suppressed: int = 0
     errors: list[str] = field(default_factory=list)
+    # Claimed rows given back to the queue unsent (the lane ran out of time, or stopped).
+    handed_back: list[int] = field(default_factory=list)
 
     @property
     def done(self) -> int:
@@ -54,6 +56,7 @@ class BatchReport:
         for name in ("claimed", "sent", "deferred", "failed", "suppressed"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.errors.extend(other.errors[:20])
+        self.handed_back.extend(other.handed_back)
 
 
 @dataclass(frozen=True)
@@ -64,13 +67,14 @@ class PreparedVariant:
 
 
 @lru_cache(maxsize=64)
-def _splicers(variant_id: int, html: str, text: str, subject: str) -> PreparedVariant:
-    return PreparedVariant(Splicer.of(html), Splicer.of(text), subject)
+def _splicers(variant_id: int, html: str, text: str, subject: str, nonce: str) -> PreparedVariant:
+    marks = SlotMarks(nonce)
+    return PreparedVariant(Splicer.of(html, marks), Splicer.of(text, marks), subject)
 
 
 def prepare_variant(variant: EditionVariant) -> PreparedVariant:
     """Cut a stored rendering at its slots (cached: variants never change)."""
-    return _splicers(variant.id, variant.html, variant.text, variant.subject)
+    return _splicers(variant.id, variant.html, variant.text, variant.subject, variant.slot_nonce)
 
 
 def sender_of(settings: Settings) -> Sender:
@@ -91,7 +95,9 @@ def account_links(settings: Settings, subscriber_id: int) -> dict[str, str]:
 
 def reader_links(settings: Settings, subscriber_id: int, edition_id: int) -> dict[str, str]:
     """The personal links of one reader in one edition."""
-    view = make_token(settings.secret_key, "view", subscriber_id)
+    # Scoped to this edition and checked against the edition's age when opened: a
+    # forwarded "view in browser" link shows this one edition and nothing else.
+    view = make_token(settings.secret_key, "view", subscriber_id, scope=str(edition_id))
     return {
         **account_links(settings, subscriber_id),
         "view_url": f"{settings.base_url}/editions/{edition_id}/{view}",
@@ -227,13 +233,15 @@ class Lane:
         """Send rows over one connection; rows left unsent go back to the queue."""
         pending = {row.id for row in rows}
         # Stop well inside the lease: past it the sweep may hand these rows to another
-        # sender (a tarpitting relay can make a share take that long).
-        deadline = time.monotonic() + 0.9 * self.settings.lease_seconds
+        # sender. No message starts unless its whole SMTP deadline fits before the stop,
+        # so a tarpitting or dripping relay cannot carry a lane past it.
+        stop_at = time.monotonic() + 0.9 * self.settings.lease_seconds
+        per_message = message_deadline(self.settings)
         with store.Recorder(self.session, self.lease_until) as record:
             try:
                 with transport:
                     for i, row in enumerate(rows):
-                        if self.stop.is_set() or time.monotonic() > deadline:
+                        if self.stop.is_set() or time.monotonic() + per_message > stop_at:
                             break
                         if i % 100 == 0:
                             # Re-read statuses as we go: an unsubscribe during the edition wins.
@@ -250,9 +258,30 @@ class Lane:
                         pending.discard(row.id)
                         with self.lock:
                             self.report.count(outcome, row.email, error)
-            finally:
-                if pending:
-                    record.release(sorted(pending))
+            except BaseException:
+                # The error that stopped the lane is the one to report: a hand-back
+                # that fails too (the database went away) must not replace it.
+                self._hand_back(record, pending, quiet=True)
+                raise
+            self._hand_back(record, pending)
+
+    def _hand_back(self, record: store.Recorder, pending: set[int], quiet: bool = False) -> None:
+        if not pending:
+            return
+        try:
+            record.release(sorted(pending))
+        except Exception as exc:
+            import traceback; traceback.print_exc()
+            if not quiet:
+                raise
+            return  # the claim ends with its lease; the sweep takes the rows then
+        with self.lock:
+            self.report.handed_back.extend(sorted(pending))
+
+
+def message_deadline(settings: Settings) -> float:
+    """The longest one message may take at the transport (its SMTP deadline)."""
+    return settings.smtp.deadline if settings.smtp is not None else 5.0
 
 
 def _send_one(
@@ -306,15 +335,33 @@ def run_edition(
     now: datetime,
     on_progress: Progress | None = None,
 ) -> BatchReport:
-    """Send every queued delivery of an edition in this process, batch by batch."""
+    """Send every queued delivery of an edition in this process, batch by batch.
+
+    Rows a batch handed back (its lanes ran out of time) are sent in another pass, as
+    long as the last pass got something done; what is still open afterwards is the
+    caller's to report (store.edition_counts).
+    """
     report = BatchReport()
-    last = 0
     started = time.monotonic()
-    while batch := store.delivery_page(session, edition_id, last, settings.batch_size):
-        # `now` moves on with the time spent: leases, retry times and sent_at of a long
-        # run must not lie in the past (the sweep would take rows still being sent).
-        batch_now = now + timedelta(seconds=time.monotonic() - started)
-        report.add(send_batch(session, settings, transport, batch, batch_now, on_progress))
-        last = batch[-1]
-    session.commit()  # end the last page's read: on SQLite it holds the write lock
+    total = store.edition_counts(session, edition_id).get("queued", 0)
+
+    def progress(done: int, _of: int) -> None:
+        if on_progress:
+            on_progress(min(total, report.done + done), total)
+
+    while True:
+        this_pass = BatchReport()
+        last = 0
+        while batch := store.delivery_page(session, edition_id, last, settings.batch_size):
+            # `now` moves on with the time spent: leases, retry times and sent_at of a
+            # long run must not lie in the past (the sweep would take rows being sent).
+            batch_now = now + timedelta(seconds=time.monotonic() - started)
+            done = send_batch(session, settings, transport, batch, batch_now, progress)
+            this_pass.add(done)
+            report.add(done)
+            last = batch[-1]
+        session.commit()  # end the last page's read: on SQLite it holds the write lock
+        if not this_pass.handed_back or not this_pass.done:
+            break
+    report.handed_back = this_pass.handed_back  # what is left, not every hand-back
     return report

@@ -47,6 +47,7 @@ EDITION_CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; img-src https: http: data:; "
     "form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
 )
+MAX_ID = 2**31 - 1  # ids are INTEGER columns (32-bit on PostgreSQL)
 _TOKEN_PATH = re.compile(r"(/(?:unsubscribe|confirm|preferences|editions/\d+)/)[^/?#\s]+")
 
 bp = Blueprint("digest", __name__)
@@ -341,6 +342,18 @@ def confirm(token: str) -> Any:
 # --- unsubscribe ---------------------------------------------------------------------------
 
 
+@bp.get("/unsubscribe")
+@bp.get("/preferences")
+def links_in_email() -> Any:
+    """Where the web version of an edition sends readers: it has no personal links."""
+    return _page(
+        "Use the link in your email",
+        "To unsubscribe or change your preferences, use the link at the bottom of any "
+        "edition we sent you: each one is made for its reader alone.",
+        200,
+    )
+
+
 @bp.get("/unsubscribe/<token>")
 def unsubscribe_page(token: str) -> Any:
     """One button, nothing else: link scanners fetch this page, and must change nothing."""
@@ -416,6 +429,7 @@ def preferences(token: str) -> Any:
     unsubscribe_token = make_token(rt.settings.secret_key, "unsubscribe", subscriber_id)
     page = render_template(
         "web/preferences.html",
+        address=accounts.mask_address(subscriber.email),
         form=form,
         errors=errors,
         saved=saved,
@@ -435,8 +449,12 @@ def preferences(token: str) -> Any:
 @bp.get("/editions/<int:edition_id>/<token>")
 def edition(edition_id: int, token: str) -> Any:
     rt = _rt()
-    subscriber_id = read_token(rt.settings.secret_key, "view", token, rt.clock())
-    html = accounts.edition_html(_session(), rt.settings, edition_id, subscriber_id)
+    now = rt.clock()
+    if edition_id > MAX_ID:  # beyond the id column's range: no such edition
+        raise NotFound("no such edition")
+    scope = str(edition_id)
+    subscriber_id = read_token(rt.settings.secret_key, "view", token, now, scope=scope)
+    html = accounts.edition_html(_session(), rt.settings, edition_id, subscriber_id, now)
     response = Response(html, mimetype="text/html")
     response.headers["Content-Security-Policy"] = EDITION_CSP
     return response

@@ -4,7 +4,14 @@ from datetime import date
 from pathlib import Path
 
 from digest.config import REPO_ROOT
-from digest.render import SLOTS, ArticleView, EditionView, Splicer, render_edition, slot_values
+from digest.render import (
+    ArticleView,
+    EditionView,
+    SlotMarks,
+    Splicer,
+    render_edition,
+    slot_values,
+)
 
 TEMPLATES = REPO_ROOT / "templates"
 
@@ -33,8 +40,14 @@ def article(title: str = "Title", section: str = "news", image: str | None = Non
 
 def test_every_slot_survives_inlining_once_per_body() -> None:
     page = render_edition(view(article()), TEMPLATES)
-    for mark in SLOTS.values():
+    for mark in SlotMarks(page.slot_nonce).by_name.values():
         assert page.html.count(mark) == 1 and page.text.count(mark) == 1
+
+
+def test_each_rendering_draws_its_own_nonce() -> None:
+    first, second = (render_edition(view(article()), TEMPLATES) for _ in range(2))
+    assert first.slot_nonce != second.slot_nonce and len(first.slot_nonce) == 32
+    assert first.slot_nonce not in second.html
 
 
 def test_titles_are_escaped_and_urls_attribute_safe() -> None:
@@ -81,32 +94,11 @@ def test_splicer_fills_html_escaped_values() -> None:
         preferences_url="https://x/p/1",
         view_url="https://x/v/1",
     )
-    html = Splicer.of(page.html).fill(values)
+    html = Splicer.of(page.html, SlotMarks(page.slot_nonce)).fill(values)
     assert "Good morning Ana &lt;b&gt;&#x27;" not in html
     assert "Good morning Ana &lt;b&gt;&quot;," in html
-    assert 'href="https://x/u/1"' in html and "DGSTx" not in html
+    assert 'href="https://x/u/1"' in html and "DGST" not in html
 
 
 def test_templates_dir_exists() -> None:
     assert Path(TEMPLATES / "email" / "edition.html").exists()
-
-
-def test_slot_markers_from_feeds_are_defused() -> None:
-    """A hostile summary naming a slot must not receive a reader's private links."""
-    mark = SLOTS["unsubscribe_url"]
-    hostile = ArticleView(
-        f"Title {mark}",
-        f"https://evil.example/?u={mark}",
-        "news",
-        f'<p><a href="https://evil.example/?u={mark}">x</a></p>',
-        mark,
-        None,
-    )
-    page = render_edition(view(hostile), TEMPLATES)
-    assert page.html.count(mark) == 1 and page.text.count(mark) == 1  # only the footer link
-    filled = Splicer.of(page.html).fill(
-        slot_values(
-            name="", unsubscribe_url="SECRET", preferences_url="p", view_url="v", for_html=True
-        )
-    )
-    assert "evil.example/?u=SECRET" not in filled
