@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
+from digest.config import load_settings
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 CHECK = Path(sys.executable).parent / "check-jsonschema"
@@ -51,7 +53,22 @@ def test_every_service_is_there(compose: dict[str, Any]) -> None:
 def test_one_image_built_once_for_all_digest_services(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert {services[name]["image"] for name in DIGEST_SERVICES} == {"digest:local"}
-    assert all(services[name]["build"]["context"] == "." for name in DIGEST_SERVICES)
+    assert [name for name in services if "build" in services[name]] == ["migrate"]
+    assert services["migrate"]["build"]["context"] == "."
+    # The others run it by name and never look for it in a registry.
+    assert all(services[name]["pull_policy"] == "never" for name in DIGEST_SERVICES[1:])
+
+
+def test_the_image_is_built_in_two_stages_as_an_ordinary_user() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert len(re.findall(r"^FROM\s", dockerfile, re.M)) == 2
+    # The runtime stage takes the built environment only: no source tree, build/ or egg-info.
+    runtime = dockerfile.rsplit("\nFROM ", 1)[1]
+    assert "COPY --from=build /opt/digest /opt/digest" in runtime
+    assert "COPY digest" not in runtime and "pip install" not in runtime
+    assert "ln -s /opt/digest/bin/digest /usr/local/bin/digest" in runtime
+    useradd = re.search(r"useradd[^\n]*(\\\n[^\n]*)*", runtime)
+    assert useradd and "--no-log-init" in useradd.group(0) and "--system" not in useradd.group(0)
 
 
 def test_dockerfile_runs_as_a_non_root_user() -> None:
@@ -61,7 +78,8 @@ def test_dockerfile_runs_as_a_non_root_user() -> None:
 
 def test_data_services_are_healthchecked_and_redis_never_evicts(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
+    # Over TCP: the image's first-start set-up runs on a server with no TCP listener.
+    assert "pg_isready -h 127.0.0.1" in " ".join(services["postgres"]["healthcheck"]["test"])
     assert "ping" in services["redis"]["healthcheck"]["test"]
     command = services["redis"]["command"]
     assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
@@ -83,7 +101,13 @@ def test_exactly_one_beat_and_the_worker_and_beat_commands(compose: dict[str, An
     assert services["beat"]["deploy"]["replicas"] == 1
     assert services["beat"]["command"][:3] == ["celery", "--app=workers.app", "beat"]
     assert services["worker"]["command"][:3] == ["celery", "--app=workers.app", "worker"]
-    assert services["worker"]["environment"]["DIGEST_REDIS_URL"] == "redis://redis:6379/0"
+    assert services["worker"]["environment"]["DIGEST_REDIS_URL"].endswith(":-redis://redis:6379/0}")
+
+
+def test_the_worker_is_healthy_soon_after_it_starts(compose: dict[str, Any]) -> None:
+    check = compose["services"]["worker"]["healthcheck"]
+    seconds = {k: int(check[k].rstrip("s")) for k in ("interval", "start_period")}
+    assert seconds["interval"] <= 15 and seconds["start_period"] >= 30
 
 
 def test_flower_has_basic_auth_and_persistent_state(compose: dict[str, Any]) -> None:
@@ -92,7 +116,7 @@ def test_flower_has_basic_auth_and_persistent_state(compose: dict[str, Any]) -> 
     assert "--persistent=True" in flower["command"]
     db = next(arg for arg in flower["command"] if arg.startswith("--db="))
     assert any(v.endswith(":/data") for v in flower["volumes"]) and db.startswith("--db=/data/")
-    assert flower["environment"]["DIGEST_REDIS_URL"] == "redis://redis:6379/0"
+    assert flower["environment"]["DIGEST_REDIS_URL"].endswith(":-redis://redis:6379/0}")
 
 
 def test_web_serves_the_app_factory_with_a_healthcheck(compose: dict[str, Any]) -> None:
@@ -119,3 +143,50 @@ def test_env_example_names_every_required_variable() -> None:
 def test_secrets_stay_out_of_the_image() -> None:
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".env", ".venv", ".git", "var"} <= set(ignored)
+
+
+def example_lines() -> dict[str, str]:
+    """NAME -> value of every `NAME=value` and `# NAME=value` line of .env.example."""
+    text = (ROOT / ".env.example").read_text()
+    return dict(re.findall(r"^(?:# )?([A-Z][A-Z0-9_]*)=(.*)$", text, re.M))
+
+
+def test_every_setting_digest_reads_is_in_env_example() -> None:
+    read = set(re.findall(r'"(DIGEST_[A-Z0-9_]+)"', (ROOT / "digest/config.py").read_text()))
+    documented = set(re.findall(r"`(DIGEST_[A-Z0-9_]+)`", (ROOT / "README.md").read_text()))
+    documented -= {"DIGEST_TEST_DATABASE_URL", "DIGEST_TEST_REDIS_URL", "DIGEST_NOW"}
+    example = (ROOT / ".env.example").read_text()
+    assert read and not {name for name in read | documented if name not in example}
+
+
+def test_the_defaults_in_env_example_are_the_real_ones() -> None:
+    """Uncommenting any `# DIGEST_X=default` line of .env.example changes nothing."""
+    stack = dict(re.findall(r"\$\{(DIGEST_\w+):-([^}]*)\}", COMPOSE.read_text()))
+    image = {"DIGEST_DATA_DIR": "/data", "DIGEST_TEMPLATES_DIR": "/app/templates"}
+    base = {**image, "DIGEST_SECRET_KEY": "k"}
+    defaults = load_settings(base)
+    commented = re.findall(r"^# (DIGEST_\w+)=(.*)$", (ROOT / ".env.example").read_text(), re.M)
+    assert len(commented) > 30
+    for name, value in commented:
+        if name in stack:  # the stack's own default, set in docker-compose.yml
+            assert value == stack[name], name
+        else:
+            assert load_settings({**base, name: value}) == defaults, f"{name}={value}"
+
+
+def test_every_digest_service_reads_env_and_gets_the_database_in_parts(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    for name in DIGEST_SERVICES:
+        service = services[name]
+        assert service["env_file"] == [{"path": ".env", "required": False}], name
+        env = service["environment"]
+        assert "DIGEST_DATABASE_URL" not in env, name
+        assert env["DIGEST_DATABASE_HOST"] == "postgres", name
+        assert env["DIGEST_DATABASE_PASSWORD"].startswith("${POSTGRES_PASSWORD:?"), name
+
+
+def test_feed_files_live_in_a_mounted_folder(compose: dict[str, Any]) -> None:
+    assert "./feeds:/feeds:ro" in compose["services"]["worker"]["volumes"]
+    assert "feeds" in (ROOT / ".dockerignore").read_text().split()
