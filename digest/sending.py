@@ -30,6 +30,7 @@ from digest.tokens import make_token, message_id
 from digest.transport import Transport
 
 Progress = Callable[[int, int], None]
+OPEN = ("queued", "deferred")  # rows a send may claim (deferred ones once due)
 
 
 @dataclass
@@ -270,8 +271,7 @@ class Lane:
             return
         try:
             record.release(sorted(pending))
-        except Exception as exc:
-            import traceback; traceback.print_exc()
+        except Exception:
             if not quiet:
                 raise
             return  # the claim ends with its lease; the sweep takes the rows then
@@ -343,7 +343,8 @@ def run_edition(
     """
     report = BatchReport()
     started = time.monotonic()
-    total = store.edition_counts(session, edition_id).get("queued", 0)
+    counts = store.edition_counts(session, edition_id)
+    total = counts.get("queued", 0) + counts.get("deferred", 0)
 
     def progress(done: int, _of: int) -> None:
         if on_progress:
@@ -352,7 +353,8 @@ def run_edition(
     while True:
         this_pass = BatchReport()
         last = 0
-        while batch := store.delivery_page(session, edition_id, last, settings.batch_size):
+        # Deferred rows whose retry time has come go too (the claim skips the others).
+        while batch := store.delivery_page(session, edition_id, last, settings.batch_size, OPEN):
             # `now` moves on with the time spent: leases, retry times and sent_at of a
             # long run must not lie in the past (the sweep would take rows being sent).
             batch_now = now + timedelta(seconds=time.monotonic() - started)

@@ -10,12 +10,13 @@ import os
 import re
 import smtplib
 import ssl
+import time
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 from digest.config import Settings, SMTPConfig
-from digest.errors import PermanentSendError, TransientSendError
+from digest.errors import ConfigError, PermanentSendError, TransientSendError
 
 # A mailbox that does not exist: enhanced status 5.1.1 (bad mailbox), 5.1.2 (bad
 # domain) or 5.1.10 (null MX) at the start of the reply. Only without an enhanced code
@@ -69,13 +70,87 @@ def _classify(code: int, reply: bytes, what: str) -> Exception:
     return PermanentSendError(text, code, unknown_mailbox=unknown)
 
 
+class DeadlineExceeded(Exception):
+    """The whole SMTP exchange for one message took longer than its deadline (not an
+    OSError: smtplib would wrap that as a disconnect)."""
+
+
+class _DeadlineReader:
+    """What smtplib reads replies from: a line reader that gives up at the connection's
+    deadline. A socket timeout alone bounds each read, so a server that drips one byte
+    at a time could hold a message (and the lane, and its claimed rows) for ever."""
+
+    def __init__(self, conn: _DeadlineMixin) -> None:
+        assert conn.sock is not None
+        self.conn = conn
+        self.sock = conn.sock
+        self._buffer = b""
+
+    def readline(self, limit: int = -1) -> bytes:
+        while True:
+            end = self._buffer.find(b"\n")
+            if end >= 0 or (0 < limit <= len(self._buffer)):
+                cut = end + 1 if end >= 0 else limit
+                if 0 < limit < cut:
+                    cut = limit
+                line, self._buffer = self._buffer[:cut], self._buffer[cut:]
+                return line
+            self.sock.settimeout(self.conn.remaining())
+            chunk = self.sock.recv(8192)
+            if not chunk:
+                line, self._buffer = self._buffer, b""
+                return line
+            self._buffer += chunk
+
+    def close(self) -> None:
+        self._buffer = b""
+
+
+class _DeadlineMixin(smtplib.SMTP):
+    """smtplib with a total deadline over every read and write (set per message)."""
+
+    def __init__(self, *args: Any, deadline: float, read_timeout: float, **kwargs: Any) -> None:
+        # Set before the constructor connects: it reads the greeting under the deadline.
+        self.deadline = deadline  # a time.monotonic() value, moved on per message
+        self.read_timeout = read_timeout
+        super().__init__(*args, **kwargs)
+
+    def remaining(self) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise DeadlineExceeded("no complete reply before the transaction deadline")
+        return min(left, self.read_timeout)
+
+    def getreply(self) -> tuple[int, bytes]:
+        if not isinstance(self.file, _DeadlineReader) or self.file.sock is not self.sock:
+            self.file = _DeadlineReader(self)
+        return super().getreply()
+
+    def send(self, s: Any) -> None:
+        if self.sock is not None:
+            self.sock.settimeout(self.remaining())  # sendall: the total, not per chunk
+        super().send(s)
+
+
+class _SMTP(_DeadlineMixin, smtplib.SMTP):
+    pass
+
+
+class _SMTP_SSL(_DeadlineMixin, smtplib.SMTP_SSL):
+    pass
+
+
 class SMTPTransport:
-    """One connection per batch, opened on first use and reopened after a drop."""
+    """One connection per batch, opened on first use and reopened after a drop.
+
+    Each message (with the connect, TLS and EHLO it may need) has `config.deadline`
+    seconds in all; past it the connection is dropped and the send is transient.
+    """
 
     def __init__(self, config: SMTPConfig, local_hostname: str | None = None) -> None:
         self.config = config
         self.local_hostname = local_hostname
-        self._conn: smtplib.SMTP | None = None
+        self._conn: _DeadlineMixin | None = None
         self._pipelining = False
 
     def describe(self) -> str:
@@ -90,19 +165,24 @@ class SMTPTransport:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _connect(self) -> smtplib.SMTP:
+    def _connect(self, deadline: float) -> _DeadlineMixin:
         c = self.config
+        limits = {
+            "deadline": deadline,
+            "read_timeout": c.timeout,
+            "timeout": max(0.001, min(c.timeout, deadline - time.monotonic())),
+        }
         try:
             if c.tls == "implicit":
-                conn: smtplib.SMTP = smtplib.SMTP_SSL(
+                conn: _DeadlineMixin = _SMTP_SSL(
                     c.host,
                     c.port,
                     self.local_hostname,
-                    timeout=c.timeout,
                     context=ssl.create_default_context(),
+                    **limits,
                 )
             else:
-                conn = smtplib.SMTP(c.host, c.port, self.local_hostname, timeout=c.timeout)
+                conn = _SMTP(c.host, c.port, self.local_hostname, **limits)
                 if c.tls == "starttls":
                     conn.starttls(context=ssl.create_default_context())
             if c.username:
@@ -113,6 +193,8 @@ class SMTPTransport:
             raise TransientSendError(
                 f"SMTP login refused by {self.describe()}: {exc.smtp_code}", exc.smtp_code
             ) from None
+        except DeadlineExceeded:
+            raise
         except (smtplib.SMTPException, OSError) as exc:
             raise TransientSendError(f"cannot connect to {self.describe()}: {exc}") from None
         return conn
@@ -120,18 +202,27 @@ class SMTPTransport:
     def send(self, sender: str, recipient: str, message: bytes, message_id: str) -> None:
         if "\r" in sender + recipient or "\n" in sender + recipient:
             raise PermanentSendError(f"refusing address with a line break: {recipient!r}")
+        deadline = time.monotonic() + self.config.deadline
         try:
             if self._conn is None:
-                self._conn = self._connect()
+                self._conn = self._connect(deadline)
                 self._conn.ehlo_or_helo_if_needed()
                 self._pipelining = self._conn.has_extn("pipelining")
+            self._conn.deadline = deadline
             self._transaction(self._conn, sender, recipient, message)
         except TransientSendError as exc:
             if exc.code == 421:  # the server is closing the connection: do not reuse it
                 self._drop()
             raise
-        except (smtplib.SMTPException, OSError) as exc:  # disconnects, timeouts, bad EHLO
+        except (smtplib.SMTPException, OSError, DeadlineExceeded) as exc:
+            # Disconnects, timeouts, bad EHLO, the deadline: the connection is not reused
+            # (a reply may still be on its way).
             self._drop()
+            if time.monotonic() >= deadline:
+                raise TransientSendError(
+                    f"{self.describe()} took longer than {self.config.deadline:g} s over one "
+                    "message (deadline)"
+                ) from None
             raise TransientSendError(f"connection lost: {exc}") from None
 
     def _transaction(self, conn: smtplib.SMTP, sender: str, recipient: str, body: bytes) -> None:
@@ -197,6 +288,7 @@ class SMTPTransport:
         conn, self._conn = self._conn, None
         if conn is None:
             return
+        conn.deadline = time.monotonic() + min(5.0, self.config.deadline)  # QUIT is a courtesy
         try:
             conn.quit()
         except (smtplib.SMTPException, OSError):
@@ -217,7 +309,13 @@ class OutboxTransport:
         return OutboxTransport(self.folder)
 
     def __enter__(self) -> OutboxTransport:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"outbox folder {self.folder} cannot be created (DIGEST_OUTBOX_DIR): "
+                f"{exc.strerror or exc}"
+            ) from None
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -234,7 +332,9 @@ class OutboxTransport:
             tmp.write_bytes(message)
             os.replace(tmp, path)
         except OSError as exc:
-            raise TransientSendError(f"cannot write {path}: {exc}") from None
+            # A partial file on a full disk keeps it full: never leave one behind.
+            tmp.unlink(missing_ok=True)
+            raise TransientSendError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def make_transport(settings: Settings) -> SMTPTransport | OutboxTransport:

@@ -1,12 +1,16 @@
 """SMTP against a real aiosmtpd server, and the outbox folder."""
 
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from digest.config import parse_smtp_url
 from digest.errors import ConfigError, PermanentSendError, TransientSendError
 from digest.transport import OutboxTransport, SMTPTransport
+from tests.faults import dripping_server
 
 MSG = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nbody\r\n"
 
@@ -140,3 +144,58 @@ def test_only_a_missing_mailbox_counts_as_unknown(code: int, reply: bytes, unkno
     from digest.transport import unknown_mailbox
 
     assert unknown_mailbox(code, reply) is unknown
+
+
+def _within(seconds: float, fn: Any) -> Any:
+    """Run fn in a thread; fail (instead of hanging) if it takes longer than `seconds`."""
+    outcome: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            outcome["value"] = fn()
+        except BaseException as exc:  # handed to the test below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds}s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+def test_a_dripping_server_cannot_hold_a_message_past_its_deadline() -> None:
+    """One byte every 50 ms never trips the per-read timeout; the total deadline does."""
+    with dripping_server(0.05) as drip:
+        config = parse_smtp_url(f"{drip.url}?timeout=5&deadline=1")
+        started = time.monotonic()
+        with SMTPTransport(config) as t:
+            with pytest.raises(TransientSendError, match="deadline"):
+                _within(6, lambda: t.send("a@example.com", "b@example.com", MSG, "<1@x>"))
+            assert t._conn is None  # never reused: the reply is still dripping
+        assert time.monotonic() - started < 3
+        assert drip.messages == 1
+
+
+def test_outbox_full_disk_leaves_no_partial_file(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with OutboxTransport(out) as t:
+        # The kernel's always-full device stands in for a full disk: writes get ENOSPC.
+        t.path_for("<m1@x>").with_suffix(".tmp").symlink_to("/dev/full")
+        with pytest.raises(TransientSendError, match="No space left"):
+            t.send("a@example.com", "b@example.com", MSG, "<m1@x>")
+        assert list(out.iterdir()) == []
+        t.send("a@example.com", "b@example.com", MSG, "<m1@x>")  # space again: it goes
+    assert [p.name for p in out.iterdir()] == ["m1_x.eml"]
+
+
+def test_outbox_that_cannot_be_created_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(ConfigError) as caught:
+        with OutboxTransport(tmp_path / "file" / "out"):
+            pass
+    assert str(caught.value) == (
+        f"outbox folder {tmp_path / 'file' / 'out'} cannot be created (DIGEST_OUTBOX_DIR): "
+        "Not a directory"
+    )

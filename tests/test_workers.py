@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,7 +23,7 @@ from celery.exceptions import Reject
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from digest import store
+from digest import dispatch, store
 from digest.cli import cli
 from digest.config import Settings, load_settings
 from digest.db import make_engine, make_sessionmaker
@@ -108,10 +109,10 @@ def recipients(sink: Any) -> Counter[str]:
     return Counter(r for _, rcpts, _ in sink.messages for r in rcpts)
 
 
-def digest_cli(env: dict[str, str], *args: str) -> str:
+def digest_cli(env: dict[str, str], *args: str, code: int = 0) -> str:
     """Run a `digest` command in this process with `env` as its environment."""
     result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == code, result.output
     return result.output
 
 
@@ -513,7 +514,8 @@ def test_retry_and_sweep_run_in_process_without_a_broker(
     env = worker_env(sqlite_url, smtp_url, DIGEST_NOW=(TICK + timedelta(minutes=1)).isoformat())
     del env["DIGEST_REDIS_URL"]
     sink.refuse["b@example.com"] = "550 5.7.1 not today"
-    assert "1 sent" in digest_cli(env, "send", "morning", "--timezone", LONDON)
+    out = digest_cli(env, "send", "morning", "--timezone", LONDON, code=4)
+    assert "1 sent" in out and "finished with 1 failed deliveries" in out
     assert delivery_counts(sqlite_url) == {"sent": 1, "failed": 1}
     [edition] = [e for e in editions(sqlite_url) if e.status == "done" and e.slot == "morning"]
 
@@ -525,3 +527,110 @@ def test_retry_and_sweep_run_in_process_without_a_broker(
     assert delivery_counts(sqlite_url) == {"sent": 2}
     assert recipients(sink) == Counter({"a@example.com": 1, "b@example.com": 1})
     assert "0 deliveries re-queued" in digest_cli(env, "sweep")
+
+
+# --- faults: the database goes away, handed-back rows, exit codes ------------------------
+
+
+def _through(proxy: Any, database_url: str) -> str:
+    """The same database URL, reached through the proxy."""
+    return re.sub(r"@[^/]+/", f"@127.0.0.1:{proxy.port}/", database_url, count=1)
+
+
+def test_send_tasks_outlast_a_database_outage(
+    database_url, smtp_server, worker_env, start_worker, client
+) -> None:
+    """The database is cut off for a few seconds while batches are enqueued: the tasks
+    keep retrying (DIGEST_OUTAGE_SECONDS), apart from the deliveries' own attempts
+    (one here), and send everything once it is back."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("cuts a PostgreSQL connection off")
+    from tests.faults import TcpProxy
+
+    sink, smtp_url = smtp_server
+    readers = {f"o{i}@example.com": LONDON for i in range(12)}
+    seed(database_url, readers, [TICK - timedelta(hours=1)])
+    host, port = re.search(r"@([^:/]+):(\d+)/", database_url).groups()  # type: ignore[union-attr]
+    proxy = TcpProxy(host, int(port))
+    try:
+        env = worker_env(
+            _through(proxy, database_url),
+            smtp_url,
+            DIGEST_MAX_ATTEMPTS="1",
+            DIGEST_OUTAGE_SECONDS="30",
+            DIGEST_BATCH_SIZE="4",
+        )
+        plan = query(
+            database_url,
+            lambda s: dispatch.plan_slot(
+                s,
+                load_settings({**env, "DIGEST_DATABASE_URL": database_url}),
+                "morning",
+                TICK,
+                timezone=LONDON,
+            ),
+        )
+        [fanout] = plan
+        start_worker(env)
+        proxy.cut()
+        tasks = [
+            client.send_task("digest.send_batch", args=[batch], kwargs={"now": TICK.isoformat()})
+            for batch in fanout.batches
+        ]
+        wait_for(
+            lambda: any(t.state == "RETRY" for t in tasks), 30, "a task to retry in the outage"
+        )
+        time.sleep(3)  # several retries' worth: more than DIGEST_MAX_ATTEMPTS
+        proxy.restore()
+        for task in tasks:
+            task.get(timeout=60)
+    finally:
+        proxy.close()
+    assert delivery_counts(database_url) == {"sent": 12}
+    assert recipients(sink) == Counter({email: 1 for email in readers})
+
+
+def test_send_here_exits_non_zero_and_says_what_is_left(
+    sqlite_url, smtp_server, worker_env
+) -> None:
+    """Exit codes of an in-process `digest send`: 0 all sent, 3 not finished (a
+    deferred delivery), and one line naming what is left."""
+    sink, smtp_url = smtp_server
+    seed(sqlite_url, {"a@example.com": LONDON, "b@example.com": LONDON}, [TICK])
+    env = worker_env(sqlite_url, smtp_url, DIGEST_NOW=(TICK + timedelta(minutes=1)).isoformat())
+    del env["DIGEST_REDIS_URL"]
+    sink.refuse["b@example.com"] = "451 4.7.1 greylisted"
+    out = digest_cli(env, "send", "morning", "--timezone", LONDON, code=3)
+    assert "1 sent, 1 deferred" in out
+    assert re.search(r"edition \d+ not finished: 1 deferred; first retry due 2026-11-29T06:", out)
+    del sink.refuse["b@example.com"]
+    out = digest_cli(
+        env,
+        "--now",
+        (TICK + timedelta(hours=1)).isoformat(),
+        "send",
+        "morning",
+        "--timezone",
+        LONDON,
+    )
+    assert "1 sent" in out and "not finished" not in out
+    assert delivery_counts(sqlite_url) == {"sent": 2}
+
+
+def test_an_outbox_that_cannot_be_created_is_one_line(sqlite_url, worker_env, tmp_path) -> None:
+    seed(sqlite_url, {"a@example.com": LONDON}, [TICK])
+    (tmp_path / "file").write_text("")
+    env = worker_env(
+        sqlite_url,
+        DIGEST_NOW=(TICK + timedelta(minutes=1)).isoformat(),
+        DIGEST_OUTBOX_DIR=str(tmp_path / "file" / "outbox"),
+    )
+    del env["DIGEST_REDIS_URL"]
+    result = CliRunner().invoke(cli, ["send", "morning", "--timezone", LONDON], env=env)
+    assert result.exit_code == 1
+    last = result.output.strip().splitlines()[-1]
+    assert last == (
+        f"Error: outbox folder {tmp_path / 'file' / 'outbox'} cannot be created "
+        "(DIGEST_OUTBOX_DIR): Not a directory"
+    )
+    assert "Traceback" not in result.output

@@ -81,6 +81,22 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def outage_backoff_max(settings: Settings) -> int:
+    """The longest wait between two retries through a database outage: a tenth of the
+    outage to outlast, between 1 s and 30 s (a database back is noticed that soon)."""
+    return max(1, min(30, settings.outage_seconds // 10))
+
+
+def outage_retries(outage_seconds: int, backoff_max: int) -> int:
+    """How many retries, waiting 1, 2, 4 ... s capped at `backoff_max`, add up to at
+    least `outage_seconds`."""
+    waited, retries = 0, 0
+    while waited < outage_seconds:
+        waited += min(backoff_max, 2**retries)
+        retries += 1
+    return retries
+
+
 def send_queue(settings: Settings) -> str:
     return f"{settings.task_queue}.send"
 

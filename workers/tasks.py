@@ -16,18 +16,23 @@ from digest.ingest import ingest_all
 from digest.transport import make_transport
 from workers.app import app, runtime
 from workers.client import BrokerUnavailable, queue_lengths
+from workers.config import outage_backoff_max, outage_retries
 
 settings = runtime.settings
 
-# The database being briefly unreachable (or SQLite busy past its timeout) is worth
-# retrying with capped exponential backoff; digest's own errors are not.
+# The database being unreachable (restarting, failing over, SQLite busy past its
+# timeout) is retried with capped exponential backoff for DIGEST_OUTAGE_SECONDS; digest's
+# own errors are not. A send batch's retries for deferred rows come on top: how often a
+# delivery is tried is its own DIGEST_MAX_ATTEMPTS, counted on the row.
+BACKOFF_MAX = outage_backoff_max(settings)
 OPTIONS = {
     "max_redeliveries": settings.task_max_redeliveries,
     "autoretry_for": (OperationalError,),
-    "retry_backoff": settings.retry_base_seconds,
-    "retry_backoff_max": settings.retry_max_seconds,
-    "retry_jitter": True,
-    "max_retries": settings.max_attempts,
+    "retry_backoff": 1,
+    "retry_backoff_max": BACKOFF_MAX,
+    # No jitter: it would shorten the total wait below the outage it must outlast.
+    "retry_jitter": False,
+    "max_retries": outage_retries(settings.outage_seconds, BACKOFF_MAX) + settings.max_attempts,
 }
 
 
@@ -93,8 +98,12 @@ def send_batch(self: Any, delivery_ids: list[int], now: str | None = None) -> di
             session, settings, make_transport(settings), delivery_ids, at, progress
         )
         again = dispatch.next_retry(session, delivery_ids, at)
-    if again and self.request.retries < settings.max_attempts:
-        ids, countdown = again
+    if again or report.handed_back:
+        # Deferred rows go again when the first is due (each row counts its own
+        # attempts); rows the lanes handed back unsent go again at once.
+        ids, countdown = again or ([], 0.0)
+        if report.handed_back:
+            ids, countdown = sorted(set(ids) | set(report.handed_back)), 0.0
         # A pinned clock moves on by the delay, so the retry finds its rows due.
         later = None if now is None else (at + timedelta(seconds=countdown)).isoformat()
         raise self.retry(args=(ids,), kwargs={"now": later}, countdown=countdown)

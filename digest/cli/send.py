@@ -1,7 +1,19 @@
-"""Editions: `digest send`, `preview`, `status`, `retry` and `sweep`."""
+"""Editions: `digest send`, `preview`, `status`, `retry` and `sweep`.
+
+`digest send` run in this process exits with one of these codes:
+
+    0  every delivery of the edition(s) was sent (or suppressed: the reader left)
+    1  an error stopped it (one line on stderr); 2: a usage error
+    3  not finished: deliveries are still queued, claimed or deferred for a retry;
+       `digest send` again (or the workers' sweep) finishes them
+    4  finished, but some deliveries failed for good (`digest retry ID --failed`)
+"""
 
 from __future__ import annotations
 
+import sys
+import time
+from collections.abc import Callable
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -13,6 +25,7 @@ from digest import pipeline, sending, store
 from digest.cli import App, cli, parse_day, parse_tz, pass_app
 from digest.config import SLOTS, Settings
 from digest.editions import normalise_sections
+from digest.inbound import count_kept, kept_folder
 from digest.render import slot_values
 from digest.schedule import Cohort, next_day_of
 from digest.transport import make_transport
@@ -66,8 +79,10 @@ def send(
             _dry_run(session, settings, cohorts, now)
             return
         transport = make_transport(settings)
-        for cohort in cohorts:
-            send_cohort(session, settings, transport, cohort, now)
+        codes = [send_cohort(session, settings, transport, cohort, now) for cohort in cohorts]
+    code = EXIT_UNFINISHED if EXIT_UNFINISHED in codes else max(codes, default=EXIT_DONE)
+    if code:
+        sys.exit(code)
 
 
 def _dry_run(session: Session, settings: Settings, cohorts: list[Cohort], now: datetime) -> None:
@@ -88,13 +103,20 @@ def _dry_run(session: Session, settings: Settings, cohorts: list[Cohort], now: d
             click.echo(f"  [{view.section}] {view.title}")
 
 
+EXIT_DONE, EXIT_UNFINISHED, EXIT_FAILED = 0, 3, 4
+
+
 def send_cohort(
     session: Session, settings: Settings, transport: Any, cohort: Cohort, now: datetime
-) -> None:
+) -> int:
+    """Plan and send one cohort's edition here; returns its exit code (module docstring)."""
     plan = pipeline.plan_edition(session, settings, cohort, now)
     verb = "planned" if plan.created else "exists"
     click.echo(f"{cohort}: edition {plan.edition_id} {verb} ({plan.status}) {plan.note}")
-    report = sending.run_edition(session, settings, transport, plan.edition_id, now)
+    with ProgressShown() as progress:
+        report = sending.run_edition(
+            session, settings, transport, plan.edition_id, now, on_progress=progress
+        )
     if report.claimed:
         click.echo(
             f"  via {transport.describe()}: {report.sent} sent, {report.deferred} deferred, "
@@ -102,6 +124,65 @@ def send_cohort(
         )
         for error in report.errors[:10]:
             click.echo(f"  {error}")
+    counts = store.edition_counts(session, plan.edition_id)
+    session.commit()
+    return edition_outcome(plan.edition_id, counts, store.first_retry_at(session, plan.edition_id))
+
+
+def edition_outcome(edition_id: int, counts: dict[str, int], retry_at: datetime | None) -> int:
+    """Say plainly what an in-process send left open; returns the exit code."""
+    left = {k: counts[k] for k in ("queued", "sending", "deferred") if counts.get(k)}
+    if left:
+        what = ", ".join(f"{n} {'claimed' if k == 'sending' else k}" for k, n in left.items())
+        when = f"; first retry due {retry_at.isoformat(timespec='seconds')}" if retry_at else ""
+        click.echo(
+            f"edition {edition_id} not finished: {what}{when}. Run `digest send` again "
+            f"(or `digest retry {edition_id} --deferred`) to finish it.",
+            err=True,
+        )
+        return EXIT_UNFINISHED
+    if counts.get("failed"):
+        click.echo(
+            f"edition {edition_id} finished with {counts['failed']} failed deliveries "
+            f"(`digest retry {edition_id} --failed` tries them again).",
+            err=True,
+        )
+        return EXIT_FAILED
+    return EXIT_DONE
+
+
+class ProgressShown:
+    """Progress of a long send: a bar on a terminal, else a line every few seconds."""
+
+    def __init__(
+        self,
+        every: float = 5.0,
+        tty: bool | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        echo: Callable[[str], None] = click.echo,
+    ) -> None:
+        self.every, self.clock, self.echo = every, clock, echo
+        self.tty = sys.stdout.isatty() if tty is None else tty
+        self._bar: Any = None
+        self._shown = 0
+        self._next = clock() + every
+
+    def __enter__(self) -> ProgressShown:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.tty:
+            if self._bar is None:
+                self._bar = click.progressbar(length=total, label="  sending").__enter__()
+            self._bar.update(done - self._shown)
+            self._shown = done
+        elif self.clock() >= self._next and done < total:
+            self._next = self.clock() + self.every
+            self.echo(f"  {done} of {total} deliveries done")
 
 
 @cli.command()
@@ -153,6 +234,8 @@ def status(app: App, edition_id: int | None) -> None:
             )
             if e.note and edition_id:
                 click.echo(f"  {e.note}")
+    kept = count_kept(app.settings.data_dir)  # replies `digest inbound` kept for a person
+    click.echo(f"replies kept: {kept} in {kept_folder(app.settings.data_dir)}")
     if app.settings.redis_url:
         from workers.client import BrokerUnavailable, queue_lengths
 

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, bindparam, func, literal, or_, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from digest.models import (
@@ -189,15 +190,32 @@ class Recorder:
 
     def __init__(self, session: Session, lease_until: datetime) -> None:
         self.lease_until = lease_until
-        engine: Any = session.get_bind()
-        self._conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        self._engine: Any = session.get_bind()
+        self._conn = self._connect()
         self._lock: AbstractContextManager[Any] = (
             self._sqlite_lock if self._conn.dialect.name == "sqlite" else nullcontext()
         )
 
+    def _connect(self) -> Any:
+        return self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+
     def _run(self, stmt: Any, params: dict[str, Any] | None = None) -> Any:
         with self._lock:
-            return self._conn.execute(stmt, params)
+            if self._conn is None:
+                self._conn = self._connect()
+            try:
+                return self._conn.execute(stmt, params)
+            except DBAPIError:
+                # A dropped connection leaves an invalid transaction behind, and reusing
+                # it raises PendingRollbackError over the real error: the next statement
+                # (the hand-back, say) gets a fresh connection instead.
+                broken, self._conn = self._conn, None
+                try:
+                    broken.close()
+                    self._conn = self._connect()
+                except DBAPIError:
+                    pass
+                raise
 
     def _finish(self, stmt: Any, **params: Any) -> None:
         self._run(stmt, {"b_lease": self.lease_until, **params})
@@ -206,7 +224,8 @@ class Recorder:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._conn.close()
+        if self._conn is not None:
+            self._conn.close()
 
     def sent(self, delivery_id: int, message_id: str, now: datetime) -> None:
         self._finish(_SENT, b_id=delivery_id, b_at=now, b_mid=message_id)
@@ -353,6 +372,15 @@ def deferred_among(session: Session, delivery_ids: Sequence[int]) -> list[tuple[
         )
         found.extend((d, at) for d, at in session.execute(stmt) if at is not None)
     return sorted(found)
+
+
+def first_retry_at(session: Session, edition_id: int) -> datetime | None:
+    """When the edition's first deferred delivery may be tried again."""
+    return session.scalar(
+        select(func.min(Delivery.next_attempt_at)).where(
+            Delivery.edition_id == edition_id, Delivery.status == "deferred"
+        )
+    )
 
 
 def record_late_bounce(session: Session, edition_id: int, subscriber_id: int, detail: str) -> None:
