@@ -121,4 +121,4 @@ def test_inbound_reads_standard_input_and_never_fails_on_stray_mail(run) -> None
     result = CliRunner(env=run.env).invoke(
         cli, ["inbound"], input=b"From: a@example.com\r\nSubject: hello\r\n\r\nhi\r\n"
     )
-    assert result.exit_code == 0 and result.output.startswith("ignored")
+    assert result.exit_code == 0 and result.output.startswith("kept")  # a reply: kept

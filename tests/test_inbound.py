@@ -10,6 +10,7 @@ from email.mime.base import MIMEBase
 from email.mime.message import MIMEMessage
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
+from pathlib import Path
 
 import pytest
 
@@ -207,3 +208,150 @@ def test_malformed_quoted_message_ids_are_ignored(session, sent) -> None:
     for bad in ("<>", "<", "<@>", "<<a@b>>", "<a@[b>", "<digest." + "9" * 5000 + ".1.x@y>"):
         raw = dsn(original).replace(str(original["Message-ID"]).encode(), bad.encode())
         assert inbound.classify(raw, settings.secret_key, AFTER).kind == "ignored"
+
+
+# --- real bounces and complaints, from fixtures -------------------------------------------
+#
+# tests/fixtures/postfix/: what Postfix 3.7 wrote when an edition (edition 1, readers 1
+# and 2, signed with the test secret) went to an unknown user and to a full mailbox
+# (tests/test_postfix.py makes them again). tests/fixtures/arf/: complaints in the forms
+# Yahoo, AOL (redacted, headers only) and Microsoft JMRP send, around the same message.
+
+FIXTURES = Path(__file__).parent / "fixtures"
+UNKNOWN, FULL = "nosuchuser@digest.test", "fullbox@digest.test"
+
+
+def fixture(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+@pytest.fixture
+def fixture_readers(session) -> list[int]:
+    """The two readers the fixtures were made for, with the ids they had there."""
+    ids = [store.add_subscriber(session, e, NOW, status="active").id for e in (UNKNOWN, FULL)]
+    session.commit()
+    assert ids == [1, 2]
+    return ids
+
+
+def without_delivery_headers(raw: bytes) -> bytes:
+    return re.sub(rb"(?m)^(Delivered-To|X-Original-To): .*\n", b"", raw)
+
+
+def without_part(raw: bytes, content_type: bytes) -> bytes:
+    """The report with one of its top-level parts cut out (as MTAs that quote nothing)."""
+    boundary = re.search(rb'boundary="([^"]+)"', raw)
+    assert boundary is not None
+    marker = b"\n--" + boundary.group(1)
+    pieces = raw.split(marker)
+    return marker.join(p for p in pieces if b"Content-Type: " + content_type not in p[:200])
+
+
+def test_postfix_unknown_user_bounce_matches_by_verp(session, settings, fixture_readers) -> None:
+    raw = fixture("postfix/postfix-unknown-user.eml")
+    found = inbound.classify(raw, settings.secret_key, AFTER)  # Delivered-To carries the tag
+    assert (found.kind, found.subscriber_id, found.edition_id) == ("bounce", 1, 1)
+    assert found.by_envelope and found.recipient == UNKNOWN
+    outcome = inbound.apply(session, found, AFTER)
+    assert (
+        outcome
+        == "bounced: status 5.1.1 (matched by its VERP address): n***@digest.test is now bounced"
+    )
+    session.commit()
+    assert status_of(session, UNKNOWN) == "bounced" and status_of(session, FULL) == "active"
+
+
+def test_postfix_full_mailbox_fails_the_message_only(session, settings, fixture_readers) -> None:
+    recipient = "digest-bounces+1.2.bknrb3of4jdptkzh@digest.test"
+    raw = without_delivery_headers(fixture("postfix/postfix-mailbox-full.eml"))
+    found = inbound.classify(raw, settings.secret_key, AFTER, recipient)
+    assert (found.kind, found.subscriber_id, found.detail[:22]) == (
+        "failure",
+        2,
+        "bounced: status 5.2.2 ",
+    )
+    assert "stays" in inbound.apply(session, found, AFTER)
+    assert status_of(session, FULL) == "active"
+
+
+def test_a_bounce_quoting_nothing_is_matched_by_its_address(
+    session, settings, fixture_readers
+) -> None:
+    raw = without_part(fixture("postfix/postfix-unknown-user.eml"), b"message/rfc822")
+    assert b"Message-ID: <digest." not in raw
+    recipient = "digest-bounces+1.1.vd5caqjh5iqppiwx@digest.test"
+    found = inbound.classify(without_delivery_headers(raw), settings.secret_key, AFTER, recipient)
+    assert found.kind == "bounce" and found.subscriber_id == 1
+    # Final-Recipient dropped too (some MTAs name nobody): the signed address still decides.
+    bare = re.sub(rb"(?m)^(Final|Original)-Recipient: .*\n", b"", raw)
+    found = inbound.classify(bare, settings.secret_key, AFTER)
+    assert found.kind == "bounce" and found.recipient is None
+    assert "is now bounced" in inbound.apply(session, found, AFTER)
+
+
+def test_without_its_address_a_bounce_is_matched_by_message_id(settings, fixture_readers) -> None:
+    raw = without_delivery_headers(fixture("postfix/postfix-unknown-user.eml"))
+    found = inbound.classify(raw, settings.secret_key, AFTER)
+    assert found.kind == "bounce" and not found.by_envelope
+    assert "matched by its Message-ID" in found.detail and found.subscriber_id == 1
+
+
+@pytest.mark.parametrize(
+    "recipient",
+    [
+        "digest-bounces+1.1.vd5caqjh5iqppiwy@digest.test",  # one character off
+        "digest-bounces+1.2.vd5caqjh5iqppiwx@digest.test",  # another reader, same tag
+        "digest-bounces+2.1.vd5caqjh5iqppiwx@digest.test",
+        "digest-bounces@digest.test",
+    ],
+)
+def test_forged_bounce_addresses_change_nothing(settings, fixture_readers, recipient) -> None:
+    raw = without_part(
+        without_delivery_headers(fixture("postfix/postfix-unknown-user.eml")), b"message/rfc822"
+    )
+    found = inbound.classify(raw, settings.secret_key, AFTER, recipient)
+    assert found.kind == "ignored" and "does not quote a message of ours" in found.detail
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "how"),
+    [
+        ("arf/arf-yahoo.eml", "complaint", "VERP Return-Path"),
+        ("arf/arf-redacted-headers-only.eml", "complaint", "VERP Return-Path"),
+        ("arf/arf-microsoft-jmrp.eml", "complaint", "Message-ID"),
+        ("arf/arf-not-spam.eml", "ignored", ""),
+    ],
+)
+def test_provider_complaints(session, settings, fixture_readers, name, kind, how) -> None:
+    found = inbound.classify(fixture(name), settings.secret_key, AFTER)
+    assert found.kind == kind, found
+    if kind == "complaint":
+        assert how in found.detail and found.subscriber_id == 1
+        assert "is now complained" in inbound.apply(session, found, AFTER)
+        session.commit()
+        assert status_of(session, UNKNOWN) == "complained"
+        assert store.is_suppressed(session, UNKNOWN)
+
+
+def test_a_redacted_complaint_without_our_address_is_not_trusted(settings, fixture_readers) -> None:
+    """Message-ID alone, reader unnamed: it may be a forward reported by someone else."""
+    raw = re.sub(
+        rb"Return-Path: <digest-bounces[^>]*>\n", b"", fixture("arf/arf-redacted-headers-only.eml")
+    )
+    found = inbound.classify(raw, settings.secret_key, AFTER)
+    assert found.kind == "complaint" and not found.by_envelope
+    assert found.recipient == "redacted@digest.test"
+
+
+def test_replies_are_kept(settings) -> None:
+    reply = EmailMessage()
+    reply["From"] = "Ana <ana@example.com>"
+    reply["To"] = "letters@news.example.com"
+    reply["Subject"] = "Re: The Morning Edition"
+    reply.set_content("Loved the ferry story.")
+    found = inbound.classify(reply.as_bytes(), settings.secret_key, AFTER)
+    assert found.kind == "reply"
+    path = inbound.keep(reply.as_bytes(), settings.data_dir, AFTER)
+    assert path.read_bytes() == reply.as_bytes() and path.is_relative_to(settings.data_dir)
+    assert inbound.keep(reply.as_bytes(), settings.data_dir, AFTER) == path  # once only
+    assert inbound.count_kept(settings.data_dir) == 1

@@ -151,7 +151,8 @@ def both_ways(name: str, subject: str, text: str, html: str, values: dict[str, s
 
 # --- the wire format, checked on bytes ----------------------------------------------------
 
-_FIELD = re.compile(rb"^([!-9;-~]+):[ \t]?(.*)$", re.S)  # RFC 5322 2.2 field name: printable, no colon
+# RFC 5322 2.2: a field name is printable ASCII without a colon
+_FIELD = re.compile(rb"^([!-9;-~]+):[ \t]?(.*)$", re.S)
 _ENCODED_WORD = re.compile(rb"=\?[^?\s]+\?[qQbB]\?[^?\s]*\?=")
 _ADDR_SPEC = rb"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+"
 
@@ -197,7 +198,9 @@ def check_wire(raw: bytes) -> dict[str, bytes]:
         assert re.fullmatch(rb"[^<>]*<[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+>", by_name["list-id"])
     for name in ("from", "to", "reply-to"):
         if name in by_name:
-            spec = re.search(rb"<(" + _ADDR_SPEC + rb")>\s*$|^(" + _ADDR_SPEC + rb")$", by_name[name])
+            spec = re.search(
+                rb"<(" + _ADDR_SPEC + rb")>\s*$|^(" + _ADDR_SPEC + rb")$", by_name[name]
+            )
             assert spec, f"{name}: {by_name[name]!r}"
             # encoded-words may only be in the display name, never in the address
             tail = by_name[name][by_name[name].rfind(b"<") :]
@@ -380,7 +383,7 @@ def test_edition_sign_up_and_test_copy_on_the_wire(session, settings, smtp_serve
     )
     assert len(sink.messages) == 3
     kinds = []
-    for mail_from, rcpts, raw in sink.messages:
+    for mail_from, _rcpts, raw in sink.messages:
         fields = check_wire(raw)
         assert fields["reply-to"] == b"letters@news.example.com"
         assert fields["from"].endswith(b"<news@news.example.com>")

@@ -1,13 +1,11 @@
-"""Subscribers: `digest subscribers ...` and `digest inbound` for mail that comes back."""
+"""Subscribers: `digest subscribers ...` (mail that comes back: digest/cli/inbound.py)."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import BinaryIO
 
 import click
-from sqlalchemy.exc import SQLAlchemyError
 
 from digest import store
 from digest.cli import App, cli, pass_app
@@ -103,27 +101,3 @@ def subscribers_list(app: App, status: str | None, limit: int) -> None:
             )
         counts = store.count_subscribers(session)
     click.echo("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "no subscribers")
-
-
-@cli.command()
-@click.argument("file", type=click.File("rb"), default="-")
-@pass_app
-def inbound(app: App, file: BinaryIO) -> None:
-    """Act on one inbound message (FILE or standard input): a mailto unsubscribe, a
-    bounce report or a complaint report. For the MTA to pipe the unsubscribe and
-    bounce mailboxes into; exits 0 for mail it ignores, so nothing bounces back."""
-    from digest.inbound import apply, classify
-
-    raw = file.read(10_000_000)
-    now = app.now()
-    found = classify(raw, app.settings.secret_key, now)
-    try:
-        with app.session() as session:
-            outcome = apply(session, found, now)
-            session.commit()
-    except SQLAlchemyError as exc:
-        # EX_TEMPFAIL: the MTA keeps the message and tries again, rather than bouncing
-        # a reader's unsubscribe request back to them.
-        click.echo(f"database unavailable, try again later: {exc.__class__.__name__}", err=True)
-        sys.exit(75)
-    click.echo(outcome)
