@@ -16,7 +16,9 @@ from email import message_from_bytes, policy
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, parsedate_to_datetime
+from pathlib import Path
 
+import dkim
 import pytest
 
 from digest import accounts, pipeline, sending, store
@@ -361,7 +363,17 @@ def smtp_settings(settings: Settings, url: str) -> Settings:
         reply_to="letters@news.example.com",
         bounce_address="bounces@news.example.com",
         from_address="news@news.example.com",
+        dkim_selector="d2026",
+        dkim_key_file=Path(__file__).parent / "fixtures" / "dkim" / "test.key",
     )
+
+
+def dkim_dns(name: bytes, timeout: int = 5) -> bytes | None:
+    """The record of the test key, as `openssl rsa -pubout` wrote it."""
+    if name != b"d2026._domainkey.news.example.com.":
+        return None
+    pem = (Path(__file__).parent / "fixtures" / "dkim" / "test.pub.pem").read_text()
+    return ("v=DKIM1; k=rsa; p=" + "".join(pem.splitlines()[1:-1])).encode()
 
 
 def test_edition_sign_up_and_test_copy_on_the_wire(session, settings, smtp_server) -> None:
@@ -391,6 +403,7 @@ def test_edition_sign_up_and_test_copy_on_the_wire(session, settings, smtp_serve
         if kind != b"signup":  # the sign-up email's envelope is digest/accounts.py's to set
             assert mail_from.startswith("bounces+") and mail_from.endswith("@news.example.com")
         kinds.append(kind)
+        assert dkim.verify(raw, dnsfunc=dkim_dns), kind  # signed, and unchanged on the way
         parsed = message_from_bytes(raw, policy=policy.default)
         assert [p.get_content_type() for p in parsed.iter_parts()] == ["text/plain", "text/html"]
     assert kinds == [b"edition", b"signup", b"test"]
