@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hmac
 import re
+import secrets
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from email.utils import make_msgid
 from functools import lru_cache
 from typing import Any
@@ -29,8 +30,9 @@ from digest.message import Envelope, build_message
 from digest.models import Subscriber
 from digest.render import environment, slot_values
 from digest.schedule import local_day, send_at
+from digest.store.subscribers import suppression_reason
 from digest.subscribers import parse_editions, parse_timezone, subscriber_fields
-from digest.tokens import make_token, sign
+from digest.tokens import seal, sign
 from digest.transport import Transport
 
 # Statuses of readers who left; only a confirmed fresh sign-up brings them back.
@@ -127,23 +129,24 @@ def _address_problem(raw: str, exc: InvalidAddress) -> str:
 
 
 def _form_mac(secret: str, stamp: str) -> str:
-    # Two parts, where subscriber tokens sign three: the two can never be confused.
+    # "subscribe-form|..." never begins a subscriber token's signed text: no confusion.
     return sign(secret, f"subscribe-form|{stamp}")
 
 
 def form_token(secret: str, now: datetime) -> str:
-    """A signed, dated token for the subscribe form's hidden field."""
-    stamp = format(int(now.timestamp()), "x")
+    """A signed, dated, unique token for the subscribe form's hidden field (each is
+    good for one sign-up: the web app remembers the ones used)."""
+    stamp = f"{int(now.timestamp()):x}-{secrets.token_hex(8)}"
     return f"{stamp}.{_form_mac(secret, stamp)}"
 
 
 def check_form_token(secret: str, token: str, now: datetime, ttl: timedelta = FORM_TTL) -> None:
     """Raise InvalidInput unless the token was issued by us within `ttl`."""
-    stamp, _, mac = (token or "")[:80].partition(".")
+    stamp, _, mac = (token or "")[:100].partition(".")
     if not hmac.compare_digest(mac.encode(), _form_mac(secret, stamp).encode()):
         raise InvalidInput("This form could not be checked. Please send it again.")
     try:
-        age = now.timestamp() - int(stamp, 16)
+        age = now.timestamp() - int(stamp.partition("-")[0], 16)
     except ValueError:
         raise InvalidInput("This form could not be checked. Please send it again.") from None
     if not -300 <= age <= ttl.total_seconds():
@@ -180,13 +183,20 @@ def mask_address(email: str) -> str:
 
 @dataclass(frozen=True)
 class Notice:
-    """The email a sign-up calls for: `confirm` (click to confirm), `already`, or
-    `quiet` (none: one went to this address moments ago)."""
+    """The email a sign-up calls for: `confirm` (click to confirm), `already` (a note to
+    an active reader), or `none` (nothing: the same address moments ago, a mailbox over
+    its limit, or one that bounced or complained). `request` is what the sign-up asked
+    for; it travels in the confirmation link and is applied only when that is used."""
 
     kind: str
     subscriber_id: int
     email: str
-    name: str
+    request: dict[str, str] = field(default_factory=dict)
+
+
+# Addresses that bounced or complained get no mail from a web form, ever: a sign-up
+# form must not be a way to mail a spam trap or a person who reported us.
+NEVER_MAIL = ("bounced", "complained")
 
 
 def _apply(subscriber: Subscriber, fields: dict[str, Any]) -> None:
@@ -198,6 +208,24 @@ def _stamp(now: datetime) -> str:
     return now.strftime("%Y-%m-%dT%H:%MZ")
 
 
+def _request_of(fields: dict[str, Any], source: str, now: datetime) -> dict[str, str]:
+    editions = (
+        "both"
+        if fields["morning"] and fields["evening"]
+        else "morning"
+        if fields["morning"]
+        else "evening"
+    )
+    return {
+        "name": fields["name"],
+        "timezone": fields["timezone"] or "",
+        "editions": editions,
+        "sections": fields["sections"],
+        "source": source[:60],
+        "at": str(int(now.timestamp() * 1000)),  # ms: an unsubscribe may come seconds later
+    }
+
+
 def request_subscription(
     session: Session,
     settings: Settings,
@@ -206,51 +234,70 @@ def request_subscription(
     *,
     source: str = "web form",
 ) -> Notice:
-    """Record a sign-up as pending and say which email to send; the caller's page is the
-    same whatever the address's state, so a sign-up never reveals who is subscribed.
+    """Say which email a sign-up calls for; the caller's page is the same whatever the
+    address's state, so a sign-up never reveals who is subscribed.
 
-    New, pending and departed addresses (even suppressed ones) become pending with the
-    choices given and get a confirmation link. An active reader's choices are left
-    alone, since anyone can type any address; they get a note pointing at preferences.
+    Nothing the request asked for is stored: it travels signed in the confirmation link
+    and takes effect when that link is used, so a stranger's second request for the same
+    address can neither change the first nor put their text in anyone's mail. A new
+    address is kept as `pending` with nothing personal; a reader who unsubscribed stays
+    unsubscribed until they confirm. An active reader's choices are left alone (anyone
+    can type any address); they get a note pointing at their preferences.
     """
-    subscriber = store.find_subscriber(session, fields["email"])
+    email = fields["email"]
+    subscriber = store.find_subscriber(session, email)
     if subscriber is None:
-        subscriber = _add_pending(session, fields, now, source)
-    kind = "already"
-    if subscriber.status != "active":
-        _apply(subscriber, fields)
-        # A departed reader stays suppressed until they confirm: an unconfirmed request
-        # is no consent, and a CSV import must still refuse the address meanwhile.
-        subscriber.status = "pending"
-        subscriber.consent = f"{source}, requested {_stamp(now)}"[:200]
-        kind = "confirm"
+        subscriber = _add_pending(session, email, now)
+    if subscriber.status in NEVER_MAIL or suppression_reason(session, email) in NEVER_MAIL:
+        return Notice("none", subscriber.id, subscriber.email)
+    kind = "already" if subscriber.status == "active" else "confirm"
     last = subscriber.last_notice_at
     if last is not None and now - last < NOTICE_INTERVAL:
-        kind = "quiet"  # the same address again within minutes: send nothing more
+        kind = "none"  # the same address again within minutes: send nothing more
     else:
         subscriber.last_notice_at = now
     session.flush()
-    return Notice(kind, subscriber.id, subscriber.email, subscriber.name)
+    return Notice(kind, subscriber.id, subscriber.email, _request_of(fields, source, now))
 
 
-def _add_pending(
-    session: Session, fields: dict[str, Any], now: datetime, source: str
-) -> Subscriber:
+def forget_notice(session: Session, notice: Notice) -> None:
+    """The sign-up email could not be sent: let the next request for it send one."""
+    store.get_subscriber(session, notice.subscriber_id).last_notice_at = None
+
+
+def editions_label(fields: dict[str, Any]) -> str:
+    if fields["morning"] and fields["evening"]:
+        return "the morning and evening editions"
+    return "the morning edition" if fields["morning"] else "the evening edition"
+
+
+def _add_pending(session: Session, email: str, now: datetime) -> Subscriber:
     try:
         with session.begin_nested():
-            return store.add_subscriber(session, now=now, status="pending", **fields)
+            return store.add_subscriber(session, email, now, status="pending")
     except (IntegrityError, Duplicate):
         # Two sign-ups for one address at once: the other request inserted it first.
-        found = store.find_subscriber(session, fields["email"])
+        found = store.find_subscriber(session, email)
         if found is None:
             raise
         return found
 
 
-def check_confirmable(session: Session, subscriber_id: int) -> Subscriber:
-    """The reader a confirmation link is for, if the link may still be used."""
+def _issued(request: dict[str, str]) -> datetime:
+    try:
+        return datetime.fromtimestamp(int(request.get("at", "")) / 1000, UTC)
+    except ValueError:
+        raise InvalidToken("this link is malformed") from None
+
+
+def check_confirmable(session: Session, subscriber_id: int, request: dict[str, str]) -> Subscriber:
+    """The reader a confirmation link is for, if the link may still be used: not after
+    the address bounced or complained, nor after an unsubscribe later than the link."""
     subscriber = store.get_subscriber(session, subscriber_id)
-    if subscriber.status in LEFT:
+    issued = _issued(request)
+    left_after = subscriber.unsubscribed_at is not None and subscriber.unsubscribed_at > issued
+    never = suppression_reason(session, subscriber.email) in NEVER_MAIL
+    if never or subscriber.status in NEVER_MAIL or (subscriber.status in LEFT and left_after):
         raise InvalidToken(
             "this confirmation link is no longer valid: the address was unsubscribed "
             "after it was sent"
@@ -258,15 +305,37 @@ def check_confirmable(session: Session, subscriber_id: int) -> Subscriber:
     return subscriber
 
 
-def confirm(session: Session, subscriber_id: int, now: datetime) -> Subscriber:
-    """Make a pending sign-up active. Confirming is fresh consent, so a suppression from
-    an earlier unsubscribe or bounce is lifted. Confirming twice changes nothing."""
-    subscriber = check_confirmable(session, subscriber_id)
-    if subscriber.status == "pending":
-        subscriber.status = "active"
-        subscriber.confirmed_at = now
-        subscriber.consent = f"{subscriber.consent}, confirmed {_stamp(now)}"[-200:]
-        store.lift_suppression(session, subscriber.email)
+def requested_fields(subscriber: Subscriber, request: dict[str, str]) -> dict[str, Any]:
+    """The column values a confirmation link asks for (checked again: links live days)."""
+    try:
+        return subscriber_fields(
+            subscriber.email,
+            request.get("name", ""),
+            request.get("timezone") or None,
+            request.get("editions", "both"),
+            request.get("sections", ""),
+        )
+    except InvalidInput:
+        raise InvalidToken("this link is malformed") from None
+
+
+def confirm(
+    session: Session, subscriber_id: int, request: dict[str, str], now: datetime
+) -> Subscriber:
+    """Make a sign-up active with what its own link asked for. Confirming is fresh
+    consent, so a suppression from an earlier unsubscribe is lifted. A reader who is
+    already active keeps their choices; confirming twice changes nothing."""
+    subscriber = check_confirmable(session, subscriber_id, request)
+    if subscriber.status == "active":
+        return subscriber
+    _apply(subscriber, requested_fields(subscriber, request))
+    subscriber.status = "active"
+    subscriber.confirmed_at = now
+    source = request.get("source", "web form")
+    subscriber.consent = (
+        f"{source}, requested {_stamp(_issued(request))}, confirmed {_stamp(now)}"
+    )[-200:]
+    store.lift_suppression(session, subscriber.email)
     return subscriber
 
 
@@ -356,7 +425,7 @@ def edition_html(
 
 def notice_links(settings: Settings, notice: Notice, now: datetime) -> dict[str, str]:
     expires = now + timedelta(hours=settings.confirm_ttl_hours)
-    confirm = make_token(settings.secret_key, "confirm", notice.subscriber_id, expires)
+    confirm = seal(settings.secret_key, "confirm", notice.subscriber_id, expires, notice.request)
     return {
         **sending.account_links(settings, notice.subscriber_id),
         "confirm_url": f"{settings.base_url}/confirm/{confirm}",
@@ -374,7 +443,6 @@ def compose_notice(settings: Settings, notice: Notice, now: datetime) -> tuple[b
     context = {
         "kind": notice.kind,
         "subject": subject,
-        "name": notice.name,
         "sender_name": settings.from_name,
         "postal_address": settings.postal_address,
         "ttl_hours": settings.confirm_ttl_hours,
@@ -383,7 +451,7 @@ def compose_notice(settings: Settings, notice: Notice, now: datetime) -> tuple[b
     html_env, text_env = environment(settings.templates_dir)
     envelope = Envelope(
         to_address=notice.email,
-        to_name=notice.name,
+        to_name="",  # nothing the requester typed goes into a sign-up email
         message_id=make_msgid("signup", domain=settings.sender_domain),
         unsubscribe_url=links["unsubscribe_url"],
         unsubscribe_token=links["unsubscribe_token"],
@@ -397,8 +465,8 @@ def compose_notice(settings: Settings, notice: Notice, now: datetime) -> tuple[b
 
 def send_notice(settings: Settings, transport: Transport, notice: Notice, now: datetime) -> str:
     """Send the sign-up email; SendError if the transport could not. Returns its Message-ID
-    ("" for a repeat within NOTICE_INTERVAL, which sends nothing)."""
-    if notice.kind == "quiet":
+    ("" when the notice calls for no email)."""
+    if notice.kind == "none":
         return ""
     message, message_id = compose_notice(settings, notice, now)
     with transport:

@@ -77,6 +77,13 @@ class Settings:
     dkim_domain: str = ""
     dkim_key_file: Path | None = None
     view_ttl_days: int = 30
+    # The sign-up form's limits (digest/signup_limits.py): per client address, per
+    # recipient mailbox, and a global hourly budget of confirmation emails.
+    signup_client_limit: str = "10 per hour;30 per day"
+    signup_mailbox_limit: str = "3 per day"
+    signup_mails_per_hour: int = 300
+    # Reverse proxies in front of the web app whose X-Forwarded-For is to be believed.
+    trusted_proxies: int = 0
     # Celery (workers/): the queue every digest task goes through, how long Redis waits
     # for an ack before handing a task to another worker, how often one task may come
     # back after its worker was lost, and how often beat runs the periodic tasks.
@@ -92,6 +99,11 @@ class Settings:
     # A claim on delivery rows lasts this long unless the worker holding it renews it
     # (every third of it); rows of a stopped worker go back within about this much.
     claim_seconds: int = 45
+    # Send results are written in group commits: when this many wait, or when the
+    # oldest has waited this long (seconds). A crash resends at most the messages in
+    # flight plus one group per running batch.
+    record_group: int = 32
+    record_window: float = 0.05
 
     @property
     def database_url_safe(self) -> str:
@@ -313,6 +325,9 @@ def load_settings(env: dict[str, str] | None = None, *, create_secret: bool = Tr
         sweep_every_seconds=_int(env, "DIGEST_SWEEP_EVERY_SECONDS", defaults.sweep_every_seconds),
         outage_seconds=_int(env, "DIGEST_OUTAGE_SECONDS", defaults.outage_seconds),
         claim_seconds=max(3, _int(env, "DIGEST_CLAIM_SECONDS", defaults.claim_seconds)),
+        record_group=max(1, _int(env, "DIGEST_RECORD_GROUP", defaults.record_group)),
+        record_window=_int(env, "DIGEST_RECORD_WINDOW_MS", int(defaults.record_window * 1000))
+        / 1000,
         allow_private_feeds=env.get("DIGEST_ALLOW_PRIVATE_FEEDS", "").lower()
         in ("1", "true", "yes"),
         feed_timeout=float(env.get("DIGEST_FEED_TIMEOUT") or defaults.feed_timeout),
@@ -325,4 +340,11 @@ def load_settings(env: dict[str, str] | None = None, *, create_secret: bool = Tr
         dkim_domain=env.get("DIGEST_DKIM_DOMAIN") or "",
         dkim_key_file=_path(env, "DIGEST_DKIM_KEY_FILE"),
         view_ttl_days=_int(env, "DIGEST_VIEW_TTL_DAYS", defaults.view_ttl_days),
+        signup_client_limit=env.get("DIGEST_SIGNUP_CLIENT_LIMIT") or defaults.signup_client_limit,
+        signup_mailbox_limit=env.get("DIGEST_SIGNUP_MAILBOX_LIMIT")
+        or defaults.signup_mailbox_limit,
+        signup_mails_per_hour=_int(
+            env, "DIGEST_SIGNUP_MAILS_PER_HOUR", defaults.signup_mails_per_hour
+        ),
+        trusted_proxies=_int(env, "DIGEST_TRUSTED_PROXIES", defaults.trusted_proxies),
     )

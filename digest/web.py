@@ -4,7 +4,8 @@ Views are thin: they read the request, call digest.accounts, commit, and render 
 from templates/web/. The token in a link is the only credential: no page needs or sets
 a cookie, so a mail provider's one-click POST (RFC 8058) works like the page's button.
 
-Rate-limiting sign-ups belongs in front of the app (the reverse proxy); it is not here.
+Sign-ups are limited here (digest/signup_limits.py): per client, per mailbox and by a
+global hourly budget of confirmation emails, with counters shared through Redis.
 """
 
 from __future__ import annotations
@@ -12,26 +13,31 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, current_app, g, render_template, request, url_for
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
 from jinja2 import StrictUndefined
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.serving import WSGIRequestHandler
 
 from digest import accounts, store
 from digest.config import Settings, load_settings
 from digest.db import make_engine, make_sessionmaker
 from digest.errors import InvalidInput, InvalidToken, NotFound, SendError
-from digest.tokens import make_token, read_token
+from digest.signup_limits import SendPacer, SignupGuard, parse_limits, storage_uri
+from digest.tokens import make_token, read_token, unseal
 from digest.transport import make_transport
 
 log = logging.getLogger(__name__)
@@ -61,6 +67,8 @@ class Runtime:
     engine: Engine
     sessions: sessionmaker[Session]
     clock: Clock
+    guard: SignupGuard
+    pacer: SendPacer = field(default_factory=SendPacer)
 
 
 def _utcnow() -> datetime:
@@ -104,8 +112,23 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     )
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)
-    app.extensions["digest"] = Runtime(settings, engine, sessions, clock or _utcnow)
+    guard = SignupGuard(settings)
+    app.extensions["digest"] = Runtime(settings, engine, sessions, clock or _utcnow, guard)
     app.register_blueprint(bp)
+    if settings.trusted_proxies:
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
+    limiter = Limiter(
+        get_remote_address,
+        app=app,
+        storage_uri=storage_uri(settings),
+        strategy="moving-window",
+        key_prefix="digest-web",
+    )
+    parse_limits("DIGEST_SIGNUP_CLIENT_LIMIT", settings.signup_client_limit)  # fail early
+    view = "digest.subscribe"
+    limit = limiter.limit(settings.signup_client_limit, methods=["POST"])
+    app.view_functions[view] = limit(app.view_functions[view])  # type: ignore[assignment]
     return app
 
 
@@ -208,13 +231,14 @@ def _origin(url: str) -> str:
 def _same_origin() -> bool:
     """A browser's form POST names the page it came from; refuse other sites' forms.
 
-    Clients that send no Origin (scripts, old browsers) are let through: this check
-    stops cross-site forms, the token checks stop everything else.
+    The origin must be DIGEST_BASE_URL's: the request's own Host is the client's to
+    choose. Clients that send no Origin (scripts, old browsers) are let through: this
+    check stops cross-site forms, the token checks stop everything else.
     """
     origin = request.headers.get("Origin")
     if origin is None:
         return True
-    return origin.lower() in {_origin(_rt().settings.base_url), _origin(request.host_url)}
+    return origin.lower() == _origin(_rt().settings.base_url)
 
 
 def _cross_site() -> tuple[str, int]:
@@ -280,20 +304,33 @@ def subscribe() -> Any:
     session = _session()
     form = _read_form(with_email=True)
     errors: dict[str, str] = {}
+    form_token = request.form.get("form_token", "")
     try:
-        accounts.check_form_token(rt.settings.secret_key, request.form.get("form_token", ""), now)
+        accounts.check_form_token(rt.settings.secret_key, form_token, now)
+        if not rt.guard.claim_form_token(form_token):
+            raise InvalidInput("This form was sent already. Please check it and send it again.")
     except InvalidInput as exc:
         errors["form"] = str(exc)
     fields, field_errors = accounts.validate(form, accounts.offered_sections(session, now))
     errors.update(field_errors)
     if errors:
         return _subscribe_page(form, errors, 422)
+    if not rt.guard.budget_left():
+        return _try_later()
+    started = time.monotonic()
     notice = accounts.request_subscription(session, rt.settings, fields, now)
+    if notice.kind != "none" and not rt.guard.take_mail(notice.email):
+        notice = replace(notice, kind="none")  # this mailbox had its share today
     session.commit()
+    if notice.kind == "none":
+        rt.pacer.pad(started)  # answer no faster than a real send would
+        return _check_inbox(fields["email"])
     try:
         accounts.send_notice(rt.settings, make_transport(rt.settings), notice, now)
     except SendError as exc:
         log.warning("sign-up email not sent (%s): %s", notice.kind, type(exc).__name__)
+        accounts.forget_notice(session, notice)  # so that trying again sends one
+        session.commit()
         return _page(
             "Please try again shortly",
             "We could not send you the confirmation email just now. "
@@ -301,8 +338,32 @@ def subscribe() -> Any:
             503,
             link=(url_for("digest.subscribe_form"), "Back to the sign-up page"),
         )
+    rt.pacer.record(time.monotonic() - started)
+    return _check_inbox(fields["email"])
+
+
+def _check_inbox(email: str) -> str:
     return render_template(
-        "web/check_inbox.html", email=fields["email"], ttl_hours=rt.settings.confirm_ttl_hours
+        "web/check_inbox.html", email=email, ttl_hours=_rt().settings.confirm_ttl_hours
+    )
+
+
+def _try_later() -> tuple[str, int]:
+    return _page(
+        "Please try again later",
+        "We are getting more sign-ups than usual and cannot send more confirmation "
+        "emails just now. Please try again in an hour.",
+        429,
+        link=(url_for("digest.subscribe_form"), "Back to the sign-up page"),
+    )
+
+
+@bp.app_errorhandler(429)
+def _too_many(exc: HTTPException) -> tuple[str, int]:
+    return _page(
+        "Please try again later",
+        "Too many sign-ups came from your network. Please try again later.",
+        429,
     )
 
 
@@ -311,12 +372,16 @@ def confirm_page(token: str) -> Any:
     """A page with one button: mail scanners open confirmation links too, and must not
     subscribe anyone (or lift a suppression) by doing so. Bad links say so here."""
     rt = _rt()
-    subscriber_id = read_token(rt.settings.secret_key, "confirm", token, rt.clock())
-    subscriber = accounts.check_confirmable(_session(), subscriber_id)
+    subscriber_id, request_ = unseal(rt.settings.secret_key, "confirm", token, rt.clock())
+    subscriber = accounts.check_confirmable(_session(), subscriber_id, request_)
+    asked = accounts.requested_fields(subscriber, request_)
     return render_template(
         "web/confirm.html",
         address=accounts.mask_address(subscriber.email),
         active=subscriber.status == "active",
+        editions=accounts.editions_label(asked),
+        sections=asked["sections"].replace(",", ", ") or "all sections",
+        timezone=asked["timezone"] or rt.settings.default_timezone,
     )
 
 
@@ -324,11 +389,11 @@ def confirm_page(token: str) -> Any:
 def confirm(token: str) -> Any:
     rt = _rt()
     now = rt.clock()
-    subscriber_id = read_token(rt.settings.secret_key, "confirm", token, now)
+    subscriber_id, request_ = unseal(rt.settings.secret_key, "confirm", token, now)
     if not _same_origin():
         return _page("Nothing changed", "This form was sent from another site.", 403)
     session = _session()
-    subscriber = accounts.confirm(session, subscriber_id, now)
+    subscriber = accounts.confirm(session, subscriber_id, request_, now)
     session.commit()
     first = accounts.first_edition(rt.settings, subscriber, now)
     return render_template(

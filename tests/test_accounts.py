@@ -16,7 +16,7 @@ from digest.errors import InvalidInput, InvalidToken, NotFound
 from digest.models import Delivery, Subscriber, Suppression
 from digest.schedule import Cohort
 from digest.subscribers import import_csv, subscriber_fields
-from digest.tokens import read_token
+from digest.tokens import unseal
 from digest.transport import OutboxTransport, SMTPTransport
 from tests.conftest import NOW, add_articles
 
@@ -137,20 +137,22 @@ def test_offered_sections_come_from_feeds_recent_articles_and_the_readers_own(se
 
 
 def test_new_sign_up_is_pending_until_confirmed(session, settings: Settings) -> None:
-    notice = accounts.request_subscription(session, settings, fields(sections="sport"), NOW)
+    notice = accounts.request_subscription(
+        session, settings, fields(name="Ana", sections="sport"), NOW
+    )
     session.commit()
     assert notice.kind == "confirm"
     s = store.get_subscriber(session, notice.subscriber_id)
-    assert (s.status, s.sections, s.confirmed_at) == ("pending", "sport", None)
-    assert s.consent.startswith("web form, requested 2026-11-29")
+    # Nothing the request asked for is stored before it is confirmed.
+    assert (s.status, s.name, s.sections, s.confirmed_at) == ("pending", "", "", None)
 
     later = NOW + timedelta(hours=1)
-    accounts.confirm(session, s.id, later)
+    accounts.confirm(session, s.id, notice.request, later)
     session.commit()
-    assert (s.status, s.confirmed_at) == ("active", later)
-    assert "confirmed 2026-11-29T11:00Z" in s.consent
+    assert (s.status, s.confirmed_at, s.name, s.sections) == ("active", later, "Ana", "sport")
+    assert s.consent == "web form, requested 2026-11-29T10:00Z, confirmed 2026-11-29T11:00Z"
     # Confirming again (a second click, a link scanner) changes nothing.
-    accounts.confirm(session, s.id, later + timedelta(hours=1))
+    accounts.confirm(session, s.id, notice.request, later + timedelta(hours=1))
     assert s.confirmed_at == later
 
 
@@ -160,23 +162,34 @@ def test_sign_up_of_an_active_reader_changes_nothing(session, settings: Settings
         session, settings, fields(name="Mallory", sections="sport", editions="morning"), NOW
     )
     session.commit()
-    assert notice == accounts.Notice("already", s.id, s.email, "Ana")
+    assert (notice.kind, notice.subscriber_id) == ("already", s.id)
+    accounts.confirm(session, s.id, notice.request, NOW)  # even with a sealed request
     session.refresh(s)
     assert (s.name, s.sections, s.evening, s.status) == ("Ana", "news", True, "active")
 
 
-def test_repeated_pending_sign_up_takes_the_latest_choices(session, settings: Settings) -> None:
-    first = accounts.request_subscription(session, settings, fields(sections="news"), NOW)
-    second = accounts.request_subscription(session, settings, fields(sections="sport"), NOW)
+def test_a_second_sign_up_never_changes_the_first(session, settings: Settings) -> None:
+    """Issue 7.3: each request takes effect only through its own confirmation link."""
+    first = accounts.request_subscription(
+        session, settings, fields(name="Ana", sections="news"), NOW
+    )
+    second = accounts.request_subscription(
+        session,
+        settings,
+        fields(name="Visit https://evil.example now", sections="sport", editions="morning"),
+        NOW + timedelta(minutes=1),
+    )
     session.commit()
-    # The latest choices count, but a second email within minutes is not sent.
     assert first.subscriber_id == second.subscriber_id and first.kind == "confirm"
-    assert second.kind == "quiet"
+    assert second.kind == "none"  # within minutes of the first: no second email
     assert accounts.send_notice(settings, OutboxTransport(settings.outbox_dir), second, NOW) == ""
-    assert store.get_subscriber(session, first.subscriber_id).sections == "sport"
+    s = store.get_subscriber(session, first.subscriber_id)
+    assert (s.name, s.sections) == ("", "")
+    accounts.confirm(session, s.id, first.request, NOW + timedelta(hours=1))
+    session.commit()
+    assert (s.name, s.sections, s.morning, s.evening) == ("Ana", "news", True, True)
     later = NOW + accounts.NOTICE_INTERVAL + timedelta(seconds=1)
-    third = accounts.request_subscription(session, settings, fields(), later)
-    assert third.kind == "confirm"
+    assert accounts.request_subscription(session, settings, fields(), later).kind == "already"
 
 
 def test_resubscribe_after_unsubscribe_needs_fresh_confirmation(
@@ -187,43 +200,64 @@ def test_resubscribe_after_unsubscribe_needs_fresh_confirmation(
     session.commit()
     assert store.is_suppressed(session, s.email)
 
-    notice = accounts.request_subscription(session, settings, fields(), NOW)
+    later = NOW + timedelta(minutes=1)
+    notice = accounts.request_subscription(session, settings, fields(), later)
     session.commit()
-    assert notice.kind == "confirm" and s.status == "pending"
-    # Until the owner confirms, the address stays suppressed: an import cannot add it.
+    # A confirmation is sent, but the reader stays unsubscribed until they confirm.
+    assert notice.kind == "confirm" and s.status == "unsubscribed"
     assert store.is_suppressed(session, s.email)
     report = import_csv(session, io.StringIO("email\nreader@example.com\n"), NOW, confirmed=True)
     session.commit()
     assert (report.added, report.suppressed) == (0, 1)
-    assert store.get_subscriber(session, s.id).status == "pending"
 
-    accounts.confirm(session, s.id, NOW)
+    accounts.confirm(session, s.id, notice.request, later)
     session.commit()
     assert s.status == "active" and not store.is_suppressed(session, s.email)
 
 
-def test_suppressed_address_without_a_row_can_sign_up_again(session, settings: Settings) -> None:
-    store.suppress(session, "gone@example.com", "bounced", NOW)
+@pytest.mark.parametrize("reason", ["bounced", "complained"])
+def test_bounced_or_complained_addresses_get_no_sign_up_mail(
+    session, settings: Settings, reason: str
+) -> None:
+    store.suppress(session, "gone@example.com", reason, NOW)
+    kept = add_active(session, "kept@example.com")
+    store.set_status(session, kept, reason, NOW)
+    session.commit()
+    for email in ("gone@example.com", "kept@example.com"):
+        notice = accounts.request_subscription(session, settings, fields(email), NOW)
+        assert notice.kind == "none"
+        asked = {"at": str(int(NOW.timestamp() * 1000))}
+        with pytest.raises(InvalidToken):
+            accounts.confirm(session, notice.subscriber_id, asked, NOW)
+    session.commit()
+    assert store.is_suppressed(session, "gone@example.com")
+
+
+def test_an_unsubscribe_address_without_a_row_can_sign_up_again(
+    session, settings: Settings
+) -> None:
+    store.suppress(session, "gone@example.com", "unsubscribed", NOW)
     session.commit()
     notice = accounts.request_subscription(session, settings, fields("gone@example.com"), NOW)
     session.commit()
-    assert store.get_subscriber(session, notice.subscriber_id).status == "pending"
+    assert notice.kind == "confirm"
     report = import_csv(session, io.StringIO("email\ngone@example.com\n"), NOW)
     assert report.suppressed == 1
-    accounts.confirm(session, notice.subscriber_id, NOW)
+    accounts.confirm(session, notice.subscriber_id, notice.request, NOW)
     session.commit()
     assert not store.is_suppressed(session, "gone@example.com")
 
 
 def test_confirm_after_unsubscribing_is_refused(session, settings: Settings) -> None:
     notice = accounts.request_subscription(session, settings, fields(), NOW)
-    accounts.unsubscribe(session, notice.subscriber_id, NOW)  # "I did not ask for this"
+    # "I did not ask for this", a moment after the link was sent
+    accounts.unsubscribe(session, notice.subscriber_id, NOW + timedelta(milliseconds=5))
     session.commit()
     with pytest.raises(InvalidToken):
-        accounts.confirm(session, notice.subscriber_id, NOW)
+        accounts.confirm(session, notice.subscriber_id, notice.request, NOW)
     assert store.get_subscriber(session, notice.subscriber_id).status == "unsubscribed"
     with pytest.raises(NotFound):
-        accounts.confirm(session, 999_999, NOW)
+        accounts.confirm(session, 999_999, notice.request, NOW)
 
 
 def test_unsubscribe_suppresses_address_and_open_deliveries(session, settings: Settings) -> None:
@@ -334,9 +368,12 @@ def test_edition_html_is_the_readers_own_variant(session, settings: Settings) ->
 def test_confirmation_email_identifies_the_sender_and_links_back(
     session, settings: Settings
 ) -> None:
-    notice = accounts.request_subscription(session, settings, fields(name="<b>Zoë</b> & co"), NOW)
+    name = "Visit https://evil.example/login now"
+    notice = accounts.request_subscription(session, settings, fields(name=name), NOW)
     session.commit()
     raw, message_id = accounts.compose_notice(settings, notice, NOW)
+    # Nothing the requester typed is in the email, the To: header included (issue 7.4).
+    assert b"evil.example" not in raw and b"Visit" not in raw
     msg: Any = message_from_bytes(raw, policy=policy.default)
     assert msg["Message-ID"] == message_id and message_id.endswith("@example.com>")
     assert msg["From"] == f"{settings.from_name} <{settings.from_address}>"
@@ -348,10 +385,10 @@ def test_confirmation_email_identifies_the_sender_and_links_back(
     for body in (text, html):
         assert settings.from_name in body and settings.postal_address in body
     confirm = text.split("https://news.example.com/confirm/")[1].split()[0]
-    assert read_token(SECRET, "confirm", confirm, NOW) == notice.subscriber_id
+    assert unseal(SECRET, "confirm", confirm, NOW) == (notice.subscriber_id, notice.request)
     with pytest.raises(InvalidToken, match="expired"):
-        read_token(SECRET, "confirm", confirm, NOW + timedelta(hours=73))
-    assert "&lt;b&gt;Zoë&lt;/b&gt; &amp; co" in html and "<b>Zoë</b>" not in html
+        unseal(SECRET, "confirm", confirm, NOW + timedelta(hours=73))
+    assert msg["To"] == "reader@example.com"
 
 
 def test_already_subscribed_email_points_at_preferences(session, settings: Settings) -> None:

@@ -27,6 +27,12 @@ def is_suppressed(session: Session, email: str) -> bool:
     return session.get(Suppression, address_hash(email)) is not None
 
 
+def suppression_reason(session: Session, email: str) -> str | None:
+    """Why an address is suppressed (unsubscribed, bounced, complained...), or None."""
+    found = session.get(Suppression, address_hash(email))
+    return found.reason if found is not None else None
+
+
 def suppressed_hashes(session: Session, emails: Iterable[str]) -> set[str]:
     hashes = [address_hash(e) for e in emails]
     found: set[str] = set()
