@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from dataclasses import dataclass, field, replace
 from datetime import time
@@ -180,11 +181,52 @@ def _secret_key(env: dict[str, str], data_dir: Path, create: bool = True) -> str
         return path.read_text().strip()
     if not create:
         raise ConfigError(f"DIGEST_SECRET_KEY is not set and {path} does not exist")
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_folder(data_dir)
     key = secrets.token_urlsafe(32)
-    path.write_text(key)
-    path.chmod(0o600)
+    try:
+        # 0600 from the first byte, and never over a key another process just made.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key)
     return key
+
+
+def private_folder(folder: Path) -> None:
+    """Create a folder only its owner can enter (it holds keys, addresses, tokens)."""
+    if not folder.exists():
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        folder.chmod(0o700)  # mkdir's mode is cut by the umask
+
+
+# Everything that starts a new line somewhere: a header setting holding one would let
+# whoever sets it (or a mistake in .env) write headers of their own into every email.
+_LINE_BREAKS = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
+_HEADER_SETTINGS = {
+    "DIGEST_FROM_ADDRESS": "from_address",
+    "DIGEST_FROM_NAME": "from_name",
+    "DIGEST_LIST_ID": "list_id",
+    "DIGEST_UNSUBSCRIBE_MAILTO": "unsubscribe_mailto",
+    "DIGEST_BASE_URL": "base_url",
+    "DIGEST_BOUNCE_ADDRESS": "bounce_address",
+    "DIGEST_REPLY_TO": "reply_to",
+    "DIGEST_FEEDBACK_ID_SENDER": "feedback_id_sender",
+    "DIGEST_DKIM_SELECTOR": "dkim_selector",
+    "DIGEST_DKIM_DOMAIN": "dkim_domain",
+}
+
+
+def check_header_settings(settings: Settings) -> Settings:
+    """ConfigError naming the first setting that reaches a header and holds a line break."""
+    for name, attr in _HEADER_SETTINGS.items():
+        value = getattr(settings, attr, "")
+        if isinstance(value, str) and _LINE_BREAKS.search(value):
+            raise ConfigError(
+                f"{name} must be one line without control characters: it goes into "
+                "the headers of every email"
+            )
+    return settings
 
 
 def postgres_url(host: str, port: int, name: str, user: str, password: str | None) -> str:
@@ -277,7 +319,7 @@ def load_settings(env: dict[str, str] | None = None, *, create_secret: bool = Tr
         templates_dir=data_dir,
         secret_key="",
     )
-    return Settings(
+    settings = Settings(
         data_dir=data_dir,
         database_url=database_url,
         database_wait_seconds=_int(
@@ -348,3 +390,4 @@ def load_settings(env: dict[str, str] | None = None, *, create_secret: bool = Tr
         ),
         trusted_proxies=_int(env, "DIGEST_TRUSTED_PROXIES", defaults.trusted_proxies),
     )
+    return check_header_settings(settings)

@@ -336,8 +336,12 @@ def _published(value: Any, now: datetime) -> datetime:
         raise InvalidInput(f"published_at {_printable(value, 60)!r} is not ISO 8601") from None
     if published.tzinfo is None:
         raise InvalidInput(f"published_at {value!r} needs a UTC offset")
+    try:
+        in_utc = published.astimezone(UTC)
+    except (OverflowError, ValueError):  # 0001-01-01T00:00+14:00 is before year 1 in UTC
+        raise InvalidInput(f"published_at {value!r} is out of range") from None
     # As with feeds: a future date would pin the article to the top.
-    return min(published.astimezone(UTC), now)
+    return min(in_utc, now)
 
 
 def import_articles(session: Session, path: Path, now: datetime) -> tuple[int, list[str]]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import os
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,7 +28,18 @@ EDITION_CHOICES = {
     "morning,evening": (True, True),
 }
 EXPORT_FIELDS = ("email", "name", "timezone", "editions", "sections", "status", "created_at")
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# What spreadsheets read as the start of a formula (or a DDE call), ASCII and full-width.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", ";", "|", "＝", "＋", "－", "＠")
+# Letters that render as nothing (Hangul fillers, combining grapheme joiner, ...), besides
+# the format, control and space characters found by their Unicode category.
+_BLANK_LETTERS = "\u034f\u115f\u1160\u17b4\u17b5\u3164\uffa0"
+
+
+def _first_visible(text: str) -> str:
+    for ch in text:
+        if ch not in _BLANK_LETTERS and unicodedata.category(ch)[0] not in "CZ":
+            return ch
+    return ""
 
 
 def parse_editions(raw: str | None) -> tuple[bool, bool]:
@@ -76,11 +89,23 @@ class ImportReport:
     errors: list[tuple[int, str]] = field(default_factory=list)
 
 
-def read_rows(handle: TextIO) -> Iterator[tuple[int, dict[str, str]]]:
+def read_rows(handle: TextIO) -> Iterator[tuple[int, dict[str, str] | str]]:
+    """Each row by line number, or the reason a row could not be read (the rest go on)."""
     reader = csv.DictReader(handle)
-    if not reader.fieldnames or "email" not in [f.strip().lower() for f in reader.fieldnames]:
+    try:
+        fieldnames = reader.fieldnames
+    except csv.Error as exc:
+        raise InvalidInput(f"the CSV header row cannot be read: {exc}") from None
+    if not fieldnames or "email" not in [f.strip().lower() for f in fieldnames]:
         raise InvalidInput("the CSV needs a header row with an 'email' column")
-    for row in reader:
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # a field over the csv module's size limit, a stray NUL
+            yield reader.line_num, f"this row cannot be read: {exc}"
+            continue
         yield reader.line_num, {(k or "").strip().lower(): (v or "") for k, v in row.items()}
 
 
@@ -114,6 +139,9 @@ def import_csv(
         batch.clear()
 
     for line, row in read_rows(handle):
+        if isinstance(row, str):
+            report.errors.append((line, row))
+            continue
         try:
             fields = subscriber_fields(
                 row.get("email", ""),
@@ -153,9 +181,12 @@ def import_file(session: Session, path: Path, now: datetime, *, confirmed: bool)
 
 
 def safe_cell(value: object) -> str:
-    """A CSV cell a spreadsheet will not run as a formula."""
+    """A CSV cell a spreadsheet will not run as a formula, even when the formula
+    character is full-width or hidden behind invisible characters."""
     text = "" if value is None else str(value)
-    return "'" + text if text.startswith(_FORMULA_START) else text
+    if text.startswith(_FORMULA_START) or _first_visible(text) in _FORMULA_START:
+        return "'" + text
+    return text
 
 
 def editions_label(s: Subscriber) -> str:
@@ -188,3 +219,14 @@ def export_csv(session: Session, handle: TextIO) -> int:
         writer.writerow([safe_cell(v) for v in values])
         n += 1
     return n
+
+
+def export_private(session: Session, path: Path) -> int:
+    """Export to a file only its owner can read (it holds every reader's address)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.chmod(path, 0o600)  # an existing file keeps its old mode otherwise
+    except OSError as exc:
+        raise InvalidInput(f"cannot write {path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
+        return export_csv(session, handle)

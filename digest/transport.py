@@ -15,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
-from digest.config import Settings, SMTPConfig
+from digest.config import Settings, SMTPConfig, private_folder
 from digest.errors import ConfigError, PermanentSendError, TransientSendError
 
 # A mailbox that does not exist: enhanced status 5.1.1 (bad mailbox), 5.1.2 (bad
@@ -310,7 +310,7 @@ class OutboxTransport:
 
     def __enter__(self) -> OutboxTransport:
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            private_folder(self.folder)
         except OSError as exc:
             raise ConfigError(
                 f"outbox folder {self.folder} cannot be created (DIGEST_OUTBOX_DIR): "
@@ -329,7 +329,10 @@ class OutboxTransport:
         path = self.path_for(message_id)
         tmp = path.with_suffix(".tmp")
         try:
-            tmp.write_bytes(message)
+            # Only the owner may read it: a message holds an address and a reader's links.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(message)
             os.replace(tmp, path)
         except OSError as exc:
             # A partial file on a full disk keeps it full: never leave one behind.

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from flask import Blueprint, Flask, Response, current_app, g, render_template, request, url_for
 from flask_limiter import Limiter
@@ -54,7 +54,9 @@ EDITION_CSP = (
     "form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
 )
 MAX_ID = 2**31 - 1  # ids are INTEGER columns (32-bit on PostgreSQL)
-_TOKEN_PATH = re.compile(r"(/(?:unsubscribe|confirm|preferences|editions/\d+)/)[^/?#\s]+")
+_TOKEN_PATH = re.compile(
+    r"(/(?:unsubscribe|confirm|preferences|editions/[^/?#\s]+)/)[^/?#\s]+", re.IGNORECASE
+)
 
 bp = Blueprint("digest", __name__)
 
@@ -76,8 +78,18 @@ def _utcnow() -> datetime:
 
 
 def redact_path(text: str) -> str:
-    """A path or request line with its token cut out, fit for a log."""
-    return _TOKEN_PATH.sub(r"\1<token>", text)
+    """A path or request line with its token cut out, fit for a log.
+
+    The path is read percent-decoded first, as the app routes it: `/%70references/...`
+    reaches the preferences page, so its token must not reach the log either.
+    """
+    decoded = text
+    for _ in range(3):  # %2570 decodes to %70, then to p
+        once = unquote(decoded)
+        if once == decoded:
+            break
+        decoded = once
+    return _TOKEN_PATH.sub(r"\1<token>", decoded)
 
 
 class DigestFlask(Flask):

@@ -519,6 +519,11 @@ def test_logs_never_show_tokens() -> None:
     assert redact_path("/editions/12/1.x.AbC?x=1") == "/editions/12/<token>?x=1"
     assert redact_path("/preferences/a.b.c") == "/preferences/<token>"
     assert redact_path("/healthz") == "/healthz"
+    # Percent-encoded paths route to the same pages: their tokens are cut out too.
+    for path in ("/%70references/1.x.AbC", "/%2570references/1.x.AbC", "/PREFERENCES/1.x.AbC"):
+        assert "AbC" not in redact_path(path), path
+    assert "AbC" not in redact_path("GET /unsub%73cribe/1.x.AbC HTTP/1.1")
+    assert "AbC" not in redact_path("/editions/%31%32/1.x.AbC")
 
 
 # --- ten thousand forgeries ----------------------------------------------------------------
@@ -703,7 +708,13 @@ def test_gunicorn_runs_the_app_factory(spawn, sqlite_url, tmp_path) -> None:
     assert status == 200 and headers["Set-Cookie"] is None
     assert status_of(sessions, reader.id) == "unsubscribed"
     wait_for(lambda: "POST /unsubscribe/<token>" in child.output(), 10, "the access log line")
-    assert path.rsplit("/", 1)[1] not in child.output()  # the token never reaches the log
+    # The same page by a percent-encoded path: it answers, and its token is not logged.
+    prefs = token(settings, "preferences", reader.id)
+    with urlopen(f"{base}/%70references/{prefs}", timeout=5) as r:
+        assert r.status == 200
+    wait_for(lambda: "/preferences/<token>" in child.output(), 10, "the encoded path's log line")
+    for secret in (path.rsplit("/", 1)[1], prefs):
+        assert secret not in child.output()  # the token never reaches the log
     child.signal(signal.SIGQUIT)  # gunicorn's quick shutdown; SIGTERM waits on idle workers
     child.proc.wait(timeout=10)
     engine.dispose()

@@ -9,7 +9,7 @@ import click
 
 from digest import store
 from digest.cli import App, cli, pass_app
-from digest.subscribers import export_csv, import_file, subscriber_fields
+from digest.subscribers import export_csv, export_private, import_file, subscriber_fields
 
 
 @cli.group()
@@ -77,8 +77,7 @@ def subscribers_export(app: App, file: Path) -> None:
         if str(file) == "-":
             n = export_csv(session, sys.stdout)
         else:
-            with file.open("w", newline="", encoding="utf-8") as handle:
-                n = export_csv(session, handle)
+            n = export_private(session, file)
     click.echo(f"{n} subscribers exported", err=True)
 
 
