@@ -71,7 +71,7 @@ REFUSALS = ("password authentication failed", "does not exist", "no pg_hba.conf 
 
 def safe_url(url: str) -> str:
     """The URL with its password masked, for messages."""
-    return make_url(normalise_url(url)).render_as_string(hide_password=True)
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def wait_for_database(

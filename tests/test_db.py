@@ -73,7 +73,7 @@ def test_digest_init_gives_up_with_one_line_and_no_traceback(tmp_path: Path) -> 
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 2, result.stderr
     assert lines[0].startswith("waiting up to 1 s for the database: ")
-    assert lines[1].startswith("Error: database postgresql+psycopg://digest:***@127.0.0.1:")
+    assert lines[1].startswith("Error: database postgresql://digest:***@127.0.0.1:")
     assert "did not answer within 1 s" in lines[1] and "p@ss" not in result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
 
