@@ -37,6 +37,7 @@ from digest.config import Settings, load_settings
 from digest.db import make_engine, make_sessionmaker
 from digest.errors import InvalidInput, InvalidToken, NotFound, SendError
 from digest.signup_limits import SendPacer, SignupGuard, parse_limits, storage_uri
+from digest.store.base import MAX_ID
 from digest.tokens import make_token, read_token, unseal
 from digest.transport import make_transport
 
@@ -53,7 +54,6 @@ EDITION_CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; img-src https: http: data:; "
     "form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
 )
-MAX_ID = 2**31 - 1  # ids are INTEGER columns (32-bit on PostgreSQL)
 _TOKEN_PATH = re.compile(
     r"(/(?:unsubscribe|confirm|preferences|editions/[^/?#\s]+)/)[^/?#\s]+", re.IGNORECASE
 )

@@ -161,3 +161,13 @@ def test_a_date_out_of_range_is_one_bad_record() -> None:
     articles, errors = parse_article_records(json.loads(json.dumps(records)), NOW)
     assert [a["title"] for a in articles] == ["Fine"]
     assert errors == ["record 1: published_at '0001-01-01T00:00:00+14:00' is out of range"]
+
+
+def test_an_id_beyond_the_database_range_is_not_found(session) -> None:
+    """On PostgreSQL a 2**40 id used to raise 'integer out of range' (a 500 or a traceback)."""
+    from digest import store
+    from digest.errors import NotFound
+
+    for bad in (2**31, 2**40, 10**30, 0, -1):
+        with pytest.raises(NotFound):
+            store.get_edition(session, bad)

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from digest.errors import NotFound
 
 T = TypeVar("T")
+MAX_ID = 2**31 - 1
 
 
 def insert_for_session(session: Session, model: Any) -> Any:
@@ -29,7 +30,8 @@ def rowcount(result: Any) -> int:
 
 def get_or_raise(session: Session, model: type[T], row_id: int, what: str) -> T:
     """The row with this primary key, or NotFound naming what was looked for."""
-    row = session.get(model, row_id)
+    # Ids are INTEGER columns (32-bit on PostgreSQL): a larger one is no row, not an error.
+    row = session.get(model, row_id) if 0 < row_id <= MAX_ID else None
     if row is None:
         raise NotFound(f"no {what} with id {row_id}")
     return row
