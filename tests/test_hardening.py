@@ -45,7 +45,7 @@ def test_secret_key_is_private_from_its_first_byte(tmp_path: Path) -> None:
     assert load_settings({"DIGEST_DATA_DIR": str(data)}).secret_key == first
 
 
-def test_outbox_messages_and_exports_are_owner_only(tmp_path: Path, session, settings) -> None:
+def test_outbox_messages_and_exports_are_owner_only(tmp_path: Path, sqlite_url: str) -> None:
     old = os.umask(0)
     try:
         with OutboxTransport(tmp_path / "outbox") as outbox:
@@ -55,7 +55,7 @@ def test_outbox_messages_and_exports_are_owner_only(tmp_path: Path, session, set
         export.chmod(0o644)
         env = {
             "DIGEST_DATA_DIR": str(tmp_path / "data"),
-            "DIGEST_DATABASE_URL": settings.database_url,
+            "DIGEST_DATABASE_URL": sqlite_url,
             "DIGEST_SECRET_KEY": "k",
         }
         result = CliRunner(env=env).invoke(cli, ["subscribers", "export", str(export)])
@@ -67,10 +67,10 @@ def test_outbox_messages_and_exports_are_owner_only(tmp_path: Path, session, set
     assert mode(export) == 0o600
 
 
-def test_export_to_a_missing_folder_is_one_clear_line(tmp_path: Path, settings) -> None:
+def test_export_to_a_missing_folder_is_one_clear_line(tmp_path: Path, sqlite_url: str) -> None:
     env = {
         "DIGEST_DATA_DIR": str(tmp_path / "data"),
-        "DIGEST_DATABASE_URL": settings.database_url,
+        "DIGEST_DATABASE_URL": sqlite_url,
         "DIGEST_SECRET_KEY": "k",
     }
     target = tmp_path / "no" / "such" / "x.csv"
