@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, date, datetime
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import pytest
@@ -162,37 +163,47 @@ def test_random_marker_alphabet_text_never_yields_a_readers_value(
 # --- end to end: on the wire (both parts) and on the web version ---------------------------
 
 
+WHEN = datetime(2026, 11, 29, 18, 0, tzinfo=UTC)
+AT = datetime(2026, 11, 29, 19, 1, tzinfo=UTC)  # just after Sydney's morning cut
+MORNING = Cohort("morning", date(2026, 11, 30), "Australia/Sydney")
+
+
+def store_article(session: Any, **fields: Any) -> None:
+    row = {
+        "guid": "g",
+        "url": "https://news.example.com/a",
+        "title": "A",
+        "summary_html": "<p>a</p>",
+        "section": "news",
+        "priority": 0,
+        "published_at": WHEN,
+        "seen_at": WHEN,
+        "image_url": None,
+        "feed_id": None,
+    }
+    store.insert_articles(session, [{**row, **fields}])
+
+
 def test_hostile_feed_item_gets_no_readers_link_on_the_wire_or_the_web(
     smtp_server, settings, session, make_app
 ) -> None:
     sink, url = smtp_server
     smtp = settings.with_(smtp=parse_smtp_url(url))
-    when = datetime(2026, 11, 29, 18, 0, tzinfo=UTC)
-    store.insert_articles(
+    store_article(
         session,
-        [
-            {
-                "guid": "evil",
-                "url": f"https://evil.example/pixel.gif?p={NESTED}",
-                "title": f"Breaking {NESTED}",
-                "summary_html": f'<p><a href="https://evil.example/?p={NESTED}">{NESTED}</a></p>',
-                "section": f"news{NESTED}",
-                "priority": 0,
-                "published_at": when,
-                "seen_at": when,
-                "image_url": f"https://evil.example/pixel.gif?p={NESTED}",
-                "feed_id": None,
-            }
-        ],
+        guid="evil",
+        url=f"https://evil.example/pixel.gif?p={NESTED}",
+        title=f"Breaking {NESTED}",
+        summary_html=f'<p><a href="https://evil.example/?p={NESTED}">{NESTED}</a></p>',
+        section=f"news{NESTED}",
+        image_url=f"https://evil.example/pixel.gif?p={NESTED}",
     )
     reader = store.add_subscriber(
         session, "ana@example.com", NOW, status="active", timezone="Australia/Sydney"
     )
     session.commit()
-    cohort = Cohort("morning", date(2026, 11, 30), "Australia/Sydney")
-    at = datetime(2026, 11, 29, 19, 1, tzinfo=UTC)
-    plan = pipeline.plan_edition(session, smtp, cohort, at)
-    report = sending.run_edition(session, smtp, SMTPTransport(smtp.smtp), plan.edition_id, at)
+    plan = pipeline.plan_edition(session, smtp, MORNING, AT)
+    report = sending.run_edition(session, smtp, SMTPTransport(smtp.smtp), plan.edition_id, AT)
     assert report.sent == 1
     raw = sink.messages[0][2].replace(b"=\r\n", b"")  # the wire bytes, QP soft breaks joined
     msg = sink.to("ana@example.com")[0]
@@ -205,37 +216,17 @@ def test_hostile_feed_item_gets_no_readers_link_on_the_wire_or_the_web(
         assert f"p={links['preferences_url']}" not in body
         assert "evil.example/pixel.gif?p=https" not in body
     assert raw.count(prefs_token.encode()) == 2  # once in each part's footer
-    app = make_app(smtp, clock=lambda: at)
+    app = make_app(smtp, clock=lambda: AT)
     page = app.test_client().get(urlsplit(links["view_url"]).path).get_data(as_text=True)
     assert "Breaking" in page and prefs_token not in page
     assert "evil.example/pixel.gif?p=https" not in page
 
 
 def test_variants_keep_their_nonce_and_it_is_never_sent(settings, session) -> None:
-    when = datetime(2026, 11, 29, 18, 0, tzinfo=UTC)
-    store.insert_articles(
-        session,
-        [
-            {
-                "guid": "g",
-                "url": "https://news.example.com/a",
-                "title": "A",
-                "summary_html": "<p>a</p>",
-                "section": "news",
-                "priority": 0,
-                "published_at": when,
-                "seen_at": when,
-                "image_url": None,
-                "feed_id": None,
-            }
-        ],
-    )
+    store_article(session)
     store.add_subscriber(session, "a@example.com", NOW, status="active")
     session.commit()
-    cohort = Cohort("morning", date(2026, 11, 30), "Australia/Sydney")
-    plan = pipeline.plan_edition(
-        session, settings, cohort, datetime(2026, 11, 29, 19, 1, tzinfo=UTC)
-    )
+    plan = pipeline.plan_edition(session, settings, MORNING, AT)
     (variant,) = store.variants(session, plan.edition_id)
     assert len(variant.slot_nonce) == 32 and variant.slot_nonce in variant.html
     env = sending.personalise(
