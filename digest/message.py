@@ -94,10 +94,30 @@ def _addr(name: str, address: str, header: str = "To") -> str:
 
 
 def _encoded(text: str, header: str = "Subject") -> str:
+    """Unstructured text for a header: ASCII words stay as they are (readable in the raw
+    message and to filters), each run of other words becomes RFC 2047 encoded-words;
+    folded at spaces so that lines stay within 78 characters."""
     folded = fold_header_text(text, limit=300)
-    if folded.isascii():
+    if folded.isascii() and len(header) + 2 + len(folded) <= 78:
         return folded
-    return Header(folded, "utf-8", header_name=header).encode(maxlinelen=76, linesep="\r\n")
+    tokens: list[str] = []
+    run: list[str] = []
+    for word in [*folded.split(" "), ""]:
+        if word and not word.isascii():
+            run.append(word)
+            continue
+        if run:
+            encoded = Header(" ".join(run), "utf-8", header_name=header).encode(maxlinelen=76)
+            tokens += encoded.split()  # one token per encoded-word
+            run = []
+        if word:
+            tokens.append(word)
+    lines = [f"{header}:"]
+    for token in tokens:
+        if len(lines[-1]) + 1 + len(token) > 78 and lines[-1] != f"{header}:":
+            lines.append("")
+        lines[-1] += " " + token
+    return "\r\n".join(lines)[len(header) + 2 :]
 
 
 def ascii_phrase(text: str) -> str:
@@ -226,7 +246,7 @@ class MessageTemplate:
             "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
             f"Feedback-ID: {feedback_id(campaign, edition, list_id, sender.feedback_sender)}",
             "MIME-Version: 1.0",
-            f'Content-Type: multipart/alternative; boundary="{self.boundary}"',
+            f'Content-Type: multipart/alternative;\r\n boundary="{self.boundary}"',
         ]
         self.sender = sender
         self.head = ("\r\n".join(fixed) + "\r\n\r\n").encode("ascii")

@@ -7,7 +7,7 @@ import logging
 import re
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -16,6 +16,14 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from premailer import Premailer
 
 from digest.addresses import fold_header_text
+from digest.budget import (
+    MESSAGE_BUDGET,
+    SUMMARY_LIMITS,
+    cut_on_word,
+    fit_summaries,
+    message_size,
+    subject_line,
+)
 
 SLOT_NAMES = ("name_suffix", "unsubscribe_url", "preferences_url", "view_url")
 _NONCE = re.compile(r"[0-9a-f]{32,64}")
@@ -140,21 +148,31 @@ def edition_title(slot: str) -> str:
 
 
 def subject_for(view: EditionView) -> str:
+    """The edition's name and date, then the lead title cut on a word (~78 characters)."""
     day = view.local_day.strftime("%A %-d %B")
     lead = view.articles[0].title if view.articles else ""
-    subject = f"{edition_title(view.slot)}, {day}: {lead}" if lead else edition_title(view.slot)
-    return fold_header_text(subject, limit=150)
+    return subject_line(f"{edition_title(view.slot)}, {day}", lead)
 
 
 def render_edition(view: EditionView, templates_dir: Path) -> Rendered:
-    """Render one variant and inline its CSS (the only premailer call per variant)."""
+    """Render one variant and inline its CSS (premailer once per variant, again only
+    when its summaries have to be shortened to keep the message under Gmail's clip)."""
+    for limit in SUMMARY_LIMITS:
+        fitted = replace(view, articles=fit_summaries(view.articles, limit))
+        rendered = _render(fitted, templates_dir)
+        if message_size(rendered.html, rendered.text) <= MESSAGE_BUDGET:
+            break
+    return rendered
+
+
+def _render(view: EditionView, templates_dir: Path) -> Rendered:
     marks = SlotMarks.fresh()
     html_env, text_env = environment(templates_dir)
     context = {
         "subject": subject_for(view),
         "title": edition_title(view.slot),
         "dateline": view.local_day.strftime("%A %-d %B %Y"),
-        "preheader": " · ".join(a.title for a in view.articles[:3]),
+        "preheader": cut_on_word(" · ".join(a.title for a in view.articles[:3]), 140),
         "greeting": "Good morning" if view.slot == "morning" else "Good evening",
         "groups": group_by_section(view.articles),
         "sender_name": view.sender_name,

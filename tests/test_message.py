@@ -407,3 +407,23 @@ def test_edition_sign_up_and_test_copy_on_the_wire(session, settings, smtp_serve
         parsed = message_from_bytes(raw, policy=policy.default)
         assert [p.get_content_type() for p in parsed.iter_parts()] == ["text/plain", "text/html"]
     assert kinds == [b"edition", b"signup", b"test"]
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "The Morning Edition, Monday 30 November: Harbour ferries halted as a…",
+        "Matin: café ☕ et croissants, et encore du café ☕ pour la route, s'il vous plaît",
+    ],
+)
+def test_only_words_that_need_it_are_encoded(subject: str) -> None:
+    env = Envelope("a@example.com", "", "<m@example.com>", "https://x/u", "t", "t", "h")
+    raw = build_message(SENDER, subject, DATE, env)
+    fields = check_wire(raw)
+    for word in subject.split():
+        if word.isascii():
+            assert word.encode() in fields["subject"].split()  # readable as it stands
+    parsed = message_from_bytes(raw, policy=policy.default)
+    assert str(parsed["Subject"]) == subject
+    head = raw.split(b"\r\n\r\n")[0].split(b"\r\n")
+    assert max(len(line) for line in head if not line.startswith(b"DKIM")) <= 78
