@@ -1,0 +1,80 @@
+"""The web app: readers' pages (readers.py) and the operator console (console.py), on
+what base.py shares. `create_app()` is the factory gunicorn runs:
+
+    gunicorn --config python:digest.gunicorn_conf 'digest.web:create_app()'
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+from jinja2 import StrictUndefined
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from digest.config import Settings, load_settings
+from digest.db import make_engine, make_sessionmaker
+from digest.signup_limits import SignupGuard, parse_limits, storage_uri
+from digest.web import readers
+from digest.web.base import (
+    EDITION_CSP,
+    PAGE_CSP,
+    Clock,
+    DigestFlask,
+    RedactingRequestHandler,
+    Runtime,
+    common,
+    redact_path,
+    utcnow,
+)
+
+__all__ = [
+    "EDITION_CSP",
+    "PAGE_CSP",
+    "RedactingRequestHandler",
+    "create_app",
+    "redact_path",
+    "run_dev_server",
+]
+
+
+def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> Flask:
+    """The web app; settings come from DIGEST_* variables when not given (gunicorn:
+    `digest.web:create_app()`)."""
+    settings = settings or load_settings()
+    app = DigestFlask(__name__, template_folder=str(settings.templates_dir), static_folder=None)
+    app.config.update(MAX_CONTENT_LENGTH=64 * 1024)
+    app.jinja_env.undefined = StrictUndefined
+    app.jinja_env.globals.update(
+        sender_name=settings.from_name, postal_address=settings.postal_address
+    )
+    engine = make_engine(settings.database_url)
+    sessions = make_sessionmaker(engine)
+    guard = SignupGuard(settings)
+    app.extensions["digest"] = Runtime(settings, engine, sessions, clock or utcnow, guard)
+    app.register_blueprint(common)
+    app.register_blueprint(readers.bp)
+    if settings.trusted_proxies:
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
+    limiter = Limiter(
+        get_remote_address,
+        app=app,
+        storage_uri=storage_uri(settings),
+        strategy="moving-window",
+        key_prefix="digest-web",
+    )
+    parse_limits("DIGEST_SIGNUP_CLIENT_LIMIT", settings.signup_client_limit)  # fail early
+    view = "digest.subscribe"
+    limit = limiter.limit(settings.signup_client_limit, methods=["POST"])
+    app.view_functions[view] = limit(app.view_functions[view])  # type: ignore[assignment]
+    return app
+
+
+def run_dev_server(
+    settings: Settings, host: str, port: int, *, debug: bool = False, clock: Clock | None = None
+) -> None:
+    """Flask's development server (not for production: use gunicorn)."""
+    app = create_app(settings, clock=clock)
+    handler = RedactingRequestHandler
+    app.run(host=host, port=port, debug=debug, load_dotenv=False, request_handler=handler)

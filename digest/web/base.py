@@ -1,0 +1,182 @@
+"""What every page of the web app shares: the runtime, one database session per
+request, security headers, error pages and log redaction.
+
+Readers' pages (digest/web/readers.py) and the operator console (digest/web/console.py)
+both build on this; nothing here knows either of them.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+from urllib.parse import unquote
+
+from flask import Blueprint, Flask, Response, current_app, g, render_template, request
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+from werkzeug.exceptions import HTTPException
+from werkzeug.serving import WSGIRequestHandler
+
+from digest.config import Settings
+from digest.errors import InvalidToken, NotFound
+from digest.signup_limits import SendPacer, SignupGuard
+
+Clock = Callable[[], datetime]
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
+
+PAGE_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; script-src 'nonce-{nonce}'; "
+    "connect-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'"
+)
+# The web version shows feed images from anywhere but runs nothing and posts nowhere.
+EDITION_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src https: http: data:; "
+    "form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
+)
+_TOKEN_PATH = re.compile(
+    r"(/(?:unsubscribe|confirm|preferences|editions/[^/?#\s]+)/)[^/?#\s]+", re.IGNORECASE
+)
+
+common = Blueprint("common", __name__)
+
+
+@dataclass
+class Runtime:
+    """What the views share: one engine and sessionmaker per app, and the clock."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    clock: Clock
+    guard: SignupGuard
+    pacer: SendPacer = field(default_factory=SendPacer)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def redact_path(text: str) -> str:
+    """A path or request line with its token cut out, fit for a log.
+
+    The path is read percent-decoded first, as the app routes it: `/%70references/...`
+    reaches the preferences page, so its token must not reach the log either.
+    """
+    decoded = text
+    for _ in range(3):  # %2570 decodes to %70, then to p
+        once = unquote(decoded)
+        if once == decoded:
+            break
+        decoded = once
+    return _TOKEN_PATH.sub(r"\1<token>", decoded)
+
+
+class DigestFlask(Flask):
+    """Flask whose error log never shows a reader's token."""
+
+    def log_exception(
+        self,
+        exc_info: ExcInfo,
+    ) -> None:
+        self.logger.error(
+            "Exception on %s [%s]", redact_path(request.path), request.method, exc_info=exc_info
+        )
+
+
+class RedactingRequestHandler(WSGIRequestHandler):
+    """The dev server's access log, without tokens."""
+
+    def log(self, type: str, message: str, *args: Any) -> None:
+        clean = [redact_path(a) if isinstance(a, str) else a for a in args]
+        super().log(type, redact_path(message), *clean)
+
+
+def runtime() -> Runtime:
+    runtime: Runtime = current_app.extensions["digest"]
+    return runtime
+
+
+def db() -> Session:
+    """This request's session, opened on first use (a forged token never opens one)."""
+    if "db" not in g:
+        g.db = runtime().sessions()
+    session: Session = g.db
+    return session
+
+
+@common.teardown_app_request
+def _close_session(_exc: BaseException | None) -> None:
+    session = g.pop("db", None)
+    if session is not None:
+        session.close()
+
+
+@common.before_app_request
+def _nonce() -> None:
+    g.nonce = secrets.token_urlsafe(16)
+
+
+@common.app_context_processor
+def _template_globals() -> dict[str, Any]:
+    return {"csp_nonce": g.get("nonce", "")}
+
+
+@common.after_app_request
+def _security_headers(response: Response) -> Response:
+    headers = response.headers
+    headers.setdefault("Content-Security-Policy", PAGE_CSP.format(nonce=g.get("nonce", "")))
+    # Tokens live in URLs: never hand them to another site in a Referer.
+    headers["Referrer-Policy"] = "same-origin"
+    headers["X-Content-Type-Options"] = "nosniff"
+    headers["X-Frame-Options"] = "DENY"
+    headers["Cache-Control"] = "no-store"
+    return response
+
+
+def message_page(
+    title: str,
+    message: str,
+    status: int,
+    *,
+    link: tuple[str, str] | None = None,
+) -> tuple[str, int]:
+    """A short page that says one thing (errors, confirmations)."""
+    return render_template("web/message.html", title=title, message=message, link=link), status
+
+
+@common.app_errorhandler(InvalidToken)
+def _invalid_token(exc: InvalidToken) -> tuple[str, int]:
+    message = str(exc)
+    return message_page(
+        "This link does not work",
+        message[:1].upper() + message[1:] + ". Nothing has been changed.",
+        400,
+        link=("/subscribe", "Go to the sign-up page"),
+    )
+
+
+@common.app_errorhandler(NotFound)
+def _not_found(exc: NotFound) -> tuple[str, int]:
+    return message_page(
+        "Not found",
+        "We could not find that subscription or edition. Nothing has been changed.",
+        404,
+    )
+
+
+@common.app_errorhandler(429)
+def _too_many(exc: HTTPException) -> tuple[str, int]:
+    return message_page("Please try again later", "Too many attempts came from your network.", 429)
+
+
+@common.app_errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> Any:
+    if exc.code is None or exc.code < 400:
+        return exc
+    return message_page(exc.name, exc.description or exc.name, exc.code)

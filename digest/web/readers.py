@@ -1,0 +1,296 @@
+"""The readers' pages: subscribe, confirm, unsubscribe, preferences, the web version.
+
+Views are thin: they read the request, call digest.accounts, commit, and render a page
+from templates/web/. The token in a link is the only credential: no page needs or sets
+a cookie, so a mail provider's one-click POST (RFC 8058) works like the page's button.
+
+Sign-ups are limited (digest/signup_limits.py): per client, per mailbox and by a global
+hourly budget of confirmation emails, with counters shared through Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from typing import Any
+
+from flask import Blueprint, Response, render_template, request, url_for
+from sqlalchemy.exc import SQLAlchemyError
+
+from digest import accounts, store
+from digest.errors import InvalidInput, NotFound, SendError
+from digest.store.base import MAX_ID
+from digest.tokens import make_token, read_token, unseal
+from digest.transport import make_transport
+from digest.web.base import EDITION_CSP, db, message_page, runtime
+from digest.web.forms import cross_site, read_form, same_origin
+
+log = logging.getLogger(__name__)
+bp = Blueprint("digest", __name__)
+
+
+def _send_times() -> dict[str, str]:
+    return {slot: t.strftime("%H:%M") for slot, t in runtime().settings.send_times.items()}
+
+
+# --- sign up and confirm -----------------------------------------------------------------
+
+
+@bp.get("/")
+def index() -> Any:
+    return subscribe_form()
+
+
+@bp.get("/subscribe")
+def subscribe_form() -> Any:
+    return _subscribe_page(accounts.Form(), {}, 200)
+
+
+def _subscribe_page(form: accounts.Form, errors: dict[str, str], status: int) -> tuple[str, int]:
+    rt = runtime()
+    now = rt.clock()
+    page = render_template(
+        "web/subscribe.html",
+        form=form,
+        errors=errors,
+        sections=accounts.offered_sections(db(), now),
+        timezones=accounts.timezone_choices(form.timezone),
+        timezone=form.timezone or rt.settings.default_timezone,
+        auto_timezone=not form.timezone,
+        send_times=_send_times(),
+        form_token=accounts.form_token(rt.settings.secret_key, now),
+    )
+    return page, status
+
+
+@bp.post("/subscribe")
+def subscribe() -> Any:
+    if not same_origin():
+        return cross_site()
+    rt = runtime()
+    now = rt.clock()
+    session = db()
+    form = read_form(with_email=True)
+    errors: dict[str, str] = {}
+    form_token = request.form.get("form_token", "")
+    try:
+        accounts.check_form_token(rt.settings.secret_key, form_token, now)
+        if not rt.guard.claim_form_token(form_token):
+            raise InvalidInput("This form was sent already. Please check it and send it again.")
+    except InvalidInput as exc:
+        errors["form"] = str(exc)
+    fields, field_errors = accounts.validate(form, accounts.offered_sections(session, now))
+    errors.update(field_errors)
+    if errors:
+        return _subscribe_page(form, errors, 422)
+    if not rt.guard.budget_left():
+        return _try_later()
+    started = time.monotonic()
+    notice = accounts.request_subscription(session, rt.settings, fields, now)
+    if notice.kind != "none" and not rt.guard.take_mail(notice.email):
+        notice = replace(notice, kind="none")  # this mailbox had its share today
+    session.commit()
+    if notice.kind == "none":
+        rt.pacer.pad(started)  # answer no faster than a real send would
+        return _check_inbox(fields["email"])
+    try:
+        accounts.send_notice(rt.settings, make_transport(rt.settings), notice, now)
+    except SendError as exc:
+        log.warning("sign-up email not sent (%s): %s", notice.kind, type(exc).__name__)
+        accounts.forget_notice(session, notice)  # so that trying again sends one
+        session.commit()
+        return message_page(
+            "Please try again shortly",
+            "We could not send you the confirmation email just now. "
+            "Please try again in a few minutes.",
+            503,
+            link=(url_for("digest.subscribe_form"), "Back to the sign-up page"),
+        )
+    rt.pacer.record(time.monotonic() - started)
+    return _check_inbox(fields["email"])
+
+
+def _check_inbox(email: str) -> str:
+    return render_template(
+        "web/check_inbox.html", email=email, ttl_hours=runtime().settings.confirm_ttl_hours
+    )
+
+
+def _try_later() -> tuple[str, int]:
+    return message_page(
+        "Please try again later",
+        "We are getting more sign-ups than usual and cannot send more confirmation "
+        "emails just now. Please try again in an hour.",
+        429,
+        link=(url_for("digest.subscribe_form"), "Back to the sign-up page"),
+    )
+
+
+@bp.get("/confirm/<token>")
+def confirm_page(token: str) -> Any:
+    """A page with one button: mail scanners open confirmation links too, and must not
+    subscribe anyone (or lift a suppression) by doing so. Bad links say so here."""
+    rt = runtime()
+    subscriber_id, request_ = unseal(rt.settings.secret_key, "confirm", token, rt.clock())
+    subscriber = accounts.check_confirmable(db(), subscriber_id, request_)
+    asked = accounts.requested_fields(subscriber, request_)
+    return render_template(
+        "web/confirm.html",
+        address=accounts.mask_address(subscriber.email),
+        active=subscriber.status == "active",
+        editions=accounts.editions_label(asked),
+        sections=asked["sections"].replace(",", ", ") or "all sections",
+        timezone=asked["timezone"] or rt.settings.default_timezone,
+    )
+
+
+@bp.post("/confirm/<token>")
+def confirm(token: str) -> Any:
+    rt = runtime()
+    now = rt.clock()
+    subscriber_id, request_ = unseal(rt.settings.secret_key, "confirm", token, now)
+    if not same_origin():
+        return message_page("Nothing changed", "This form was sent from another site.", 403)
+    session = db()
+    subscriber = accounts.confirm(session, subscriber_id, request_, now)
+    session.commit()
+    first = accounts.first_edition(rt.settings, subscriber, now)
+    return render_template(
+        "web/confirmed.html",
+        first_slot=first[0] if first else "",
+        first_at=first[1].strftime("%A at %H:%M") if first else "",
+        timezone=subscriber.timezone or rt.settings.default_timezone,
+    )
+
+
+# --- unsubscribe ---------------------------------------------------------------------------
+
+
+@bp.get("/unsubscribe")
+@bp.get("/preferences")
+def links_in_email() -> Any:
+    """Where the web version of an edition sends readers: it has no personal links."""
+    return message_page(
+        "Use the link in your email",
+        "To unsubscribe or change your preferences, use the link at the bottom of any "
+        "edition we sent you: each one is made for its reader alone.",
+        200,
+    )
+
+
+@bp.get("/unsubscribe/<token>")
+def unsubscribe_page(token: str) -> Any:
+    """One button, nothing else: link scanners fetch this page, and must change nothing."""
+    rt = runtime()
+    subscriber_id = read_token(rt.settings.secret_key, "unsubscribe", token, rt.clock())
+    subscriber = store.get_subscriber(db(), subscriber_id)
+    return render_template(
+        "web/unsubscribe.html",
+        address=accounts.mask_address(subscriber.email),
+        left=subscriber.status in accounts.LEFT,
+    )
+
+
+def _one_click() -> bool:
+    if request.form.get("List-Unsubscribe") == "One-Click":
+        return True
+    # A provider that posts the RFC 8058 body without a form Content-Type.
+    return b"List-Unsubscribe=One-Click" in request.get_data(cache=True)[:1000]
+
+
+@bp.post("/unsubscribe/<token>")
+def unsubscribe(token: str) -> Any:
+    """RFC 8058 one-click, and the page's button: 200, no redirect, no cookie."""
+    rt = runtime()
+    now = rt.clock()
+    subscriber_id = read_token(rt.settings.secret_key, "unsubscribe", token, now)
+    if not _one_click():
+        return message_page(
+            "Nothing changed",
+            "To unsubscribe, use the button on the unsubscribe page.",
+            400,
+            link=(url_for("digest.unsubscribe_page", token=token), "Go to the unsubscribe page"),
+        )
+    session = db()
+    subscriber = accounts.unsubscribe(session, subscriber_id, now)
+    session.commit()
+    return render_template("web/unsubscribed.html", address=accounts.mask_address(subscriber.email))
+
+
+# --- preferences ---------------------------------------------------------------------------
+
+
+@bp.route("/preferences/<token>", methods=["GET", "POST"])
+def preferences(token: str) -> Any:
+    rt = runtime()
+    now = rt.clock()
+    subscriber_id = read_token(rt.settings.secret_key, "preferences", token, now)
+    session = db()
+    subscriber = store.get_subscriber(session, subscriber_id)
+    if subscriber.status in accounts.LEFT:
+        return message_page(
+            "You are unsubscribed",
+            f"{accounts.mask_address(subscriber.email)} gets no emails from "
+            f"{rt.settings.from_name}. To get the editions again, subscribe again.",
+            200 if request.method == "GET" else 409,
+            link=(url_for("digest.subscribe_form"), "Subscribe again"),
+        )
+    offered = accounts.offered_sections(session, now, subscriber.sections)
+    form, saved, status = accounts.form_of(subscriber), False, 200
+    errors: dict[str, str] = {}
+    if request.method == "POST":
+        if not same_origin():
+            return cross_site()
+        form = read_form(with_email=False)
+        form.email = subscriber.email
+        fields, errors = accounts.validate(form, offered, email=subscriber.email)
+        if errors:
+            status = 422
+        else:
+            accounts.update_preferences(session, subscriber_id, fields)
+            session.commit()
+            form, saved = accounts.form_of(subscriber), True
+    unsubscribe_token = make_token(rt.settings.secret_key, "unsubscribe", subscriber_id)
+    page = render_template(
+        "web/preferences.html",
+        address=accounts.mask_address(subscriber.email),
+        form=form,
+        errors=errors,
+        saved=saved,
+        pending=subscriber.status == "pending",
+        sections=offered,
+        timezones=accounts.timezone_choices(form.timezone),
+        timezone=form.timezone or rt.settings.default_timezone,
+        send_times=_send_times(),
+        unsubscribe_url=url_for("digest.unsubscribe_page", token=unsubscribe_token),
+    )
+    return page, status
+
+
+# --- web version and health ------------------------------------------------------------------
+
+
+@bp.get("/editions/<int:edition_id>/<token>")
+def edition(edition_id: int, token: str) -> Any:
+    rt = runtime()
+    now = rt.clock()
+    if edition_id > MAX_ID:  # beyond the id column's range: no such edition
+        raise NotFound("no such edition")
+    scope = str(edition_id)
+    subscriber_id = read_token(rt.settings.secret_key, "view", token, now, scope=scope)
+    html = accounts.edition_html(db(), rt.settings, edition_id, subscriber_id, now)
+    response = Response(html, mimetype="text/html")
+    response.headers["Content-Security-Policy"] = EDITION_CSP
+    return response
+
+
+@bp.get("/healthz")
+def healthz() -> Any:
+    """For the compose healthcheck: the app answers and the database does too."""
+    try:
+        store.ping(db())
+    except SQLAlchemyError as exc:
+        log.error("health check: database unreachable (%s)", type(exc).__name__)
+        return {"status": "error", "database": "unreachable"}, 503
+    return {"status": "ok", "database": "ok"}
