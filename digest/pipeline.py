@@ -271,14 +271,16 @@ def sweep(
 ) -> dict[int, list[int]]:
     """Find deliveries no worker is carrying and put them back in the queue.
 
-    Rows stuck in `sending` past their lease (a worker died), deferred rows whose retry
-    time has come, and queued rows older than a lease (their task was lost with Redis).
-    A caller that knows tasks are still waiting in the broker passes `queued_too=False`:
-    those queued rows are a backlog, not lost, and re-sending them would only pile up
-    duplicate tasks. Returns the delivery ids by edition, for the caller to send or enqueue.
+    Rows whose claim ended (their worker stopped renewing it), deferred rows whose retry
+    time has come, and queued rows older than a claim (their task was lost with Redis,
+    or a batch handed them back and its task gave up). A caller that knows tasks are
+    still waiting in the broker passes `queued_too=False`: those queued rows are a
+    backlog, not lost, and re-sending them would only pile up duplicate tasks (one more
+    task for rows a task already carries is harmless: claims let only one send them).
+    Returns the delivery ids by edition, for the caller to send or enqueue.
     """
-    lease = timedelta(seconds=settings.lease_seconds)
-    found = store.stale_deliveries(session, now, now - lease if queued_too else None)
+    orphan = now - timedelta(seconds=settings.claim_seconds)
+    found = store.stale_deliveries(session, now, orphan if queued_too else None)
     store.requeue(session, [d for _, d in found], now)
     session.commit()
     by_edition: dict[int, list[int]] = {}

@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session
 
 from digest import store
 from digest.config import Settings
-from digest.errors import HeaderInjection, PermanentSendError, TransientSendError
+from digest.errors import ConfigError, HeaderInjection, PermanentSendError, TransientSendError
+from digest.heartbeat import MARGIN, Heartbeat
 from digest.message import Envelope, MessageTemplate, Reader, Sender
 from digest.models import EditionVariant
 from digest.render import SlotMarks, Splicer, html_escaped, slot_values
@@ -160,18 +161,26 @@ def send_batch(
     now: datetime,
     on_progress: Progress | None = None,
 ) -> BatchReport:
-    """Claim the given deliveries and send them, recording each right after its reply.
+    """Claim the given deliveries and send them, recording replies in group commits.
 
     The rows are split over `settings.smtp_connections` connections (threads): a
     relay answers each command after a round trip, and overlapping those waits is
     where a sender's throughput comes from. Each connection is reused for its share.
+    The claim is short (`claim_seconds`) and renewed by a heartbeat while we live.
     """
     report = BatchReport()
-    lease = timedelta(seconds=settings.lease_seconds)
-    claimed = store.claim_deliveries(session, delivery_ids, now, lease)
+    per_message = message_deadline(settings)
+    if settings.claim_seconds < per_message + 2 * MARGIN:
+        raise ConfigError(
+            f"DIGEST_CLAIM_SECONDS ({settings.claim_seconds}) must exceed the SMTP deadline "
+            f"({per_message:g} s, the URL's deadline=) by a few seconds"
+        )
+    claim = timedelta(seconds=settings.claim_seconds)
+    claimed = store.claim_deliveries(session, delivery_ids, now, claim)
     session.commit()
     if not claimed:
         return report
+    started = time.monotonic()
     report.claimed = len(claimed)
     rows = store.sending_rows(session, claimed)
     templates = {
@@ -182,25 +191,38 @@ def send_batch(
     lanes = max(1, min(settings.smtp_connections, len(rows) // 20))
     shares = [rows[i::lanes] for i in range(lanes)]
     transports = [transport] + [transport.fresh() for _ in range(lanes - 1)]
-    lane = Lane(session, settings, templates, now, now + lease, report)
-    if lanes == 1:
-        lane.run(transport, shares[0])
-    else:
-        with ThreadPoolExecutor(lanes, thread_name_prefix="digest-send") as pool:
-            futures = [
-                pool.submit(lane.run, t, share) for t, share in zip(transports, shares, strict=True)
-            ]
-            try:
-                while wait(futures, timeout=0.5).not_done:
-                    if on_progress:
-                        on_progress(report.done, len(rows))
-            except BaseException:
-                # A time limit or shutdown reached this thread: the lanes stop after
-                # their current message and hand the rest back to the queue.
-                lane.stop.set()
-                raise
-            for future in futures:
-                future.result()  # re-raise a lane's unexpected error, after all have stopped
+
+    def clock() -> datetime:
+        return now + timedelta(seconds=time.monotonic() - started)
+
+    with (
+        store.Recorder(session, now + claim, group=settings.record_group) as record,
+        Heartbeat(
+            record, claimed, clock, settings.claim_seconds, per_message, settings.record_window
+        ) as beat,
+    ):
+        # Stop well inside the batch's time limit (the task's, which ends its process).
+        stop_at = started + 0.9 * settings.lease_seconds
+        lane = Lane(settings, templates, now, report, record, beat, stop_at, per_message)
+        if lanes == 1:
+            lane.run(transport, shares[0])
+        else:
+            with ThreadPoolExecutor(lanes, thread_name_prefix="digest-send") as pool:
+                futures = [
+                    pool.submit(lane.run, t, share)
+                    for t, share in zip(transports, shares, strict=True)
+                ]
+                try:
+                    while wait(futures, timeout=0.5).not_done:
+                        if on_progress:
+                            on_progress(report.done, len(rows))
+                except BaseException:
+                    # A time limit or shutdown reached this thread: the lanes stop after
+                    # their current message and hand the rest back to the queue.
+                    lane.stop.set()
+                    raise
+                for future in futures:
+                    future.result()  # a lane's unexpected error, after all have stopped
     if on_progress:
         on_progress(report.done, len(rows))
     for edition_id in {row.edition_id for row in rows}:
@@ -221,56 +243,55 @@ def message_template(settings: Settings, variant: EditionVariant, now: datetime)
 class Lane:
     """What the parallel lanes of one batch share; `run` sends one lane's rows."""
 
-    session: Session
     settings: Settings
     templates: dict[int, MessageTemplate]
     now: datetime
-    lease_until: datetime  # what the claim wrote; only rows still holding it are ours
     report: BatchReport
+    record: store.Recorder  # one per batch: group commits, the claim's current value
+    beat: Heartbeat
+    stop_at: float  # time.monotonic() after which no message may still be under way
+    per_message: float  # the longest one message may take (its SMTP deadline)
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
+
+    def go_on(self) -> bool:
+        """Whether another message may start: it must end before the lane's stop and
+        inside the claim, whatever the relay does (its deadline bounds it)."""
+        if self.stop.is_set() or time.monotonic() + self.per_message > self.stop_at:
+            return False
+        return self.beat.holds(self.per_message)
 
     def run(self, transport: Transport, rows: Sequence[Any]) -> None:
         """Send rows over one connection; rows left unsent go back to the queue."""
         pending = {row.id for row in rows}
-        # Stop well inside the lease: past it the sweep may hand these rows to another
-        # sender. No message starts unless its whole SMTP deadline fits before the stop,
-        # so a tarpitting or dripping relay cannot carry a lane past it.
-        stop_at = time.monotonic() + 0.9 * self.settings.lease_seconds
-        per_message = message_deadline(self.settings)
-        with store.Recorder(self.session, self.lease_until) as record:
-            try:
-                with transport:
-                    for i, row in enumerate(rows):
-                        if self.stop.is_set() or time.monotonic() + per_message > stop_at:
-                            break
-                        if i % 100 == 0:
-                            # Re-read statuses as we go: an unsubscribe during the edition wins.
-                            statuses = record.statuses([r.subscriber_id for r in rows[i : i + 100]])
-                        outcome, error = _send_one(
-                            self.settings,
-                            transport,
-                            record,
-                            row,
-                            statuses,
-                            self.templates,
-                            self.now,
-                        )
-                        pending.discard(row.id)
-                        with self.lock:
-                            self.report.count(outcome, row.email, error)
-            except BaseException:
-                # The error that stopped the lane is the one to report: a hand-back
-                # that fails too (the database went away) must not replace it.
-                self._hand_back(record, pending, quiet=True)
-                raise
-            self._hand_back(record, pending)
-
-    def _hand_back(self, record: store.Recorder, pending: set[int], quiet: bool = False) -> None:
-        if not pending:
-            return
+        record = self.record
         try:
-            record.release(sorted(pending))
+            with transport:
+                for i, row in enumerate(rows):
+                    if not self.go_on():
+                        break
+                    if i % 100 == 0:
+                        # Re-read statuses as we go: an unsubscribe during the edition wins.
+                        statuses = record.statuses([r.subscriber_id for r in rows[i : i + 100]])
+                    outcome, error = _send_one(
+                        self.settings, transport, record, row, statuses, self.templates, self.now
+                    )
+                    pending.discard(row.id)
+                    with self.lock:
+                        self.report.count(outcome, row.email, error)
+        except BaseException:
+            # The error that stopped the lane is the one to report: a hand-back
+            # that fails too (the database went away) must not replace it.
+            self._hand_back(pending, quiet=True)
+            raise
+        self._hand_back(pending)
+
+    def _hand_back(self, pending: set[int], quiet: bool = False) -> None:
+        try:
+            if pending:
+                self.record.release(sorted(pending))
+            else:
+                self.record.flush()  # this lane's replies are recorded before it ends
         except Exception:
             if not quiet:
                 raise

@@ -17,7 +17,7 @@ from digest.schedule import Cohort
 from digest.tokens import read_token
 from digest.transport import SMTPTransport
 from tests.conftest import NOW, add_articles
-from tests.faults import dripping_server
+from tests.faults import TcpProxy, dripping_server
 
 TZ = "Australia/Sydney"
 DAY = date(2026, 11, 30)  # morning cut: 2026-11-29 19:00 UTC
@@ -379,51 +379,54 @@ def _many_readers(session, count: int) -> None:
 def test_a_dropped_database_connection_is_the_error_reported(
     database_url, session, smtp_settings, smtp_server
 ) -> None:
-    """The recording connection dies mid-batch: the batch fails with the database's own
-    OperationalError (which tasks retry), not PendingRollbackError, and hands back its
-    unsent rows on a fresh connection instead of leaving them claimed."""
+    """A blip (every connection dropped, the database still there) costs nothing: the
+    recorder reconnects and writes. An outage mid-batch ends the batch with the
+    database's own OperationalError, which tasks retry, never PendingRollbackError."""
     if not database_url.startswith("postgresql"):
-        pytest.skip("terminates a PostgreSQL backend")
-    from sqlalchemy import create_engine, text
+        pytest.skip("cuts a PostgreSQL connection off")
     from sqlalchemy.exc import OperationalError
 
     sink, _ = smtp_server
-    _many_readers(session, 10)
-    tag = f"drop{id(session)}"
-    settings = smtp_settings.with_(
-        database_url=f"{database_url}&application_name={tag}", smtp_connections=1
-    )
+    _many_readers(session, 20)
+    host, port = re.search(r"@([^:/]+):(\d+)/", database_url).groups()  # type: ignore[union-attr]
+    proxy = TcpProxy(host, int(port))
+    through = re.sub(r"@[^/]+/", f"@127.0.0.1:{proxy.port}/", database_url, count=1)
+    settings = smtp_settings.with_(database_url=through, smtp_connections=1)
     plan = pipeline.plan_edition(session, settings, MORNING, AFTER)
     ids = store.delivery_ids(session, plan.edition_id)
-    admin = create_engine(
-        database_url.split("?")[0].replace("postgresql://", "postgresql+psycopg://")
-    )
     accept = sink.handle_DATA
+    fault = ["blip"]
 
     async def handle_DATA(server, session_, envelope):  # type: ignore[no-untyped-def]
-        if len(sink.messages) == 4:  # the fifth message: its record will find no server
-            with admin.begin() as conn:
-                conn.execute(
-                    text(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE application_name = :tag"
-                    ),
-                    {"tag": tag},
-                )
+        if len(sink.messages) in (4, 14):  # the fifth message of each batch
+            proxy.cut()
+            if fault.pop(0) == "blip":
+                proxy.restore()
         return await accept(server, session_, envelope)
 
     sink.handle_DATA = handle_DATA
-    engine = make_engine(settings.database_url)
+    engine = make_engine(through)
     try:
         with make_sessionmaker(engine)() as tagged:
+            report = sending.send_batch(
+                tagged, settings, SMTPTransport(settings.smtp), ids[:10], AFTER
+            )
+            assert report.sent == 10
+            assert store.edition_counts(session, plan.edition_id) == {"sent": 10, "queued": 10}
             with pytest.raises(OperationalError):
-                sending.send_batch(tagged, settings, SMTPTransport(settings.smtp), ids, AFTER)
+                sending.send_batch(tagged, settings, SMTPTransport(settings.smtp), ids[10:], AFTER)
     finally:
+        proxy.close()
         engine.dispose()
-        admin.dispose()
+    session.commit()
+    # The claim is not renewed any more: the sweep takes the rows once it ends.
     counts = store.edition_counts(session, plan.edition_id)
-    assert "sending" not in counts  # handed back at once, not held until the lease ends
-    assert counts == {"sent": 4, "queued": 6}
+    assert counts.get("sending", 0) + counts.get("sent", 0) == 20
+    expired = AFTER + timedelta(seconds=settings.claim_seconds + 1)
+    assert (
+        sum(len(v) for v in pipeline.sweep(session, settings, expired).values())
+        == counts["sending"]
+    )
 
 
 def test_lanes_hand_rows_back_before_their_lease_whatever_the_relay_does(

@@ -103,7 +103,10 @@ def send_batch(self: Any, delivery_ids: list[int], now: str | None = None) -> di
         # attempts); rows the lanes handed back unsent go again at once.
         ids, countdown = again or ([], 0.0)
         if report.handed_back:
-            ids, countdown = sorted(set(ids) | set(report.handed_back)), 0.0
+            # At once if the batch got somewhere; after a pause if it sent nothing (its
+            # relays are all down, say), so that it does not spin.
+            pause = 0.0 if report.done else float(min(30, settings.claim_seconds))
+            ids, countdown = sorted(set(ids) | set(report.handed_back)), pause
         # A pinned clock moves on by the delay, so the retry finds its rows due.
         later = None if now is None else (at + timedelta(seconds=countdown)).isoformat()
         raise self.retry(args=(ids,), kwargs={"now": later}, countdown=countdown)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -219,7 +219,18 @@ def preview(
 @click.argument("edition_id", required=False, type=int)
 @pass_app
 def status(app: App, edition_id: int | None) -> None:
-    """Delivery counts by status for one edition, or the latest editions."""
+    """Delivery counts by status for one edition, or the latest editions, and what no
+    worker is carrying: rows without a task, claims of stopped workers."""
+    settings, now = app.settings, app.now()
+    lengths: dict[str, int] | None = None
+    broker_error = None
+    if settings.redis_url:
+        from workers.client import BrokerUnavailable, queue_lengths
+
+        try:
+            lengths = queue_lengths(settings)
+        except BrokerUnavailable as exc:
+            broker_error = str(exc)
     with app.session() as session:
         editions = (
             [store.get_edition(session, edition_id)] if edition_id else store.list_editions(session)
@@ -234,18 +245,57 @@ def status(app: App, edition_id: int | None) -> None:
             )
             if e.note and edition_id:
                 click.echo(f"  {e.note}")
-    kept = count_kept(app.settings.data_dir)  # replies `digest inbound` kept for a person
-    click.echo(f"replies kept: {kept} in {kept_folder(app.settings.data_dir)}")
-    if app.settings.redis_url:
-        from workers.client import BrokerUnavailable, queue_lengths
+        orphan = now - timedelta(seconds=settings.claim_seconds)
+        waiting = store.waiting_rows(session, now, orphan)
+    kept = count_kept(settings.data_dir)  # replies `digest inbound` kept for a person
+    click.echo(f"replies kept: {kept} in {kept_folder(settings.data_dir)}")
+    for line in waiting_lines(waiting, now, lengths, bool(settings.redis_url)):
+        click.echo(line)
+    if broker_error:
+        click.echo(broker_error)
+    for queue, count in (lengths or {}).items():
+        click.echo(f"queue {queue}: {count} tasks waiting")
 
-        try:
-            lengths = queue_lengths(app.settings)
-        except BrokerUnavailable as exc:
-            click.echo(str(exc))
-            return
-        for queue, waiting in lengths.items():
-            click.echo(f"queue {queue}: {waiting} tasks waiting")
+
+def age(since: datetime, now: datetime) -> str:
+    """'4m12s', '3h05m', '40s': how long ago `since` was."""
+    seconds = max(0, int((now - since).total_seconds()))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def waiting_lines(
+    waiting: dict[str, tuple[int, datetime | None]],
+    now: datetime,
+    lengths: dict[str, int] | None,
+    broker: bool,
+) -> list[str]:
+    """Warnings about deliveries no worker is carrying (empty when all is well)."""
+    lines = []
+    queued, oldest = waiting["queued"]
+    if queued and oldest and (not broker or lengths is not None and not sum(lengths.values())):
+        where = (
+            "no task waiting in the broker" if broker else "no broker: `digest sweep` sends them"
+        )
+        lines.append(
+            f"WARNING: {queued} deliveries queued with no task ({where}), "
+            f"the oldest queued {age(oldest, now)} ago; the sweep re-enqueues them"
+        )
+    expired, oldest = waiting["expired"]
+    if expired and oldest:
+        lines.append(
+            f"WARNING: {expired} deliveries claimed by stopped workers, the oldest claim "
+            f"ended {age(oldest, now)} ago; the sweep re-queues them"
+        )
+    due, oldest = waiting["due"]
+    if due and oldest:
+        lines.append(
+            f"{due} deferred deliveries due for a retry, the oldest since {age(oldest, now)} ago"
+        )
+    return lines
 
 
 def _send_batches(app: App, batches: list[list[int]], inline: bool) -> None:

@@ -20,7 +20,6 @@ from digest.store.base import (
     rowcount,
 )
 from digest.store.deliveries import (
-    Recorder,
     claim_deliveries,
     deferred_among,
     delivery_ids,
@@ -36,6 +35,7 @@ from digest.store.deliveries import (
     stale_deliveries,
     suppress_open_deliveries,
     update_edition_status,
+    waiting_rows,
 )
 from digest.store.editions import (
     add_edition_articles,
@@ -49,6 +49,7 @@ from digest.store.editions import (
     previous_edition,
     variants,
 )
+from digest.store.recorder import Recorder
 from digest.store.subscribers import (
     active_timezones,
     add_subscriber,
@@ -120,4 +121,5 @@ __all__ = [
     "suppressed_hashes",
     "update_edition_status",
     "variants",
+    "waiting_rows",
 ]

@@ -1,15 +1,12 @@
-"""Delivery rows: queueing, claiming, recording outcomes, repair."""
+"""Delivery rows: queueing, claiming, repair (outcomes are recorded by store.recorder)."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, literal, or_, select, update
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import and_, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from digest.models import (
@@ -17,12 +14,11 @@ from digest.models import (
     Edition,
     EditionVariant,
     Subscriber,
-    Suppression,
 )
 from digest.schedule import Cohort
-from digest.store.base import insert_for, insert_for_session, rowcount
+from digest.store.base import insert_for_session, rowcount
 from digest.store.editions import get_edition
-from digest.store.subscribers import address_hash, cohort_filter
+from digest.store.subscribers import cohort_filter
 
 OPEN_STATUSES = ("queued", "sending", "deferred")
 
@@ -146,128 +142,6 @@ def sending_rows(session: Session, ids: Sequence[int]) -> list[Any]:
     return list(session.execute(stmt))
 
 
-# The send loop records every message on its own; these statements are built once
-# and run as Core (no ORM session synchronisation), which keeps a record under 0.2 ms.
-_DELIVERY_TABLE: Any = Delivery.__table__
-_DELIVERY = _DELIVERY_TABLE.c
-
-
-def _finish_stmt(**values: Any) -> Any:
-    return (
-        update(_DELIVERY_TABLE)
-        .where(
-            _DELIVERY.id == bindparam("b_id"),
-            _DELIVERY.status == "sending",
-            # Only the claim that holds the row may finish it: once its lease is gone
-            # the sweep may have handed the row to another sender.
-            _DELIVERY.lease_until == bindparam("b_lease"),
-        )
-        .values(lease_until=None, **values)
-    )
-
-
-_SENT = _finish_stmt(
-    status="sent", sent_at=bindparam("b_at"), message_id=bindparam("b_mid"), last_error=None
-)
-_DEFERRED = _finish_stmt(
-    status="deferred", last_error=bindparam("b_error"), next_attempt_at=bindparam("b_at")
-)
-_FAILED = _finish_stmt(status="failed", last_error=bindparam("b_error"))
-_SUPPRESSED = _finish_stmt(status="suppressed", last_error=bindparam("b_error"))
-
-
-class Recorder:
-    """Records each delivery's outcome in its own autocommitted UPDATE.
-
-    The send loop calls it right after the server's reply, so a crash can resend at
-    most the one message in flight. It runs on its own connection, outside the
-    caller's session transaction, at a fraction of a session commit's cost.
-    """
-
-    # SQLite has one writer at a time and its busy handler sleeps (milliseconds) when it
-    # loses a race; lanes of one process take turns on this lock instead.
-    _sqlite_lock = threading.Lock()
-
-    def __init__(self, session: Session, lease_until: datetime) -> None:
-        self.lease_until = lease_until
-        self._engine: Any = session.get_bind()
-        self._conn = self._connect()
-        self._lock: AbstractContextManager[Any] = (
-            self._sqlite_lock if self._conn.dialect.name == "sqlite" else nullcontext()
-        )
-
-    def _connect(self) -> Any:
-        return self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-
-    def _run(self, stmt: Any, params: dict[str, Any] | None = None) -> Any:
-        with self._lock:
-            if self._conn is None:
-                self._conn = self._connect()
-            try:
-                return self._conn.execute(stmt, params)
-            except DBAPIError:
-                # A dropped connection leaves an invalid transaction behind, and reusing
-                # it raises PendingRollbackError over the real error: the next statement
-                # (the hand-back, say) gets a fresh connection instead.
-                broken, self._conn = self._conn, None
-                try:
-                    broken.close()
-                    self._conn = self._connect()
-                except DBAPIError:
-                    pass
-                raise
-
-    def _finish(self, stmt: Any, **params: Any) -> None:
-        self._run(stmt, {"b_lease": self.lease_until, **params})
-
-    def __enter__(self) -> Recorder:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._conn is not None:
-            self._conn.close()
-
-    def sent(self, delivery_id: int, message_id: str, now: datetime) -> None:
-        self._finish(_SENT, b_id=delivery_id, b_at=now, b_mid=message_id)
-
-    def deferred(self, delivery_id: int, error: str, retry_at: datetime) -> None:
-        self._finish(_DEFERRED, b_id=delivery_id, b_error=error[:1000], b_at=retry_at)
-
-    def failed(self, delivery_id: int, error: str) -> None:
-        self._finish(_FAILED, b_id=delivery_id, b_error=error[:1000])
-
-    def suppressed(self, delivery_id: int, reason: str) -> None:
-        self._finish(_SUPPRESSED, b_id=delivery_id, b_error=reason[:1000])
-
-    def statuses(self, subscriber_ids: Sequence[int]) -> dict[int, str]:
-        stmt = select(Subscriber.id, Subscriber.status).where(Subscriber.id.in_(subscriber_ids))
-        return {sid: status for sid, status in self._run(stmt)}
-
-    def bounce(self, subscriber_id: int, email: str, now: datetime) -> None:
-        """The mailbox does not exist: stop mailing it, for good."""
-        self._run(
-            update(Subscriber)
-            .where(Subscriber.id == subscriber_id)
-            .values(status="bounced", unsubscribed_at=now)
-        )
-        stmt = insert_for(self._conn.dialect.name, Suppression).values(
-            email_hash=address_hash(email), reason="bounced", created_at=now
-        )
-        self._run(stmt.on_conflict_do_nothing(index_elements=["email_hash"]))
-
-    def release(self, delivery_ids: Sequence[int]) -> None:
-        """Hand claimed rows back to the queue untouched (the batch stopped early)."""
-        self._run(
-            update(Delivery)
-            .where(
-                Delivery.id.in_(delivery_ids),
-                Delivery.status == "sending",
-                Delivery.lease_until == self.lease_until,
-            )
-            .values(status="queued", lease_until=None, attempts=Delivery.attempts - 1)
-        )
-
-
 def edition_counts(session: Session, edition_id: int) -> dict[str, int]:
     stmt = (
         select(Delivery.status, func.count())
@@ -309,6 +183,33 @@ def stale_deliveries(
         .order_by(Delivery.edition_id, Delivery.id)
     )
     return [(e, d) for e, d in session.execute(stmt)]
+
+
+def waiting_rows(
+    session: Session, now: datetime, queued_before: datetime
+) -> dict[str, tuple[int, datetime | None]]:
+    """What no worker may be carrying, as (count, oldest instant) per kind:
+    `queued` rows queued before `queued_before`, `expired` claims (their holder stopped
+    renewing them) and `due` retries."""
+    kinds = {
+        "queued": (
+            and_(Delivery.status == "queued", Delivery.queued_at < queued_before),
+            Delivery.queued_at,
+        ),
+        "expired": (
+            and_(Delivery.status == "sending", Delivery.lease_until < now),
+            Delivery.lease_until,
+        ),
+        "due": (
+            and_(Delivery.status == "deferred", Delivery.next_attempt_at <= now),
+            Delivery.next_attempt_at,
+        ),
+    }
+    found = {}
+    for kind, (where, column) in kinds.items():
+        count, oldest = session.execute(select(func.count(), func.min(column)).where(where)).one()
+        found[kind] = (int(count), oldest)
+    return found
 
 
 def requeue(session: Session, delivery_ids: Sequence[int], now: datetime) -> int:

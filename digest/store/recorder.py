@@ -1,0 +1,285 @@
+"""Recording a send batch's outcomes in group commits, on a connection of its own, and
+renewing the batch's claim on its rows.
+
+A claim is the `lease_until` the claim wrote: only rows still holding that exact value
+are this batch's. Renewing it moves the value for every row the batch still holds, so
+records, renewals and hand-backs all go through one lock and one connection.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+from sqlalchemy import bindparam, select, text, update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from digest.models import Delivery, Subscriber, Suppression
+from digest.store.base import insert_for
+from digest.store.subscribers import address_hash
+
+_TABLE: Any = Delivery.__table__
+_C = _TABLE.c
+
+
+class Outcome(NamedTuple):
+    """One delivery's result, waiting for the next group commit."""
+
+    id: int
+    status: str  # sent, deferred, failed or suppressed
+    sent_at: datetime | None = None
+    message_id: str | None = None
+    error: str | None = None
+    retry_at: datetime | None = None
+
+
+def _finish_stmt() -> Any:
+    """Portable form: one UPDATE per outcome, all in one transaction (SQLite)."""
+    return (
+        update(_TABLE)
+        .where(
+            _C.id == bindparam("b_id"),
+            _C.status == "sending",
+            # Only the claim that holds the row may finish it: once its lease is gone
+            # the sweep may have handed the row to another sender.
+            _C.lease_until == bindparam("b_lease"),
+        )
+        .values(
+            status=bindparam("b_status"),
+            lease_until=None,
+            last_error=bindparam("b_error"),
+            sent_at=bindparam("b_at"),
+            message_id=bindparam("b_mid"),
+            next_attempt_at=bindparam("b_retry"),
+        )
+    )
+
+
+_FINISH = _finish_stmt()
+
+# PostgreSQL: every outcome of the group in one statement, the rows as arrays.
+_FINISH_PG = text(
+    """
+    UPDATE delivery AS d
+    SET status = v.status, lease_until = NULL, last_error = v.error,
+        sent_at = COALESCE(v.sent_at, d.sent_at),
+        message_id = COALESCE(v.message_id, d.message_id),
+        next_attempt_at = COALESCE(v.retry_at, d.next_attempt_at)
+    FROM unnest(
+        CAST(:ids AS bigint[]), CAST(:statuses AS text[]), CAST(:sent_at AS timestamp[]),
+        CAST(:message_ids AS text[]), CAST(:errors AS text[]), CAST(:retry_at AS timestamp[])
+    ) AS v(id, status, sent_at, message_id, error, retry_at)
+    WHERE d.id = v.id AND d.status = 'sending' AND d.lease_until = :lease
+    """
+)
+
+
+def _naive(value: datetime | None) -> datetime | None:
+    """As the UTCDateTime columns store it (the array statement bypasses the type)."""
+    return None if value is None else value.astimezone(UTC).replace(tzinfo=None)
+
+
+class Recorder:
+    """The outcomes of one claim, written `group` at a time (or when `flush` is called),
+    each group in one transaction on a connection outside the caller's session.
+
+    A crash loses at most the outcomes not yet written: the messages in flight plus one
+    group. `group=1` records every reply in its own commit.
+    """
+
+    # SQLite has one writer at a time and its busy handler sleeps (milliseconds) when it
+    # loses a race; recorders of one process take turns on this lock instead.
+    _sqlite_lock = threading.Lock()
+
+    def __init__(self, session: Session, lease_until: datetime, *, group: int = 1) -> None:
+        self.lease_until = lease_until
+        self.group = max(1, group)
+        engine: Any = session.get_bind()  # an Engine: sessions are made on one
+        self._engine = engine
+        self._conn: Any = engine.connect()
+        self._pg = self._conn.dialect.name == "postgresql"
+        self._write_lock: AbstractContextManager[Any] = (
+            self._sqlite_lock if self._conn.dialect.name == "sqlite" else nullcontext()
+        )
+        self._lock = threading.RLock()  # the buffer, the connection and the claim value
+        self._outcomes: list[Outcome] = []
+        self._bounces: list[tuple[int, str, datetime]] = []
+        self._oldest = 0.0  # time.monotonic() of the oldest unwritten outcome
+        self.written = 0
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        try:
+            if exc_type is None:
+                self.flush()
+        finally:
+            with self._lock:
+                if self._conn is not None:
+                    self._conn.close()
+
+    # --- outcomes ------------------------------------------------------------------
+
+    def _add(self, outcome: Outcome) -> None:
+        with self._lock:
+            if not self._outcomes:
+                self._oldest = time.monotonic()
+            self._outcomes.append(outcome)
+            if len(self._outcomes) >= self.group:
+                self.flush()
+
+    def sent(self, delivery_id: int, message_id: str, now: datetime) -> None:
+        self._add(Outcome(delivery_id, "sent", sent_at=now, message_id=message_id))
+
+    def deferred(self, delivery_id: int, error: str, retry_at: datetime) -> None:
+        self._add(Outcome(delivery_id, "deferred", error=error[:1000], retry_at=retry_at))
+
+    def failed(self, delivery_id: int, error: str) -> None:
+        self._add(Outcome(delivery_id, "failed", error=error[:1000]))
+
+    def suppressed(self, delivery_id: int, reason: str) -> None:
+        self._add(Outcome(delivery_id, "suppressed", error=reason[:1000]))
+
+    def bounce(self, subscriber_id: int, email: str, now: datetime) -> None:
+        """The mailbox does not exist: stop mailing it, for good (with the next group)."""
+        with self._lock:
+            self._bounces.append((subscriber_id, email, now))
+
+    def waiting(self) -> tuple[int, float]:
+        """How many outcomes wait for a commit, and for how long the oldest has."""
+        with self._lock:
+            if not self._outcomes:
+                return 0, 0.0
+            return len(self._outcomes), time.monotonic() - self._oldest
+
+    def flush(self) -> None:
+        """Write every waiting outcome in one transaction. Outcomes stay queued until
+        that commit succeeds, so a later flush (after a reconnect) can still write them."""
+        with self._lock:
+            if not self._outcomes and not self._bounces:
+                return
+            outcomes, bounces = list(self._outcomes), list(self._bounces)
+
+            def write(conn: Any) -> None:
+                if outcomes:
+                    self._write_outcomes(conn, outcomes)
+                for subscriber_id, email, now in bounces:
+                    self._write_bounce(conn, subscriber_id, email, now)
+
+            self._transaction(write)
+            del self._outcomes[: len(outcomes)]
+            del self._bounces[: len(bounces)]
+            self.written += len(outcomes)
+
+    def _write_outcomes(self, conn: Any, outcomes: list[Outcome]) -> None:
+        if self._pg:
+            conn.execute(
+                _FINISH_PG,
+                {
+                    "ids": [o.id for o in outcomes],
+                    "statuses": [o.status for o in outcomes],
+                    "sent_at": [_naive(o.sent_at) for o in outcomes],
+                    "message_ids": [o.message_id for o in outcomes],
+                    "errors": [o.error for o in outcomes],
+                    "retry_at": [_naive(o.retry_at) for o in outcomes],
+                    "lease": _naive(self.lease_until),
+                },
+            )
+            return
+        conn.execute(
+            _FINISH,
+            [
+                {
+                    "b_id": o.id,
+                    "b_lease": self.lease_until,
+                    "b_status": o.status,
+                    "b_error": o.error,
+                    "b_at": o.sent_at,
+                    "b_mid": o.message_id,
+                    "b_retry": o.retry_at,
+                }
+                for o in outcomes
+            ],
+        )
+
+    @staticmethod
+    def _write_bounce(conn: Any, subscriber_id: int, email: str, now: datetime) -> None:
+        conn.execute(
+            update(Subscriber)
+            .where(Subscriber.id == subscriber_id)
+            .values(status="bounced", unsubscribed_at=now)
+        )
+        stmt = insert_for(conn.dialect.name, Suppression).values(
+            email_hash=address_hash(email), reason="bounced", created_at=now
+        )
+        conn.execute(stmt.on_conflict_do_nothing(index_elements=["email_hash"]))
+
+    # --- the claim -------------------------------------------------------------------
+
+    def renew(self, delivery_ids: Sequence[int], until: datetime) -> int:
+        """Move the claim on the rows it still holds to `until`; returns how many.
+
+        Waiting outcomes are written first, under the claim they were made with.
+        """
+        with self._lock:
+            self.flush()
+            stmt = (
+                update(Delivery)
+                .where(
+                    Delivery.id.in_(delivery_ids),
+                    Delivery.status == "sending",
+                    Delivery.lease_until == self.lease_until,
+                )
+                .values(lease_until=until)
+            )
+            count = self._transaction(lambda conn: conn.execute(stmt).rowcount)
+            self.lease_until = until
+            return int(count)
+
+    def release(self, delivery_ids: Sequence[int]) -> None:
+        """Hand claimed rows back to the queue untouched (the batch stopped early)."""
+        with self._lock:
+            self.flush()
+            stmt = (
+                update(Delivery)
+                .where(
+                    Delivery.id.in_(delivery_ids),
+                    Delivery.status == "sending",
+                    Delivery.lease_until == self.lease_until,
+                )
+                .values(status="queued", lease_until=None, attempts=Delivery.attempts - 1)
+            )
+            self._transaction(lambda conn: conn.execute(stmt))
+
+    def statuses(self, subscriber_ids: Sequence[int]) -> dict[int, str]:
+        stmt = select(Subscriber.id, Subscriber.status).where(Subscriber.id.in_(subscriber_ids))
+        with self._lock:
+            return dict(self._transaction(lambda conn: list(conn.execute(stmt))))
+
+    def _transaction(self, work: Any) -> Any:
+        """Run `work(connection)` in one transaction. A connection found dropped is
+        replaced and the work tried once more (every write here is guarded by the
+        claim, so running it twice changes nothing)."""
+        with self._lock, self._write_lock:
+            for attempt in (1, 2):
+                if self._conn is None:
+                    self._conn = self._engine.connect()  # raises while the database is away
+                try:
+                    with self._conn.begin():
+                        return work(self._conn)
+                except DBAPIError as exc:
+                    # A dropped connection leaves an invalid transaction behind, and
+                    # reusing it raises PendingRollbackError over the real error.
+                    broken, self._conn = self._conn, None
+                    try:
+                        broken.close()
+                    except DBAPIError:
+                        pass
+                    if attempt == 2 or not exc.connection_invalidated:
+                        raise
