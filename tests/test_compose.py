@@ -188,5 +188,6 @@ def test_every_digest_service_reads_env_and_gets_the_database_in_parts(
 
 
 def test_feed_files_live_in_a_mounted_folder(compose: dict[str, Any]) -> None:
-    assert "./feeds:/feeds:ro" in compose["services"]["worker"]["volumes"]
+    volumes = compose["services"]["worker"]["volumes"]
+    assert "./feeds:/feeds:ro" in volumes and "worker-data:/data" in volumes
     assert "feeds" in (ROOT / ".dockerignore").read_text().split()
