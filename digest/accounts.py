@@ -196,7 +196,7 @@ class Notice:
 
 # Addresses that bounced or complained get no mail from a web form, ever: a sign-up
 # form must not be a way to mail a spam trap or a person who reported us.
-NEVER_MAIL = ("bounced", "complained")
+NEVER_MAIL = ("bounced", "complained", "operator")
 
 
 def _apply(subscriber: Subscriber, fields: dict[str, Any]) -> None:

@@ -230,9 +230,12 @@ def _record_failure(feed: Feed, report: IngestReport, message: str) -> None:
 
 
 def ingest_all(session: Session, settings: Settings, now: datetime) -> list[IngestReport]:
-    """Poll every feed; one broken feed never stops the others (one commit per feed)."""
+    """Poll every feed not paused; one broken feed never stops the others (one commit
+    per feed)."""
     reports = []
     for feed in store.list_feeds(session):
+        if feed.paused:
+            continue
         try:
             with session.begin_nested():
                 report = ingest_feed(session, settings, feed, now)

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -89,6 +90,8 @@ class Feed(Base):
     last_ok_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
     error_count: Mapped[int] = mapped_column(Integer, default=0)
+    # A paused feed is not polled; its articles already stored still count.
+    paused: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Article(Base):
@@ -105,6 +108,32 @@ class Article(Base):
     priority: Mapped[int] = mapped_column(Integer, default=0)
     published_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     seen_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    # Hidden by an operator: never selected for an edition from then on.
+    hidden: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+class Operator(Base):
+    """Someone who may use the console; the password is kept only as a slow hash."""
+
+    __tablename__ = "operator"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class AuditEntry(Base):
+    """One operator action: who did what, when (the console shows these)."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    operator: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(Text, default="", server_default="")
 
 
 class Edition(Base):

@@ -61,7 +61,7 @@ def candidate_articles(session: Session, since: datetime, until: datetime) -> li
     """Articles that could fall in a window ending at `until` (pre-filter; the rest is pure)."""
     stmt = select(
         Article.id, Article.section, Article.priority, Article.published_at, Article.seen_at
-    ).where(Article.published_at > since, Article.published_at <= until)
+    ).where(Article.published_at > since, Article.published_at <= until, ~Article.hidden)
     return [Candidate(*row) for row in session.execute(stmt)]
 
 

@@ -1,0 +1,150 @@
+"""What an operator can do to one reader, from the console or the CLI: look them up,
+stop their mail, export their data, and erase them.
+
+Functions take the session first and never commit (the caller owns the transaction).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from digest import accounts, store
+from digest.errors import InvalidInput, NotFound
+from digest.models import Subscriber
+from digest.store.people import forget_delivery_errors, reader_deliveries, search_subscribers
+
+# Suppressed by an operator (a spam trap, a legal request): like a bounce, no sign-up
+# form may mail the address again.
+OPERATOR_REASON = "operator"
+ERASED = "erased"
+
+
+@dataclass(frozen=True)
+class ReaderView:
+    """One reader as the console and `digest subscribers show` present them."""
+
+    id: int
+    email: str
+    name: str
+    status: str
+    editions: str
+    sections: str
+    timezone: str
+    consent: str
+    created_at: datetime
+    confirmed_at: datetime | None
+    unsubscribed_at: datetime | None
+    deliveries: list[dict[str, Any]]
+
+
+def _editions(subscriber: Subscriber) -> str:
+    slots = (("morning", subscriber.morning), ("evening", subscriber.evening))
+    chosen = [slot for slot, on in slots if on]
+    return ",".join(chosen) or "none"
+
+
+def find_reader(session: Session, key: str) -> Subscriber:
+    """A reader by id or by address (NotFound names what was looked for)."""
+    key = key.strip()
+    if key.isdigit():
+        return store.get_subscriber(session, int(key))
+    found = store.find_subscriber(session, key.lower())
+    if found is None:
+        raise NotFound(f"no subscriber with address {key!r}")
+    return found
+
+
+def search(session: Session, query: str, limit: int = 50) -> list[Subscriber]:
+    """Readers whose address contains `query` (case-insensitive), newest first."""
+    return search_subscribers(session, query.strip().lower()[:320], limit)
+
+
+def view(session: Session, subscriber_id: int, default_timezone: str) -> ReaderView:
+    """Everything the console shows about one reader, with what they were sent."""
+    s = store.get_subscriber(session, subscriber_id)
+    return ReaderView(
+        id=s.id,
+        email=s.email,
+        name=s.name,
+        status=s.status,
+        editions=_editions(s),
+        sections=s.sections or "all",
+        timezone=s.timezone or f"{default_timezone} (default)",
+        consent=s.consent,
+        created_at=s.created_at,
+        confirmed_at=s.confirmed_at,
+        unsubscribed_at=s.unsubscribed_at,
+        deliveries=reader_deliveries(session, s.id),
+    )
+
+
+def export_person(session: Session, subscriber_id: int, default_timezone: str) -> dict[str, Any]:
+    """That person's data as JSON-ready values (a data-subject access request)."""
+    v = view(session, subscriber_id, default_timezone)
+    iso = lambda d: d.isoformat() if d else None  # noqa: E731
+    return {
+        "email": v.email,
+        "name": v.name,
+        "status": v.status,
+        "editions": v.editions,
+        "sections": v.sections,
+        "timezone": v.timezone,
+        "consent": v.consent,
+        "created_at": iso(v.created_at),
+        "confirmed_at": iso(v.confirmed_at),
+        "unsubscribed_at": iso(v.unsubscribed_at),
+        "deliveries": [
+            {**d, "sent_at": iso(d["sent_at"]), "local_day": d["local_day"].isoformat()}
+            for d in v.deliveries
+        ],
+    }
+
+
+def unsubscribe(session: Session, subscriber_id: int, now: datetime) -> Subscriber:
+    """Stop all mail to the reader, as their own unsubscribe link would."""
+    return accounts.unsubscribe(session, subscriber_id, now)
+
+
+def suppress(session: Session, subscriber_id: int, now: datetime) -> Subscriber:
+    """Stop all mail for good: no sign-up form may mail the address again either."""
+    subscriber = store.get_subscriber(session, subscriber_id)
+    store.suppress(session, subscriber.email, OPERATOR_REASON, now)
+    return accounts.unsubscribe(session, subscriber_id, now)
+
+
+def update(session: Session, subscriber_id: int, form: accounts.Form) -> Subscriber:
+    """Change a reader's editions, sections, timezone and name (checked like the form)."""
+    subscriber = store.get_subscriber(session, subscriber_id)
+    offered = set(filter(None, subscriber.sections.split(","))) | set(
+        filter(None, ",".join(form.sections).split(","))
+    )
+    fields, errors = accounts.validate(form, offered, email=subscriber.email)
+    if errors:
+        raise InvalidInput("; ".join(errors.values()))
+    return accounts.update_preferences(session, subscriber_id, fields)
+
+
+def erase(session: Session, subscriber_id: int, now: datetime) -> Subscriber:
+    """Delete the person's data (GDPR erasure). The address survives only as the
+    suppression hash, so they are never mailed again by mistake; their deliveries stay
+    as anonymous rows, so editions keep their counts."""
+    subscriber = store.get_subscriber(session, subscriber_id)
+    if subscriber.status == ERASED:
+        return subscriber
+    if subscriber.status not in accounts.LEFT:
+        accounts.unsubscribe(session, subscriber_id, now)
+    store.suppress(session, subscriber.email, ERASED, now)  # kept if already suppressed
+    forget_delivery_errors(session, subscriber_id)
+    subscriber.email = f"erased-{subscriber.id}@erased.invalid"
+    subscriber.name = ""
+    subscriber.timezone = None
+    subscriber.sections = ""
+    subscriber.consent = f"erased {now.strftime('%Y-%m-%dT%H:%MZ')}"
+    subscriber.status = ERASED
+    subscriber.last_notice_at = None
+    session.flush()
+    return subscriber
