@@ -89,24 +89,52 @@ class ImportReport:
     errors: list[tuple[int, str]] = field(default_factory=list)
 
 
+def _parse_line(text: str) -> list[str]:
+    """The fields of one physical line (csv.Error when it cannot be read)."""
+    if not text.endswith(("\n", "\r")):
+        text += "\n"  # the last line: a quote open at its end shows as at any other's
+    return next(csv.reader([text]), [])
+
+
 def read_rows(handle: TextIO) -> Iterator[tuple[int, dict[str, str] | str]]:
-    """Each row by line number, or the reason a row could not be read (the rest go on)."""
-    reader = csv.DictReader(handle)
-    try:
-        fieldnames = reader.fieldnames
-    except csv.Error as exc:
-        raise InvalidInput(f"the CSV header row cannot be read: {exc}") from None
-    if not fieldnames or "email" not in [f.strip().lower() for f in fieldnames]:
-        raise InvalidInput("the CSV needs a header row with an 'email' column")
-    while True:
+    """Each row by line number, or the reason a row could not be read (the rest go on).
+
+    Every physical line is one row: no column of a subscriber list may hold a line
+    break, so a quote left open cannot swallow the rows after it (the csv module would
+    read them into one field, up to the next quote or the end of the file).
+    """
+    lines = enumerate(handle, start=1)
+    fieldnames: list[str] = []
+    for _line, text in lines:
         try:
-            row = next(reader)
-        except StopIteration:
-            return
+            header = _parse_line(text)
+        except csv.Error as exc:
+            raise InvalidInput(f"the CSV header row cannot be read: {exc}") from None
+        if _unterminated(header):
+            raise InvalidInput('the CSV header row has a quote (") that is never closed')
+        fieldnames = [f.strip().lower() for f in header]
+        if fieldnames:
+            break
+    if "email" not in fieldnames:
+        raise InvalidInput("the CSV needs a header row with an 'email' column")
+    for line, text in lines:
+        try:
+            values = _parse_line(text)
         except csv.Error as exc:  # a field over the csv module's size limit, a stray NUL
-            yield reader.line_num, f"this row cannot be read: {exc}"
+            yield line, f"this row cannot be read: {exc}"
             continue
-        yield reader.line_num, {(k or "").strip().lower(): (v or "") for k, v in row.items()}
+        if not values:
+            continue  # a blank line
+        if _unterminated(values):
+            yield line, 'a quote (") is never closed on this line: row skipped'
+            continue
+        yield line, dict(zip(fieldnames, values, strict=False))
+
+
+def _unterminated(values: list[str]) -> bool:
+    # Read alone, a line can only put its own line break into a field through a quote
+    # that is still open at the end of the line.
+    return any("\n" in v or "\r" in v for v in values)
 
 
 def import_csv(

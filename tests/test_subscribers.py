@@ -109,3 +109,37 @@ def test_duplicate_subscriber_is_refused(session) -> None:
     store.add_subscriber(session, "ana@example.com", NOW)
     with pytest.raises(Duplicate, match="already"):
         store.add_subscriber(session, "ana@example.com", NOW)
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        'ann@example.com,"Ann\nbob@example.com,Bob\ncy@example.com,Cy\n',
+        # The open quote on the last line, with no line break after it.
+        'bob@example.com,Bob\ncy@example.com,Cy\nann@example.com,"Ann',
+        # A second quote further down would close the first for the csv module.
+        'ann@example.com,"Ann\nbob@example.com,Bob\ncy@example.com,"Cy"\n',
+    ],
+)
+def test_an_unterminated_quote_skips_its_row_and_no_other(session, rows: str) -> None:
+    report = import_csv(session, io.StringIO("email,name\n" + rows), NOW)
+    session.commit()
+    assert [reason for _, reason in report.errors] == [
+        'a quote (") is never closed on this line: row skipped'
+    ]
+    assert report.added == 2
+    assert store.find_subscriber(session, "ann@example.com") is None
+    names = {s.email: s.name for s in store.iter_subscribers(session)}
+    assert names == {"bob@example.com": "Bob", "cy@example.com": "Cy"}
+
+
+def test_the_row_numbers_are_the_file_lines(session) -> None:
+    text = '\nemail,name\nann@example.com,"Ann\n\nbad\nbob@example.com,"Bob, Jr."\r\n'
+    report = import_csv(session, io.StringIO(text, newline=""), NOW)
+    assert [line for line, _ in report.errors] == [3, 5] and report.added == 1
+    assert store.find_subscriber(session, "bob@example.com").name == "Bob, Jr."
+
+
+def test_a_header_with_an_open_quote_is_one_line(session) -> None:
+    with pytest.raises(InvalidInput, match="header row has a quote"):
+        import_csv(session, io.StringIO('"email,name\nann@example.com,Ann\n'), NOW)
