@@ -262,11 +262,26 @@ def _database_password(env: dict[str, str]) -> str | None:
         raise ConfigError(f"DIGEST_DATABASE_PASSWORD_FILE {path!r}: {reason}") from None
 
 
+DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres")
+
+
+def check_database_url(url: str) -> str:
+    """The URL if digest can use its database (SQLite or PostgreSQL), else ConfigError."""
+    scheme = url.partition(":")[0].partition("+")[0].lower()
+    if scheme not in DATABASE_SCHEMES or "://" not in url:
+        raise ConfigError(
+            f"DIGEST_DATABASE_URL: {scheme or url[:20]!r} databases are not supported; digest "
+            "runs on SQLite (sqlite:///path/to/digest.db) or PostgreSQL "
+            "(postgresql://user:password@host:5432/name)"
+        )
+    return url
+
+
 def database_url_from(env: dict[str, str], data_dir: Path) -> str:
     """DIGEST_DATABASE_URL as given, else PostgreSQL from DIGEST_DATABASE_HOST and the
     other parts, else the SQLite file in the data folder."""
     if env.get("DIGEST_DATABASE_URL"):
-        return env["DIGEST_DATABASE_URL"]
+        return check_database_url(env["DIGEST_DATABASE_URL"])
     host = env.get("DIGEST_DATABASE_HOST")
     if not host:
         given = [name for name in DATABASE_PARTS if env.get(name)]

@@ -1,15 +1,31 @@
-"""Subscribers: `digest subscribers ...` (mail that comes back: digest/cli/inbound.py)."""
+"""Subscribers: `digest subscribers ...` (mail that comes back: digest/cli/inbound.py).
+
+The commands on one reader (show, unsubscribe, suppress, erase, export-one, update) call
+digest.reader_admin, as the console does, and write every change to the audit log under
+the name of the OS user who ran them.
+"""
 
 from __future__ import annotations
 
+import getpass
+import json
+import os
 import sys
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import click
+from sqlalchemy.orm import Session
 
-from digest import store
+from digest import accounts, operators, reader_admin, store
 from digest.cli import App, cli, pass_app
+from digest.editions import normalise_sections
+from digest.errors import InvalidInput
+from digest.models import SUBSCRIBER_STATUSES, Subscriber
 from digest.subscribers import export_csv, export_private, import_file, subscriber_fields
+
+STATUSES = (*SUBSCRIBER_STATUSES, reader_admin.ERASED)
 
 
 @cli.group()
@@ -39,6 +55,7 @@ def subscribers_add(
     """Add one subscriber."""
     fields = subscriber_fields(email, name, timezone, editions, sections)
     with app.session() as session:
+        check_sections(session, fields["sections"], app.now())
         s = store.add_subscriber(
             session,
             now=app.now(),
@@ -82,7 +99,7 @@ def subscribers_export(app: App, file: Path) -> None:
 
 
 @subscribers.command("list")
-@click.option("--status", default=None)
+@click.option("--status", default=None, type=click.Choice(STATUSES))
 @click.option("--limit", default=50, show_default=True)
 @pass_app
 def subscribers_list(app: App, status: str | None, limit: int) -> None:
@@ -100,3 +117,200 @@ def subscribers_list(app: App, status: str | None, limit: int) -> None:
             )
         counts = store.count_subscribers(session)
     click.echo("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "no subscribers")
+
+
+def check_sections(session: Session, sections: str, now: datetime) -> None:
+    """InvalidInput naming any chosen section that no feed (or recent article) has."""
+    chosen = [s for s in sections.split(",") if s]
+    if not chosen:
+        return
+    offered = accounts.offered_sections(session, now)
+    unknown = sorted(set(chosen) - set(offered))
+    if unknown:
+        known = ", ".join(offered) if offered else "none yet (add a feed first)"
+        raise InvalidInput(f"unknown section {', '.join(unknown)!r}; the feeds' sections: {known}")
+
+
+# --- one reader -----------------------------------------------------------------------------
+
+
+def operator_name() -> str:
+    """Who ran the command, for the audit log: the OS user."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no USER/LOGNAME and no passwd entry (a bare container)
+        return f"uid {os.getuid()}"
+
+
+def _audit(session: Session, app: App, action: str, detail: str) -> None:
+    # The same actions and details as the console (digest/web/console.py) writes.
+    operators.record(session, operator_name(), action, detail, app.now())
+
+
+def _act(
+    app: App,
+    reader: str,
+    act: Callable[[Session, int, datetime], Subscriber],
+    action: str,
+    confirm: Callable[[Subscriber], None] | None = None,
+) -> Subscriber:
+    with app.session() as session:
+        subscriber = reader_admin.find_reader(session, reader)
+        if subscriber.status == reader_admin.ERASED:
+            raise InvalidInput(f"subscriber {subscriber.id} is erased; nothing is left to change")
+        if confirm:
+            confirm(subscriber)
+        act(session, subscriber.id, app.now())
+        _audit(session, app, action, f"reader {subscriber.id}")
+        session.commit()
+        return subscriber
+
+
+def _when(value: datetime | None) -> str:
+    return value.isoformat(timespec="minutes") if value else "-"
+
+
+@subscribers.command("show")
+@click.argument("reader")
+@pass_app
+def subscribers_show(app: App, reader: str) -> None:
+    """Show one reader (ADDRESS or ID): settings, consent and what they were sent."""
+    with app.session() as session:
+        found = reader_admin.find_reader(session, reader)
+        v = reader_admin.view(session, found.id, app.settings.default_timezone)
+    rows = [
+        ("id", str(v.id)),
+        ("email", v.email),
+        ("name", v.name or "-"),
+        ("status", v.status),
+        ("editions", v.editions),
+        ("sections", v.sections),
+        ("timezone", v.timezone),
+        ("consent", v.consent or "-"),
+        ("created", _when(v.created_at)),
+        ("confirmed", _when(v.confirmed_at)),
+        ("unsubscribed", _when(v.unsubscribed_at)),
+    ]
+    for key, value in rows:
+        click.echo(f"{key + ':':<14}{value}")
+    click.echo(f"deliveries:   {len(v.deliveries) or 'none'}")
+    for d in v.deliveries:
+        error = f"  ({d['error']})" if d.get("error") else ""
+        click.echo(
+            f"  edition {d['edition_id']:>6}  {d['slot']:<8} {d['local_day']}  "
+            f"{d['status']:<10} {_when(d['sent_at'])}{error}"
+        )
+
+
+@subscribers.command("unsubscribe")
+@click.argument("reader")
+@pass_app
+def subscribers_unsubscribe(app: App, reader: str) -> None:
+    """Stop all mail to one reader (ADDRESS or ID), as their own unsubscribe link would."""
+    s = _act(app, reader, reader_admin.unsubscribe, "unsubscribed")
+    click.echo(f"subscriber {s.id} unsubscribed: {s.email}")
+
+
+@subscribers.command("suppress")
+@click.argument("reader")
+@pass_app
+def subscribers_suppress(app: App, reader: str) -> None:
+    """Stop all mail to one reader for good: no sign-up may mail the address again."""
+    s = _act(app, reader, reader_admin.suppress, "suppressed")
+    click.echo(f"subscriber {s.id} suppressed for good: {s.email}")
+
+
+@subscribers.command("erase")
+@click.argument("reader")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_app
+def subscribers_erase(app: App, reader: str, yes: bool) -> None:
+    """Erase one reader's personal data for good (the address is kept only as a hash,
+    so it is never mailed again; their deliveries stay as anonymous counts)."""
+
+    def confirm(s: Subscriber) -> None:
+        if not yes:
+            click.confirm(f"Erase subscriber {s.id} ({s.email})? This cannot be undone", abort=True)
+
+    s = _act(app, reader, reader_admin.erase, "erased", confirm)
+    click.echo(f"subscriber {s.id} erased")
+
+
+@subscribers.command("export-one")
+@click.argument("reader")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+    default="-",
+    help="Write to this file (readable by its owner only); - (the default) for standard output.",
+)
+@pass_app
+def subscribers_export_one(app: App, reader: str, out: Path) -> None:
+    """Export everything kept about one reader as JSON (a data-subject access request)."""
+    with app.session() as session:
+        found = reader_admin.find_reader(session, reader)
+        data = reader_admin.export_person(session, found.id, app.settings.default_timezone)
+        _audit(session, app, "exported", f"reader {found.id}")
+        text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+        if str(out) != "-":
+            _write_private(out, text)
+        session.commit()
+    if str(out) == "-":
+        click.echo(text, nl=False)
+    else:
+        click.echo(f"subscriber {found.id} exported to {out}", err=True)
+
+
+def _write_private(path: Path, text: str) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.chmod(path, 0o600)  # an existing file keeps its old mode otherwise
+    except OSError as exc:
+        raise InvalidInput(f"cannot write {path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+@subscribers.command("update")
+@click.argument("reader")
+@click.option("--name", default=None)
+@click.option("--timezone", default=None, help="IANA name, e.g. Europe/London.")
+@click.option("--editions", default=None, type=click.Choice(["morning", "evening", "both"]))
+@click.option("--sections", default=None, help="Comma-separated; empty means all.")
+@pass_app
+def subscribers_update(
+    app: App,
+    reader: str,
+    name: str | None,
+    timezone: str | None,
+    editions: str | None,
+    sections: str | None,
+) -> None:
+    """Change one reader's name, timezone, editions or sections (the rest stay)."""
+    with app.session() as session:
+        subscriber = reader_admin.find_reader(session, reader)
+        if subscriber.status == reader_admin.ERASED:
+            raise InvalidInput(f"subscriber {subscriber.id} is erased; nothing is left to change")
+        form = accounts.form_of(subscriber)
+        if sections is not None:
+            check_sections(session, normalise_sections(sections), app.now())
+            form.sections = [s for s in sections.split(",") if s.strip()]
+        form.name = form.name if name is None else name
+        form.timezone = form.timezone if timezone is None else timezone
+        form.editions = editions or form.editions
+        changed = [
+            key
+            for key, value in (
+                ("name", name),
+                ("timezone", timezone),
+                ("editions", editions),
+                ("sections", sections),
+            )
+            if value is not None
+        ]
+        if not changed:
+            raise click.UsageError("say what to change: --name, --timezone, --editions, --sections")
+        s = reader_admin.update(session, subscriber.id, form)
+        _audit(session, app, "changed reader", f"reader {s.id}: {', '.join(changed)}")
+        session.commit()
+    click.echo(f"subscriber {s.id} updated: {', '.join(changed)}")
