@@ -65,8 +65,15 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-# Answers that waiting cannot change: a wrong password, a missing role or database.
-REFUSALS = ("password authentication failed", "does not exist", "no pg_hba.conf entry")
+# Answers that waiting cannot change: a wrong password, a missing role or database, a
+# URL libpq rejects before it connects ("connection is bad: invalid port number").
+REFUSALS = (
+    "password authentication failed",
+    "does not exist",
+    "no pg_hba.conf entry",
+    "connection is bad",
+    "invalid ",
+)
 
 
 def safe_url(url: str) -> str:
@@ -113,7 +120,12 @@ def _connect_once(url: str, timeout: float) -> None:
     if make_url(normalise_url(url)).get_backend_name() == "postgresql":
         # libpq waits at least 2 s; without a limit a silent host holds us for minutes.
         kwargs["connect_args"] = {"connect_timeout": min(10, max(2, math.ceil(timeout)))}
-    engine = make_engine(url, **kwargs)
+    try:
+        engine = make_engine(url, **kwargs)
+    except OSError as exc:  # the SQLite file's folder cannot be made
+        raise DatabaseUnavailable(
+            f"database {safe_url(url)}: cannot create {exc.filename}: {exc.strerror}"
+        ) from None
     try:
         with engine.connect() as conn:
             conn.exec_driver_sql("SELECT 1")

@@ -46,13 +46,31 @@ def test_an_embedded_database_answers_at_once(tmp_path: Path) -> None:
     assert time.monotonic() - start < 1
 
 
+def test_an_sqlite_folder_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(DatabaseUnavailable) as caught:
+        wait_for_database(f"sqlite:///{tmp_path / 'file' / 'sub' / 'digest.db'}", 30)
+    assert "cannot create" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_url_libpq_rejects_is_not_waited_for() -> None:
+    start = time.monotonic()
+    with pytest.raises(DatabaseUnavailable) as caught:
+        wait_for_database("postgresql://digest:pw@127.0.0.1:99999/digest", 30)
+    assert time.monotonic() - start < 5
+    assert "refused digest" in str(caught.value) and "invalid port" in str(caught.value)
+
+
+def init_env(env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
+    return {**base, "DIGEST_DATA_DIR": str(tmp_path), "DIGEST_SECRET_KEY": "k", **env}
+
+
 def run_init(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
     """`digest init` in its own process, as the compose stack's migrate service runs it."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
-    base.update(DIGEST_DATA_DIR=str(tmp_path), DIGEST_SECRET_KEY="k", **env)
     return subprocess.run(
         [sys.executable, "-m", "digest.cli", "init"],
-        env=base,
+        env=init_env(env, tmp_path),
         capture_output=True,
         text=True,
         timeout=60,
@@ -79,10 +97,10 @@ def test_digest_init_gives_up_with_one_line_and_no_traceback(tmp_path: Path) -> 
 
 
 @contextmanager
-def late_forwarder(target: tuple[str, int], after: float) -> Iterator[int]:
-    """A port that refuses connections for `after` seconds, then relays them to target."""
+def late_forwarder(target: tuple[str, int]) -> Iterator[tuple[int, threading.Event]]:
+    """A port that refuses connections until the event is set, then relays them to target."""
     port = free_port()
-    stop = threading.Event()
+    opened, stop = threading.Event(), threading.Event()
 
     def pipe(src: socket.socket, dst: socket.socket) -> None:
         try:
@@ -100,8 +118,9 @@ def late_forwarder(target: tuple[str, int], after: float) -> Iterator[int]:
             back.join(10)
 
     def serve() -> None:
-        if stop.wait(after):
-            return
+        while not opened.wait(0.1):
+            if stop.is_set():
+                return
         with socket.create_server(("127.0.0.1", port)) as server:
             server.settimeout(0.2)
             while not stop.is_set():
@@ -114,7 +133,7 @@ def late_forwarder(target: tuple[str, int], after: float) -> Iterator[int]:
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
-        yield port
+        yield port, opened
     finally:
         stop.set()
         thread.join(5)
@@ -128,23 +147,29 @@ def test_digest_init_waits_for_a_database_that_starts_late(tmp_path: Path) -> No
     with admin.begin() as conn:
         conn.execute(text(f"CREATE SCHEMA {schema}"))
     try:
-        with late_forwarder((real.host or "127.0.0.1", real.port or 5432), after=2) as port:
+        with late_forwarder((real.host or "127.0.0.1", real.port or 5432)) as (port, opened):
             late = real.set(
                 port=port, host="127.0.0.1", query={"options": f"-csearch_path={schema}"}
             )
-            start = time.monotonic()
-            result = run_init(
-                {
-                    "DIGEST_DATABASE_URL": late.render_as_string(hide_password=False),
-                    "DIGEST_DATABASE_WAIT_SECONDS": "30",
-                },
-                tmp_path,
-            )
-            took = time.monotonic() - start
-        assert result.returncode == 0, result.stderr
-        assert result.stderr.startswith("waiting up to 30 s for the database: ")
-        assert "Connection refused" in result.stderr and result.stderr.count("\n") == 1
-        assert result.stdout.startswith("database ready: ") and 2 <= took < 30
+            env = {
+                "DIGEST_DATABASE_URL": late.render_as_string(hide_password=False),
+                "DIGEST_DATABASE_WAIT_SECONDS": "30",
+            }
+            with subprocess.Popen(
+                [sys.executable, "-m", "digest.cli", "init"],
+                env=init_env(env, tmp_path),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            ) as child:
+                assert child.stderr is not None
+                waiting = child.stderr.readline()  # refused: nothing listens yet
+                opened.set()  # the database "starts"
+                out, rest = child.communicate(timeout=60)
+        assert child.returncode == 0, waiting + rest
+        assert waiting.startswith("waiting up to 30 s for the database: ")
+        assert "Connection refused" in waiting and rest == ""
+        assert out.startswith("database ready: ")
         with admin.connect() as conn:
             assert "alembic_version" in inspect(conn).get_table_names(schema=schema)
     finally:
