@@ -27,7 +27,7 @@ from digest.config import Settings
 from digest.editions import normalise_sections
 from digest.errors import Duplicate, InvalidAddress, InvalidInput, InvalidToken, NotFound
 from digest.message import Envelope, build_message
-from digest.models import Subscriber
+from digest.models import EditionVariant, Subscriber
 from digest.render import environment, slot_values
 from digest.schedule import local_day, send_at
 from digest.store.subscribers import suppression_reason
@@ -409,7 +409,20 @@ def edition_html(
     edition = store.get_edition(session, edition_id)
     if now - edition.send_at > timedelta(days=settings.view_ttl_days):
         raise InvalidToken("this link has expired")
-    prepared = sending.prepare_variant(store.get_variant(session, delivery.variant_id))
+    return public_html(settings, store.get_variant(session, delivery.variant_id))
+
+
+# The template's own <body> tag: it comes before any feed text, which is escaped or
+# sanitised anyway, so the first one is always the template's.
+_BODY = re.compile(r"<body\b[^>]*>", re.I)
+
+
+def public_html(settings: Settings, variant: EditionVariant, banner: str = "") -> str:
+    """A sent rendering as a web page with nothing personal in it (the web version, the
+    public archive): no name, account links to pages that ask for the reader's own
+    email's links, no link to itself, the content in a main landmark. `banner` is
+    trusted markup shown above it."""
+    prepared = sending.prepare_variant(variant)
     values = slot_values(
         name="",
         unsubscribe_url=f"{settings.base_url}/unsubscribe",
@@ -417,7 +430,12 @@ def edition_html(
         view_url=WEB_VIEW_SELF,
         for_html=True,
     )
-    return _SELF_LINK.sub("", prepared.html.fill(values))
+    html = _SELF_LINK.sub("", prepared.html.fill(values))
+    body = _BODY.search(html)
+    end = html.rfind("</body>")
+    if body is None or end < body.end():
+        return html
+    return f"{html[: body.end()]}{banner}<main>{html[body.end() : end]}</main>{html[end:]}"
 
 
 # --- the sign-up email -------------------------------------------------------------------

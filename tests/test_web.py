@@ -718,3 +718,61 @@ def test_gunicorn_runs_the_app_factory(spawn, sqlite_url, tmp_path) -> None:
     child.signal(signal.SIGQUIT)  # gunicorn's quick shutdown; SIGTERM waits on idle workers
     child.proc.wait(timeout=10)
     engine.dispose()
+
+
+# --- the pages in a real browser engine (headless Chromium) ------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Any:
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    if not CHROMIUM.exists():
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield browser
+        browser.close()
+
+
+def in_browser(browser: Any, html: str) -> Any:
+    """The page as Chromium lays it out and runs its script (nothing fetched)."""
+    page = browser.new_page()
+    page.route("**/*", lambda route: route.abort())
+    page.set_content(html, wait_until="load")
+    return page
+
+
+def test_an_invalid_field_is_red_and_the_summary_has_focus(client, settings, browser) -> None:
+    r = signup(client, settings, email="not-an-address")
+    assert r.status_code == 422
+    html = r.get_data(as_text=True)
+    nonce = re.search(r"'nonce-([^']+)'", r.headers["Content-Security-Policy"])
+    assert nonce and f'<script nonce="{nonce.group(1)}">document.getElementById("errors")' in html
+    page = in_browser(browser, html)
+    red = page.evaluate("getComputedStyle(document.querySelector('.errors')).borderTopColor")
+    email = page.evaluate("getComputedStyle(document.getElementById('email')).borderTopColor")
+    name = page.evaluate("getComputedStyle(document.getElementById('name')).borderTopColor")
+    assert email == red and name != red  # only the field in error
+    assert page.evaluate("document.activeElement.id") == "errors"
+    page.close()
+
+
+def test_the_web_version_is_a_page_of_its_own(client, settings, session, browser) -> None:
+    add_sample_articles(session)
+    ben = add_reader(session, "ben@example.com", name="Ben")
+    plan = pipeline.plan_edition(session, settings, MORNING, AFTER_CUT)
+    html = client.get(view_path(settings, plan.edition_id, ben.id)).get_data(as_text=True)
+    assert html.count("<main>") == 1 and "#digest-web-view" not in html
+    page = in_browser(browser, html)
+    assert page.get_by_role("main").count() == 1
+    assert page.get_by_role("link", name=re.compile("browser", re.I)).count() == 0
+    for title in ("Ferry timetable changes", "Netball final"):
+        more = page.get_by_role("link", name=f"Read the full story: {title}", exact=True)
+        assert more.count() == 1 and more.inner_text() == "Read the full story"
+    assert page.get_by_role("link", name="Read the full story", exact=True).count() == 0
+    page.close()
