@@ -78,6 +78,8 @@ class Settings:
     dkim_domain: str = ""
     dkim_key_file: Path | None = None
     view_ttl_days: int = 30
+    # Past editions, without any personal part, at /archive (digest/archive.py).
+    public_archive: bool = False
     # The sign-up form's limits (digest/signup_limits.py): per client address, per
     # recipient mailbox, and a global hourly budget of confirmation emails.
     signup_client_limit: str = "10 per hour;30 per day"
@@ -397,6 +399,7 @@ def load_settings(env: dict[str, str] | None = None, *, create_secret: bool = Tr
         dkim_domain=env.get("DIGEST_DKIM_DOMAIN") or "",
         dkim_key_file=_path(env, "DIGEST_DKIM_KEY_FILE"),
         view_ttl_days=_int(env, "DIGEST_VIEW_TTL_DAYS", defaults.view_ttl_days),
+        public_archive=env.get("DIGEST_PUBLIC_ARCHIVE", "").lower() in ("1", "true", "yes"),
         signup_client_limit=env.get("DIGEST_SIGNUP_CLIENT_LIMIT") or defaults.signup_client_limit,
         signup_mailbox_limit=env.get("DIGEST_SIGNUP_MAILBOX_LIMIT")
         or defaults.signup_mailbox_limit,

@@ -1,4 +1,5 @@
-"""The readers' pages: subscribe, confirm, unsubscribe, preferences, the web version.
+"""The readers' pages: subscribe, confirm, unsubscribe, preferences, the web version,
+and the public archive when DIGEST_PUBLIC_ARCHIVE is on.
 
 Views are thin: they read the request, call digest.accounts, commit, and render a page
 from templates/web/. The token in a link is the only credential: no page needs or sets
@@ -15,10 +16,10 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from flask import Blueprint, Response, render_template, request, url_for
+from flask import Blueprint, Response, abort, render_template, request, url_for
 from sqlalchemy.exc import SQLAlchemyError
 
-from digest import accounts, store
+from digest import accounts, archive, store
 from digest.errors import InvalidInput, NotFound, SendError
 from digest.store.base import MAX_ID
 from digest.tokens import make_token, read_token, unseal
@@ -280,6 +281,44 @@ def edition(edition_id: int, token: str) -> Any:
     scope = str(edition_id)
     subscriber_id = read_token(rt.settings.secret_key, "view", token, now, scope=scope)
     html = accounts.edition_html(db(), rt.settings, edition_id, subscriber_id, now)
+    response = Response(html, mimetype="text/html")
+    response.headers["Content-Security-Policy"] = EDITION_CSP
+    return response
+
+
+# --- the public archive (DIGEST_PUBLIC_ARCHIVE) ----------------------------------------------
+
+
+def _archive_on() -> None:
+    if not runtime().settings.public_archive:
+        abort(404)  # off by default: a publisher may not want its editions public
+
+
+@bp.get("/archive")
+def archive_index() -> Any:
+    """Past editions by day, newest first, each a link to its page; a sign-up link."""
+    _archive_on()
+    rt = runtime()
+    page = request.args.get("page", "0")
+    number = int(page) if page.isdigit() and len(page) < 6 else 0
+    days, more = archive.days(db(), rt.clock(), number)
+    return render_template(
+        "web/archive.html",
+        days=days,
+        page=number,
+        more=more,
+        default_timezone=rt.settings.default_timezone,
+    )
+
+
+@bp.get("/archive/<int:edition_id>")
+def archive_edition(edition_id: int) -> Any:
+    _archive_on()
+    rt = runtime()
+    if edition_id > MAX_ID:
+        raise NotFound("no such edition")
+    banner = render_template("web/archive_banner.html")
+    html = archive.edition_page(db(), rt.settings, edition_id, rt.clock(), banner)
     response = Response(html, mimetype="text/html")
     response.headers["Content-Security-Policy"] = EDITION_CSP
     return response
