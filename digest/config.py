@@ -29,7 +29,20 @@ class SMTPConfig:
     timeout: float = 30.0
     # The whole exchange for one message (connect, EHLO, MAIL, RCPT, DATA) may take this
     # long, whatever the server does: a relay that drips a byte at a time cannot hold a lane.
-    deadline: float = 30.0
+    deadline: float = 20.0
+    # The relay's limits, shared by every worker (digest/ratelimit.py): messages per
+    # second (0: none), how many may go at once (0: one second's worth), and optional
+    # caps per clock hour and per UTC day. `weight`: its share among several relays.
+    rate: float = 0.0
+    burst: float = 0.0
+    per_hour: int = 0
+    per_day: int = 0
+    weight: float = 1.0
+
+    @property
+    def name(self) -> str:
+        """host:port, what logs and the rate limiter's keys call this relay."""
+        return f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -43,7 +56,8 @@ class Settings:
     secret_key: str = field(repr=False)
     # How long `digest init` waits for the database to take connections (compose start-up).
     database_wait_seconds: int = 60
-    smtp: SMTPConfig | None = None
+    smtp: SMTPConfig | None = None  # the first (or only) relay
+    smtp_relays: tuple[SMTPConfig, ...] = ()  # every relay, when there are several
     redis_url: str | None = field(default=None, repr=False)
     base_url: str = "http://localhost:8000"
     from_address: str = "digest@example.com"
@@ -130,14 +144,26 @@ class Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
 
 
-def parse_smtp_url(url: str) -> SMTPConfig:
-    """smtp://user:pass@host:587?starttls=1, smtps://host:465 or smtp://host:25."""
+def parse_smtp_url(url: str, defaults: dict[str, str] | None = None) -> SMTPConfig:
+    """smtp://user:pass@host:587?starttls=1, smtps://host:465 or smtp://host:25; the
+    query may add timeout=, deadline=, rate=, burst=, per_hour=, per_day=, weight=
+    (`defaults` gives those the URL leaves out)."""
     parts = urlsplit(url)
     if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
         raise ConfigError(
             f"DIGEST_SMTP_URL must look like smtp://host:port, got scheme {parts.scheme!r}"
         )
-    query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
+    query = {**(defaults or {})}
+    query.update(dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p))
+
+    def number(name: str, default: float) -> float:
+        try:
+            value = float(query.get(name, default))
+        except ValueError:
+            raise ConfigError(f"SMTP URL {name}= must be a number, got {query[name]!r}") from None
+        if value < 0:
+            raise ConfigError(f"SMTP URL {name}= must not be negative, got {value:g}")
+        return value
     if parts.scheme == "smtps":
         tls = "implicit"
     elif query.get("starttls", "").lower() in ("1", "true", "yes"):
@@ -151,9 +177,34 @@ def parse_smtp_url(url: str) -> SMTPConfig:
         tls=tls,
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,
-        timeout=float(query.get("timeout", 30)),
-        deadline=float(query.get("deadline", 30)),
+        timeout=number("timeout", 30),
+        deadline=number("deadline", 20),
+        rate=number("rate", 0),
+        burst=number("burst", 0),
+        per_hour=int(number("per_hour", 0)),
+        per_day=int(number("per_day", 0)),
+        weight=number("weight", 1),
     )
+
+
+def smtp_relays(env: dict[str, str]) -> tuple[SMTPConfig, ...]:
+    """Every relay configured: DIGEST_SMTP_URLS (comma separated), else DIGEST_SMTP_URL_1,
+    _2 ..., else DIGEST_SMTP_URL. DIGEST_SMTP_RATE, _BURST, _PER_HOUR and _PER_DAY apply
+    to each relay whose URL does not say otherwise."""
+    if env.get("DIGEST_SMTP_URLS"):
+        urls = [u.strip() for u in env["DIGEST_SMTP_URLS"].split(",") if u.strip()]
+    else:
+        urls = []
+        while env.get(f"DIGEST_SMTP_URL_{len(urls) + 1}"):
+            urls.append(env[f"DIGEST_SMTP_URL_{len(urls) + 1}"])
+        if not urls and env.get("DIGEST_SMTP_URL"):
+            urls = [env["DIGEST_SMTP_URL"]]
+    limits = {
+        key: env[f"DIGEST_SMTP_{key.upper()}"]
+        for key in ("rate", "burst", "per_hour", "per_day")
+        if env.get(f"DIGEST_SMTP_{key.upper()}")
+    }
+    return tuple(parse_smtp_url(url, limits) for url in urls)
 
 
 def _parse_time(name: str, value: str) -> time:
@@ -324,7 +375,7 @@ def load_settings(env: dict[str, str] | None = None, *, create_secret: bool = Tr
     env = dict(os.environ if env is None else env)
     data_dir = Path(env.get("DIGEST_DATA_DIR") or "var").resolve()
     database_url = database_url_from(env, data_dir)
-    smtp_url = env.get("DIGEST_SMTP_URL")
+    relays = smtp_relays(env)
     send_times = {
         "morning": _parse_time("DIGEST_MORNING_AT", env.get("DIGEST_MORNING_AT", "06:00")),
         "evening": _parse_time("DIGEST_EVENING_AT", env.get("DIGEST_EVENING_AT", "17:00")),
@@ -345,7 +396,8 @@ def load_settings(env: dict[str, str] | None = None, *, create_secret: bool = Tr
         outbox_dir=Path(env.get("DIGEST_OUTBOX_DIR") or data_dir / "outbox").resolve(),
         templates_dir=Path(env.get("DIGEST_TEMPLATES_DIR") or REPO_ROOT / "templates").resolve(),
         secret_key=_secret_key(env, data_dir, create_secret),
-        smtp=parse_smtp_url(smtp_url) if smtp_url else None,
+        smtp=relays[0] if relays else None,
+        smtp_relays=relays,
         redis_url=env.get("DIGEST_REDIS_URL") or None,
         base_url=(env.get("DIGEST_BASE_URL") or defaults.base_url).rstrip("/"),
         from_address=env.get("DIGEST_FROM_ADDRESS") or defaults.from_address,

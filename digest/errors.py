@@ -57,6 +57,15 @@ class TransientSendError(SendError):
     """4xx reply or dropped connection: try again later."""
 
 
+class RelayUnavailable(TransientSendError):
+    """No relay may take a message now (all down, or over their rate caps): the batch
+    hands its rows back, untried, and goes again in `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class PermanentSendError(SendError):
     """5xx reply: do not try again."""
 

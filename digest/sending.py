@@ -20,7 +20,13 @@ from sqlalchemy.orm import Session
 
 from digest import store
 from digest.config import Settings
-from digest.errors import ConfigError, HeaderInjection, PermanentSendError, TransientSendError
+from digest.errors import (
+    ConfigError,
+    HeaderInjection,
+    PermanentSendError,
+    RelayUnavailable,
+    TransientSendError,
+)
 from digest.heartbeat import MARGIN, Heartbeat
 from digest.message import Envelope, MessageTemplate, Reader, Sender
 from digest.models import EditionVariant
@@ -44,6 +50,8 @@ class BatchReport:
     errors: list[str] = field(default_factory=list)
     # Claimed rows given back to the queue unsent (the lane ran out of time, or stopped).
     handed_back: list[int] = field(default_factory=list)
+    # Set when no relay could take a message: try again in this many seconds.
+    retry_after: float = 0.0
 
     @property
     def done(self) -> int:
@@ -59,6 +67,7 @@ class BatchReport:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.errors.extend(other.errors[:20])
         self.handed_back.extend(other.handed_back)
+        self.retry_after = max(self.retry_after, other.retry_after)
 
 
 @dataclass(frozen=True)
@@ -279,6 +288,14 @@ class Lane:
                     pending.discard(row.id)
                     with self.lock:
                         self.report.count(outcome, row.email, error)
+        except RelayUnavailable as exc:
+            # No relay can take mail now: the rows go back untried (no attempt spent)
+            # and the batch goes again when the first relay is due back.
+            with self.lock:
+                self.report.retry_after = max(self.report.retry_after, exc.retry_after)
+                if len(self.report.errors) < 100:
+                    self.report.errors.append(str(exc))
+            self.stop.set()  # the other lanes would only find the same
         except BaseException:
             # The error that stopped the lane is the one to report: a hand-back
             # that fails too (the database went away) must not replace it.
@@ -301,8 +318,11 @@ class Lane:
 
 
 def message_deadline(settings: Settings) -> float:
-    """The longest one message may take at the transport (its SMTP deadline)."""
-    return settings.smtp.deadline if settings.smtp is not None else 5.0
+    """The longest one message may take at the transport (its SMTP deadline, and the
+    wait for a rate-limited relay)."""
+    from digest.relays import message_budget
+
+    return message_budget(settings)
 
 
 def _send_one(
@@ -328,6 +348,8 @@ def _send_one(
             message,
             reader.message_id,
         )
+    except RelayUnavailable:
+        raise  # not this reader's problem: the lane hands the row back untried
     except TransientSendError as exc:
         if r.attempts >= settings.max_attempts:
             record.failed(r.id, f"gave up after {r.attempts} attempts: {exc}")
@@ -355,17 +377,20 @@ def run_edition(
     edition_id: int,
     now: datetime,
     on_progress: Progress | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> BatchReport:
     """Send every queued delivery of an edition in this process, batch by batch.
 
     Rows a batch handed back (its lanes ran out of time) are sent in another pass, as
-    long as the last pass got something done; what is still open afterwards is the
-    caller's to report (store.edition_counts).
+    long as the last pass got something done. When no relay can take mail, it waits
+    for the first to come back (DIGEST_OUTAGE_SECONDS in all) and goes on. What is
+    still open afterwards is the caller's to report (store.edition_counts).
     """
     report = BatchReport()
     started = time.monotonic()
     counts = store.edition_counts(session, edition_id)
     total = counts.get("queued", 0) + counts.get("deferred", 0)
+    waited = 0.0
 
     def progress(done: int, _of: int) -> None:
         if on_progress:
@@ -383,8 +408,16 @@ def run_edition(
             this_pass.add(done)
             report.add(done)
             last = batch[-1]
+            if done.retry_after:
+                break  # no relay takes mail: the next batches would find the same
         session.commit()  # end the last page's read: on SQLite it holds the write lock
+        if this_pass.retry_after and waited < settings.outage_seconds:
+            pause = min(this_pass.retry_after, settings.outage_seconds - waited)
+            sleep(pause)
+            waited += pause
+            continue
         if not this_pass.handed_back or not this_pass.done:
             break
     report.handed_back = this_pass.handed_back  # what is left, not every hand-back
+    report.retry_after = this_pass.retry_after
     return report

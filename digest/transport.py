@@ -340,8 +340,11 @@ class OutboxTransport:
             raise TransientSendError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def make_transport(settings: Settings) -> SMTPTransport | OutboxTransport:
-    """SMTP when a URL is configured, else the outbox folder."""
-    if settings.smtp is not None:
-        return SMTPTransport(settings.smtp)
+def make_transport(settings: Settings) -> Transport:
+    """SMTP when a URL is configured (several relays, rate limits: digest/relays.py),
+    else the outbox folder."""
+    if settings.smtp is not None or settings.smtp_relays:
+        from digest.relays import relay_transport  # a layer above this module
+
+        return relay_transport(settings)
     return OutboxTransport(settings.outbox_dir)

@@ -106,6 +106,8 @@ def send_batch(self: Any, delivery_ids: list[int], now: str | None = None) -> di
             # At once if the batch got somewhere; after a pause if it sent nothing (its
             # relays are all down, say), so that it does not spin.
             pause = 0.0 if report.done else float(min(30, settings.claim_seconds))
+            if report.retry_after:  # no relay takes mail: again when the first is back
+                pause = report.retry_after
             ids, countdown = sorted(set(ids) | set(report.handed_back)), pause
         # A pinned clock moves on by the delay, so the retry finds its rows due.
         later = None if now is None else (at + timedelta(seconds=countdown)).isoformat()

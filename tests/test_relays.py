@@ -1,0 +1,140 @@
+"""Several relays: shares by weight, failover, and an edition that waits while every
+relay is down and resumes by itself (two real aiosmtpd servers, real workers)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from digest.config import load_settings, parse_smtp_url, smtp_relays
+from digest.errors import ConfigError, RelayUnavailable
+from digest.models import Delivery
+from digest.relays import RelayBoard, RelayPool
+from digest.transport import SMTPTransport
+from tests.conftest import Sink, _Controller, free_port, wait_for
+from tests.test_workers import LONDON, delivery_counts, query, recipients, seed
+from workers.client import client_app
+
+_MAX_ATTEMPTS = select(func.max(Delivery.attempts))
+MSG = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nbody\r\n"
+
+
+class Relay:
+    """An aiosmtpd server that can be stopped and started again on its port."""
+
+    def __init__(self) -> None:
+        self.sink = Sink()
+        self.port = free_port()
+        self.url = f"smtp://127.0.0.1:{self.port}"
+        self.controller: _Controller | None = None
+
+    def start(self) -> None:
+        self.controller = _Controller(self.sink, hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+
+    def stop(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+
+@pytest.fixture
+def relays():
+    started = [Relay(), Relay()]
+    for relay in started:
+        relay.start()
+    yield started
+    for relay in started:
+        relay.stop()
+
+
+def test_relays_from_the_environment() -> None:
+    env = {
+        "DIGEST_SMTP_URLS": "smtp://a.example:25?weight=3, smtp://b.example:2525?rate=5",
+        "DIGEST_SMTP_RATE": "20",
+        "DIGEST_SMTP_PER_DAY": "100000",
+    }
+    a, b = smtp_relays(env)
+    assert (a.name, a.weight, a.rate, a.per_day) == ("a.example:25", 3, 20, 100000)
+    assert (b.name, b.weight, b.rate, b.per_day) == ("b.example:2525", 1, 5, 100000)
+    numbered = {"DIGEST_SMTP_URL_1": "smtp://one:25", "DIGEST_SMTP_URL_2": "smtp://two:25"}
+    assert [c.name for c in smtp_relays(numbered)] == ["one:25", "two:25"]
+    with pytest.raises(ConfigError, match="rate= must be a number"):
+        smtp_relays({"DIGEST_SMTP_URL": "smtp://a:25?rate=fast"})
+
+
+def test_lanes_spread_over_relays_by_weight() -> None:
+    board = RelayBoard()
+    picks = [board.assign(["a", "b"], [3, 1]) for _ in range(8)]
+    assert picks.count(0) == 6 and picks.count(1) == 2
+
+
+def test_a_relay_that_goes_down_is_taken_out_and_the_message_goes_to_another(relays) -> None:
+    a, b = relays
+    configs = [parse_smtp_url(f"{r.url}?deadline=2") for r in relays]
+    board = RelayBoard(down_seconds=30)
+    pool = RelayPool(configs, [SMTPTransport(c) for c in configs], board)
+    lanes = [pool, pool.fresh()]
+    with lanes[0], lanes[1]:
+        lanes[0].send("s@example.com", "1@example.com", MSG, "<1@x>")  # a
+        lanes[1].send("s@example.com", "2@example.com", MSG, "<2@x>")  # b
+        b.stop()
+        lanes[1].send("s@example.com", "3@example.com", MSG, "<3@x>")  # b is gone: a
+        lanes[0].send("s@example.com", "4@example.com", MSG, "<4@x>")
+        a.stop()
+        with pytest.raises(RelayUnavailable) as caught:
+            lanes[0].send("s@example.com", "5@example.com", MSG, "<5@x>")
+    assert 1 <= caught.value.retry_after <= 30
+    assert [m[1] for m in a.sink.messages] == [
+        ["1@example.com"],
+        ["3@example.com"],
+        ["4@example.com"],
+    ]
+    assert [m[1] for m in b.sink.messages] == [["2@example.com"]]
+
+
+def test_two_relays_one_stopped_halfway_then_both_and_the_edition_resumes(
+    sqlite_url, relays, worker_env, start_worker
+) -> None:
+    """Real workers over two relays. One stops halfway: its work goes to the other and
+    nothing is deferred. Then both stop: the rows wait untried (no attempt spent) and
+    the edition finishes by itself once a relay is back."""
+    a, b = relays
+    for relay in relays:
+        relay.sink.delay = 0.02
+    now = datetime.now(UTC)
+    readers = {f"m{i:03}@example.com": LONDON for i in range(160)}
+    seed(sqlite_url, readers, [now - timedelta(hours=2 * i) for i in range(1, 24)])
+    urls = ",".join(f"{r.url}?deadline=2" for r in relays)
+    env = worker_env(
+        sqlite_url,
+        None,
+        DIGEST_SMTP_URLS=urls,
+        DIGEST_BATCH_SIZE="40",
+        DIGEST_SMTP_CONNECTIONS="2",
+        DIGEST_CLAIM_SECONDS="10",
+    )
+    start_worker(env, concurrency=2)
+    app = client_app(load_settings(env))
+    try:
+        app.send_task("digest.plan_edition", args=["morning"], kwargs={"timezone": LONDON}).get(
+            timeout=30
+        )
+        wait_for(lambda: len(b.sink.messages) >= 10, 30, "b to take its share")
+        b.stop()
+        wait_for(lambda: len(a.sink.messages) + len(b.sink.messages) >= 120, 60, "a to go on")
+        a.stop()
+        wait_for(lambda: delivery_counts(sqlite_url).get("queued", 0) > 0, 30, "rows handed back")
+        counts = delivery_counts(sqlite_url)
+        assert "deferred" not in counts and "failed" not in counts, counts
+        a.start()  # a relay is back: the batches come round again by themselves
+        wait_for(lambda: delivery_counts(sqlite_url) == {"sent": 160}, 90, "the edition")
+    finally:
+        app.close()
+    got = recipients(a.sink) + recipients(b.sink)
+    assert set(got) == set(readers)
+    assert sum(got.values()) - len(readers) <= 4  # at most the messages in flight at a stop
+    attempts = query(sqlite_url, lambda s: s.execute(_MAX_ATTEMPTS).scalar())
+    assert attempts == 1  # handed back untried, never deferred
