@@ -80,3 +80,9 @@ def known_sections(session: Session, since: datetime) -> list[str]:
         session.scalars(select(Article.section).where(Article.published_at > since).distinct())
     )
     return sorted(s for s in found if s)
+
+
+def latest_articles(session: Session, limit: int = 50) -> list[Article]:
+    """The most recently published articles, hidden ones included (for the console)."""
+    stmt = select(Article).order_by(Article.published_at.desc(), Article.id.desc())
+    return list(session.scalars(stmt.limit(limit)))

@@ -6,7 +6,9 @@ what base.py shares. `create_app()` is the factory gunicorn runs:
 
 from __future__ import annotations
 
-from flask import Flask
+from typing import Any
+
+from flask import Flask, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from jinja2 import StrictUndefined
@@ -15,7 +17,9 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from digest.config import Settings, load_settings
 from digest.db import make_engine, make_sessionmaker
 from digest.signup_limits import SignupGuard, parse_limits, storage_uri
+from digest.web import console as _console_views  # noqa: F401 - registers the console pages
 from digest.web import readers
+from digest.web.auth import configure_sessions, console
 from digest.web.base import (
     EDITION_CSP,
     PAGE_CSP,
@@ -27,6 +31,8 @@ from digest.web.base import (
     redact_path,
     utcnow,
 )
+
+LOGIN_LIMIT = "5 per minute;30 per hour"
 
 __all__ = [
     "EDITION_CSP",
@@ -54,6 +60,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     app.extensions["digest"] = Runtime(settings, engine, sessions, clock or utcnow, guard)
     app.register_blueprint(common)
     app.register_blueprint(readers.bp)
+    configure_sessions(app, settings)
+    app.register_blueprint(console)
     if settings.trusted_proxies:
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
@@ -65,10 +73,20 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         key_prefix="digest-web",
     )
     parse_limits("DIGEST_SIGNUP_CLIENT_LIMIT", settings.signup_client_limit)  # fail early
-    view = "digest.subscribe"
-    limit = limiter.limit(settings.signup_client_limit, methods=["POST"])
-    app.view_functions[view] = limit(app.view_functions[view])  # type: ignore[assignment]
+    _limit(app, "digest.subscribe", limiter.limit(settings.signup_client_limit, methods=["POST"]))
+    # Sign-in attempts: per client address, and per operator name from anywhere.
+    _limit(app, "console.login", limiter.limit(LOGIN_LIMIT, methods=["POST"]))
+    per_name = limiter.limit(LOGIN_LIMIT, methods=["POST"], key_func=_login_name)
+    _limit(app, "console.login", per_name)
     return app
+
+
+def _limit(app: Flask, endpoint: str, decorator: Any) -> None:
+    app.view_functions[endpoint] = decorator(app.view_functions[endpoint])
+
+
+def _login_name() -> str:
+    return "operator:" + request.form.get("name", "").strip().lower()[:64]
 
 
 def run_dev_server(

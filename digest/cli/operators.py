@@ -1,0 +1,47 @@
+"""`digest operators`: the people who may sign in to the console (/admin)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from digest import operators as ops
+from digest.cli import App, cli, pass_app
+
+
+@cli.group("operators")
+def operators_group() -> None:
+    """Console accounts."""
+
+
+@operators_group.command("add")
+@click.argument("name")
+@click.option(
+    "--password-stdin", is_flag=True, help="Read the password from standard input (scripts)."
+)
+@pass_app
+def operators_add(app: App, name: str, password_stdin: bool) -> None:
+    """Add an operator; asks for the password (at least 12 characters)."""
+    name = ops.check_name(name)
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    with app.session() as session:
+        ops.add(session, name, password, app.now())
+        ops.record(session, name, "operator added", f"by the CLI for {name}", app.now())
+        session.commit()
+    click.echo(f"operator {name} added; sign in at {app.settings.base_url}/admin")
+
+
+@operators_group.command("list")
+@pass_app
+def operators_list(app: App) -> None:
+    """Operators and when each last signed in."""
+    from digest.store.operators import list_operators
+
+    with app.session() as session:
+        for op in list_operators(session):
+            last = op.last_login_at.isoformat(timespec="minutes") if op.last_login_at else "never"
+            click.echo(f"{op.name}\tlast sign-in {last}")
