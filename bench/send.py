@@ -5,11 +5,17 @@ per-message cost of personalising and building, peak memory, and the same
 per-message cost the naive way (render and premailer per message), with the ratio.
 
     python3 dev.py bench [--subscribers 10000] [--database-url URL]
+    .venv/bin/python bench/send.py --plan-only --subscribers 1000000 --database-url URL
+
+--plan-only seeds the readers, then plans the edition and streams its fan-out (every
+batch of delivery ids, as the plan task enqueues them) in a fresh process, and prints
+the time and that process's peak memory: flat from 100,000 readers to a million.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import statistics
@@ -23,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from digest import pipeline, sending, store  # noqa: E402
+from digest import dispatch, pipeline, sending, store  # noqa: E402
 from digest.config import Settings, load_settings  # noqa: E402
 from digest.db import make_engine, make_sessionmaker, upgrade  # noqa: E402
 from digest.message import Envelope, MessageTemplate, build_message  # noqa: E402
@@ -112,9 +118,45 @@ def seed(settings: Settings, subscribers: int) -> None:
         session.commit()
 
 
+def plan_child(settings: Settings) -> dict[str, float]:
+    """Plan the edition and stream its batches, as digest.plan_edition does before it
+    enqueues them; run in a fresh interpreter so its peak RSS is planning's alone."""
+    engine = make_engine(settings.database_url)
+    sessions = make_sessionmaker(engine)
+    rss_before = rss_mb()
+    with sessions() as session:
+        t0 = time.perf_counter()
+        plan = pipeline.plan_edition(session, settings, Cohort("morning", DAY, TZ), NOW)
+        t1 = time.perf_counter()
+        batches = ids = 0
+        for batch in dispatch.queued_batches(session, plan.edition_id, settings.batch_size):
+            batches += 1
+            ids += len(batch)
+        t2 = time.perf_counter()
+    engine.dispose()
+    return {
+        "queued": plan.queued,
+        "batches": batches,
+        "ids": ids,
+        "plan_s": t1 - t0,
+        "fanout_s": t2 - t1,
+        "rss_before_mb": rss_before,
+        "rss_peak_mb": rss_mb(),
+    }
+
+
+def run_plan_only(settings: Settings, database_url: str) -> dict[str, float]:
+    argv = [sys.executable, __file__, "--plan-child", "--database-url", database_url]
+    argv += ["--batch", str(settings.batch_size)]
+    env = {**os.environ, "DIGEST_DATA_DIR": str(settings.data_dir)}
+    out = subprocess.run(argv, capture_output=True, text=True, env=env, check=True).stdout
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
 def run_inprocess(settings: Settings) -> dict[str, float]:
     """Plan, then send every batch over SMTP in this process; returns timings."""
-    sessions = make_sessionmaker(make_engine(settings.database_url))
+    engine = make_engine(settings.database_url)
+    sessions = make_sessionmaker(engine)
     cohort = Cohort("morning", DAY, TZ)
     with sessions() as session:
         t0 = time.perf_counter()
@@ -129,6 +171,7 @@ def run_inprocess(settings: Settings) -> dict[str, float]:
             if i == 0:
                 rss_first = rss_mb()
         t2 = time.perf_counter()
+    engine.dispose()  # PostgreSQL reports a session's statistics when it ends
     return {
         "plan_s": t1 - t0,
         "send_s": t2 - t1,
@@ -217,7 +260,32 @@ def main() -> None:
     parser.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
     parser.add_argument("--naive-samples", type=int, default=40)
     parser.add_argument("--connections", type=int, default=4, help="SMTP connections per batch")
+    parser.add_argument("--plan-only", action="store_true", help="seed, plan and fan out only")
+    parser.add_argument("--plan-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+
+    if args.plan_child:
+        data_dir = Path(os.environ["DIGEST_DATA_DIR"])
+        settings = bench_settings(args.database_url, "smtp://127.0.0.1:1", data_dir, args.batch)
+        print(json.dumps(plan_child(settings)))
+        return
+    if args.plan_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            url = args.database_url or f"sqlite:///{tmp}/bench.db"
+            settings = bench_settings(url, "smtp://127.0.0.1:1", Path(tmp), args.batch)
+            t = time.perf_counter()
+            seed(settings, args.subscribers)
+            seeded = time.perf_counter() - t
+            r = run_plan_only(settings, url)
+        print(
+            f"{args.subscribers:,} readers ({settings.database_url_safe.split('://')[0]}), "
+            f"seeded in {seeded:.0f} s; plan (INSERT ... SELECT of {r['queued']:,.0f} "
+            f"deliveries): {r['plan_s']:.1f} s; fan-out streamed {r['batches']:,.0f} batches "
+            f"of {args.batch} ({r['ids']:,.0f} ids) in {r['fanout_s']:.1f} s; peak RSS of "
+            f"the planning process {r['rss_peak_mb']:.0f} MB "
+            f"({r['rss_before_mb']:.0f} MB before planning)"
+        )
+        return
 
     sink, smtp_url = start_sink()
     try:

@@ -7,8 +7,8 @@ everything here takes its session, settings and `now` like the rest of digest/.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -20,12 +20,44 @@ from digest.errors import InvalidInput
 from digest.pipeline import PlanResult
 
 
+class QueuedBatches:
+    """An edition's queued delivery ids in batches of `size`, read as they are iterated
+    (one streamed query): fanning out a million-reader edition never holds every id.
+    Iterating needs the session it was made with to be open."""
+
+    def __init__(self, session: Session, edition_id: int, size: int) -> None:
+        self.session, self.edition_id, self.size = session, edition_id, size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batch: list[int] = []
+        for delivery_id in store.stream_delivery_ids(self.session, self.edition_id):
+            batch.append(delivery_id)
+            if len(batch) == self.size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def __len__(self) -> int:
+        queued = store.edition_counts(self.session, self.edition_id).get("queued", 0)
+        return -(-queued // self.size)
+
+
 @dataclass
 class Fanout:
-    """One planned edition and the delivery ids to hand to send tasks, in batches."""
+    """One planned edition and its queued delivery ids, to hand to send tasks in batches."""
 
     plan: PlanResult
-    batches: list[list[int]] = field(default_factory=list)
+    queued: QueuedBatches | None = None
+
+    @property
+    def batches(self) -> list[list[int]]:
+        """Every batch at once (the console, tests); tasks stream them with `stream()`."""
+        return list(self.stream())
+
+    def stream(self) -> Iterator[list[int]]:
+        """The batches as they are read from the database."""
+        return iter(self.queued) if self.queued is not None else iter(())
 
     def summary(self) -> dict[str, Any]:
         """What a task may return about it: ids and counts, never an address."""
@@ -35,7 +67,7 @@ class Fanout:
             "created": self.plan.created,
             "status": self.plan.status,
             "queued": self.plan.queued,
-            "batches": len(self.batches),
+            "batches": len(self.queued) if self.queued is not None else 0,
         }
 
 
@@ -61,9 +93,9 @@ def parse_day(value: str | None) -> date | None:
         raise InvalidInput(f"{value!r} is not a date like 2026-11-29") from None
 
 
-def queued_batches(session: Session, edition_id: int, size: int) -> list[list[int]]:
-    """The edition's queued delivery ids in chunks of `size`, in id order."""
-    return list(sending.chunks(store.delivery_ids(session, edition_id), size))
+def queued_batches(session: Session, edition_id: int, size: int) -> QueuedBatches:
+    """The edition's queued delivery ids in chunks of `size`, in id order, streamed."""
+    return QueuedBatches(session, edition_id, size)
 
 
 def plan_slot(
@@ -91,7 +123,7 @@ def plan_slot(
         plan = pipeline.plan_edition(session, settings, cohort, now)
         fanout = Fanout(plan)
         if plan.status == "sending" and (plan.created or resume):
-            fanout.batches = queued_batches(session, plan.edition_id, settings.batch_size)
+            fanout.queued = queued_batches(session, plan.edition_id, settings.batch_size)
         fanouts.append(fanout)
     return fanouts
 
@@ -103,7 +135,7 @@ def dispatch_due(session: Session, settings: Settings, now: datetime) -> list[Fa
             plan,
             queued_batches(session, plan.edition_id, settings.batch_size)
             if plan.status == "sending"
-            else [],
+            else None,
         )
         for plan in pipeline.dispatch_due(session, settings, now)
     ]
@@ -128,7 +160,7 @@ def retry_edition(
         raise InvalidInput("say which deliveries to retry: failed, deferred or both")
     count = store.retry_deliveries(session, edition_id, statuses, now)
     session.commit()
-    return count, queued_batches(session, edition_id, settings.batch_size)
+    return count, list(queued_batches(session, edition_id, settings.batch_size))
 
 
 def next_retry(

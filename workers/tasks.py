@@ -6,6 +6,7 @@ Arguments never carry rows, addresses or secrets; each task re-reads what it nee
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -36,9 +37,14 @@ OPTIONS = {
 }
 
 
-def fan_out(batches: list[list[int]], now: str | None) -> list[str]:
-    """One send_batch task per batch of delivery ids; returns their task ids."""
-    return [send_batch.delay(batch, now=now).id for batch in batches]
+def fan_out(batches: Iterable[list[int]], now: str | None) -> list[str]:
+    """One send_batch task per batch of delivery ids, over one broker connection;
+    returns their task ids."""
+    with app.producer_or_acquire() as producer:
+        return [
+            send_batch.apply_async((batch,), {"now": now}, producer=producer).id
+            for batch in batches
+        ]
 
 
 def _redelivered(task: Any) -> bool:
@@ -50,10 +56,9 @@ def dispatch_due(now: str | None = None) -> dict[str, Any]:
     """Plan every cohort whose send time has passed, then fan out its sends."""
     with runtime.session() as session:
         fanouts = dispatch.dispatch_due(session, settings, dispatch.parse_now(now))
-    return {
-        "editions": [f.summary() for f in fanouts],
-        "batches": [tid for f in fanouts for tid in fan_out(f.batches, now)],
-    }
+        # Enqueued as the ids stream from the database (the session must stay open).
+        batches = [tid for f in fanouts for tid in fan_out(f.stream(), now)]
+        return {"editions": [f.summary() for f in fanouts], "batches": batches}
 
 
 @app.task(bind=True, name="digest.plan_edition", **OPTIONS)
@@ -75,10 +80,8 @@ def plan_edition(
             timezone=timezone,
             resume=_redelivered(self),
         )
-    return {
-        "editions": [f.summary() for f in fanouts],
-        "batches": [tid for f in fanouts for tid in fan_out(f.batches, now)],
-    }
+        batches = [tid for f in fanouts for tid in fan_out(f.stream(), now)]
+        return {"editions": [f.summary() for f in fanouts], "batches": batches}
 
 
 @app.task(bind=True, name="digest.send_batch", **OPTIONS)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -75,6 +75,18 @@ def delivery_ids(
         .order_by(Delivery.id)
     )
     return list(session.scalars(stmt))
+
+
+def stream_delivery_ids(session: Session, edition_id: int) -> Iterator[int]:
+    """The edition's queued delivery ids in id order, fetched a few thousand at a time
+    (a server-side cursor on PostgreSQL): flat memory for any edition size."""
+    stmt = (
+        select(Delivery.id)
+        .where(Delivery.edition_id == edition_id, Delivery.status == "queued")
+        .order_by(Delivery.id)
+        .execution_options(yield_per=5000)
+    )
+    yield from session.scalars(stmt)
 
 
 def delivery_page(
