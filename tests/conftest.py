@@ -416,9 +416,9 @@ def live_server() -> Iterator[Any]:
 
     running: list[tuple[Any, threading.Thread]] = []
 
-    def start(app: Any) -> str:
+    def start(app: Any, port: int = 0) -> str:
         httpd = make_server(
-            "127.0.0.1", 0, app, threaded=True, request_handler=RedactingRequestHandler
+            "127.0.0.1", port, app, threaded=True, request_handler=RedactingRequestHandler
         )
         thread = threading.Thread(
             target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -462,3 +462,24 @@ def add_articles(
             for i, (title, section) in enumerate(items)
         ],
     )
+
+
+# --- a real browser ------------------------------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    """Debian's headless Chromium driven by Playwright; skips where either is missing
+    (CI installs both)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    if not CHROMIUM.exists():
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield browser
+        browser.close()
