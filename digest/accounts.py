@@ -29,6 +29,7 @@ from digest.errors import Duplicate, InvalidAddress, InvalidInput, InvalidToken,
 from digest.message import Envelope, build_message
 from digest.models import EditionVariant, Subscriber
 from digest.render import environment, slot_values
+from digest.returns import envelope_sender
 from digest.schedule import local_day, send_at
 from digest.store.subscribers import suppression_reason
 from digest.subscribers import parse_editions, parse_timezone, subscriber_fields
@@ -488,5 +489,8 @@ def send_notice(settings: Settings, transport: Transport, notice: Notice, now: d
         return ""
     message, message_id = compose_notice(settings, notice, now)
     with transport:
-        transport.send(settings.from_address, notice.email, message, message_id)
+        # The bounce address (VERP, edition 0): a sign-up email that bounces marks nobody
+        # active, but it comes back to digest rather than to the From mailbox.
+        sender = envelope_sender(settings, 0, notice.subscriber_id)
+        transport.send(sender, notice.email, message, message_id)
     return message_id

@@ -411,3 +411,16 @@ def test_send_notice_uses_the_transport(session, settings: Settings, smtp_server
     outbox = OutboxTransport(tmp_path / "outbox")
     mid = accounts.send_notice(settings, outbox, notice, NOW)
     assert outbox.path_for(mid).exists()
+
+
+def test_sign_up_mail_goes_out_from_the_bounce_address(session, settings, smtp_server) -> None:
+    """A confirmation that bounces must come back to digest (VERP), not to From."""
+    from digest.returns import read_verp
+
+    sink, url = smtp_server
+    notice = accounts.request_subscription(session, settings, fields(), NOW)
+    smtp = settings.with_(smtp=parse_smtp_url(url), bounce_address="bounces@news.example.com")
+    accounts.send_notice(smtp, SMTPTransport(smtp.smtp), notice, NOW)
+    (mail_from, _, _) = sink.messages[0]
+    assert mail_from.startswith("bounces+") and mail_from.endswith("@news.example.com")
+    assert read_verp(mail_from, settings.secret_key) == (0, notice.subscriber_id)
