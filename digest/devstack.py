@@ -46,9 +46,11 @@ def celery_commands(settings: Settings, options: DevOptions) -> dict[str, list[s
         "beat": [*celery, "beat", f"--loglevel={options.loglevel}"],
     }
     if options.flower:
+        # workers.flower: Flower with /metrics behind its auth too.
         commands["flower"] = [
-            *celery,
-            "flower",
+            sys.executable,
+            "-m",
+            "workers.flower",
             "--address=127.0.0.1",
             f"--port={options.flower_port}",
             "--persistent=True",

@@ -84,3 +84,27 @@ def test_flower_api_sends_an_edition(
         return status == 200 and any(t["state"] == "SUCCESS" for t in tasks.values())
 
     wait_for(seen_by_flower, 20, "Flower to see the send_batch task succeed", interval=0.2)
+
+
+def test_metrics_need_the_same_auth(worker_env, spawn, sqlite_url) -> None:
+    """Flower 2.2 leaves /metrics open; digest's launcher puts it behind basic auth."""
+    port = free_port()
+    flower = spawn(
+        "flower",
+        [sys.executable, "-m", "workers.flower", "--address=127.0.0.1", f"--port={port}"],
+        {**worker_env(sqlite_url), "FLOWER_BASIC_AUTH": f"{USER}:{PASSWORD}"},
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert flower.alive(), flower.output()[-3000:]
+        try:
+            return call(f"{base}/healthcheck", auth=False)[0] == 200
+        except OSError:
+            return False
+
+    wait_for(up, 40, "Flower to listen", interval=0.2)
+    assert call(f"{base}/metrics", auth=False)[0] == 401
+    status, text = call(f"{base}/metrics")
+    assert status == 200 and "flower_" in text
+    assert call(f"{base}/workers", auth=False)[0] == 401  # the rest as before
