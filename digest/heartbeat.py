@@ -58,6 +58,7 @@ class Heartbeat:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
+        self.recorder.wake.set()
         self._thread.join()
 
     def holds(self, seconds: float) -> bool:
@@ -67,10 +68,13 @@ class Heartbeat:
     def _run(self) -> None:
         next_renewal = time.monotonic() + self.every
         tick = min(self.window, self.every)
-        while not self._stop.wait(tick):
+        while not self._stop.is_set():
+            woken = self.recorder.wake.wait(tick)  # half a group waits, or a tick passed
+            if self._stop.is_set():
+                return
             try:
                 count, age = self.recorder.waiting()
-                if count and age >= self.window:
+                if count and (woken or age >= self.window):
                     self.recorder.flush()
                 if time.monotonic() >= next_renewal:
                     started = time.monotonic()

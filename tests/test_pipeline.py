@@ -463,7 +463,7 @@ def test_an_edition_sent_here_finishes_what_its_batches_handed_back(
     _many_readers(session, 50)
     settings = smtp_settings.with_(
         smtp=parse_smtp_url(f"{smtp_server[1]}?deadline=0.2"),
-        lease_seconds=1,
+        lease_seconds=2,
         smtp_connections=1,
     )
     plan = pipeline.plan_edition(session, settings, MORNING, AFTER)

@@ -85,11 +85,13 @@ def _naive(value: datetime | None) -> datetime | None:
 
 
 class Recorder:
-    """The outcomes of one claim, written `group` at a time (or when `flush` is called),
-    each group in one transaction on a connection outside the caller's session.
+    """The outcomes of one claim, each group written in one transaction on a connection
+    outside the caller's session, usually by the batch's heartbeat thread (`wake` tells
+    it half a group waits), so lanes never wait for the database; a lane that finds a
+    whole group unwritten writes it itself first.
 
     A crash loses at most the outcomes not yet written: the messages in flight plus one
-    group. `group=1` records every reply in its own commit.
+    group. `group=1` records every reply in its own commit, before the lane goes on.
     """
 
     # SQLite has one writer at a time and its busy handler sleeps (milliseconds) when it
@@ -106,7 +108,9 @@ class Recorder:
         self._write_lock: AbstractContextManager[Any] = (
             self._sqlite_lock if self._conn.dialect.name == "sqlite" else nullcontext()
         )
-        self._lock = threading.RLock()  # the buffer, the connection and the claim value
+        self._lock = threading.RLock()  # the connection and the claim value
+        self._buffer = threading.Lock()  # the outcomes waiting (taken without waiting on I/O)
+        self.wake = threading.Event()  # half a group waits: time the writer wrote it
         self._outcomes: list[Outcome] = []
         self._bounces: list[tuple[int, str, datetime]] = []
         self._oldest = 0.0  # time.monotonic() of the oldest unwritten outcome
@@ -127,12 +131,16 @@ class Recorder:
     # --- outcomes ------------------------------------------------------------------
 
     def _add(self, outcome: Outcome) -> None:
-        with self._lock:
+        if len(self._outcomes) >= self.group - 1:
+            self.flush()  # a whole group unwritten: the writer is behind, write it here
+        with self._buffer:
             if not self._outcomes:
                 self._oldest = time.monotonic()
             self._outcomes.append(outcome)
-            if len(self._outcomes) >= self.group:
-                self.flush()
+            if len(self._outcomes) * 2 >= self.group:
+                self.wake.set()
+        if self.group == 1:
+            self.flush()
 
     def sent(self, delivery_id: int, message_id: str, now: datetime) -> None:
         self._add(Outcome(delivery_id, "sent", sent_at=now, message_id=message_id))
@@ -148,12 +156,12 @@ class Recorder:
 
     def bounce(self, subscriber_id: int, email: str, now: datetime) -> None:
         """The mailbox does not exist: stop mailing it, for good (with the next group)."""
-        with self._lock:
+        with self._buffer:
             self._bounces.append((subscriber_id, email, now))
 
     def waiting(self) -> tuple[int, float]:
         """How many outcomes wait for a commit, and for how long the oldest has."""
-        with self._lock:
+        with self._buffer:
             if not self._outcomes:
                 return 0, 0.0
             return len(self._outcomes), time.monotonic() - self._oldest
@@ -162,9 +170,11 @@ class Recorder:
         """Write every waiting outcome in one transaction. Outcomes stay queued until
         that commit succeeds, so a later flush (after a reconnect) can still write them."""
         with self._lock:
-            if not self._outcomes and not self._bounces:
-                return
-            outcomes, bounces = list(self._outcomes), list(self._bounces)
+            with self._buffer:
+                self.wake.clear()
+                if not self._outcomes and not self._bounces:
+                    return
+                outcomes, bounces = list(self._outcomes), list(self._bounces)
 
             def write(conn: Any) -> None:
                 if outcomes:
@@ -173,8 +183,11 @@ class Recorder:
                     self._write_bounce(conn, subscriber_id, email, now)
 
             self._transaction(write)
-            del self._outcomes[: len(outcomes)]
-            del self._bounces[: len(bounces)]
+            with self._buffer:
+                del self._outcomes[: len(outcomes)]
+                del self._bounces[: len(bounces)]
+                if self._outcomes:
+                    self._oldest = time.monotonic()  # near enough: they came in meanwhile
             self.written += len(outcomes)
 
     def _write_outcomes(self, conn: Any, outcomes: list[Outcome]) -> None:
