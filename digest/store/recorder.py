@@ -74,7 +74,11 @@ _FINISH_PG = text(
         CAST(:ids AS bigint[]), CAST(:statuses AS text[]), CAST(:sent_at AS timestamp[]),
         CAST(:message_ids AS text[]), CAST(:errors AS text[]), CAST(:retry_at AS timestamp[])
     ) AS v(id, status, sent_at, message_id, error, retry_at)
-    WHERE d.id = v.id AND d.status = 'sending' AND d.lease_until = :lease
+    WHERE d.id = v.id AND d.id = ANY(CAST(:ids AS bigint[]))
+      -- IS NOT DISTINCT FROM (the same test here) keeps the planner on the primary
+      -- key: every row of a claim shares one lease_until, and an index scan on
+      -- (status, lease_until) would read the whole claim for each group.
+      AND (d.status, d.lease_until) IS NOT DISTINCT FROM ('sending', CAST(:lease AS timestamp))
     """
 )
 
