@@ -95,7 +95,7 @@ class _DeadlineReader:
                     cut = limit
                 line, self._buffer = self._buffer[:cut], self._buffer[cut:]
                 return line
-            self.sock.settimeout(self.conn.remaining())
+            self.conn.limit_wait()
             chunk = self.sock.recv(8192)
             if not chunk:
                 line, self._buffer = self._buffer, b""
@@ -115,11 +115,29 @@ class _DeadlineMixin(smtplib.SMTP):
         self.read_timeout = read_timeout
         super().__init__(*args, **kwargs)
 
+    _timeout_until = 0.0  # time.monotonic() at which the socket's timeout would end
+
     def remaining(self) -> float:
         left = self.deadline - time.monotonic()
         if left <= 0:
             raise DeadlineExceeded("no complete reply before the transaction deadline")
         return min(left, self.read_timeout)
+
+    def limit_wait(self) -> None:
+        """Make the socket's next wait end by the deadline (and the per-read timeout).
+
+        Setting a socket's timeout costs two fcntl calls, and a message makes several
+        reads and writes: it is reset only when the one set would run more than a
+        little past what is left (the slack is at most a tenth of the deadline)."""
+        assert self.sock is not None
+        now = time.monotonic()
+        allowed = min(self.deadline, now + self.read_timeout)
+        if now >= self.deadline:
+            raise DeadlineExceeded("no complete reply before the transaction deadline")
+        slack = min(1.0, 0.1 * max(0.0, self.deadline - now))
+        if not allowed - slack <= self._timeout_until <= allowed:
+            self.sock.settimeout(allowed - now)
+            self._timeout_until = allowed
 
     def getreply(self) -> tuple[int, bytes]:
         if not isinstance(self.file, _DeadlineReader) or self.file.sock is not self.sock:
@@ -128,7 +146,7 @@ class _DeadlineMixin(smtplib.SMTP):
 
     def send(self, s: Any) -> None:
         if self.sock is not None:
-            self.sock.settimeout(self.remaining())  # sendall: the total, not per chunk
+            self.limit_wait()  # sendall: the timeout bounds the total, not each chunk
         super().send(s)
 
 
