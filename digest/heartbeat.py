@@ -85,3 +85,4 @@ class Heartbeat:
             except Exception as exc:  # the lanes meet the same error and report it
                 log.warning("heartbeat: %s", str(exc).splitlines()[0] if str(exc) else exc)
                 next_renewal = time.monotonic() + min(self.every, 1.0)
+                self._stop.wait(1.0)  # the database is away: try again in a second

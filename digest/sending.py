@@ -178,12 +178,7 @@ def send_batch(
     The claim is short (`claim_seconds`) and renewed by a heartbeat while we live.
     """
     report = BatchReport()
-    per_message = message_deadline(settings)
-    if settings.claim_seconds < per_message + 2 * MARGIN:
-        raise ConfigError(
-            f"DIGEST_CLAIM_SECONDS ({settings.claim_seconds}) must exceed the SMTP deadline "
-            f"({per_message:g} s, the URL's deadline=) by a few seconds"
-        )
+    per_message = check_claim(settings)
     claim = timedelta(seconds=settings.claim_seconds)
     claimed = store.claim_deliveries(session, delivery_ids, now, claim)
     session.commit()
@@ -315,6 +310,18 @@ class Lane:
             return  # the claim ends with its lease; the sweep takes the rows then
         with self.lock:
             self.report.handed_back.extend(sorted(pending))
+
+
+def check_claim(settings: Settings) -> float:
+    """The longest one message may take; ConfigError if a claim cannot outlast it."""
+    per_message = message_deadline(settings)
+    if settings.claim_seconds < per_message + 2 * MARGIN:
+        raise ConfigError(
+            f"DIGEST_CLAIM_SECONDS ({settings.claim_seconds}) must exceed the longest a "
+            f"message may take ({per_message:g} s: the SMTP deadline=, plus failover and "
+            "rate-limit waits) by a few seconds"
+        )
+    return per_message
 
 
 def message_deadline(settings: Settings) -> float:

@@ -62,3 +62,19 @@ def test_a_live_batch_keeps_its_rows_past_its_claim(session, settings, smtp_serv
     assert swept == []
     assert report.sent == 40 and len(sink.messages) == 40
     assert store.edition_counts(session, plan.edition_id) == {"sent": 40}
+
+
+def test_claims_shorter_than_a_message_are_refused_in_one_line(tmp_path) -> None:
+    from digest.errors import ConfigError
+    from tests.conftest import make_settings
+    from workers.config import celery_config
+
+    settings = make_settings(
+        tmp_path,
+        "sqlite://",
+        DIGEST_REDIS_URL="redis://r:6379/0",
+        DIGEST_SMTP_URL="smtp://mail:25?deadline=30",
+        DIGEST_CLAIM_SECONDS="20",
+    )
+    with pytest.raises(ConfigError, match=r"DIGEST_CLAIM_SECONDS \(20\) must exceed .* \(30 s"):
+        celery_config(settings)
