@@ -138,3 +138,30 @@ def test_two_relays_one_stopped_halfway_then_both_and_the_edition_resumes(
     assert sum(got.values()) - len(readers) <= 4  # at most the messages in flight at a stop
     attempts = query(sqlite_url, lambda s: s.execute(_MAX_ATTEMPTS).scalar())
     assert attempts == 1  # handed back untried, never deferred
+
+
+def test_send_here_with_every_relay_down_waits_then_says_what_is_left(
+    sqlite_url, relays, worker_env
+) -> None:
+    from click.testing import CliRunner
+
+    from digest.cli import cli
+    from tests.test_workers import TICK
+
+    for relay in relays:
+        relay.stop()
+    readers = {f"d{i}@example.com": LONDON for i in range(3)}
+    seed(sqlite_url, readers, [TICK - timedelta(hours=1)])
+    env = worker_env(
+        sqlite_url,
+        None,
+        DIGEST_SMTP_URLS=",".join(f"{r.url}?deadline=2" for r in relays),
+        DIGEST_OUTAGE_SECONDS="1",
+        DIGEST_NOW=TICK.isoformat(),
+    )
+    del env["DIGEST_REDIS_URL"]
+    result = CliRunner().invoke(cli, ["send", "morning", "--timezone", LONDON], env=env)
+    assert result.exit_code == 3, result.output
+    assert "no relay takes mail now; trying again in 1 s" in result.output
+    assert "not finished: 3 queued" in result.output
+    assert delivery_counts(sqlite_url) == {"queued": 3}  # untried: no attempt spent

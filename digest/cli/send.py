@@ -113,9 +113,20 @@ def send_cohort(
     plan = pipeline.plan_edition(session, settings, cohort, now)
     verb = "planned" if plan.created else "exists"
     click.echo(f"{cohort}: edition {plan.edition_id} {verb} ({plan.status}) {plan.note}")
+
+    def wait_for_relays(seconds: float) -> None:
+        click.echo(f"  no relay takes mail now; trying again in {seconds:.0f} s", err=True)
+        time.sleep(seconds)
+
     with ProgressShown() as progress:
         report = sending.run_edition(
-            session, settings, transport, plan.edition_id, now, on_progress=progress
+            session,
+            settings,
+            transport,
+            plan.edition_id,
+            now,
+            on_progress=progress,
+            sleep=wait_for_relays,
         )
     if report.claimed:
         click.echo(
