@@ -67,6 +67,7 @@ from digest.store.subscribers import (
     set_status,
     suppress,
     suppressed_hashes,
+    suppression_reason,
 )
 
 __all__ = [
@@ -102,6 +103,7 @@ __all__ = [
     "insert_for_session",
     "insert_subscribers",
     "is_suppressed",
+    "suppression_reason",
     "iter_subscribers",
     "known_sections",
     "lift_suppression",
