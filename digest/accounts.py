@@ -12,7 +12,7 @@ import re
 import secrets
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from email.utils import make_msgid
 from functools import lru_cache
 from typing import Any
@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo, available_timezones
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from digest import sending, store
+from digest import pipeline, sending, store
 from digest.addresses import normalise_address
 from digest.config import Settings
 from digest.editions import normalise_sections
@@ -30,7 +30,7 @@ from digest.message import Envelope, build_message
 from digest.models import EditionVariant, Subscriber
 from digest.render import environment, slot_values
 from digest.returns import envelope_sender
-from digest.schedule import local_day, send_at
+from digest.schedule import Cohort, local_day, send_at
 from digest.store.subscribers import suppression_reason
 from digest.subscribers import parse_editions, parse_timezone, subscriber_fields
 from digest.tokens import seal, sign
@@ -423,7 +423,21 @@ def public_html(settings: Settings, variant: EditionVariant, banner: str = "") -
     public archive): no name, account links to pages that ask for the reader's own
     email's links, no link to itself, the content in a main landmark. `banner` is
     trusted markup shown above it."""
-    prepared = sending.prepare_variant(variant)
+    return public_page(settings, sending.prepare_variant(variant), banner)
+
+
+def preview_html(
+    session: Session, settings: Settings, slot: str, day: date, timezone: str, now: datetime
+) -> str:
+    """The edition a test copy showed, as a page (rendered now if it is not planned)."""
+    found = pipeline.preview(session, settings, Cohort(slot, day, timezone), now)
+    if found is None:
+        raise NotFound("this edition has no articles to show")
+    return public_page(settings, found[1])
+
+
+def public_page(settings: Settings, prepared: sending.PreparedVariant, banner: str = "") -> str:
+    """A rendering cut at its slots, filled with nothing personal (see public_html)."""
     values = slot_values(
         name="",
         unsubscribe_url=f"{settings.base_url}/unsubscribe",

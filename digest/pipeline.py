@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from email.utils import make_msgid
 
 from sqlalchemy.orm import Session
 
@@ -18,13 +19,23 @@ from digest import store
 from digest.config import Settings
 from digest.editions import Candidate, pick_for_sections, select_articles
 from digest.errors import NothingToSend
-from digest.message import build_message
+from digest.message import Envelope, build_message
 from digest.models import Article, Edition
-from digest.render import ArticleView, EditionView, Rendered, SlotMarks, Splicer, render_edition
+from digest.render import (
+    ArticleView,
+    EditionView,
+    Rendered,
+    SlotMarks,
+    Splicer,
+    html_escaped,
+    render_edition,
+    slot_values,
+)
 from digest.returns import envelope_sender
 from digest.sanitize import html_to_text
 from digest.schedule import Cohort, due_cohorts, local_day, send_at
-from digest.sending import PreparedVariant, personalise, prepare_variant, sender_of
+from digest.sending import PreparedVariant, prepare_variant, sender_of
+from digest.tokens import seal
 from digest.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -215,12 +226,34 @@ def test_send(
     to: str,
     now: datetime,
 ) -> str:
-    """Send one copy of the cohort's edition (all sections) to `to`; no delivery row."""
+    """Send one copy of the cohort's edition (all sections) to `to`; no delivery row.
+
+    Each copy has a Message-ID of its own; its "view in browser" link opens the same
+    rendering on the web, and its account links the pages that ask for a reader's own.
+    """
     rendered = preview(session, settings, cohort, now)
     if rendered is None:
         raise NothingToSend(f"the {cohort} edition has no articles to show")
     page, prepared = rendered
-    env = personalise(settings, prepared, 0, 0, to, "")
+    base = settings.base_url
+    expires = now + timedelta(days=settings.view_ttl_days)
+    asked = {"slot": cohort.slot, "day": cohort.local_day.isoformat(), "tz": cohort.timezone}
+    view = seal(settings.secret_key, "view", 0, expires, asked)
+    links = {
+        "unsubscribe_url": f"{base}/unsubscribe",
+        "preferences_url": f"{base}/preferences",
+        "view_url": f"{base}/editions/preview/{view}",
+    }
+    text = slot_values(name="", for_html=False, **links)
+    env = Envelope(
+        to_address=to,
+        to_name="",
+        message_id=make_msgid("test", domain=settings.sender_domain),
+        unsubscribe_url=links["unsubscribe_url"],
+        unsubscribe_token="test-copy",
+        html=prepared.html.fill(html_escaped(text)),
+        text=prepared.text.fill(text),
+    )
     msg = build_message(sender_of(settings), "[TEST] " + page.subject, now, env, campaign="test")
     with transport:
         transport.send(envelope_sender(settings, 0, 0), to, msg, env.message_id)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import click
 from sqlalchemy.orm import Session
@@ -27,7 +28,7 @@ from digest.config import SLOTS, Settings
 from digest.editions import normalise_sections
 from digest.inbound import count_kept, kept_folder
 from digest.render import slot_values
-from digest.schedule import Cohort, next_day_of
+from digest.schedule import Cohort, local_day, next_day_of
 from digest.transport import make_transport
 
 
@@ -40,6 +41,12 @@ from digest.transport import make_transport
 @click.option(
     "--inline", is_flag=True, help="Send from this process even when a broker is configured."
 )
+@click.option(
+    "--all-timezones",
+    is_flag=True,
+    help="Also send cohorts whose local send time has not come yet today.",
+)
+@click.option("--force", is_flag=True, help="Allow a --day in the future.")
 @pass_app
 def send(
     app: App,
@@ -49,27 +56,23 @@ def send(
     dry_run: bool,
     to: str | None,
     inline: bool,
+    all_timezones: bool,
+    force: bool,
 ) -> None:
-    """Plan and send the SLOT edition now (through the workers when a broker is set)."""
-    settings, now = app.settings, app.now()
-    if settings.redis_url and not (inline or dry_run or to):
-        from workers.client import enqueue
+    """Plan and send the SLOT edition now (through the workers when a broker is set).
 
-        kwargs = {
-            "day": day.isoformat() if day else None,
-            "timezone": timezone,
-            "now": app.pinned_now(),
-        }
-        [task_id] = enqueue(settings, "digest.plan_edition", [([slot], kwargs)])
-        click.echo(f"digest.plan_edition enqueued for the {slot} edition: task {task_id}")
-        return
+    Without --timezone only the cohorts whose local send time has passed today are sent;
+    the others are listed with their time (--all-timezones sends them too).
+    """
+    settings, now = app.settings, app.now()
     with app.session() as session:
         cohorts = pipeline.cohorts_for(session, settings, slot, now, day, timezone)
         if to:
             from digest.addresses import normalise_address
 
             address = normalise_address(to)
-            cohort = Cohort(slot, cohorts[0].local_day, timezone or settings.default_timezone)
+            zone = timezone or settings.default_timezone
+            cohort = Cohort(slot, day or local_day(now, zone), zone)
             mid = pipeline.test_send(
                 session, settings, make_transport(settings), cohort, address, now
             )
@@ -78,11 +81,56 @@ def send(
         if dry_run:
             _dry_run(session, settings, cohorts, now)
             return
+        ahead = [c for c in cohorts if c.local_day > local_day(now, c.timezone)]
+        if ahead and not force:
+            raise click.UsageError(
+                f"{ahead[0].local_day} is still ahead in {ahead[0].timezone}: sending it now "
+                "uses up that day's edition. Add --force to do it anyway (--dry-run and "
+                "`digest preview` show it without sending)."
+            )
+        if not (timezone or all_timezones or day):
+            cohorts = _due_only(settings, cohorts, now)
+        if settings.redis_url and not inline:
+            _enqueue_plans(app, cohorts)
+            return
         transport = make_transport(settings)
         codes = [send_cohort(session, settings, transport, cohort, now) for cohort in cohorts]
     code = EXIT_UNFINISHED if EXIT_UNFINISHED in codes else max(codes, default=EXIT_DONE)
     if code:
         sys.exit(code)
+
+
+def _due_only(settings: Settings, cohorts: list[Cohort], now: datetime) -> list[Cohort]:
+    """The cohorts whose send time has come; says when each of the others is due."""
+    due = []
+    for cohort in cohorts:
+        at = pipeline.cohort_send_at(settings, cohort)
+        if at <= now:
+            due.append(cohort)
+            continue
+        local = at.astimezone(ZoneInfo(cohort.timezone)).strftime("%H:%M")
+        click.echo(
+            f"{cohort}: not due until {local} local time (in {age(now, at)}); "
+            "not sent (--all-timezones sends it now)"
+        )
+    return due
+
+
+def _enqueue_plans(app: App, cohorts: list[Cohort]) -> None:
+    """One digest.plan_edition task per cohort, through the broker."""
+    from workers.client import enqueue
+
+    calls = [
+        (
+            [c.slot],
+            {"day": c.local_day.isoformat(), "timezone": c.timezone, "now": app.pinned_now()},
+        )
+        for c in cohorts
+    ]
+    for cohort, task_id in zip(
+        cohorts, enqueue(app.settings, "digest.plan_edition", calls), strict=True
+    ):
+        click.echo(f"{cohort}: digest.plan_edition enqueued (task {task_id})")
 
 
 def _dry_run(session: Session, settings: Settings, cohorts: list[Cohort], now: datetime) -> None:

@@ -14,13 +14,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
+from datetime import date
 from typing import Any
 
 from flask import Blueprint, Response, abort, render_template, request, url_for
 from sqlalchemy.exc import SQLAlchemyError
 
 from digest import accounts, archive, store
-from digest.errors import InvalidInput, NotFound, SendError
+from digest.errors import InvalidInput, InvalidToken, NotFound, SendError
 from digest.store.base import MAX_ID
 from digest.tokens import make_token, read_token, unseal
 from digest.transport import make_transport
@@ -319,6 +320,23 @@ def archive_edition(edition_id: int) -> Any:
         raise NotFound("no such edition")
     banner = render_template("web/archive_banner.html")
     html = archive.edition_page(db(), rt.settings, edition_id, rt.clock(), banner)
+    response = Response(html, mimetype="text/html")
+    response.headers["Content-Security-Policy"] = EDITION_CSP
+    return response
+
+
+@bp.get("/editions/preview/<token>")
+def edition_preview(token: str) -> Any:
+    """The edition a test copy showed: its "view in browser" link (nothing personal)."""
+    rt = runtime()
+    now = rt.clock()
+    _, asked = unseal(rt.settings.secret_key, "view", token, now)
+    try:
+        day = date.fromisoformat(asked.get("day", ""))
+        slot, zone = asked["slot"], asked["tz"]
+    except (KeyError, ValueError):
+        raise InvalidToken("this link is malformed") from None
+    html = accounts.preview_html(db(), rt.settings, slot, day, zone, now)
     response = Response(html, mimetype="text/html")
     response.headers["Content-Security-Policy"] = EDITION_CSP
     return response
