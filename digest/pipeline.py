@@ -35,6 +35,8 @@ from digest.returns import envelope_sender
 from digest.sanitize import html_to_text
 from digest.schedule import Cohort, due_cohorts, local_day, send_at
 from digest.sending import PreparedVariant, prepare_variant, sender_of
+from digest.store.overview import readers_per_cohort
+from digest.store.subscribers import cohort_readers_confirmed_by
 from digest.tokens import seal
 from digest.transport import Transport
 
@@ -288,12 +290,21 @@ def dispatch_due(session: Session, settings: Settings, now: datetime) -> list[Pl
     """Plan every cohort whose send time has passed and that has no edition yet.
 
     Within the catch-up window the edition is planned (and sent late); past it, it is
-    recorded as missed so that it is never sent hours late.
+    recorded as missed so that it is never sent hours late. A cohort nobody reads (before
+    the first reader, or a slot nobody chose there) gets no edition at all: nothing was
+    missed, and nothing is recorded.
     """
-    zones = store.active_timezones(session, settings.default_timezone) | {settings.default_timezone}
+    readers = readers_per_cohort(session, settings.default_timezone)
+    zones = {zone for zone, _ in readers} | {settings.default_timezone}
     catchup = timedelta(minutes=settings.catchup_minutes)
     results = []
     for due in due_cohorts(now, zones, settings.send_times, catchup):
+        if not readers.get((due.cohort.timezone, due.cohort.slot)):
+            continue
+        if due.missed and not cohort_readers_confirmed_by(
+            session, due.cohort, settings.default_timezone, cohort_send_at(settings, due.cohort)
+        ):
+            continue  # its send time came before any of its readers: nothing was missed
         if store.find_edition(session, due.cohort) is None:
             results.append(plan_edition(session, settings, due.cohort, now, missed=due.missed))
     return results

@@ -119,3 +119,46 @@ def test_test_copies_use_their_timezones_day_a_fresh_message_id_and_a_working_li
     assert "editor@example.com" not in page.get_data(as_text=True)
     forged = client.get(urlsplit(link.group(0)).path[:-3] + "abc")
     assert forged.status_code == 400
+
+
+def test_status_shows_the_overview_and_keeps_current_editions_on_the_list(env) -> None:
+    from datetime import UTC, date, datetime
+
+    from digest.schedule import Cohort
+
+    r = digest(env, "send", "morning")  # London's and Sydney's mornings go out
+    assert r.exit_code == 0, r.output
+    # Forty old editions planned after them (a backfill) must not push them off the list.
+    engine = make_engine(env["DIGEST_DATABASE_URL"])
+    with make_sessionmaker(engine)() as session:
+        for i in range(40):
+            cohort = Cohort("evening", date(2026, 10, 1 + i % 28), f"Etc/GMT-{i // 28}")
+            store.create_edition(
+                session,
+                cohort,
+                send_at=datetime(2026, 10, 1, tzinfo=UTC),
+                window_start=datetime(2026, 9, 30, tzinfo=UTC),
+                now=datetime(2026, 11, 29, 8, tzinfo=UTC),
+                status="missed",
+            )
+        sending = store.create_edition(
+            session,
+            Cohort("morning", date(2026, 11, 29), "Asia/Tokyo"),
+            send_at=datetime(2026, 11, 28, 21, tzinfo=UTC),
+            window_start=datetime(2026, 11, 27, 21, tzinfo=UTC),
+            now=datetime(2026, 11, 29, 8, tzinfo=UTC),
+            status="sending",
+        )
+        session.commit()
+        sending_id = sending.id
+    engine.dispose()
+    out = digest(env, "status").output
+    for heading in ("Next sends", "Sending now", "Last 24 hours", "Feeds", "Readers: active: 3"):
+        assert heading in out, out
+    # New York's morning is two hours ahead: listed as the next send there.
+    assert re.search(r"morning\s+America/New_York\s+Sun 29 Nov 06:00 local \(11:00 UTC\)", out)
+    assert f"edition {sending_id}  morning 2026-11-29 Asia/Tokyo  [sending]" in out
+    assert "morning 2026-11-29 Europe/London  [done]" in out  # the latest by send time
+    assert out.count("[missed]") < 40
+    every = digest(env, "status", "--all").output
+    assert every.count("[missed]") == 40

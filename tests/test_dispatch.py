@@ -115,9 +115,16 @@ def test_dispatch_due_batches_due_cohorts_and_not_missed_ones(session, settings)
     by_cohort = {str(f.plan.cohort): f for f in fanouts}
     sending = by_cohort[f"morning 2026-11-29 {LONDON}"]
     assert sending.plan.status == "sending" and sum(len(b) for b in sending.batches) == 3
-    missed = [f for f in fanouts if f.plan.status == "missed"]
-    assert missed and all(f.batches == [] for f in missed)
+    # Sydney (the default timezone) has no readers: no edition there, not even "missed".
+    assert {f.plan.cohort.timezone for f in fanouts} == {LONDON}
     assert dispatch.dispatch_due(session, settings, TICK + timedelta(minutes=1)) == []
+
+
+def test_a_cohort_with_readers_planned_too_late_is_recorded_missed(session, settings) -> None:
+    seed(session, LONDON, readers=2, when=TICK - timedelta(days=1))
+    late = TICK + timedelta(minutes=settings.catchup_minutes + 5)
+    [fanout] = dispatch.dispatch_due(session, settings, late)
+    assert fanout.plan.status == "missed" and fanout.batches == []
 
 
 def test_sweep_batches_rows_whose_lease_ran_out(session, settings: Settings) -> None:
@@ -182,3 +189,14 @@ def test_counts_leave_out_error_texts() -> None:
 
 def test_chunks_match_the_batch_size_setting() -> None:
     assert [len(c) for c in sending.chunks(list(range(1201)), 500)] == [500, 500, 201]
+
+
+def test_no_edition_is_recorded_for_a_cohort_nobody_reads(session, settings) -> None:
+    """Before the first reader, beat's ticks record nothing (not dozens of 'missed')."""
+    for hours in range(0, 48, 3):
+        assert dispatch.dispatch_due(session, settings, TICK + timedelta(hours=hours)) == []
+    assert session.scalar(select(Edition.id)) is None
+    seed(session, LONDON, readers=1, when=TICK + timedelta(days=2))
+    fanouts = dispatch.dispatch_due(session, settings, TICK + timedelta(days=2))
+    assert [f.plan.cohort.timezone for f in fanouts] == [LONDON]
+    assert all(f.plan.status != "missed" for f in fanouts)

@@ -79,8 +79,10 @@ def seed(
                 ],
             )
             for email, tz in readers.items():
+                # Readers since two days before TICK: yesterday's editions were theirs.
+                since = TICK - timedelta(days=2)
                 store.add_subscriber(
-                    session, email, TICK, timezone=tz, evening=evening, status="active"
+                    session, email, since, timezone=tz, evening=evening, status="active"
                 )
             session.commit()
     finally:
@@ -269,7 +271,9 @@ def test_two_ticks_and_five_sends_make_one_edition(
         for send in sends:
             assert send.proc.wait(timeout=60) == 0, send.output()
             task_ids += re.findall(r"task ([0-9a-f-]{36})", send.output())
-        assert len(task_ids) == 5
+        # One plan task per due cohort and call: London's and (the default timezone,
+        # whose morning has passed too) Sydney's.
+        assert len(task_ids) == 10
         results = [t.get(timeout=60) for t in ticks]
         results += [app.AsyncResult(t).get(timeout=60) for t in task_ids]
         for result in results:
@@ -444,7 +448,7 @@ def test_send_inline_runs_in_process_and_otherwise_enqueues(
     argv = [sys.executable, "-m", "digest.cli", "send", "evening", "--timezone", LONDON]
     queued = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
     assert queued.returncode == 0, queued.stderr
-    assert re.search(r"digest.plan_edition enqueued .* task [0-9a-f-]{36}", queued.stdout)
+    assert re.search(r"digest.plan_edition enqueued \(task [0-9a-f-]{36}\)", queued.stdout)
     queue = env["DIGEST_TASK_QUEUE"]
     assert queue_lengths(load_settings(env)) == {queue: 1, f"{queue}.send": 0}
     assert len(sink.messages) == 1

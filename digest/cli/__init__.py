@@ -119,4 +119,13 @@ def main() -> None:
 
 
 # Registers the commands of each group on `cli` (they import it from here).
-from digest.cli import check, content, inbound, operators, readers, send, service  # noqa: E402,F401
+from digest.cli import (  # noqa: E402,F401
+    check,
+    content,
+    inbound,
+    operators,
+    readers,
+    send,
+    service,
+    status,
+)

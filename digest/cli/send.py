@@ -1,4 +1,4 @@
-"""Editions: `digest send`, `preview`, `status`, `retry` and `sweep`.
+"""Editions: `digest send`, `preview`, `retry` and `sweep` (`status` is in status.py).
 
 `digest send` run in this process exits with one of these codes:
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -24,9 +24,9 @@ from sqlalchemy.orm import Session
 
 from digest import pipeline, sending, store
 from digest.cli import App, cli, parse_day, parse_tz, pass_app
+from digest.cli.status import age
 from digest.config import SLOTS, Settings
 from digest.editions import normalise_sections
-from digest.inbound import count_kept, kept_folder
 from digest.render import slot_values
 from digest.schedule import Cohort, local_day, next_day_of
 from digest.transport import make_transport
@@ -272,89 +272,6 @@ def preview(
         prepared.html.fill(slot_values(name="Reader", for_html=True, **links)), encoding="utf-8"
     )
     click.echo(f"{page.subject}\nwritten to {out}")
-
-
-@cli.command()
-@click.argument("edition_id", required=False, type=int)
-@pass_app
-def status(app: App, edition_id: int | None) -> None:
-    """Delivery counts by status for one edition, or the latest editions, and what no
-    worker is carrying: rows without a task, claims of stopped workers."""
-    settings, now = app.settings, app.now()
-    lengths: dict[str, int] | None = None
-    broker_error = None
-    if settings.redis_url:
-        from workers.client import BrokerUnavailable, queue_lengths
-
-        try:
-            lengths = queue_lengths(settings)
-        except BrokerUnavailable as exc:
-            broker_error = str(exc)
-    with app.session() as session:
-        editions = (
-            [store.get_edition(session, edition_id)] if edition_id else store.list_editions(session)
-        )
-        if not editions:
-            click.echo("no editions yet")
-        for e in editions:
-            counts = store.edition_counts(session, e.id)
-            shown = "  ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "no deliveries"
-            click.echo(
-                f"edition {e.id}  {e.slot} {e.local_day} {e.timezone}  [{e.status}]  {shown}"
-            )
-            if e.note and edition_id:
-                click.echo(f"  {e.note}")
-        orphan = now - timedelta(seconds=settings.claim_seconds)
-        waiting = store.waiting_rows(session, now, orphan)
-    kept = count_kept(settings.data_dir)  # replies `digest inbound` kept for a person
-    click.echo(f"replies kept: {kept} in {kept_folder(settings.data_dir)}")
-    for line in waiting_lines(waiting, now, lengths, bool(settings.redis_url)):
-        click.echo(line)
-    if broker_error:
-        click.echo(broker_error)
-    for queue, count in (lengths or {}).items():
-        click.echo(f"queue {queue}: {count} tasks waiting")
-
-
-def age(since: datetime, now: datetime) -> str:
-    """'4m12s', '3h05m', '40s': how long ago `since` was."""
-    seconds = max(0, int((now - since).total_seconds()))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
-def waiting_lines(
-    waiting: dict[str, tuple[int, datetime | None]],
-    now: datetime,
-    lengths: dict[str, int] | None,
-    broker: bool,
-) -> list[str]:
-    """Warnings about deliveries no worker is carrying (empty when all is well)."""
-    lines = []
-    queued, oldest = waiting["queued"]
-    if queued and oldest and (not broker or lengths is not None and not sum(lengths.values())):
-        where = (
-            "no task waiting in the broker" if broker else "no broker: `digest sweep` sends them"
-        )
-        lines.append(
-            f"WARNING: {queued} deliveries queued with no task ({where}), "
-            f"the oldest queued {age(oldest, now)} ago; the sweep re-enqueues them"
-        )
-    expired, oldest = waiting["expired"]
-    if expired and oldest:
-        lines.append(
-            f"WARNING: {expired} deliveries claimed by stopped workers, the oldest claim "
-            f"ended {age(oldest, now)} ago; the sweep re-queues them"
-        )
-    due, oldest = waiting["due"]
-    if due and oldest:
-        lines.append(
-            f"{due} deferred deliveries due for a retry, the oldest since {age(oldest, now)} ago"
-        )
-    return lines
 
 
 def _send_batches(app: App, batches: list[list[int]], inline: bool) -> None:

@@ -144,6 +144,16 @@ def cohort_filter(cohort: Cohort, default_timezone: str) -> Any:
     )
 
 
+def cohort_readers_confirmed_by(
+    session: Session, cohort: Cohort, default_timezone: str, at: datetime
+) -> int:
+    """How many of the cohort's readers were already confirmed at `at`."""
+    stmt = select(func.count()).where(
+        cohort_filter(cohort, default_timezone), Subscriber.confirmed_at <= at
+    )
+    return int(session.scalar(stmt) or 0)
+
+
 def cohort_section_choices(session: Session, cohort: Cohort, default_timezone: str) -> list[str]:
     """The distinct section choices among a cohort's readers (one rendering each)."""
     stmt = (
