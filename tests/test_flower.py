@@ -108,3 +108,40 @@ def test_metrics_need_the_same_auth(worker_env, spawn, sqlite_url) -> None:
     status, text = call(f"{base}/metrics")
     assert status == 200 and "flower_" in text
     assert call(f"{base}/workers", auth=False)[0] == 401  # the rest as before
+
+
+def test_progress_events_leave_flowers_own_fields_alone() -> None:
+    """Flower's task page is Celery's event State: a progress event must not overwrite
+    `sent` (shown as a time: 1970-01-01 from a count) and must show done of total."""
+    from celery.events.state import State
+
+    from workers.tasks import progress_fields
+
+    state = State()
+    sent_at = 1_795_000_000.0
+    base = {"uuid": "t1", "hostname": "w@h", "clock": 1, "local_received": sent_at}
+    state.event({**base, "type": "task-sent", "timestamp": sent_at, "name": "digest.send_batch"})
+    state.event({**base, "type": "task-started", "timestamp": sent_at + 1, "clock": 2})
+    state.event(
+        {
+            **base,
+            "type": "task-progress",
+            "timestamp": sent_at + 2,
+            "clock": 3,
+            **progress_fields(120, 500),
+        }
+    )
+    task = state.tasks["t1"]
+    assert task.sent == sent_at and task.state == "PROGRESS"
+    assert task.result == "120 of 500 messages done"
+    state.event(
+        {
+            **base,
+            "type": "task-succeeded",
+            "timestamp": sent_at + 3,
+            "clock": 4,
+            "result": "{'sent': 500}",
+            "runtime": 2.0,
+        }
+    )
+    assert task.state == "SUCCESS" and task.result == "{'sent': 500}"

@@ -368,7 +368,7 @@ def test_a_killed_worker_loses_no_delivery(
     assert 1 <= len(in_flight) <= 2, states
     # What Flower shows for a running batch: its progress, as sent of total.
     progress = [client.AsyncResult(t).info for t in in_flight if states[t] == "PROGRESS"]
-    assert progress and all(p["total"] == 5 and 0 <= p["sent"] <= 5 for p in progress)
+    assert progress and all(p["total"] == 5 and 0 <= p["done"] <= 5 for p in progress)
     assert delivery_counts(sqlite_url).get("sending", 0) > 0
 
     start_worker(env, concurrency=2)  # a replacement takes what is still queued

@@ -84,6 +84,13 @@ def plan_edition(
         return {"editions": [f.summary() for f in fanouts], "batches": batches}
 
 
+def progress_fields(done: int, total: int) -> dict[str, Any]:
+    """A progress event's fields. Flower copies every field onto its task and shows the
+    standard ones: `result` carries "done of total" (the success event replaces it),
+    and nothing may be called `sent`, Flower's time the task was sent."""
+    return {"result": f"{done} of {total} messages done", "done": done, "total": total}
+
+
 @app.task(bind=True, name="digest.send_batch", **OPTIONS)
 def send_batch(self: Any, delivery_ids: list[int], now: str | None = None) -> dict[str, Any]:
     """Claim and send these deliveries over reused SMTP connections; retry deferred ones."""
@@ -92,8 +99,8 @@ def send_batch(self: Any, delivery_ids: list[int], now: str | None = None) -> di
     def progress(done: int, total: int) -> None:
         # The result backend answers Flower's API and AsyncResult; the event updates
         # Flower's live task list, which is built from events alone.
-        self.update_state(state="PROGRESS", meta={"sent": done, "total": total})
-        self.send_event("task-progress", sent=done, total=total)
+        self.update_state(state="PROGRESS", meta={"done": done, "total": total})
+        self.send_event("task-progress", **progress_fields(done, total))
 
     progress(0, len(delivery_ids))
     with runtime.session() as session:
