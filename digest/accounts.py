@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from digest import pipeline, sending, store
-from digest.addresses import normalise_address
+from digest.addresses import mailbox_of, normalise_address
 from digest.config import Settings
 from digest.editions import normalise_sections
 from digest.errors import Duplicate, InvalidAddress, InvalidInput, InvalidToken, NotFound
@@ -249,7 +249,7 @@ def request_subscription(
     subscriber = store.find_subscriber(session, email)
     if subscriber is None:
         subscriber = _add_pending(session, email, now)
-    if subscriber.status in NEVER_MAIL or suppression_reason(session, email) in NEVER_MAIL:
+    if subscriber.status in NEVER_MAIL or _never_mail(session, email):
         return Notice("none", subscriber.id, subscriber.email)
     kind = "already" if subscriber.status == "active" else "confirm"
     last = subscriber.last_notice_at
@@ -259,6 +259,14 @@ def request_subscription(
         subscriber.last_notice_at = now
     session.flush()
     return Notice(kind, subscriber.id, subscriber.email, _request_of(fields, source, now))
+
+
+def _never_mail(session: Session, email: str) -> bool:
+    """Whether the address, or the mailbox it reaches (`trap+1@` for a `trap@` that
+    complained), may get no sign-up email."""
+    return any(
+        suppression_reason(session, form) in NEVER_MAIL for form in {email, mailbox_of(email)}
+    )
 
 
 def forget_notice(session: Session, notice: Notice) -> None:
@@ -291,10 +299,19 @@ def _issued(request: dict[str, str]) -> datetime:
         raise InvalidToken("this link is malformed") from None
 
 
+def reader(session: Session, subscriber_id: int) -> Subscriber:
+    """The reader a link names; NotFound once they were erased (their old links, and
+    any confirmation link still in a mailbox, must not bring their data back)."""
+    subscriber = store.get_subscriber(session, subscriber_id)
+    if subscriber.status == "erased":
+        raise NotFound(f"no subscriber with id {subscriber_id}")
+    return subscriber
+
+
 def check_confirmable(session: Session, subscriber_id: int, request: dict[str, str]) -> Subscriber:
     """The reader a confirmation link is for, if the link may still be used: not after
     the address bounced or complained, nor after an unsubscribe later than the link."""
-    subscriber = store.get_subscriber(session, subscriber_id)
+    subscriber = reader(session, subscriber_id)
     issued = _issued(request)
     left_after = subscriber.unsubscribed_at is not None and subscriber.unsubscribed_at > issued
     never = suppression_reason(session, subscriber.email) in NEVER_MAIL
@@ -351,11 +368,15 @@ def unsubscribe(session: Session, subscriber_id: int, now: datetime) -> Subscrib
 
 def leave(session: Session, subscriber_id: int, status: str, now: datetime) -> Subscriber:
     """A reader leaves for good (unsubscribed, bounced or complained): see unsubscribe."""
-    subscriber = store.get_subscriber(session, subscriber_id)
+    subscriber = reader(session, subscriber_id)
     if subscriber.status not in LEFT:
         store.set_status(session, subscriber, status, now)
     else:
         store.suppress(session, subscriber.email, subscriber.status, now)
+    if subscriber.status in NEVER_MAIL:
+        # A complaint or a dead mailbox is about the mailbox: its +tag and dotted
+        # variants get no sign-up email either.
+        store.suppress(session, mailbox_of(subscriber.email), subscriber.status, now)
     reason = f"subscriber is {subscriber.status}"
     for edition_id in sorted(store.suppress_open_deliveries(session, subscriber.id, reason)):
         store.update_edition_status(session, edition_id)
@@ -364,7 +385,7 @@ def leave(session: Session, subscriber_id: int, status: str, now: datetime) -> S
 
 def update_preferences(session: Session, subscriber_id: int, fields: dict[str, Any]) -> Subscriber:
     """Change a current reader's editions, sections, timezone and name."""
-    subscriber = store.get_subscriber(session, subscriber_id)
+    subscriber = reader(session, subscriber_id)
     if subscriber.status in LEFT:
         raise InvalidInput("this address is unsubscribed; subscribe again to get editions")
     _apply(subscriber, fields)

@@ -57,3 +57,16 @@ def check_header_value(value: str) -> str:
     if _BREAKS.search(value) or "\x00" in value:
         raise HeaderInjection(f"header value {value[:60]!r} contains a line break")
     return value
+
+
+_DOTLESS = {"gmail.com": "gmail.com", "googlemail.com": "gmail.com"}
+
+
+def mailbox_of(email: str) -> str:
+    """The mailbox an address reaches: case, `+tag`s and (at Gmail) dots in the local
+    part do not make a new one. For limits and suppressions, never for sending."""
+    local, _, domain = email.strip().lower().rpartition("@")
+    local = local.split("+", 1)[0]
+    if domain in _DOTLESS:
+        local, domain = local.replace(".", ""), _DOTLESS[domain]
+    return f"{local}@{domain}"

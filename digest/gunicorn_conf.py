@@ -28,3 +28,15 @@ class RedactingLogger(Logger):
 
 
 logger_class = RedactingLogger
+
+
+def when_ready(server: Any) -> None:
+    """Say so when the sign-up limits would be counted per worker, not per site."""
+    if workers > 1 and not os.environ.get("DIGEST_REDIS_URL"):
+        server.log.warning(
+            "DIGEST_REDIS_URL is not set: with %d workers the sign-up limits, the sign-in "
+            "limits and single-use form tokens are counted in each worker separately "
+            "(%d times as lenient); set it to share them",
+            workers,
+            workers,
+        )

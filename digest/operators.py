@@ -9,7 +9,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from digest.errors import InvalidInput
+from digest.errors import InvalidInput, NotFound
 from digest.models import AuditEntry, Operator
 from digest.store.operators import add_audit, add_operator, find_operator, recent_audit
 
@@ -47,6 +47,38 @@ def authenticate(session: Session, name: str, password: str, now: datetime) -> O
         return None
     operator.last_login_at = now
     return operator
+
+
+def session_valid(session: Session, name: str, epoch: int) -> bool:
+    """Whether a console session of `name` made at `epoch` may still be used."""
+    operator = find_operator(session, name)
+    return operator is not None and operator.session_epoch == epoch
+
+
+def end_sessions(session: Session, name: str) -> None:
+    """End every console session of this operator (each one carries the old epoch)."""
+    operator = find_operator(session, name)
+    if operator is not None:
+        operator.session_epoch += 1
+
+
+def set_password(session: Session, name: str, password: str) -> None:
+    """A new password; every session signed in with the old one ends."""
+    operator = find_operator(session, check_name(name))
+    if operator is None:
+        raise NotFound(f"no operator called {name!r}")
+    if len(password) < MIN_PASSWORD:
+        raise InvalidInput(f"the password must be at least {MIN_PASSWORD} characters")
+    operator.password_hash = generate_password_hash(password, method="scrypt")
+    operator.session_epoch += 1
+
+
+def remove(session: Session, name: str) -> None:
+    """Delete an operator; their sessions end at once (the gate finds no operator)."""
+    operator = find_operator(session, check_name(name))
+    if operator is None:
+        raise NotFound(f"no operator called {name!r}")
+    session.delete(operator)
 
 
 def record(session: Session, operator: str, action: str, detail: str, now: datetime) -> None:

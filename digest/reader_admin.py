@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from digest import accounts, store
+from digest.addresses import mailbox_of
 from digest.errors import InvalidInput, NotFound
 from digest.models import Subscriber
 from digest.store.people import forget_delivery_errors, reader_deliveries, search_subscribers
@@ -112,7 +113,8 @@ def unsubscribe(session: Session, subscriber_id: int, now: datetime) -> Subscrib
 def suppress(session: Session, subscriber_id: int, now: datetime) -> Subscriber:
     """Stop all mail for good: no sign-up form may mail the address again either."""
     subscriber = store.get_subscriber(session, subscriber_id)
-    store.suppress(session, subscriber.email, OPERATOR_REASON, now)
+    for form in {subscriber.email, mailbox_of(subscriber.email)}:
+        store.suppress(session, form, OPERATOR_REASON, now, override=True)
     return accounts.unsubscribe(session, subscriber_id, now)
 
 

@@ -19,6 +19,7 @@ from limits import RateLimitItem, RateLimitItemPerHour, parse_many
 from limits.storage import Storage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
+from digest.addresses import mailbox_of
 from digest.config import Settings
 from digest.errors import ConfigError
 
@@ -46,9 +47,8 @@ def parse_limits(name: str, value: str) -> list[RateLimitItem]:
 
 
 def mailbox_key(email: str) -> str:
-    """One key per mailbox: case and +tags do not make a new one (hashed, never kept)."""
-    local, _, domain = email.strip().lower().rpartition("@")
-    return hashlib.sha256(f"{local.split('+', 1)[0]}@{domain}".encode()).hexdigest()[:32]
+    """One key per mailbox (see addresses.mailbox_of), hashed: no address is kept."""
+    return hashlib.sha256(mailbox_of(email).encode()).hexdigest()[:32]
 
 
 class SignupGuard:

@@ -126,10 +126,16 @@ def test_wrong_passwords_are_refused_and_limited(make_app, settings, session) ->
         assert r.status_code == 401 and "do not match" in r.get_data(as_text=True)
     r = client.post("/admin/login", data={"name": "ed", "password": PASSWORD})
     assert r.status_code == 429  # even the right password waits now
-    # Another address guessing the same name is limited too (per name, not only per IP).
-    other = {"REMOTE_ADDR": "192.0.2.9"}
-    r = client.post("/admin/login", data={"name": "ed", "password": "x"}, environ_base=other)
-    assert r.status_code == 429
+    # Guessing one name from many addresses meets the per-name ceiling (10 a minute).
+    codes = [
+        client.post(
+            "/admin/login",
+            data={"name": "ed", "password": "x"},
+            environ_base={"REMOTE_ADDR": f"192.0.2.{n}"},
+        ).status_code
+        for n in range(10, 20)
+    ]
+    assert codes[:5] == [401] * 5 and codes[-1] == 429
     assert client.get("/admin/").status_code == 302
 
 
@@ -242,8 +248,9 @@ def test_test_copy_goes_out_and_into_the_audit_log(console, session, smtp_server
     (msg,) = sink.to("editor@example.com")
     assert msg["Subject"].startswith("[TEST]")
     who, what, detail = audit(session)[-1]
-    assert (who, what) == ("ed", "test copy sent") and "editor@example.com" in detail
-    assert "editor@example.com" in console.get("/admin/audit").get_data(as_text=True)
+    # Masked: the audit log outlives any reader's erasure.
+    assert (who, what) == ("ed", "test copy sent") and "e***@example.com" in detail
+    assert "e***@example.com" in console.get("/admin/audit").get_data(as_text=True)
     bad = console.post(
         "/admin/test-send", data={"edition": "morning", "to": "nope", "csrf": csrf(console)}
     )

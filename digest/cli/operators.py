@@ -24,15 +24,44 @@ def operators_group() -> None:
 def operators_add(app: App, name: str, password_stdin: bool) -> None:
     """Add an operator; asks for the password (at least 12 characters)."""
     name = ops.check_name(name)
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    password = _password(password_stdin)
     with app.session() as session:
         ops.add(session, name, password, app.now())
         ops.record(session, name, "operator added", f"by the CLI for {name}", app.now())
         session.commit()
     click.echo(f"operator {name} added; sign in at {app.settings.base_url}/admin")
+
+
+def _password(password_stdin: bool) -> str:
+    if password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    return str(click.prompt("Password", hide_input=True, confirmation_prompt=True))
+
+
+@operators_group.command("passwd")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@pass_app
+def operators_passwd(app: App, name: str, password_stdin: bool) -> None:
+    """Give an operator a new password; their console sessions end."""
+    password = _password(password_stdin)
+    with app.session() as session:
+        ops.set_password(session, name, password)
+        ops.record(session, name, "password changed", "by the CLI", app.now())
+        session.commit()
+    click.echo(f"operator {name}: new password; every console session of theirs has ended")
+
+
+@operators_group.command("remove")
+@click.argument("name")
+@pass_app
+def operators_remove(app: App, name: str) -> None:
+    """Remove an operator; their console sessions end at once."""
+    with app.session() as session:
+        ops.remove(session, name)
+        ops.record(session, name, "operator removed", "by the CLI", app.now())
+        session.commit()
+    click.echo(f"operator {name} removed")
 
 
 @operators_group.command("list")

@@ -47,12 +47,22 @@ def suppressed_hashes(session: Session, emails: Iterable[str]) -> set[str]:
     return found
 
 
-def suppress(session: Session, email: str, reason: str, now: datetime) -> None:
-    """Remember an address must never be mailed again (only its hash is kept)."""
+def suppress(
+    session: Session, email: str, reason: str, now: datetime, *, override: bool = False
+) -> None:
+    """Remember an address must never be mailed again (only its hash is kept). An
+    existing reason is kept unless `override` (an operator's word outranks a reader's
+    own unsubscribe)."""
     stmt = insert_for_session(session, Suppression).values(
         email_hash=address_hash(email), reason=reason, created_at=now
     )
-    session.execute(stmt.on_conflict_do_nothing(index_elements=["email_hash"]))
+    if override:
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["email_hash"], set_={"reason": reason, "created_at": now}
+        )
+    else:
+        stmt = stmt.on_conflict_do_nothing(index_elements=["email_hash"])
+    session.execute(stmt)
 
 
 def add_subscriber(

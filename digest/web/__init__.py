@@ -10,7 +10,6 @@ from typing import Any
 
 from flask import Flask, request
 from flask_limiter import Limiter
-from flask_limiter.util import get_remote_address
 from jinja2 import StrictUndefined
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -27,12 +26,14 @@ from digest.web.base import (
     DigestFlask,
     RedactingRequestHandler,
     Runtime,
+    client_key,
     common,
     redact_path,
     utcnow,
 )
 
 LOGIN_LIMIT = "5 per minute;30 per hour"
+NAME_LOGIN_LIMIT = "10 per minute;60 per hour"
 
 __all__ = [
     "EDITION_CSP",
@@ -66,7 +67,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
     limiter = Limiter(
-        get_remote_address,
+        client_key,
         app=app,
         storage_uri=storage_uri(settings),
         strategy="moving-window",
@@ -74,15 +75,23 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     )
     parse_limits("DIGEST_SIGNUP_CLIENT_LIMIT", settings.signup_client_limit)  # fail early
     _limit(app, "digest.subscribe", limiter.limit(settings.signup_client_limit, methods=["POST"]))
-    # Sign-in attempts: per client address, and per operator name from anywhere.
-    _limit(app, "console.login", limiter.limit(LOGIN_LIMIT, methods=["POST"]))
-    per_name = limiter.limit(LOGIN_LIMIT, methods=["POST"], key_func=_login_name)
+    # Failed sign-ins: per client address, and per operator name from anywhere (with a
+    # higher ceiling, so that strangers guessing cannot easily lock the operator out).
+    per_client = limiter.limit(LOGIN_LIMIT, methods=["POST"], deduct_when=_failed)
+    per_name = limiter.limit(
+        NAME_LOGIN_LIMIT, methods=["POST"], deduct_when=_failed, key_func=_login_name
+    )
+    _limit(app, "console.login", per_client)
     _limit(app, "console.login", per_name)
     return app
 
 
 def _limit(app: Flask, endpoint: str, decorator: Any) -> None:
     app.view_functions[endpoint] = decorator(app.view_functions[endpoint])
+
+
+def _failed(response: Any) -> bool:
+    return bool(response.status_code == 401)
 
 
 def _login_name() -> str:

@@ -46,12 +46,26 @@ def operator_name() -> str:
     return str(g.operator)
 
 
+def _session_operator() -> str | None:
+    """The operator this cookie signs in, if the session is still good: the operator
+    exists, nothing ended their sessions since (sign-out, new password, removal), and
+    it was signed in less than SESSION_HOURS ago (a fixed limit, not a sliding one)."""
+    name, epoch, since = session.get("operator"), session.get("epoch"), session.get("since")
+    if not name or not isinstance(epoch, int) or not isinstance(since, int | float):
+        return None
+    if runtime().clock().timestamp() - since > SESSION_HOURS * 3600:
+        return None
+    return str(name) if operators.session_valid(db(), str(name), epoch) else None
+
+
 @console.before_request
 def _gate() -> Any:
-    g.operator = session.get("operator")
     if request.endpoint in OPEN_ENDPOINTS:
+        g.operator = None
         return None
+    g.operator = _session_operator()
     if not g.operator:
+        session.clear()
         return redirect(url_for("console.login", next=request.full_path.rstrip("?")))
     if request.method == "POST" and not (same_origin() and csrf_ok()):
         return message_page(
@@ -91,6 +105,8 @@ def login() -> Any:
             session.clear()
             session.permanent = True
             session["operator"] = operator.name
+            session["epoch"] = operator.session_epoch
+            session["since"] = int(now.timestamp())
             operators.record(db(), operator.name, "signed in", request.remote_addr or "", now)
             db().commit()
             return redirect(_safe_next(request.args.get("next")))
@@ -101,6 +117,8 @@ def login() -> Any:
 
 @console.post("/logout")
 def logout() -> Response:
+    # Every session of this operator ends, copies of this cookie included.
+    operators.end_sessions(db(), operator_name())
     operators.record(db(), operator_name(), "signed out", "", runtime().clock())
     db().commit()
     session.clear()

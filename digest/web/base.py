@@ -7,6 +7,7 @@ both build on this; nothing here knows either of them.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import secrets
 from collections.abc import Callable
@@ -39,9 +40,13 @@ EDITION_CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; img-src https: http: data:; "
     "form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
 )
+# Repeated slashes too: werkzeug answers //preferences//<token> (with a redirect).
 _TOKEN_PATH = re.compile(
-    r"(/(?:unsubscribe|confirm|preferences|editions/[^/?#\s]+)/)[^/?#\s]+", re.IGNORECASE
+    r"(/+(?:unsubscribe|confirm|preferences|editions/+[^/?#\s]+)/+)[^/?#\s]+", re.IGNORECASE
 )
+# The console's reader search puts an address in the query string.
+_SEARCH = re.compile(r"([?&]q=)[^&#\s]*")
+DIGITS = re.compile(r"[0-9]{1,9}")  # str.isdigit() also takes "²", which int() refuses
 
 common = Blueprint("common", __name__)
 
@@ -74,7 +79,7 @@ def redact_path(text: str) -> str:
         if once == decoded:
             break
         decoded = once
-    return _TOKEN_PATH.sub(r"\1<token>", decoded)
+    return _SEARCH.sub(r"\1<redacted>", _TOKEN_PATH.sub(r"\1<token>", decoded))
 
 
 class DigestFlask(Flask):
@@ -95,6 +100,21 @@ class RedactingRequestHandler(WSGIRequestHandler):
     def log(self, type: str, message: str, *args: Any) -> None:
         clean = [redact_path(a) if isinstance(a, str) else a for a in args]
         super().log(type, redact_path(message), *clean)
+
+
+def client_key() -> str:
+    """Who is asking, for rate limits: the client's address, an IPv6 client's /64 (one
+    host usually holds a whole /64, and could otherwise rotate through it)."""
+    addr = request.remote_addr or ""
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return addr
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 def runtime() -> Runtime:

@@ -27,7 +27,7 @@ from digest.store.articles import latest_articles
 from digest.store.base import MAX_ID
 from digest.transport import make_transport
 from digest.web.auth import console, operator_name
-from digest.web.base import EDITION_CSP, db, runtime
+from digest.web.base import DIGITS, EDITION_CSP, db, runtime
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def live() -> Any:
     """The overview's live part: editions being sent (or the ones asked for)."""
     rt = runtime()
     now = rt.clock()
-    wanted = [_id(int(i)) for i in request.args.getlist("edition")[:50] if i.isdigit()]
+    wanted = [_id(int(i)) for i in request.args.getlist("edition")[:50] if DIGITS.fullmatch(i)]
     rows = {p.edition_id: p for p in overview.progress(db(), now)}
     rows.update((p.edition_id, p) for p in overview.progress(db(), now, wanted))
     return jsonify(editions=[p.as_json() for p in rows.values()])
@@ -227,7 +227,7 @@ def test_send() -> Any:
     choice = request.form.get("edition", "")
     try:
         address = normalise_address(to)
-        if choice.isdigit():
+        if DIGITS.fullmatch(choice):
             found = store.get_edition(session, _id(int(choice)))
             cohort = Cohort(found.slot, found.local_day, found.timezone)
         else:
@@ -240,7 +240,8 @@ def test_send() -> Any:
     except (DigestError, ConfigError) as exc:
         flash(f"No test copy sent: {exc}")
         return render_template("admin/test_send.html", editions=recent, slots=SLOTS), 422
-    _audit("test copy sent", f"{cohort} to {address} ({message_id})")
+    # Masked: the audit log outlives any reader's erasure.
+    _audit("test copy sent", f"{cohort} to {accounts.mask_address(address)} ({message_id})")
     session.commit()
     return _done(f"Test copy of {cohort} sent to {address}.", "console.audit")
 

@@ -25,7 +25,7 @@ from digest.errors import InvalidInput, InvalidToken, NotFound, SendError
 from digest.store.base import MAX_ID
 from digest.tokens import make_token, read_token, unseal
 from digest.transport import make_transport
-from digest.web.base import EDITION_CSP, db, message_page, runtime
+from digest.web.base import DIGITS, EDITION_CSP, db, message_page, runtime
 from digest.web.forms import cross_site, read_form, same_origin
 
 log = logging.getLogger(__name__)
@@ -144,6 +144,7 @@ def confirm_page(token: str) -> Any:
         editions=accounts.editions_label(asked),
         sections=asked["sections"].replace(",", ", ") or "all sections",
         timezone=asked["timezone"] or rt.settings.default_timezone,
+        name=asked["name"],
     )
 
 
@@ -155,6 +156,10 @@ def confirm(token: str) -> Any:
     if not same_origin():
         return message_page("Nothing changed", "This form was sent from another site.", 403)
     session = db()
+    if "name" in request.form:
+        # Whoever filled in the sign-up form chose the name; the reader, who sees it on
+        # this page, has the last word before it goes into every greeting.
+        request_ = {**request_, "name": request.form.get("name", "")[:400]}
     subscriber = accounts.confirm(session, subscriber_id, request_, now)
     session.commit()
     first = accounts.first_edition(rt.settings, subscriber, now)
@@ -186,7 +191,7 @@ def unsubscribe_page(token: str) -> Any:
     """One button, nothing else: link scanners fetch this page, and must change nothing."""
     rt = runtime()
     subscriber_id = read_token(rt.settings.secret_key, "unsubscribe", token, rt.clock())
-    subscriber = store.get_subscriber(db(), subscriber_id)
+    subscriber = accounts.reader(db(), subscriber_id)
     return render_template(
         "web/unsubscribe.html",
         address=accounts.mask_address(subscriber.email),
@@ -229,7 +234,7 @@ def preferences(token: str) -> Any:
     now = rt.clock()
     subscriber_id = read_token(rt.settings.secret_key, "preferences", token, now)
     session = db()
-    subscriber = store.get_subscriber(session, subscriber_id)
+    subscriber = accounts.reader(session, subscriber_id)
     if subscriber.status in accounts.LEFT:
         return message_page(
             "You are unsubscribed",
@@ -301,7 +306,7 @@ def archive_index() -> Any:
     _archive_on()
     rt = runtime()
     page = request.args.get("page", "0")
-    number = int(page) if page.isdigit() and len(page) < 6 else 0
+    number = int(page) if DIGITS.fullmatch(page) and len(page) < 6 else 0
     days, more = archive.days(db(), rt.clock(), number)
     return render_template(
         "web/archive.html",

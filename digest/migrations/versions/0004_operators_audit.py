@@ -24,6 +24,7 @@ def upgrade() -> None:
         sa.Column("password_hash", sa.String(300), nullable=False),
         sa.Column("created_at", digest.models.UTCDateTime(), nullable=False),
         sa.Column("last_login_at", digest.models.UTCDateTime(), nullable=True),
+        sa.Column("session_epoch", sa.Integer(), nullable=False, server_default="0"),
     )
     op.create_table(
         "audit_log",
