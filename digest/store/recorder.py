@@ -239,6 +239,14 @@ class Recorder:
 
     # --- the claim -------------------------------------------------------------------
 
+    def _held(self, delivery_ids: Sequence[int]) -> Any:
+        """An UPDATE of those rows this claim still holds (nobody else's)."""
+        return update(Delivery).where(
+            Delivery.id.in_(delivery_ids),
+            Delivery.status == "sending",
+            Delivery.lease_until == self.lease_until,
+        )
+
     def renew(self, delivery_ids: Sequence[int], until: datetime) -> int:
         """Move the claim on the rows it still holds to `until`; returns how many.
 
@@ -246,15 +254,7 @@ class Recorder:
         """
         with self._lock:
             self.flush()
-            stmt = (
-                update(Delivery)
-                .where(
-                    Delivery.id.in_(delivery_ids),
-                    Delivery.status == "sending",
-                    Delivery.lease_until == self.lease_until,
-                )
-                .values(lease_until=until)
-            )
+            stmt = self._held(delivery_ids).values(lease_until=until)
             count = self._transaction(lambda conn: conn.execute(stmt).rowcount)
             self.lease_until = until
             return int(count)
@@ -263,14 +263,8 @@ class Recorder:
         """Hand claimed rows back to the queue untouched (the batch stopped early)."""
         with self._lock:
             self.flush()
-            stmt = (
-                update(Delivery)
-                .where(
-                    Delivery.id.in_(delivery_ids),
-                    Delivery.status == "sending",
-                    Delivery.lease_until == self.lease_until,
-                )
-                .values(status="queued", lease_until=None, attempts=Delivery.attempts - 1)
+            stmt = self._held(delivery_ids).values(
+                status="queued", lease_until=None, attempts=Delivery.attempts - 1
             )
             self._transaction(lambda conn: conn.execute(stmt))
 
