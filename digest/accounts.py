@@ -69,15 +69,14 @@ class Form:
     sections: list[str] = field(default_factory=list)
 
 
+def editions_choice(morning: bool, evening: bool) -> str:
+    """The form's value for a choice of editions: both, morning or evening."""
+    return "both" if morning and evening else "morning" if morning else "evening"
+
+
 def form_of(subscriber: Subscriber) -> Form:
     """A preferences form filled in with what the reader chose so far."""
-    editions = (
-        "both"
-        if subscriber.morning and subscriber.evening
-        else "morning"
-        if subscriber.morning
-        else "evening"
-    )
+    editions = editions_choice(subscriber.morning, subscriber.evening)
     return Form(
         email=subscriber.email,
         name=subscriber.name,
@@ -210,13 +209,7 @@ def _stamp(now: datetime) -> str:
 
 
 def _request_of(fields: dict[str, Any], source: str, now: datetime) -> dict[str, str]:
-    editions = (
-        "both"
-        if fields["morning"] and fields["evening"]
-        else "morning"
-        if fields["morning"]
-        else "evening"
-    )
+    editions = editions_choice(fields["morning"], fields["evening"])
     return {
         "name": fields["name"],
         "timezone": fields["timezone"] or "",
@@ -460,11 +453,7 @@ def preview_html(
 def public_page(settings: Settings, prepared: sending.PreparedVariant, banner: str = "") -> str:
     """A rendering cut at its slots, filled with nothing personal (see public_html)."""
     values = slot_values(
-        name="",
-        unsubscribe_url=f"{settings.base_url}/unsubscribe",
-        preferences_url=f"{settings.base_url}/preferences",
-        view_url=WEB_VIEW_SELF,
-        for_html=True,
+        name="", for_html=True, **sending.public_links(settings, WEB_VIEW_SELF)
     )
     html = _SELF_LINK.sub("", prepared.html.fill(values))
     body = _BODY.search(html)

@@ -8,6 +8,7 @@ import secrets
 from dataclasses import dataclass, field, replace
 from datetime import time
 from pathlib import Path
+from typing import IO, Any
 from urllib.parse import quote, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -244,6 +245,18 @@ def _secret_key(env: dict[str, str], data_dir: Path, create: bool = True) -> str
     with os.fdopen(fd, "w") as handle:
         handle.write(key)
     return key
+
+
+def open_private(path: Path, mode: str = "w", **kwargs: Any) -> IO[Any]:
+    """Open a file for writing that only its owner can read, from its first byte; an
+    existing file is truncated and made private too. OSError when it cannot be."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.chmod(path, 0o600)  # an existing file keeps its old mode otherwise
+        return os.fdopen(fd, mode, **kwargs)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def private_folder(folder: Path) -> None:

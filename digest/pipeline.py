@@ -34,7 +34,7 @@ from digest.render import (
 from digest.returns import envelope_sender
 from digest.sanitize import html_to_text
 from digest.schedule import Cohort, due_cohorts, local_day, send_at
-from digest.sending import PreparedVariant, prepare_variant, sender_of
+from digest.sending import PreparedVariant, prepare_variant, public_links, sender_of
 from digest.store.overview import readers_per_cohort
 from digest.store.subscribers import cohort_readers_confirmed_by
 from digest.tokens import seal
@@ -237,15 +237,10 @@ def test_send(
     if rendered is None:
         raise NothingToSend(f"the {cohort} edition has no articles to show")
     page, prepared = rendered
-    base = settings.base_url
     expires = now + timedelta(days=settings.view_ttl_days)
     asked = {"slot": cohort.slot, "day": cohort.local_day.isoformat(), "tz": cohort.timezone}
     view = seal(settings.secret_key, "view", 0, expires, asked)
-    links = {
-        "unsubscribe_url": f"{base}/unsubscribe",
-        "preferences_url": f"{base}/preferences",
-        "view_url": f"{base}/editions/preview/{view}",
-    }
+    links = public_links(settings, f"{settings.base_url}/editions/preview/{view}")
     text = slot_values(name="", for_html=False, **links)
     env = Envelope(
         to_address=to,

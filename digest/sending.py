@@ -28,7 +28,7 @@ from digest.errors import (
     TransientSendError,
 )
 from digest.heartbeat import MARGIN, Heartbeat
-from digest.message import Envelope, MessageTemplate, Reader, Sender
+from digest.message import MessageTemplate, Reader, Sender
 from digest.models import EditionVariant
 from digest.render import SlotMarks, Splicer, html_escaped, slot_values
 from digest.returns import envelope_sender
@@ -104,6 +104,17 @@ def account_links(settings: Settings, subscriber_id: int) -> dict[str, str]:
     }
 
 
+def public_links(settings: Settings, view_url: str) -> dict[str, str]:
+    """Slot links for a rendering anyone may see (web version, archive, test copies):
+    the account links go to pages that ask for the links in the reader's own email."""
+    base = settings.base_url
+    return {
+        "unsubscribe_url": f"{base}/unsubscribe",
+        "preferences_url": f"{base}/preferences",
+        "view_url": view_url,
+    }
+
+
 def reader_links(settings: Settings, subscriber_id: int, edition_id: int) -> dict[str, str]:
     """The personal links of one reader in one edition."""
     # Scoped to this edition and checked against the edition's age when opened: a
@@ -132,27 +143,6 @@ def address_reader(
         unsubscribe_token=links["unsubscribe_token"],
         html_values=html_escaped(text_values),
         text_values=text_values,
-    )
-
-
-def personalise(
-    settings: Settings,
-    prepared: PreparedVariant,
-    edition_id: int,
-    subscriber_id: int,
-    email: str,
-    name: str,
-) -> Envelope:
-    """Fill one reader's slots into the pre-inlined HTML and the text (no re-inlining)."""
-    reader = address_reader(settings, edition_id, subscriber_id, email, name)
-    return Envelope(
-        to_address=email,
-        to_name=name,
-        message_id=reader.message_id,
-        unsubscribe_url=reader.unsubscribe_url,
-        unsubscribe_token=reader.unsubscribe_token,
-        html=prepared.html.fill(reader.html_values),
-        text=prepared.text.fill(reader.text_values),
     )
 
 

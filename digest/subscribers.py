@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import csv
-import os
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
 from sqlalchemy.orm import Session
 
 from digest import store
 from digest.addresses import fold_header_text, normalise_address
-from digest.config import check_timezone
+from digest.config import check_timezone, open_private
 from digest.editions import normalise_sections
 from digest.errors import ConfigError, InvalidAddress, InvalidInput
 from digest.models import Subscriber
@@ -229,7 +228,7 @@ def editions_label(s: Subscriber) -> str:
     )
 
 
-def export_csv(session: Session, handle: TextIO) -> int:
+def export_csv(session: Session, handle: IO[str]) -> int:
     """Write every subscriber as CSV; returns how many rows."""
     writer = csv.writer(handle)
     writer.writerow(EXPORT_FIELDS)
@@ -252,9 +251,8 @@ def export_csv(session: Session, handle: TextIO) -> int:
 def export_private(session: Session, path: Path) -> int:
     """Export to a file only its owner can read (it holds every reader's address)."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.chmod(path, 0o600)  # an existing file keeps its old mode otherwise
+        handle = open_private(path, "w", newline="", encoding="utf-8")
     except OSError as exc:
         raise InvalidInput(f"cannot write {path}: {exc.strerror or exc}") from None
-    with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
+    with handle:
         return export_csv(session, handle)

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
-from digest.config import Settings, SMTPConfig, private_folder
+from digest.config import Settings, SMTPConfig, open_private, private_folder
 from digest.errors import ConfigError, PermanentSendError, TransientSendError
 
 # A mailbox that does not exist: enhanced status 5.1.1 (bad mailbox), 5.1.2 (bad
@@ -348,8 +348,7 @@ class OutboxTransport:
         tmp = path.with_suffix(".tmp")
         try:
             # Only the owner may read it: a message holds an address and a reader's links.
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as handle:
+            with open_private(tmp, "wb") as handle:
                 handle.write(message)
             os.replace(tmp, path)
         except OSError as exc:

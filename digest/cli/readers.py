@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from digest import accounts, operators, reader_admin, store
 from digest.cli import App, cli, pass_app
+from digest.config import open_private
 from digest.editions import normalise_sections
 from digest.errors import InvalidInput
 from digest.models import SUBSCRIBER_STATUSES, Subscriber
@@ -263,11 +264,10 @@ def subscribers_export_one(app: App, reader: str, out: Path) -> None:
 
 def _write_private(path: Path, text: str) -> None:
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.chmod(path, 0o600)  # an existing file keeps its old mode otherwise
+        handle = open_private(path, "w", encoding="utf-8")
     except OSError as exc:
         raise InvalidInput(f"cannot write {path}: {exc.strerror or exc}") from None
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+    with handle:
         handle.write(text)
 
 

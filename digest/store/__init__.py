@@ -46,7 +46,6 @@ from digest.store.editions import (
     find_edition,
     get_edition,
     get_variant,
-    list_editions,
     previous_edition,
     variants,
 )
@@ -107,7 +106,6 @@ __all__ = [
     "iter_subscribers",
     "known_sections",
     "lift_suppression",
-    "list_editions",
     "list_feeds",
     "ping",
     "previous_edition",

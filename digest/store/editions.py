@@ -74,10 +74,6 @@ def create_edition(
     return None if new_id is None else session.get(Edition, new_id)
 
 
-def list_editions(session: Session, limit: int = 20) -> list[Edition]:
-    return list(session.scalars(select(Edition).order_by(Edition.id.desc()).limit(limit)))
-
-
 def edition_article_ids(session: Session, edition_id: int) -> list[int]:
     stmt = (
         select(EditionArticle.article_id)
