@@ -29,13 +29,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from digest import dispatch, pipeline, sending, store  # noqa: E402
+from digest import store  # noqa: E402
 from digest.config import Settings, load_settings  # noqa: E402
 from digest.db import make_engine, make_sessionmaker, upgrade  # noqa: E402
-from digest.message import Envelope, MessageTemplate, build_message  # noqa: E402
-from digest.render import inline_css  # noqa: E402
-from digest.schedule import Cohort  # noqa: E402
-from digest.transport import SMTPTransport  # noqa: E402
+from digest.editions import dispatch, pipeline, sending  # noqa: E402
+from digest.editions.render import inline_css  # noqa: E402
+from digest.editions.schedule import Cohort  # noqa: E402
+from digest.mail.message import Envelope, MessageTemplate, build_message  # noqa: E402
+from digest.mail.transport import SMTPTransport  # noqa: E402
 
 TZ = "Australia/Sydney"
 DAY = date(2026, 11, 30)
@@ -228,7 +229,7 @@ def dkim_cost(settings: Settings, samples: int = 400) -> tuple[float, float, int
     """Median ms per message unsigned and DKIM-signed (RSA-2048, the test key), and size."""
     from dataclasses import replace
 
-    from digest.dkimsign import load_key
+    from digest.mail.dkim import load_key
 
     key = load_key("bench", "example.com", ROOT / "tests" / "fixtures" / "dkim" / "test.key")
     sessions = make_sessionmaker(make_engine(settings.database_url))

@@ -31,7 +31,7 @@ class SMTPConfig:
     # The whole exchange for one message (connect, EHLO, MAIL, RCPT, DATA) may take this
     # long, whatever the server does: a relay that drips a byte at a time cannot hold a lane.
     deadline: float = 20.0
-    # The relay's limits, shared by every worker (digest/ratelimit.py): messages per
+    # The relay's limits, shared by every worker (digest/mail/ratelimit.py): messages per
     # second (0: none), how many may go at once (0: one second's worth), and optional
     # caps per clock hour and per UTC day. `weight`: its share among several relays.
     rate: float = 0.0
@@ -93,9 +93,9 @@ class Settings:
     dkim_domain: str = ""
     dkim_key_file: Path | None = None
     view_ttl_days: int = 30
-    # Past editions, without any personal part, at /archive (digest/archive.py).
+    # Past editions, without any personal part, at /archive (digest/editions/archive.py).
     public_archive: bool = False
-    # The sign-up form's limits (digest/signup_limits.py): per client address, per
+    # The sign-up form's limits (digest/readers/signup_limits.py): per client address, per
     # recipient mailbox, and a global hourly budget of confirmation emails.
     signup_client_limit: str = "10 per hour;30 per day"
     signup_mailbox_limit: str = "3 per day"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 from sqlalchemy import (
@@ -22,6 +23,31 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 SUBSCRIBER_STATUSES = ("pending", "active", "unsubscribed", "bounced", "complained")
 DELIVERY_STATUSES = ("queued", "sending", "sent", "deferred", "failed", "suppressed")
 EDITION_STATUSES = ("planned", "sending", "done", "empty", "missed")
+
+
+# Plain values the store and the edition code both speak: the store takes and returns
+# them, the edition code reasons about them. They live here, below both.
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """Everyone in one timezone who gets the same slot on the same local day."""
+
+    slot: str
+    local_day: date
+    timezone: str
+
+    def __str__(self) -> str:
+        return f"{self.slot} {self.local_day.isoformat()} {self.timezone}"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    id: int
+    section: str
+    priority: int
+    published_at: datetime
+    seen_at: datetime
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -180,7 +206,7 @@ class EditionVariant(Base):
     html: Mapped[str] = mapped_column(Text)
     text: Mapped[str] = mapped_column(Text)
     article_count: Mapped[int] = mapped_column(Integer)
-    # The random value in this rendering's slot markers (digest.render.SlotMarks): feed
+    # The random value in this rendering's slot markers (digest.editions.render.SlotMarks): feed
     # text never sees it, so no feed can write a marker.
     slot_nonce: Mapped[str] = mapped_column(String(64), default="", server_default="")
 

@@ -442,7 +442,7 @@ def add_articles(
 ) -> None:
     """Store articles (title, section), ten minutes apart, the newest published at `when`."""
     from digest import store
-    from digest.sanitize import clean_summary
+    from digest.feeds.sanitize import clean_summary
 
     store.insert_articles(
         session,

@@ -5,8 +5,15 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
-from digest.render import ArticleView, EditionView, Rendered, SlotMarks, Splicer, slot_values
-from digest.sanitize import clean_summary, html_to_text
+from digest.editions.render import (
+    ArticleView,
+    EditionView,
+    Rendered,
+    SlotMarks,
+    Splicer,
+    slot_values,
+)
+from digest.feeds.sanitize import clean_summary, html_to_text
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 DAY = date(2026, 11, 30)

@@ -10,14 +10,16 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from digest import accounts, pipeline, store
+from digest import store
 from digest.config import Settings, parse_smtp_url
+from digest.editions import pipeline
+from digest.editions.schedule import Cohort
 from digest.errors import InvalidInput, InvalidToken, NotFound
+from digest.mail.tokens import unseal
+from digest.mail.transport import OutboxTransport, SMTPTransport
 from digest.models import Delivery, Subscriber, Suppression
-from digest.schedule import Cohort
-from digest.subscribers import import_csv, subscriber_fields
-from digest.tokens import unseal
-from digest.transport import OutboxTransport, SMTPTransport
+from digest.readers import accounts
+from digest.readers.subscribers import import_csv, subscriber_fields
 from tests.conftest import NOW, add_articles
 
 SECRET = "test-secret-key"
@@ -415,7 +417,7 @@ def test_send_notice_uses_the_transport(session, settings: Settings, smtp_server
 
 def test_sign_up_mail_goes_out_from_the_bounce_address(session, settings, smtp_server) -> None:
     """A confirmation that bounces must come back to digest (VERP), not to From."""
-    from digest.returns import read_verp
+    from digest.mail.returns import read_verp
 
     sink, url = smtp_server
     notice = accounts.request_subscription(session, settings, fields(), NOW)

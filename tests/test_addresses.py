@@ -2,8 +2,8 @@
 
 import pytest
 
-from digest.addresses import check_header_value, fold_header_text, normalise_address
 from digest.errors import HeaderInjection, InvalidAddress
+from digest.mail.addresses import check_header_value, fold_header_text, normalise_address
 
 
 @pytest.mark.parametrize(

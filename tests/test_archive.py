@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from digest import pipeline, sending, store
+from digest import store
 from digest.config import Settings
-from digest.schedule import Cohort
-from digest.transport import make_transport
+from digest.editions import pipeline, sending
+from digest.editions.schedule import Cohort
+from digest.mail.relays import make_transport
 from digest.web import EDITION_CSP
 from tests.conftest import NOW, add_articles, make_settings
 

@@ -17,10 +17,11 @@ from sqlalchemy import Engine, select
 
 import digest.cli
 import digest.db
-from digest import pipeline, store
+from digest import store
 from digest.cli import cli
+from digest.editions import pipeline
+from digest.editions.schedule import Cohort
 from digest.models import AuditEntry
-from digest.schedule import Cohort
 from tests.conftest import NOW, add_articles
 
 

@@ -124,7 +124,7 @@ def test_test_copies_use_their_timezones_day_a_fresh_message_id_and_a_working_li
 def test_status_shows_the_overview_and_keeps_current_editions_on_the_list(env) -> None:
     from datetime import UTC, date, datetime
 
-    from digest.schedule import Cohort
+    from digest.editions.schedule import Cohort
 
     r = digest(env, "send", "morning")  # London's and Sydney's mornings go out
     assert r.exit_code == 0, r.output

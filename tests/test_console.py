@@ -13,10 +13,12 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from digest import ingest, operators, store
+from digest import store
 from digest.cli import cli
 from digest.config import Settings, parse_smtp_url
+from digest.feeds import ingest
 from digest.models import AuditEntry, Delivery, Subscriber
+from digest.operations import operators
 from digest.store.articles import latest_articles
 from tests.conftest import add_articles, make_settings, wait_for
 

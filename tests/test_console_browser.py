@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from digest import operators, store
+from digest import store
+from digest.operations import operators
 from tests.conftest import add_articles, free_port, make_settings
 
 TZ = "Australia/Sydney"

@@ -1,4 +1,4 @@
-"""What the tasks decide between pipeline calls (digest/dispatch.py), in-process."""
+"""What the tasks decide between pipeline calls (digest/editions/dispatch.py), in-process."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from sqlalchemy import select, update
 
-from digest import dispatch, sending, store
+from digest import store
 from digest.config import Settings
+from digest.editions import dispatch, sending
+from digest.editions.sending import BatchReport
 from digest.errors import ConfigError, InvalidInput
+from digest.feeds.sanitize import clean_summary
 from digest.models import Delivery, Edition
-from digest.sanitize import clean_summary
-from digest.sending import BatchReport
 
 LONDON = "Europe/London"
 TICK = datetime(2026, 11, 29, 6, 5, tzinfo=UTC)  # 06:05 in London, 17:05 in Sydney

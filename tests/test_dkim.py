@@ -11,9 +11,9 @@ from pathlib import Path
 import dkim
 import pytest
 
-from digest.dkimsign import SIGNED_HEADERS, load_key, public_record
 from digest.errors import ConfigError
-from digest.message import Envelope, MessageTemplate, Reader, Sender, build_message
+from digest.mail.dkim import SIGNED_HEADERS, load_key, public_record
+from digest.mail.message import Envelope, MessageTemplate, Reader, Sender, build_message
 
 KEYS = Path(__file__).parent / "fixtures" / "dkim"
 DATE = datetime(2026, 11, 29, 19, 0, tzinfo=UTC)

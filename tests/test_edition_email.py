@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 import pytest
 from lxml import html as lxml_html
 
-from digest.budget import MESSAGE_BUDGET, cut_on_word, subject_line
-from digest.message import MessageTemplate, Reader, Sender
-from digest.render import SlotMarks, Splicer, render_edition, slot_values, subject_for
+from digest.editions.budget import MESSAGE_BUDGET, cut_on_word, subject_line
+from digest.editions.render import SlotMarks, Splicer, render_edition, slot_values, subject_for
+from digest.mail.message import MessageTemplate, Reader, Sender
 from tests.email_samples import LONG_URL, READER, TEMPLATES, article, edition, filled
 
 HEAD = "The Morning Edition, Monday 30 November"

@@ -4,7 +4,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from digest.editions import Candidate, normalise_sections, pick_for_sections, select_articles
+from digest.editions.selection import (
+    Candidate,
+    normalise_sections,
+    pick_for_sections,
+    select_articles,
+)
 
 CUT = datetime(2026, 11, 29, 19, 0, tzinfo=UTC)
 START = CUT - timedelta(hours=13)

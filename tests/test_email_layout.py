@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from digest.render import render_edition
+from digest.editions.render import render_edition
 from tests.email_samples import TEMPLATES, edition, filled
 
 # A 4:3 grey GIF stands in for every article image.

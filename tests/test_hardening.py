@@ -17,9 +17,9 @@ from click.testing import CliRunner
 from digest.cli import cli
 from digest.config import load_settings
 from digest.errors import ConfigError
-from digest.ingest import parse_article_records
-from digest.subscribers import import_csv, safe_cell
-from digest.transport import OutboxTransport
+from digest.feeds.ingest import parse_article_records
+from digest.mail.transport import OutboxTransport
+from digest.readers.subscribers import import_csv, safe_cell
 from tests.conftest import NOW
 
 

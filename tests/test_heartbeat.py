@@ -6,10 +6,11 @@ from datetime import timedelta
 
 import pytest
 
-from digest import pipeline, sending, store
+from digest import store
 from digest.config import parse_smtp_url
-from digest.heartbeat import renew_every
-from digest.transport import SMTPTransport
+from digest.editions import pipeline, sending
+from digest.editions.heartbeat import renew_every
+from digest.mail.transport import SMTPTransport
 from tests.test_pipeline import AFTER, CUT, MORNING, add_articles, add_reader
 
 

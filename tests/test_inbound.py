@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from digest import inbound, pipeline, sending, store
+from digest import store
 from digest.config import Settings, parse_smtp_url
-from digest.schedule import Cohort
-from digest.transport import SMTPTransport
+from digest.editions import pipeline, sending
+from digest.editions.schedule import Cohort
+from digest.mail.transport import SMTPTransport
+from digest.readers import inbound
 from tests.conftest import NOW, add_articles
 
 TZ = "Australia/Sydney"

@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session
 from digest import store
 from digest.config import Settings
 from digest.errors import FeedError, InvalidInput, UnsafeURL
-from digest.fetch import check_address, fetch
-from digest.ingest import (
+from digest.feeds.fetch import check_address, fetch
+from digest.feeds.ingest import (
     canonical_url,
     import_articles,
     ingest_all,

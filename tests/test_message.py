@@ -21,11 +21,13 @@ from pathlib import Path
 import dkim
 import pytest
 
-from digest import accounts, pipeline, sending, store
-from digest.addresses import check_header_value, fold_header_text
+from digest import store
 from digest.config import Settings, parse_smtp_url
+from digest.editions import pipeline, sending
+from digest.editions.schedule import Cohort
 from digest.errors import HeaderInjection
-from digest.message import (
+from digest.mail.addresses import check_header_value, fold_header_text
+from digest.mail.message import (
     Envelope,
     MessageTemplate,
     Reader,
@@ -33,8 +35,8 @@ from digest.message import (
     build_message,
     list_unsubscribe,
 )
-from digest.schedule import Cohort
-from digest.transport import SMTPTransport
+from digest.mail.transport import SMTPTransport
+from digest.readers import accounts
 from tests.conftest import NOW, add_articles
 
 SENDER = Sender(
@@ -400,7 +402,7 @@ def test_edition_sign_up_and_test_copy_on_the_wire(session, settings, smtp_serve
         assert fields["reply-to"] == b"letters@news.example.com"
         assert fields["from"].endswith(b"<news@news.example.com>")
         kind = fields["feedback-id"].split(b":")[0]
-        if kind != b"signup":  # the sign-up email's envelope is digest/accounts.py's to set
+        if kind != b"signup":  # the sign-up email's envelope is digest/readers/accounts.py's to set
             assert mail_from.startswith("bounces+") and mail_from.endswith("@news.example.com")
         kinds.append(kind)
         assert dkim.verify(raw, dnsfunc=dkim_dns), kind  # signed, and unchanged on the way

@@ -9,13 +9,14 @@ from datetime import date, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from digest import pipeline, sending, store
+from digest import store
 from digest.config import Settings, parse_smtp_url
 from digest.db import make_engine, make_sessionmaker
+from digest.editions import pipeline, sending
+from digest.editions.schedule import Cohort
+from digest.mail.tokens import read_token
+from digest.mail.transport import SMTPTransport
 from digest.models import Delivery, Edition, EditionVariant, Subscriber
-from digest.schedule import Cohort
-from digest.tokens import read_token
-from digest.transport import SMTPTransport
 from tests.conftest import NOW, add_articles
 from tests.faults import TcpProxy, dripping_server
 

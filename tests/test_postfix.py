@@ -28,11 +28,12 @@ from pathlib import Path
 
 import pytest
 
-from digest import pipeline, sending, store
+from digest import store
 from digest.config import load_settings
 from digest.db import make_engine, make_sessionmaker, upgrade
-from digest.schedule import Cohort
-from digest.transport import SMTPTransport
+from digest.editions import pipeline, sending
+from digest.editions.schedule import Cohort
+from digest.mail.transport import SMTPTransport
 from tests.conftest import add_articles, wait_for
 
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"

@@ -13,7 +13,7 @@ import pytest
 
 from digest.config import load_settings, parse_smtp_url
 from digest.errors import RelayUnavailable, TransientSendError
-from digest.ratelimit import (
+from digest.mail.ratelimit import (
     Limits,
     LocalLimiter,
     RateLimited,
@@ -22,7 +22,7 @@ from digest.ratelimit import (
     take_token,
     window_wait,
 )
-from digest.transport import SMTPTransport
+from digest.mail.transport import SMTPTransport
 from tests.conftest import wait_for
 from tests.test_workers import LONDON, delivery_counts, recipients, seed
 from workers.client import client_app

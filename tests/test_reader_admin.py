@@ -7,10 +7,12 @@ from datetime import UTC, date, datetime
 import pytest
 from sqlalchemy import select, update
 
-from digest import accounts, pipeline, reader_admin, store
+from digest import store
+from digest.editions import pipeline
+from digest.editions.schedule import Cohort
 from digest.errors import InvalidInput, NotFound
 from digest.models import Delivery
-from digest.schedule import Cohort
+from digest.readers import accounts, reader_admin
 from tests.conftest import NOW, add_articles
 
 TZ = "Australia/Sydney"

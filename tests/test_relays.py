@@ -10,9 +10,9 @@ from sqlalchemy import func, select
 
 from digest.config import load_settings, parse_smtp_url, smtp_relays
 from digest.errors import ConfigError, RelayUnavailable
+from digest.mail.relays import RelayBoard, RelayPool
+from digest.mail.transport import SMTPTransport
 from digest.models import Delivery
-from digest.relays import RelayBoard, RelayPool
-from digest.transport import SMTPTransport
 from tests.conftest import Sink, _Controller, free_port, wait_for
 from tests.test_workers import LONDON, delivery_counts, query, recipients, seed
 from workers.client import client_app

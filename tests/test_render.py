@@ -4,7 +4,7 @@ from datetime import date
 from pathlib import Path
 
 from digest.config import REPO_ROOT
-from digest.render import (
+from digest.editions.render import (
     ArticleView,
     EditionView,
     SlotMarks,

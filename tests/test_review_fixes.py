@@ -8,9 +8,11 @@ from typing import Any
 
 import pytest
 
-from digest import accounts, operators, reader_admin, store
-from digest.addresses import mailbox_of
-from digest.signup_limits import mailbox_key
+from digest import store
+from digest.mail.addresses import mailbox_of
+from digest.operations import operators
+from digest.readers import accounts, reader_admin
+from digest.readers.signup_limits import mailbox_key
 from digest.web import redact_path
 from tests.conftest import NOW, make_settings
 
@@ -74,7 +76,7 @@ def test_a_complaint_covers_the_mailboxs_variants(session, settings) -> None:
 def test_an_erased_readers_old_links_and_confirmations_do_nothing(
     client, settings, session
 ) -> None:
-    from digest.tokens import make_token, seal
+    from digest.mail.tokens import make_token, seal
 
     reader = store.add_subscriber(session, "gone@example.com", NOW, status="pending")
     session.commit()

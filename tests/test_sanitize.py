@@ -7,8 +7,8 @@ from email.message import EmailMessage
 
 import pytest
 
-from digest.addresses import check_header_value, fold_header_text
-from digest.sanitize import clean_summary, clean_title, html_to_text, safe_url
+from digest.feeds.sanitize import clean_summary, clean_title, html_to_text, safe_url
+from digest.mail.addresses import check_header_value, fold_header_text
 
 # Markup that must never survive into a stored summary, whatever wraps it.
 FORBIDDEN = (

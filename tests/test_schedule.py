@@ -4,7 +4,7 @@ from datetime import UTC, date, datetime, time, timedelta
 
 import pytest
 
-from digest.schedule import Cohort, due_cohorts, local_day, next_day_of, send_at
+from digest.editions.schedule import Cohort, due_cohorts, local_day, next_day_of, send_at
 
 TIMES = {"morning": time(6, 0), "evening": time(17, 0)}
 

@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from digest import accounts, store
+from digest import store
 from digest.config import Settings, parse_smtp_url
-from digest.signup_limits import SignupGuard, mailbox_key, storage_uri
+from digest.readers import accounts
+from digest.readers.signup_limits import SignupGuard, mailbox_key, storage_uri
 from tests.conftest import NOW, make_settings
 
 TZ = "Australia/Sydney"

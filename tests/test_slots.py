@@ -17,9 +17,10 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from digest import pipeline, sending, store
+from digest import store
 from digest.config import REPO_ROOT, parse_smtp_url
-from digest.render import (
+from digest.editions import pipeline, sending
+from digest.editions.render import (
     SLOT_NAMES,
     ArticleView,
     EditionView,
@@ -28,8 +29,8 @@ from digest.render import (
     render_edition,
     slot_values,
 )
-from digest.schedule import Cohort
-from digest.transport import SMTPTransport
+from digest.editions.schedule import Cohort
+from digest.mail.transport import SMTPTransport
 from tests.conftest import NOW
 
 TEMPLATES = REPO_ROOT / "templates"

@@ -9,9 +9,10 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from digest import pipeline, store
+from digest import store
+from digest.editions import pipeline
+from digest.editions.schedule import Cohort
 from digest.models import Delivery, Edition
-from digest.schedule import Cohort
 
 NOW = datetime(2026, 11, 29, 20, 0, tzinfo=UTC)
 COHORT = Cohort("morning", date(2026, 11, 30), "Australia/Sydney")

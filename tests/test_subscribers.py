@@ -10,7 +10,7 @@ import pytest
 
 from digest import store
 from digest.errors import InvalidInput
-from digest.subscribers import export_csv, import_csv, safe_cell, subscriber_fields
+from digest.readers.subscribers import export_csv, import_csv, safe_cell, subscriber_fields
 
 NOW = datetime(2026, 11, 29, tzinfo=UTC)
 

@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from digest.errors import InvalidToken
-from digest.tokens import make_token, message_id, read_token
+from digest.mail.tokens import make_token, message_id, read_token
 
 SECRET = "s3cret"
 NOW = datetime(2026, 11, 29, tzinfo=UTC)

@@ -9,7 +9,7 @@ import pytest
 
 from digest.config import parse_smtp_url
 from digest.errors import ConfigError, PermanentSendError, TransientSendError
-from digest.transport import OutboxTransport, SMTPTransport
+from digest.mail.transport import OutboxTransport, SMTPTransport
 from tests.faults import dripping_server
 
 MSG = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nbody\r\n"
@@ -141,7 +141,7 @@ def test_421_drops_the_connection(smtp_server) -> None:
     ],
 )
 def test_only_a_missing_mailbox_counts_as_unknown(code: int, reply: bytes, unknown: bool) -> None:
-    from digest.transport import unknown_mailbox
+    from digest.mail.transport import unknown_mailbox
 
     assert unknown_mailbox(code, reply) is unknown
 

@@ -20,13 +20,15 @@ from urllib.request import urlopen
 import pytest
 from sqlalchemy import event, select
 
-from digest import accounts, pipeline, sending, store
+from digest import store
 from digest.config import Settings, parse_smtp_url
 from digest.db import make_engine, make_sessionmaker
+from digest.editions import pipeline, sending
+from digest.editions.schedule import Cohort
+from digest.mail.tokens import PURPOSES, make_token, seal
+from digest.mail.transport import SMTPTransport
 from digest.models import Delivery, Subscriber, Suppression
-from digest.schedule import Cohort
-from digest.tokens import PURPOSES, make_token, seal
-from digest.transport import SMTPTransport
+from digest.readers import accounts
 from digest.web import EDITION_CSP, redact_path
 from tests.conftest import NOW, add_articles, make_settings, wait_for
 
@@ -264,7 +266,7 @@ def test_web_resubscribe_of_a_suppressed_address_needs_confirmation(
 ) -> None:
     from io import StringIO
 
-    from digest.subscribers import import_csv
+    from digest.readers.subscribers import import_csv
 
     reader = add_reader(session, "back@example.com")
     assert (

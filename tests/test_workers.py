@@ -23,13 +23,14 @@ from celery.exceptions import Reject
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from digest import dispatch, store
+from digest import store
 from digest.cli import cli
 from digest.config import Settings, load_settings
 from digest.db import make_engine, make_sessionmaker
+from digest.editions import dispatch
 from digest.errors import ConfigError
+from digest.feeds.sanitize import clean_summary
 from digest.models import Delivery, Edition
-from digest.sanitize import clean_summary
 from tests.conftest import make_settings, wait_for
 from workers.base import DigestTask
 from workers.client import client_app, enqueue, queue_lengths

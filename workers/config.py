@@ -27,7 +27,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             f"DIGEST_VISIBILITY_TIMEOUT ({settings.visibility_timeout}s) must exceed the "
             f"longest task plus the longest retry delay ({longest}s)"
         )
-    from digest.sending import check_claim
+    from digest.editions.sending import check_claim
 
     check_claim(settings)  # a worker refuses to start with claims shorter than a message
     visibility = {"visibility_timeout": settings.visibility_timeout}

@@ -12,9 +12,9 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
-from digest import dispatch, sending
-from digest.ingest import ingest_all
-from digest.transport import make_transport
+from digest.editions import dispatch, sending
+from digest.feeds.ingest import ingest_all
+from digest.mail.relays import make_transport
 from workers.app import app, runtime
 from workers.client import BrokerUnavailable, queue_lengths
 from workers.config import outage_backoff_max, outage_retries

@@ -1,6 +1,7 @@
 """The `digest` operator CLI. Errors are one line and a non-zero exit, not a traceback.
 
 Each command group lives in a module of this package; importing them registers them.
+May import: anything in digest; nothing in digest imports it.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from digest import dispatch
 from digest.config import Settings, check_timezone, load_settings
 from digest.db import make_engine, make_sessionmaker, upgrade, wait_for_database
+from digest.editions import dispatch
 from digest.errors import ConfigError, DigestError, InvalidInput
 
 

@@ -13,9 +13,9 @@ import click
 from digest.cli import cli
 from digest.cli.inbound import read_env
 from digest.config import Settings, load_settings
-from digest.dkimsign import public_record
 from digest.errors import DigestError
-from digest.senders import dkim_domain, dkim_key
+from digest.mail.dkim import public_record
+from digest.mail.senders import dkim_domain, dkim_key
 
 PLACEHOLDER_POSTAL = "1 Example Street"
 # Domains that can never receive or authenticate mail (RFC 2606, RFC 6761).

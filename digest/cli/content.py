@@ -9,7 +9,7 @@ import click
 
 from digest import store
 from digest.cli import App, cli, pass_app
-from digest.ingest import import_articles, ingest_all
+from digest.feeds.ingest import import_articles, ingest_all
 
 
 @cli.group()

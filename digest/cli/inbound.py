@@ -109,7 +109,7 @@ def inbound(app: App, file: BinaryIO, env_file: str | None, recipient: str | Non
 
 
 def run(app: App, file: BinaryIO, env_file: str | None, recipient: str | None) -> None:
-    from digest.inbound import apply, classify, keep
+    from digest.readers.inbound import apply, classify, keep
 
     settings = settings_from(env_file)
     raw = file.read(MAX_MESSAGE)

@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from digest import operators as ops
 from digest.cli import App, cli, pass_app
+from digest.operations import operators as ops
 
 
 @cli.group("operators")

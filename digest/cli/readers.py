@@ -1,7 +1,7 @@
 """Subscribers: `digest subscribers ...` (mail that comes back: digest/cli/inbound.py).
 
 The commands on one reader (show, unsubscribe, suppress, erase, export-one, update) call
-digest.reader_admin, as the console does, and write every change to the audit log under
+digest.readers.reader_admin, as the console does, and write every change to the audit log under
 the name of the OS user who ran them.
 """
 
@@ -18,13 +18,15 @@ from pathlib import Path
 import click
 from sqlalchemy.orm import Session
 
-from digest import accounts, operators, reader_admin, store
+from digest import store
 from digest.cli import App, cli, pass_app
 from digest.config import open_private
-from digest.editions import normalise_sections
+from digest.editions.selection import normalise_sections
 from digest.errors import InvalidInput
 from digest.models import SUBSCRIBER_STATUSES, Subscriber
-from digest.subscribers import export_csv, export_private, import_file, subscriber_fields
+from digest.operations import operators
+from digest.readers import accounts, reader_admin
+from digest.readers.subscribers import export_csv, export_private, import_file, subscriber_fields
 
 STATUSES = (*SUBSCRIBER_STATUSES, reader_admin.ERASED)
 

@@ -22,14 +22,15 @@ from zoneinfo import ZoneInfo
 import click
 from sqlalchemy.orm import Session
 
-from digest import pipeline, sending, store
+from digest import store
 from digest.cli import App, cli, parse_day, parse_tz, pass_app
 from digest.cli.status import age
 from digest.config import SLOTS, Settings
-from digest.editions import normalise_sections
-from digest.render import slot_values
-from digest.schedule import Cohort, local_day, next_day_of
-from digest.transport import make_transport
+from digest.editions import pipeline, sending
+from digest.editions.render import slot_values
+from digest.editions.schedule import Cohort, local_day, next_day_of
+from digest.editions.selection import normalise_sections
+from digest.mail.relays import make_transport
 
 
 @cli.command()
@@ -68,7 +69,7 @@ def send(
     with app.session() as session:
         cohorts = pipeline.cohorts_for(session, settings, slot, now, day, timezone)
         if to:
-            from digest.addresses import normalise_address
+            from digest.mail.addresses import normalise_address
 
             address = normalise_address(to)
             zone = timezone or settings.default_timezone
@@ -302,7 +303,7 @@ def _send_batches(app: App, batches: list[list[int]], inline: bool) -> None:
 @pass_app
 def retry(app: App, edition_id: int, failed: bool, deferred: bool, inline: bool) -> None:
     """Put an edition's failed and/or deferred deliveries back in the queue and send them."""
-    from digest import dispatch
+    from digest.editions import dispatch
 
     statuses = [name for name, on in (("failed", failed), ("deferred", deferred)) if on]
     if not statuses:
@@ -321,7 +322,7 @@ def retry(app: App, edition_id: int, failed: bool, deferred: bool, inline: bool)
 @pass_app
 def sweep(app: App, inline: bool) -> None:
     """Re-queue deliveries no worker is carrying (stuck in sending, lost tasks) and send."""
-    from digest import dispatch
+    from digest.editions import dispatch
 
     with app.session() as session:
         batches = dispatch.sweep(session, app.settings, app.now())

@@ -9,14 +9,15 @@ from pathlib import Path
 
 import click
 
-from digest import pipeline, store
+from digest import store
 from digest.cli import App, cli, pass_app
 from digest.cli.send import send_cohort
 from digest.db import upgrade
-from digest.ingest import import_articles, ingest_all
-from digest.schedule import next_day_of
-from digest.subscribers import import_file
-from digest.transport import make_transport
+from digest.editions import pipeline
+from digest.editions.schedule import next_day_of
+from digest.feeds.ingest import import_articles, ingest_all
+from digest.mail.relays import make_transport
+from digest.readers.subscribers import import_file
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -83,7 +84,7 @@ def demo(app: App) -> None:
 @pass_app
 def dev(app: App, concurrency: int, flower: bool, flower_port: int, loglevel: str) -> None:
     """Run Redis (embedded unless DIGEST_REDIS_URL is set), a worker and beat here."""
-    from digest import devstack
+    from digest.operations import devstack
 
     upgrade(app.settings.database_url)
     click.echo(f"database ready: {app.settings.database_url_safe}")

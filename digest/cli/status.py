@@ -7,9 +7,10 @@ from typing import Any
 
 import click
 
-from digest import overview, store
+from digest import store
 from digest.cli import App, cli, pass_app
-from digest.inbound import count_kept, kept_folder
+from digest.operations import overview
+from digest.readers.inbound import count_kept, kept_folder
 from digest.store import overview as q
 
 RECENT = 12  # past editions shown without --all

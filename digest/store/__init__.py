@@ -3,6 +3,9 @@ session first and never commit; `Recorder` is the one exception, by design (see 
 
 Callers use `from digest import store` and `store.<function>`; the package re-exports
 the functions of its modules here.
+
+May import: the top level (config, errors, models, db) only; nothing here knows the
+feeds, the mail, the editions' logic or the readers' rules.
 """
 
 from digest.store.articles import (

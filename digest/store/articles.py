@@ -9,10 +9,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from digest.editions import Candidate
 from digest.errors import Duplicate
 from digest.models import (
     Article,
+    Candidate,
     Feed,
 )
 from digest.store.base import insert_for_session

@@ -10,12 +10,12 @@ from sqlalchemy import and_, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from digest.models import (
+    Cohort,
     Delivery,
     Edition,
     EditionVariant,
     Subscriber,
 )
-from digest.schedule import Cohort
 from digest.store.base import insert_for_session, rowcount
 from digest.store.editions import get_edition
 from digest.store.subscribers import cohort_filter

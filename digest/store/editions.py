@@ -10,11 +10,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from digest.models import (
+    Cohort,
     Edition,
     EditionArticle,
     EditionVariant,
 )
-from digest.schedule import Cohort
 from digest.store.base import get_or_raise, insert_for_session
 
 

@@ -12,10 +12,10 @@ from sqlalchemy.orm import Session
 
 from digest.errors import Duplicate, InvalidInput
 from digest.models import (
+    Cohort,
     Subscriber,
     Suppression,
 )
-from digest.schedule import Cohort
 from digest.store.base import get_or_raise, insert_for_session
 
 

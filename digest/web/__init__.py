@@ -2,6 +2,8 @@
 what base.py shares. `create_app()` is the factory gunicorn runs:
 
     gunicorn --config python:digest.gunicorn_conf 'digest.web:create_app()'
+
+May import: anything in digest; nothing in digest imports it (but the gunicorn settings).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from digest.config import Settings, load_settings
 from digest.db import make_engine, make_sessionmaker
-from digest.signup_limits import SignupGuard, parse_limits, storage_uri
+from digest.readers.signup_limits import SignupGuard, parse_limits, storage_uri
 from digest.web import console as _console_views  # noqa: F401 - registers the console pages
 from digest.web import readers
 from digest.web.auth import configure_sessions, console

@@ -13,8 +13,8 @@ from typing import Any
 from flask import Blueprint, Flask, g, redirect, render_template, request, session, url_for
 from werkzeug.wrappers import Response
 
-from digest import operators
 from digest.config import Settings
+from digest.operations import operators
 from digest.web.base import db, message_page, runtime
 from digest.web.forms import csrf_ok, csrf_token, same_origin
 

@@ -25,7 +25,7 @@ from werkzeug.serving import WSGIRequestHandler
 
 from digest.config import Settings
 from digest.errors import InvalidToken, NotFound
-from digest.signup_limits import SendPacer, SignupGuard
+from digest.readers.signup_limits import SendPacer, SignupGuard
 
 Clock = Callable[[], datetime]
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]

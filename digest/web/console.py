@@ -15,17 +15,21 @@ from typing import Any
 
 from flask import Response, abort, flash, jsonify, redirect, render_template, request, url_for
 
-from digest import accounts, dispatch, ingest, operators, overview, pipeline, reader_admin, store
-from digest.addresses import normalise_address
+from digest import store
 from digest.config import SLOTS, Settings, check_timezone
+from digest.editions import dispatch, pipeline
+from digest.editions.render import slot_values
+from digest.editions.schedule import Cohort, local_day
+from digest.editions.sending import prepare_variant, send_batch
 from digest.errors import ConfigError, DigestError, InvalidInput
-from digest.render import slot_values
-from digest.schedule import Cohort, local_day
-from digest.sending import prepare_variant, send_batch
+from digest.feeds import ingest
+from digest.mail.addresses import normalise_address
+from digest.mail.relays import make_transport
+from digest.operations import operators, overview
+from digest.readers import accounts, reader_admin
 from digest.store import overview as q
 from digest.store.articles import latest_articles
 from digest.store.base import MAX_ID
-from digest.transport import make_transport
 from digest.web.auth import console, operator_name
 from digest.web.base import DIGITS, EDITION_CSP, db, runtime
 

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 from flask import request, session
 
-from digest import accounts
+from digest.readers import accounts
 from digest.web.base import message_page, runtime
 
 

@@ -1,11 +1,11 @@
 """The readers' pages: subscribe, confirm, unsubscribe, preferences, the web version,
 and the public archive when DIGEST_PUBLIC_ARCHIVE is on.
 
-Views are thin: they read the request, call digest.accounts, commit, and render a page
+Views are thin: they read the request, call digest.readers.accounts, commit, and render a page
 from templates/web/. The token in a link is the only credential: no page needs or sets
 a cookie, so a mail provider's one-click POST (RFC 8058) works like the page's button.
 
-Sign-ups are limited (digest/signup_limits.py): per client, per mailbox and by a global
+Sign-ups are limited (digest/readers/signup_limits.py): per client, per mailbox and by a global
 hourly budget of confirmation emails, with counters shared through Redis.
 """
 
@@ -20,11 +20,13 @@ from typing import Any
 from flask import Blueprint, Response, abort, render_template, request, url_for
 from sqlalchemy.exc import SQLAlchemyError
 
-from digest import accounts, archive, store
+from digest import store
+from digest.editions import archive, pages
 from digest.errors import InvalidInput, InvalidToken, NotFound, SendError
+from digest.mail.relays import make_transport
+from digest.mail.tokens import make_token, read_token, unseal
+from digest.readers import accounts
 from digest.store.base import MAX_ID
-from digest.tokens import make_token, read_token, unseal
-from digest.transport import make_transport
 from digest.web.base import DIGITS, EDITION_CSP, db, message_page, runtime
 from digest.web.forms import cross_site, read_form, same_origin
 
@@ -341,7 +343,7 @@ def edition_preview(token: str) -> Any:
         slot, zone = asked["slot"], asked["tz"]
     except (KeyError, ValueError):
         raise InvalidToken("this link is malformed") from None
-    html = accounts.preview_html(db(), rt.settings, slot, day, zone, now)
+    html = pages.preview_html(db(), rt.settings, slot, day, zone, now)
     response = Response(html, mimetype="text/html")
     response.headers["Content-Security-Policy"] = EDITION_CSP
     return response

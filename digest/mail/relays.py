@@ -1,5 +1,5 @@
 """Several SMTP relays as one transport: work shared by weight, failover, and the
-relays' rate limits. A layer of the transport seam, like digest/ratelimit.py.
+relays' rate limits. A layer of the transport seam, like digest/mail/ratelimit.py.
 
 Each lane sticks to one relay (its connection is reused), chosen so that the lanes of a
 process spread over the relays in proportion to their weights. A relay that cannot be
@@ -19,8 +19,8 @@ from types import TracebackType
 
 from digest.config import Settings, SMTPConfig
 from digest.errors import RelayUnavailable, TransientSendError
-from digest.ratelimit import RateLimited, limiter_for
-from digest.transport import SMTPTransport, Transport
+from digest.mail.ratelimit import RateLimited, limiter_for
+from digest.mail.transport import OutboxTransport, SMTPTransport, Transport
 
 RATE_WAIT = 5.0  # the longest a message waits for its relay's rate limit
 # A message that failed on one relay within this share of the SMTP deadline may go to
@@ -233,3 +233,11 @@ def relay_transport(settings: Settings) -> Transport:
     if len(layers) == 1:
         return layers[0]
     return RelayPool(relays, layers, board_for(relays))
+
+
+def make_transport(settings: Settings) -> Transport:
+    """The transport the settings ask for: the configured relays (with their rate limits
+    and failover) when an SMTP URL is set, else the outbox folder."""
+    if settings.smtp is not None or settings.smtp_relays:
+        return relay_transport(settings)
+    return OutboxTransport(settings.outbox_dir)

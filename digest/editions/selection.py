@@ -3,17 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-
-@dataclass(frozen=True)
-class Candidate:
-    id: int
-    section: str
-    priority: int
-    published_at: datetime
-    seen_at: datetime
+from digest.models import Candidate
 
 
 def rank_key(c: Candidate) -> tuple[int, float, int]:

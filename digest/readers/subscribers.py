@@ -13,10 +13,10 @@ from typing import IO, Any, TextIO
 from sqlalchemy.orm import Session
 
 from digest import store
-from digest.addresses import fold_header_text, normalise_address
 from digest.config import check_timezone, open_private
-from digest.editions import normalise_sections
+from digest.editions.selection import normalise_sections
 from digest.errors import ConfigError, InvalidAddress, InvalidInput
+from digest.mail.addresses import fold_header_text, normalise_address
 from digest.models import Subscriber
 
 EDITION_CHOICES = {

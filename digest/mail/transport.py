@@ -15,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
-from digest.config import Settings, SMTPConfig, open_private, private_folder
+from digest.config import SMTPConfig, open_private, private_folder
 from digest.errors import ConfigError, PermanentSendError, TransientSendError
 
 # A mailbox that does not exist: enhanced status 5.1.1 (bad mailbox), 5.1.2 (bad
@@ -356,12 +356,3 @@ class OutboxTransport:
             tmp.unlink(missing_ok=True)
             raise TransientSendError(f"cannot write {path}: {exc.strerror or exc}") from None
 
-
-def make_transport(settings: Settings) -> Transport:
-    """SMTP when a URL is configured (several relays, rate limits: digest/relays.py),
-    else the outbox folder."""
-    if settings.smtp is not None or settings.smtp_relays:
-        from digest.relays import relay_transport  # a layer above this module
-
-        return relay_transport(settings)
-    return OutboxTransport(settings.outbox_dir)

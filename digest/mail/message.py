@@ -21,8 +21,8 @@ from email.utils import format_datetime, formataddr
 from typing import Protocol
 from urllib.parse import quote
 
-from digest.addresses import check_header_value, fold_header_text
-from digest.dkimsign import DKIMKey, dkim_header
+from digest.mail.addresses import check_header_value, fold_header_text
+from digest.mail.dkim import DKIMKey, dkim_header
 
 
 class Body(Protocol):

@@ -1,7 +1,7 @@
 """Editions, top to bottom: select a cohort's articles, plan the edition once, and the
 operator's views of it (preview, test send); the schedule's dispatch and the sweep.
 
-Sending the planned deliveries lives in digest/sending.py. Functions here own their
+Sending the planned deliveries lives in digest/editions/sending.py. Functions here own their
 transactions (they commit): planning an edition is one transaction.
 """
 
@@ -17,11 +17,7 @@ from sqlalchemy.orm import Session
 
 from digest import store
 from digest.config import Settings
-from digest.editions import Candidate, pick_for_sections, select_articles
-from digest.errors import NothingToSend
-from digest.message import Envelope, build_message
-from digest.models import Article, Edition
-from digest.render import (
+from digest.editions.render import (
     ArticleView,
     EditionView,
     Rendered,
@@ -31,14 +27,18 @@ from digest.render import (
     render_edition,
     slot_values,
 )
-from digest.returns import envelope_sender
-from digest.sanitize import html_to_text
-from digest.schedule import Cohort, due_cohorts, local_day, send_at
-from digest.sending import PreparedVariant, prepare_variant, public_links, sender_of
+from digest.editions.schedule import Cohort, due_cohorts, local_day, send_at
+from digest.editions.selection import Candidate, pick_for_sections, select_articles
+from digest.editions.sending import PreparedVariant, prepare_variant, public_links, sender_of
+from digest.errors import NothingToSend
+from digest.feeds.sanitize import html_to_text
+from digest.mail.message import Envelope, build_message
+from digest.mail.returns import envelope_sender
+from digest.mail.tokens import seal
+from digest.mail.transport import Transport
+from digest.models import Article, Edition
 from digest.store.overview import readers_per_cohort
 from digest.store.subscribers import cohort_readers_confirmed_by
-from digest.tokens import seal
-from digest.transport import Transport
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]

@@ -1,4 +1,4 @@
-"""Articles from feeds (RSS/Atom via feedparser, fetched by digest.fetch) and from JSON
+"""Articles from feeds (RSS/Atom via feedparser, fetched by digest.feeds.fetch) and from JSON
 files: parsed, sanitised and stored once (guid, then canonical URL). A broken feed is
 recorded on its row and never stops the others.
 """
@@ -24,9 +24,9 @@ from sqlalchemy.orm import Session
 from digest import store
 from digest.config import Settings
 from digest.errors import FeedError, InvalidInput
-from digest.fetch import fetch
+from digest.feeds.fetch import fetch
+from digest.feeds.sanitize import MAX_URL, clean_summary, clean_title, safe_url
 from digest.models import Feed
-from digest.sanitize import MAX_URL, clean_summary, clean_title, safe_url
 
 _TRACKING_PREFIXES = ("utm_",)
 _TRACKING_KEYS = {"fbclid", "gclid", "dclid", "msclkid", "yclid", "mc_cid", "mc_eid", "igshid"}

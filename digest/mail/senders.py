@@ -7,8 +7,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from digest.config import Settings
-from digest.dkimsign import DKIMKey, load_key
-from digest.message import Sender
+from digest.mail.dkim import DKIMKey, load_key
+from digest.mail.message import Sender
 
 
 @lru_cache(maxsize=4)

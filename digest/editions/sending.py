@@ -20,6 +20,8 @@ from sqlalchemy.orm import Session
 
 from digest import store
 from digest.config import Settings
+from digest.editions.heartbeat import MARGIN, Heartbeat
+from digest.editions.render import SlotMarks, Splicer, html_escaped, slot_values
 from digest.errors import (
     ConfigError,
     HeaderInjection,
@@ -27,14 +29,12 @@ from digest.errors import (
     RelayUnavailable,
     TransientSendError,
 )
-from digest.heartbeat import MARGIN, Heartbeat
-from digest.message import MessageTemplate, Reader, Sender
+from digest.mail.message import MessageTemplate, Reader, Sender
+from digest.mail.returns import envelope_sender
+from digest.mail.senders import sender_for
+from digest.mail.tokens import make_token, message_id
+from digest.mail.transport import Transport
 from digest.models import EditionVariant
-from digest.render import SlotMarks, Splicer, html_escaped, slot_values
-from digest.returns import envelope_sender
-from digest.senders import sender_for
-from digest.tokens import make_token, message_id
-from digest.transport import Transport
 
 Progress = Callable[[int, int], None]
 OPEN = ("queued", "deferred")  # rows a send may claim (deferred ones once due)
@@ -317,7 +317,7 @@ def check_claim(settings: Settings) -> float:
 def message_deadline(settings: Settings) -> float:
     """The longest one message may take at the transport (its SMTP deadline, and the
     wait for a rate-limited relay)."""
-    from digest.relays import message_budget
+    from digest.mail.relays import message_budget
 
     return message_budget(settings)
 

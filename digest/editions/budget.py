@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Protocol, TypeVar
 
-from digest.addresses import fold_header_text
-from digest.message import qp
-from digest.sanitize import html_to_text
+from digest.feeds.sanitize import html_to_text
+from digest.mail.addresses import fold_header_text
+from digest.mail.message import qp
 
 SUBJECT_LENGTH = 78
 MESSAGE_BUDGET = 100_000

@@ -14,10 +14,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from digest import pipeline, sending, store
+from digest import store
 from digest.config import Settings, check_timezone
+from digest.editions import pipeline, sending
+from digest.editions.pipeline import PlanResult
 from digest.errors import InvalidInput
-from digest.pipeline import PlanResult
 
 
 class QueuedBatches:

@@ -12,10 +12,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from digest import accounts, store
-from digest.addresses import mailbox_of
+from digest import store
 from digest.errors import InvalidInput, NotFound
+from digest.mail.addresses import mailbox_of
 from digest.models import Subscriber
+from digest.readers import accounts
 from digest.store.people import forget_delivery_errors, reader_deliveries, search_subscribers
 
 # Suppressed by an operator (a spam trap, a legal request): like a bounce, no sign-up

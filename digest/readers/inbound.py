@@ -24,10 +24,11 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from digest import accounts, store
+from digest import store
 from digest.errors import InvalidToken, NotFound
-from digest.returns import read_verp
-from digest.tokens import message_id, read_token
+from digest.mail.returns import read_verp
+from digest.mail.tokens import message_id, read_token
+from digest.readers import accounts
 
 _UNSUBSCRIBE = re.compile(
     r"unsubscribe\s+([0-9a-z]{1,20}\.[0-9a-z]{0,20}\.[A-Za-z0-9_-]{1,40})", re.I

@@ -7,18 +7,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from digest.config import SLOTS
-
-
-@dataclass(frozen=True)
-class Cohort:
-    """Everyone in one timezone who gets the same slot on the same local day."""
-
-    slot: str
-    local_day: date
-    timezone: str
-
-    def __str__(self) -> str:
-        return f"{self.slot} {self.local_day.isoformat()} {self.timezone}"
+from digest.models import Cohort
 
 
 def local_day(now: datetime, timezone: str) -> date:

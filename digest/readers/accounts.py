@@ -12,7 +12,7 @@ import re
 import secrets
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from email.utils import make_msgid
 from functools import lru_cache
 from typing import Any
@@ -21,20 +21,21 @@ from zoneinfo import ZoneInfo, available_timezones
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from digest import pipeline, sending, store
-from digest.addresses import mailbox_of, normalise_address
+from digest import store
 from digest.config import Settings
-from digest.editions import normalise_sections
+from digest.editions import pages, sending
+from digest.editions.render import environment
+from digest.editions.schedule import local_day, send_at
+from digest.editions.selection import normalise_sections
 from digest.errors import Duplicate, InvalidAddress, InvalidInput, InvalidToken, NotFound
-from digest.message import Envelope, build_message
-from digest.models import EditionVariant, Subscriber
-from digest.render import environment, slot_values
-from digest.returns import envelope_sender
-from digest.schedule import Cohort, local_day, send_at
+from digest.mail.addresses import mailbox_of, normalise_address
+from digest.mail.message import Envelope, build_message
+from digest.mail.returns import envelope_sender
+from digest.mail.tokens import seal, sign
+from digest.mail.transport import Transport
+from digest.models import Subscriber
+from digest.readers.subscribers import parse_editions, parse_timezone, subscriber_fields
 from digest.store.subscribers import suppression_reason
-from digest.subscribers import parse_editions, parse_timezone, subscriber_fields
-from digest.tokens import seal, sign
-from digest.transport import Transport
 
 # Statuses of readers who left; only a confirmed fresh sign-up brings them back.
 LEFT = ("unsubscribed", "bounced", "complained")
@@ -405,10 +406,6 @@ def first_edition(
     return None
 
 
-WEB_VIEW_SELF = "#digest-web-view"
-_SELF_LINK = re.compile(r'<a\b[^>]*href="' + WEB_VIEW_SELF + r'"[^>]*>.*?</a>', re.S)
-
-
 def edition_html(
     session: Session, settings: Settings, edition_id: int, subscriber_id: int, now: datetime
 ) -> str:
@@ -424,43 +421,7 @@ def edition_html(
     edition = store.get_edition(session, edition_id)
     if now - edition.send_at > timedelta(days=settings.view_ttl_days):
         raise InvalidToken("this link has expired")
-    return public_html(settings, store.get_variant(session, delivery.variant_id))
-
-
-# The template's own <body> tag: it comes before any feed text, which is escaped or
-# sanitised anyway, so the first one is always the template's.
-_BODY = re.compile(r"<body\b[^>]*>", re.I)
-
-
-def public_html(settings: Settings, variant: EditionVariant, banner: str = "") -> str:
-    """A sent rendering as a web page with nothing personal in it (the web version, the
-    public archive): no name, account links to pages that ask for the reader's own
-    email's links, no link to itself, the content in a main landmark. `banner` is
-    trusted markup shown above it."""
-    return public_page(settings, sending.prepare_variant(variant), banner)
-
-
-def preview_html(
-    session: Session, settings: Settings, slot: str, day: date, timezone: str, now: datetime
-) -> str:
-    """The edition a test copy showed, as a page (rendered now if it is not planned)."""
-    found = pipeline.preview(session, settings, Cohort(slot, day, timezone), now)
-    if found is None:
-        raise NotFound("this edition has no articles to show")
-    return public_page(settings, found[1])
-
-
-def public_page(settings: Settings, prepared: sending.PreparedVariant, banner: str = "") -> str:
-    """A rendering cut at its slots, filled with nothing personal (see public_html)."""
-    values = slot_values(
-        name="", for_html=True, **sending.public_links(settings, WEB_VIEW_SELF)
-    )
-    html = _SELF_LINK.sub("", prepared.html.fill(values))
-    body = _BODY.search(html)
-    end = html.rfind("</body>")
-    if body is None or end < body.end():
-        return html
-    return f"{html[: body.end()]}{banner}<main>{html[body.end() : end]}</main>{html[end:]}"
+    return pages.public_html(settings, store.get_variant(session, delivery.variant_id))
 
 
 # --- the sign-up email -------------------------------------------------------------------

@@ -19,9 +19,9 @@ from limits import RateLimitItem, RateLimitItemPerHour, parse_many
 from limits.storage import Storage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
-from digest.addresses import mailbox_of
 from digest.config import Settings
 from digest.errors import ConfigError
+from digest.mail.addresses import mailbox_of
 
 
 def storage_uri(settings: Settings) -> str:

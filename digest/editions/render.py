@@ -15,8 +15,7 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from premailer import Premailer
 
-from digest.addresses import fold_header_text
-from digest.budget import (
+from digest.editions.budget import (
     MESSAGE_BUDGET,
     SUMMARY_LIMITS,
     cut_on_word,
@@ -24,6 +23,7 @@ from digest.budget import (
     message_size,
     subject_line,
 )
+from digest.mail.addresses import fold_header_text
 
 SLOT_NAMES = ("name_suffix", "unsubscribe_url", "preferences_url", "view_url")
 _NONCE = re.compile(r"[0-9a-f]{32,64}")

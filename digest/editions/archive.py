@@ -2,7 +2,7 @@
 with nothing personal in them.
 
 An edition is shown once at least one reader was sent it, as the web version shows it
-(accounts.public_html): the per-reader slots filled with values that are nobody's.
+(pages.public_html): the per-reader slots filled with values that are nobody's.
 Of its renderings (one per choice of sections) the one with every section is shown,
 else the one with the most articles. No Flask here; the caller owns the session.
 """
@@ -15,8 +15,9 @@ from datetime import date, datetime
 
 from sqlalchemy.orm import Session
 
-from digest import accounts, store
+from digest import store
 from digest.config import Settings
+from digest.editions import pages
 from digest.errors import NotFound
 from digest.store.archive import archived_edition, archived_editions, variant_summaries
 
@@ -79,4 +80,4 @@ def edition_page(
     if not rows:
         raise NotFound("no such edition in the archive")
     variant = store.get_variant(session, best_variant(rows)[0])
-    return accounts.public_html(settings, variant, banner)
+    return pages.public_html(settings, variant, banner)

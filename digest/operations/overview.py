@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session
 
 from digest import store
 from digest.config import SLOTS, Settings
+from digest.editions.schedule import Cohort, local_day, send_at
 from digest.models import Feed
-from digest.schedule import Cohort, local_day, send_at
 from digest.store import overview as q
 
 RATE_WINDOW = timedelta(seconds=30)

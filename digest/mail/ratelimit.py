@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from digest.config import SMTPConfig
 from digest.errors import RelayUnavailable, TransientSendError
-from digest.transport import Transport
+from digest.mail.transport import Transport
 
 SLOW_DOWN_CODES = (421, 451, 454)
 SLOW_SECONDS = 60.0

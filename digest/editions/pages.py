@@ -1,0 +1,56 @@
+"""A sent edition as a web page with nothing personal in it: the "view in browser" page,
+a test copy's preview and the public archive show the rendering a reader got, cut at its
+slots and filled with values that are nobody's."""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime
+
+from sqlalchemy.orm import Session
+
+from digest.config import Settings
+from digest.editions import pipeline, sending
+from digest.editions.render import slot_values
+from digest.editions.schedule import Cohort
+from digest.errors import NotFound
+from digest.models import EditionVariant
+
+WEB_VIEW_SELF = "#digest-web-view"
+_SELF_LINK = re.compile(r'<a\b[^>]*href="' + WEB_VIEW_SELF + r'"[^>]*>.*?</a>', re.S)
+
+
+# The template's own <body> tag: it comes before any feed text, which is escaped or
+# sanitised anyway, so the first one is always the template's.
+_BODY = re.compile(r"<body\b[^>]*>", re.I)
+
+
+def public_html(settings: Settings, variant: EditionVariant, banner: str = "") -> str:
+    """A sent rendering as a web page with nothing personal in it (the web version, the
+    public archive): no name, account links to pages that ask for the reader's own
+    email's links, no link to itself, the content in a main landmark. `banner` is
+    trusted markup shown above it."""
+    return public_page(settings, sending.prepare_variant(variant), banner)
+
+
+def preview_html(
+    session: Session, settings: Settings, slot: str, day: date, timezone: str, now: datetime
+) -> str:
+    """The edition a test copy showed, as a page (rendered now if it is not planned)."""
+    found = pipeline.preview(session, settings, Cohort(slot, day, timezone), now)
+    if found is None:
+        raise NotFound("this edition has no articles to show")
+    return public_page(settings, found[1])
+
+
+def public_page(settings: Settings, prepared: sending.PreparedVariant, banner: str = "") -> str:
+    """A rendering cut at its slots, filled with nothing personal (see public_html)."""
+    values = slot_values(
+        name="", for_html=True, **sending.public_links(settings, WEB_VIEW_SELF)
+    )
+    html = _SELF_LINK.sub("", prepared.html.fill(values))
+    body = _BODY.search(html)
+    end = html.rfind("</body>")
+    if body is None or end < body.end():
+        return html
+    return f"{html[: body.end()]}{banner}<main>{html[body.end() : end]}</main>{html[end:]}"
