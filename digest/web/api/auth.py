@@ -32,9 +32,8 @@ def require(need: str) -> ApiToken:
     if db().dirty:
         db().commit()  # last_used_at
     if not api_tokens.allows(token.scope, need):
-        raise Problem(
-            403, f"a {token.scope} token may not do this: it needs a {need} or write token"
-        )
+        wanted = "write" if need == "write" else f"{need} or write"
+        raise Problem(403, f"a {token.scope} token may not do this: it needs a {wanted} token")
     return token
 
 

@@ -131,10 +131,8 @@ class Job(BaseModel):
 # --- articles and feeds ----------------------------------------------------------------
 
 
-class ArticleIn(BaseModel):
+class ArticleIn(In):
     """One article, with the fields of `digest articles import`."""
-
-    model_config = ConfigDict(extra="ignore")
 
     title: str = Field(max_length=2000)
     url: str = Field(max_length=4000)

@@ -71,6 +71,17 @@ def _problem_of(exc: ValidationError, where: str) -> Problem:
     return Problem(400, detail or f"{where}: not valid", errors)
 
 
+def _check_query_names(model: type[BaseModel] | None) -> None:
+    """Unknown query parameters are a 400 that names them (a typo must not pass)."""
+    known = set(model.model_fields) if model is not None else set()
+    unknown = sorted(set(request.args) - known)
+    if unknown:
+        name = unknown[0][:40]
+        raise Problem(400, f"{name}: no such query parameter", [
+            {"field": name, "message": "no such query parameter"}
+        ])
+
+
 def _query(model: type[BaseModel]) -> BaseModel:
     try:
         return model.model_validate(request.args.to_dict())
@@ -128,6 +139,7 @@ def operation(
             for name, value in kwargs.items():
                 if not 0 < value <= MAX_ID:
                     raise Problem(404, f"no such {name.removesuffix('_id')}: {value}")
+            _check_query_names(query)
             if query is not None:
                 kwargs["query"] = _query(query)
             if body is not None:
