@@ -15,7 +15,7 @@ from typing import Any
 from flask import Flask, Response, current_app, json, render_template, request, send_from_directory
 from flask_limiter import Limiter
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, default_exceptions
 
 from digest.config import Settings
 from digest.errors import (
@@ -101,6 +101,12 @@ def _api_error(exc: Exception) -> Response:
         except SQLAlchemyError:
             pass
     return problem_response(_as_problem(exc))
+
+
+# Flask looks for a handler by status code first, in every blueprint and the app, before
+# it looks by class: the API answers each code itself, or the readers' pages would.
+for _code in default_exceptions:
+    bp.register_error_handler(_code, _api_error)
 
 
 def _unrouted() -> Any:
