@@ -301,3 +301,35 @@ def test_cli_api_tokens(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     assert runner.invoke(cli, ["api-tokens", "revoke", "website"]).exit_code == 0
     assert "revoked" in runner.invoke(cli, ["api-tokens", "list"]).output
     assert runner.invoke(cli, ["api-tokens", "revoke", "nobody"]).exit_code == 1
+
+
+def test_console_makes_lists_and_revokes_tokens(
+    make_app: Any, settings: Any, session: Any, clock: Any
+) -> None:
+    import re
+
+    from digest.operations import operators
+
+    operators.add(session, "ed", "correct horse battery", clock())
+    session.commit()
+    app = make_app(settings, clock=clock)
+    c = app.test_client()
+    assert c.post("/admin/login", data={"name": "ed", "password": "correct horse battery"}
+                  ).status_code == 302
+    page = c.get("/admin/api-tokens").get_data(as_text=True)
+    token = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert token
+    made = c.post("/admin/api-tokens", data={"csrf": token.group(1), "name": "website",
+                                             "scope": "subscribe"})
+    raw = re.search(r'<code id="new-token">([^<]+)</code>', made.get_data(as_text=True))
+    assert made.status_code == 200 and raw
+    api = app.test_client()
+    signup = {"email": "p@example.com"}
+    assert api.post("/api/v1/signups", json=signup, headers=auth(raw.group(1))).status_code == 202
+    listed = c.get("/admin/api-tokens").get_data(as_text=True)
+    assert "website" in listed and raw.group(1) not in listed  # shown once only
+    revoked = c.post("/admin/api-tokens/website/revoke", data={"csrf": token.group(1)})
+    assert revoked.status_code == 302
+    assert api.post("/api/v1/signups", json=signup, headers=auth(raw.group(1))).status_code == 401
+    entries = [(e.operator, e.action) for e in recent(session, 10)]
+    assert ("ed", "api token added") in entries and ("ed", "api token revoked") in entries
