@@ -1,5 +1,6 @@
 """The web app: readers' pages (readers.py), the operator console (console.py, and
-console_tokens.py for API tokens) and the JSON API (api/), on what base.py shares. `create_app()` is the factory gunicorn runs:
+console_tokens.py for API tokens) and the JSON API (api/), on what base.py shares.
+`create_app()` is the factory gunicorn runs:
 
     gunicorn --config python:digest.gunicorn_conf 'digest.web:create_app()'
 
