@@ -287,20 +287,39 @@ def test_a_jsonl_import_reports_each_bad_line(client: Any, tokens: dict[str, str
 
 
 def test_cli_api_tokens(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DIGEST_DATABASE_URL", settings.database_url)
-    monkeypatch.setenv("DIGEST_DATA_DIR", str(settings.data_dir))
-    monkeypatch.setenv("DIGEST_SECRET_KEY", "test-secret-key")
-    runner = CliRunner()
-    made = runner.invoke(cli, ["api-tokens", "add", "website", "--scope", "subscribe"])
+    import digest.cli
+    import digest.db
+
+    engines: list[Any] = []
+
+    def make_engine(url: str, **kwargs: Any) -> Any:
+        engines.append(digest.db.make_engine(url, **kwargs))
+        return engines[-1]
+
+    monkeypatch.setattr(digest.cli, "make_engine", make_engine)
+    env = {
+        "DIGEST_DATABASE_URL": settings.database_url,
+        "DIGEST_DATA_DIR": str(settings.data_dir),
+        "DIGEST_SECRET_KEY": "test-secret-key",
+    }
+
+    def invoke(*args: str) -> Any:
+        try:
+            return CliRunner(env=env).invoke(cli, list(args))
+        finally:
+            while engines:
+                engines.pop().dispose()
+
+    made = invoke("api-tokens", "add", "website", "--scope", "subscribe")
     assert made.exit_code == 0, made.output
     assert made.stdout.strip().startswith("dgt_")
-    listed = runner.invoke(cli, ["api-tokens", "list"])
+    listed = invoke("api-tokens", "list")
     assert "website\tsubscribe" in listed.output and made.stdout.strip() not in listed.output
-    bad = runner.invoke(cli, ["api-tokens", "add", "x y", "--scope", "read"])
+    bad = invoke("api-tokens", "add", "x y", "--scope", "read")
     assert bad.exit_code == 1 and "Traceback" not in bad.output
-    assert runner.invoke(cli, ["api-tokens", "revoke", "website"]).exit_code == 0
-    assert "revoked" in runner.invoke(cli, ["api-tokens", "list"]).output
-    assert runner.invoke(cli, ["api-tokens", "revoke", "nobody"]).exit_code == 1
+    assert invoke("api-tokens", "revoke", "website").exit_code == 0
+    assert "revoked" in invoke("api-tokens", "list").output
+    assert invoke("api-tokens", "revoke", "nobody").exit_code == 1
 
 
 def test_console_makes_lists_and_revokes_tokens(
@@ -333,3 +352,30 @@ def test_console_makes_lists_and_revokes_tokens(
     assert api.post("/api/v1/signups", json=signup, headers=auth(raw.group(1))).status_code == 401
     entries = [(e.operator, e.action) for e in recent(session, 10)]
     assert ("ed", "api token added") in entries and ("ed", "api token revoked") in entries
+
+
+def test_requests_are_limited_per_token(
+    make_app: Any, tmp_path: Path, sqlite_url: str, clock: Any
+) -> None:
+    app, _ = _limited_app(make_app, tmp_path, sqlite_url, clock,
+                          DIGEST_API_RATE_LIMIT="3 per minute")
+    with app.extensions["digest"].sessions() as session:
+        busy, other = _token(session, "busy", "read", clock()), _token(session, "calm", "read", clock())  # noqa: E501
+    c = app.test_client()
+    codes = [c.get("/api/v1/feeds", headers=auth(busy)).status_code for _ in range(4)]
+    assert codes == [200, 200, 200, 429]
+    limited = c.get("/api/v1/feeds", headers=auth(busy))
+    assert limited.mimetype == "application/problem+json" and limited.get_json()["status"] == 429
+    assert c.get("/api/v1/feeds", headers=auth(other)).status_code == 200
+
+
+def test_a_large_push_fits_but_a_huge_one_is_a_413(client: Any, tokens: dict[str, str]) -> None:
+    h = auth(tokens["write"])
+    articles = [
+        {"title": f"Story {i}", "url": f"https://news.example.com/{i}", "summary": "x" * 400}
+        for i in range(400)
+    ]
+    assert client.post("/api/v1/articles", json={"articles": articles}, headers=h).status_code == 200  # noqa: E501
+    huge = '{"articles": [{"title": "t", "url": "' + "u" * (9 * 2**20) + '"}]}'
+    too_big = client.post("/api/v1/articles", data=huge, content_type="application/json", headers=h)
+    assert too_big.status_code == 413 and too_big.mimetype == "application/problem+json"

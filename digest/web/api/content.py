@@ -51,7 +51,7 @@ def feed_out(f: Feed) -> s.Feed:
 
 @operation(
     "POST", "/articles", need="write", tag="articles", summary="Push articles",
-    body=s.ArticlesPush, responses={200: s.PushResult},
+    body=s.ArticlesPush, responses={200: s.PushResult}, max_bytes=8 * 2**20,
 )
 def push_articles(body: s.ArticlesPush) -> Any:
     """Articles with the fields of `digest articles import`, stored once: an article whose

@@ -111,6 +111,7 @@ def operation(
     raw_body: tuple[str, ...] = (),
     errors: tuple[int, ...] = (),
     links: dict[int, dict[str, Any]] | None = None,
+    max_bytes: int | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a view as an API operation (route, scope, models, document entry)."""
 
@@ -135,6 +136,8 @@ def operation(
 
         @functools.wraps(view)
         def wrapper(**kwargs: Any) -> Any:
+            if max_bytes is not None:
+                request.max_content_length = max_bytes  # above the app's 64 KiB for forms
             g.api_token = require(need)
             for name, value in kwargs.items():
                 if not 0 < value <= MAX_ID:
