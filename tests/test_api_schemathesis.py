@@ -139,14 +139,18 @@ def test_every_operation_conforms(api_schema: Any) -> None:
 
 def test_links_as_a_state_machine(api_schema: Any) -> None:
     machine = api_schema.as_state_machine()
+    seen: list[str] = []
 
     class Workflow(machine):  # type: ignore[misc,valid-type]
         def get_call_kwargs(self, case: Any) -> dict[str, Any]:
             return {"headers": {"Authorization": f"Bearer {TOKEN['raw']}"}, "timeout": 30}
 
         def validate_response(self, response: Any, case: Any, **kwargs: Any) -> None:
+            seen.append(case.operation.label)
             case.validate_response(response, checks=CHECKS[:4])
 
     Workflow.run(
-        settings=settings(FUZZ, max_examples=6, stateful_step_count=4)
+        settings=settings(FUZZ, max_examples=15, stateful_step_count=6)
     )
+    # Steps went from a created resource to an operation on it, through a link.
+    assert any("{" in label for label in seen), sorted(set(seen))
