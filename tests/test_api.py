@@ -379,3 +379,18 @@ def test_a_large_push_fits_but_a_huge_one_is_a_413(client: Any, tokens: dict[str
     huge = '{"articles": [{"title": "t", "url": "' + "u" * (9 * 2**20) + '"}]}'
     too_big = client.post("/api/v1/articles", data=huge, content_type="application/json", headers=h)
     assert too_big.status_code == 413 and too_big.mimetype == "application/problem+json"
+
+
+def test_signups_count_against_the_token_limit_too(
+    make_app: Any, tmp_path: Path, sqlite_url: str, clock: Any
+) -> None:
+    app, _ = _limited_app(make_app, tmp_path, sqlite_url, clock,
+                          DIGEST_API_RATE_LIMIT="2 per minute")
+    with app.extensions["digest"].sessions() as session:
+        sub = _token(session, "site", "subscribe", clock())
+    c = app.test_client()
+    codes = [
+        c.post("/api/v1/signups", json={"email": f"t{i}@example.com"}, headers=auth(sub)).status_code
+        for i in range(3)
+    ]
+    assert codes == [202, 202, 429]

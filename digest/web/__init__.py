@@ -82,7 +82,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     def signup_limit(key_func: Any) -> Any:
         return limiter.shared_limit(
             settings.signup_client_limit, scope="signup-client", methods=["POST"],
-            key_func=key_func,
+            key_func=key_func, override_defaults=False,  # the API's per-token limit stays
         )
 
     _limit(app, "digest.subscribe", signup_limit(client_key))
