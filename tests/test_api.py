@@ -390,7 +390,8 @@ def test_signups_count_against_the_token_limit_too(
         sub = _token(session, "site", "subscribe", clock())
     c = app.test_client()
     codes = [
-        c.post("/api/v1/signups", json={"email": f"t{i}@example.com"}, headers=auth(sub)).status_code
+        c.post("/api/v1/signups", json={"email": f"t{i}@example.com"}, headers=auth(sub))
+        .status_code
         for i in range(3)
     ]
     assert codes == [202, 202, 429]
