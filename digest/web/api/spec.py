@@ -16,6 +16,7 @@ from flask import Blueprint, Response, g, jsonify, request
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 
+from digest.operations.api_tokens import SCOPES, allows
 from digest.operations.problems import MEDIA_TYPE, TITLES, Problem
 from digest.store.base import MAX_ID
 
@@ -218,6 +219,7 @@ def document(base_path: str = "/api/v1") -> dict[str, Any]:
             codes |= {413, 415}
         for code in sorted(codes):
             responses[str(code)] = {"description": TITLES[code], "content": problem}
+        scopes = [scope for scope in SCOPES if allows(scope, op.need)]
         entry = {
             "operationId": op.endpoint,
             "summary": op.summary,
@@ -225,10 +227,11 @@ def document(base_path: str = "/api/v1") -> dict[str, Any]:
             "parameters": _parameters(op, refs),
             "responses": responses,
             "security": [{"bearer": []}],
-            "x-scope": op.need,
+            "x-token-scopes": scopes,
         }
-        if op.description:
-            entry["description"] = op.description + f"\n\nToken scope: `{op.need}` or `write`."
+        entry["description"] = (op.description + "\n\n" if op.description else "") + (
+            "Token scopes: " + ", ".join(f"`{scope}`" for scope in scopes) + "."
+        )
         if op.body is not None:
             entry["requestBody"] = {
                 "required": True,
