@@ -395,3 +395,27 @@ def test_signups_count_against_the_token_limit_too(
         for i in range(3)
     ]
     assert codes == [202, 202, 429]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DIGEST_API_CLIENT_HEADER", "X Client: IP"),
+        ("DIGEST_API_CORS_ORIGINS", "https://www.example.com/path"),
+        ("DIGEST_API_CORS_ORIGINS", "*"),
+    ],
+)
+def test_bad_api_settings_name_the_variable(tmp_path: Path, name: str, value: str) -> None:
+    from digest.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=name):
+        make_settings(tmp_path, "sqlite://", **{name: value})
+
+
+def test_a_bad_api_rate_limit_stops_the_app_naming_it(
+    make_app: Any, tmp_path: Path, sqlite_url: str
+) -> None:
+    from digest.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="DIGEST_API_RATE_LIMIT"):
+        make_app(make_settings(tmp_path, sqlite_url, DIGEST_API_RATE_LIMIT="lots"))
