@@ -102,6 +102,12 @@ class Settings:
     signup_mails_per_hour: int = 300
     # Reverse proxies in front of the web app whose X-Forwarded-For is to be believed.
     trusted_proxies: int = 0
+    # The JSON API (digest/web/api/): requests per token, the header in which a
+    # subscribe token's caller names its end client (for the sign-up limits), and the
+    # browser origins that may call /api/v1/signups (CORS; none by default).
+    api_rate_limit: str = "600 per minute"
+    api_client_header: str = ""
+    api_cors_origins: tuple[str, ...] = ()
     # Celery (workers/): the queue every digest task goes through, how long Redis waits
     # for an ack before handing a task to another worker, how often one task may come
     # back after its worker was lost, and how often beat runs the periodic tasks.
@@ -379,6 +385,30 @@ def check_timezone(name: str) -> str:
     return name
 
 
+_HEADER_NAME = re.compile(r"[A-Za-z0-9-]{1,64}")
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
+
+
+def _header_name(value: str) -> str:
+    value = value.strip()
+    if value and not _HEADER_NAME.fullmatch(value):
+        raise ConfigError(
+            f"DIGEST_API_CLIENT_HEADER must be a header name such as X-Client-IP, got {value!r}"
+        )
+    return value
+
+
+def _origins(value: str) -> tuple[str, ...]:
+    origins = tuple(o.strip().rstrip("/") for o in value.split(",") if o.strip())
+    for origin in origins:
+        if not _ORIGIN.fullmatch(origin):
+            raise ConfigError(
+                "DIGEST_API_CORS_ORIGINS must list origins such as https://www.example.com "
+                f"(scheme, host and optional port, comma separated), got {origin!r}"
+            )
+    return origins
+
+
 def load_settings(env: dict[str, str] | None = None, *, create_secret: bool = True) -> Settings:
     """Build Settings from DIGEST_* variables, with embedded defaults for the rest.
 
@@ -472,5 +502,8 @@ def load_settings(env: dict[str, str] | None = None, *, create_secret: bool = Tr
             env, "DIGEST_SIGNUP_MAILS_PER_HOUR", defaults.signup_mails_per_hour
         ),
         trusted_proxies=_int(env, "DIGEST_TRUSTED_PROXIES", defaults.trusted_proxies),
+        api_rate_limit=env.get("DIGEST_API_RATE_LIMIT") or defaults.api_rate_limit,
+        api_client_header=_header_name(env.get("DIGEST_API_CLIENT_HEADER") or ""),
+        api_cors_origins=_origins(env.get("DIGEST_API_CORS_ORIGINS") or ""),
     )
     return check_header_settings(settings)

@@ -121,6 +121,7 @@ def main() -> None:
 
 # Registers the commands of each group on `cli` (they import it from here).
 from digest.cli import (  # noqa: E402,F401
+    api_tokens,
     check,
     content,
     inbound,

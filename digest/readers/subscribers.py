@@ -150,6 +150,22 @@ def import_csv(
     Without `confirmed` imported readers are `pending` and get no edition until they
     confirm; addresses that unsubscribed or bounced before are never re-added.
     """
+    return import_rows(
+        session, read_rows(handle), now, confirmed=confirmed, source=source, chunk=chunk
+    )
+
+
+def import_rows(
+    session: Session,
+    rows: Iterable[tuple[int, dict[str, str] | str]],
+    now: datetime,
+    *,
+    confirmed: bool = False,
+    source: str = "import",
+    chunk: int = 2000,
+) -> ImportReport:
+    """Import rows given by line number (a dict of columns, or why the row could not be
+    read), as import_csv does; the API's JSON lines import comes through here too."""
     report = ImportReport()
     batch: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -165,7 +181,7 @@ def import_csv(
         report.existing += len(rows) - added
         batch.clear()
 
-    for line, row in read_rows(handle):
+    for line, row in rows:
         if isinstance(row, str):
             report.errors.append((line, row))
             continue

@@ -1,5 +1,6 @@
-"""The web app: readers' pages (readers.py) and the operator console (console.py), on
-what base.py shares. `create_app()` is the factory gunicorn runs:
+"""The web app: readers' pages (readers.py), the operator console (console.py, and
+console_tokens.py for API tokens) and the JSON API (api/), on what base.py shares.
+`create_app()` is the factory gunicorn runs:
 
     gunicorn --config python:digest.gunicorn_conf 'digest.web:create_app()'
 
@@ -18,8 +19,9 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from digest.config import Settings, load_settings
 from digest.db import make_engine, make_sessionmaker
 from digest.readers.signup_limits import SignupGuard, parse_limits, storage_uri
+from digest.web import api, readers
 from digest.web import console as _console_views  # noqa: F401 - registers the console pages
-from digest.web import readers
+from digest.web import console_tokens as _console_tokens  # noqa: F401 - console API tokens
 from digest.web.auth import configure_sessions, console
 from digest.web.base import (
     EDITION_CSP,
@@ -76,7 +78,16 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         key_prefix="digest-web",
     )
     parse_limits("DIGEST_SIGNUP_CLIENT_LIMIT", settings.signup_client_limit)  # fail early
-    _limit(app, "digest.subscribe", limiter.limit(settings.signup_client_limit, methods=["POST"]))
+    # One count per client for the form and the API's sign-ups alike.
+    def signup_limit(key_func: Any) -> Any:
+        return limiter.shared_limit(
+            settings.signup_client_limit, scope="signup-client", methods=["POST"],
+            key_func=key_func, override_defaults=False,  # the API's per-token limit stays
+        )
+
+    _limit(app, "digest.subscribe", signup_limit(client_key))
+    parse_limits("DIGEST_API_RATE_LIMIT", settings.api_rate_limit)
+    api.install(app, limiter, settings, signup_limit)
     # Failed sign-ins: per client address, and per operator name from anywhere (with a
     # higher ceiling, so that strangers guessing cannot easily lock the operator out).
     per_client = limiter.limit(LOGIN_LIMIT, methods=["POST"], deduct_when=_failed)

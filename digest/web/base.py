@@ -105,7 +105,11 @@ class RedactingRequestHandler(WSGIRequestHandler):
 def client_key() -> str:
     """Who is asking, for rate limits: the client's address, an IPv6 client's /64 (one
     host usually holds a whole /64, and could otherwise rotate through it)."""
-    addr = request.remote_addr or ""
+    return address_key(request.remote_addr or "")
+
+
+def address_key(addr: str) -> str:
+    """An address as the rate limits count it (see client_key)."""
     try:
         ip = ipaddress.ip_address(addr)
     except ValueError:

@@ -1,0 +1,241 @@
+"""/api/v1/editions and /api/v1/status: editions with their counts and errors, a
+preview, planning and sending a cohort, retries; the overview and the health check."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from flask import Response
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from digest import store
+from digest.config import Settings, check_timezone
+from digest.editions import dispatch
+from digest.editions.render import slot_values
+from digest.editions.schedule import Cohort, local_day
+from digest.editions.sending import prepare_variant, send_batch
+from digest.errors import ConfigError
+from digest.mail.relays import make_transport
+from digest.models import Edition
+from digest.operations import operators, overview
+from digest.operations.problems import Problem, bad_field
+from digest.store import overview as q
+from digest.web.api import schemas as s
+from digest.web.api.auth import token_name
+from digest.web.api.content import article_out
+from digest.web.api.spec import operation
+from digest.web.base import EDITION_CSP, db, runtime
+
+log = logging.getLogger(__name__)
+_EDITION = {"edition_id": "$response.body#/edition_id"}
+
+
+def _audit(action: str, detail: str) -> None:
+    operators.record(db(), token_name(), action, detail, runtime().clock())
+
+
+def edition_out(e: Edition, counts: dict[str, int]) -> s.Edition:
+    return s.Edition(
+        id=e.id,
+        slot=e.slot,
+        local_day=e.local_day,
+        timezone=e.timezone,
+        status=e.status,
+        send_at=e.send_at,
+        note=e.note,
+        counts=counts,
+    )
+
+
+@operation(
+    "GET", "/editions", need="read", tag="editions", summary="Editions, newest first",
+    query=s.EditionQuery, responses={200: s.EditionList},
+)
+def list_editions(query: s.EditionQuery) -> Any:
+    rows = q.editions_page(db(), limit=query.limit, offset=query.offset)
+    counts = q.counts_by_edition(db(), [e.id for e in rows])
+    return s.EditionList(items=[edition_out(e, counts.get(e.id, {})) for e in rows])
+
+
+@operation(
+    "GET", "/editions/{edition_id}", need="read", tag="editions",
+    summary="One edition: articles, counts by status, errors", responses={200: s.EditionDetail},
+)
+def get_edition(edition_id: int) -> Any:
+    session = db()
+    found = store.get_edition(session, edition_id)
+    ids = store.edition_article_ids(session, found.id)
+    by_id = store.articles_by_id(session, ids)
+    base = edition_out(found, store.edition_counts(session, found.id))
+    return s.EditionDetail(
+        **base.model_dump(),
+        window_start=found.window_start,
+        window_end=found.window_end,
+        articles=[article_out(by_id[i]) for i in ids if i in by_id],
+        errors=[
+            s.DeliveryError(status=st, error=err, count=n)
+            for st, err, n in q.edition_errors(session, found.id)
+        ],
+        variants=[
+            s.Variant(sections=v.sections, subject=v.subject, article_count=v.article_count)
+            for v in store.variants(session, found.id)
+        ],
+    )
+
+
+@operation(
+    "GET", "/editions/{edition_id}/preview", need="read", tag="editions",
+    summary="An edition as a reader gets it (HTML)", query=s.PreviewQuery,
+    responses={200: "text/html"},
+)
+def preview_edition(edition_id: int, query: s.PreviewQuery) -> Any:
+    """One rendering (by its section choice; '' is every section) with sample values in
+    the reader's slots."""
+    store.get_edition(db(), edition_id)
+    for variant in store.variants(db(), edition_id):
+        if variant.sections == query.sections:
+            values = slot_values(
+                name="Reader", unsubscribe_url="#", preferences_url="#", view_url="#",
+                for_html=True,
+            )
+            response = Response(prepare_variant(variant).html.fill(values), mimetype="text/html")
+            response.headers["Content-Security-Policy"] = EDITION_CSP
+            return response
+    raise Problem(404, f"edition {edition_id} has no rendering for sections {query.sections!r}")
+
+
+def _cohort(body: s.PlanIn) -> Cohort:
+    settings = runtime().settings
+    zone = body.timezone or settings.default_timezone
+    try:
+        check_timezone(zone)
+    except ConfigError as exc:
+        raise bad_field("timezone", str(exc)) from None
+    return Cohort(body.slot, body.day or local_day(runtime().clock(), zone), zone)
+
+
+def _plan_cohort(
+    session: Session, settings: Settings, cohort: Cohort, force: bool
+) -> dispatch.Fanout:
+    """The one place the API plans an edition: the seam where the planning guard that
+    every entry point calls takes over. Until then: a day still ahead needs `force`, as
+    `digest send --day` does, and the pipeline's own rules do the rest."""
+    now = runtime().clock()
+    if cohort.local_day > local_day(now, cohort.timezone) and not force:
+        raise Problem(
+            422,
+            f"{cohort.local_day} is still ahead in {cohort.timezone}: sending it now uses up "
+            "that day's edition; send force=true to do it anyway",
+        )
+    fanouts = dispatch.plan_slot(
+        session, settings, cohort.slot, now, day=cohort.local_day, timezone=cohort.timezone
+    )
+    return fanouts[0]
+
+
+def _hand_off(batches: list[list[int]]) -> str:
+    """Send the batches: as Celery tasks with a broker, else on a thread of this process."""
+    rt = runtime()
+    if not batches:
+        return "nothing to send"
+    if rt.settings.redis_url:
+        from workers.client import enqueue
+
+        ids = enqueue(rt.settings, "digest.send_batch", [([b], {}) for b in batches])
+        return f"{len(ids)} send tasks enqueued"
+    worker = threading.Thread(
+        target=_send_here, args=(rt.settings, rt.sessions, rt.clock, batches), daemon=True
+    )
+    worker.start()
+    return f"sending {sum(map(len, batches))} messages from the web process"
+
+
+def _send_here(settings: Settings, sessions: Any, clock: Any, batches: list[list[int]]) -> None:
+    transport = make_transport(settings)
+    try:
+        with sessions() as session:
+            for batch in batches:
+                send_batch(session, settings, transport, batch, clock())
+    except Exception:  # a thread's error would vanish: log it, the sweep recovers the rows
+        log.exception("API send stopped; the sweep will pick up what is left")
+
+
+@operation(
+    "POST", "/editions/plan", need="write", tag="editions",
+    summary="Plan and send a cohort's edition", body=s.PlanIn, responses={202: s.PlanOut},
+    links={202: {"GetEdition": {"operationId": "get_edition", "parameters": _EDITION}}},
+)
+def plan_edition(body: s.PlanIn) -> Any:
+    """One (slot, local day, timezone): planned once (a second call creates nothing and
+    sends nothing), then sent by the workers, or by this process without a broker."""
+    rt = runtime()
+    session = db()
+    cohort = _cohort(body)
+    fanout = _plan_cohort(session, rt.settings, cohort, body.force)
+    plan = fanout.plan
+    _audit("triggered", f"{cohort}: {plan.status}, {plan.queued} queued (api)")
+    session.commit()
+    how = _hand_off(fanout.batches)
+    return s.PlanOut(
+        edition_id=plan.edition_id,
+        cohort=str(cohort),
+        status=plan.status,
+        created=plan.created,
+        queued=plan.queued,
+        note=plan.note,
+        sending=how,
+    ), 202
+
+
+@operation(
+    "POST", "/editions/{edition_id}/retry", need="write", tag="editions",
+    summary="Re-send failed or deferred deliveries", body=s.RetryIn, responses={202: s.RetryOut},
+)
+def retry_edition(edition_id: int, body: s.RetryIn) -> Any:
+    rt = runtime()
+    store.get_edition(db(), edition_id)
+    statuses = sorted(set(body.statuses))
+    count, batches = dispatch.retry_edition(db(), rt.settings, edition_id, statuses, rt.clock())
+    _audit("retried", f"edition {edition_id}: {count} {'/'.join(statuses)} deliveries")
+    db().commit()
+    return s.RetryOut(edition_id=edition_id, requeued=count, sending=_hand_off(batches)), 202
+
+
+@operation(
+    "GET", "/status", need="read", tag="status", summary="The overview",
+    responses={200: s.Status},
+)
+def status() -> Any:
+    """Next sends, editions being sent, the last 24 hours, feeds and readers."""
+    rt = runtime()
+    data = overview.overview(db(), rt.settings, rt.clock())
+    return s.Status(
+        next_sends=[s.NextSend(**vars(n)) for n in data.next_sends],
+        sending=[s.Progress(**vars(p)) for p in data.sending],
+        last_24h=data.last_24h,
+        feeds=[
+            s.FeedHealth(
+                id=f.id, url=f.url, paused=f.paused, last_ok_at=f.last_ok_at,
+                last_error=f.last_error,
+            )
+            for f in data.feeds
+        ],
+        readers=data.readers,
+    )
+
+
+@operation(
+    "GET", "/health", need="read", tag="status", summary="The health check",
+    responses={200: s.Health, 503: s.Health},
+)
+def health() -> Any:
+    """Whether the app and its database answer (503 when the database does not)."""
+    try:
+        store.ping(db())
+    except SQLAlchemyError as exc:
+        log.error("API health check: database unreachable (%s)", type(exc).__name__)
+        return s.Health(status="error", database="unreachable"), 503
+    return s.Health(status="ok", database="ok")
