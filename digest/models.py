@@ -231,3 +231,19 @@ class Delivery(Base):
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ReturnedMail(Base):
+    """One bounce, complaint or unsubscribe that came back for a reader, by any path
+    (the MTA pipe, an IMAP mailbox, an ESP's webhook). Soft bounces are counted here."""
+
+    __tablename__ = "returned_mail"
+    __table_args__ = (Index("ix_returned_mail_subscriber_at", "subscriber_id", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscriber.id", ondelete="CASCADE"))
+    edition_id: Mapped[int | None] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))  # hard, soft, complaint, unsubscribe
+    source: Mapped[str] = mapped_column(String(16))  # pipe, imap, ses, sendgrid, ...
+    reason: Mapped[str] = mapped_column(Text, default="", server_default="")

@@ -110,6 +110,7 @@ def inbound(app: App, file: BinaryIO, env_file: str | None, recipient: str | Non
 
 def run(app: App, file: BinaryIO, env_file: str | None, recipient: str | None) -> None:
     from digest.readers.inbound import apply, classify, keep
+    from digest.readers.returned import SoftRule
 
     settings = settings_from(env_file)
     raw = file.read(MAX_MESSAGE)
@@ -129,7 +130,7 @@ def run(app: App, file: BinaryIO, env_file: str | None, recipient: str | None) -
     engine = make_engine(settings.database_url)
     try:
         with make_sessionmaker(engine)() as session:
-            outcome = apply(session, found, now)
+            outcome = apply(session, found, now, SoftRule.of(settings))
             session.commit()
     finally:
         engine.dispose()

@@ -198,6 +198,7 @@ class Notice:
 # Addresses that bounced or complained get no mail from a web form, ever: a sign-up
 # form must not be a way to mail a spam trap or a person who reported us.
 NEVER_MAIL = ("bounced", "complained", "operator")
+MAILBOX_WIDE = ("complained", "operator")
 
 
 def _apply(subscriber: Subscriber, fields: dict[str, Any]) -> None:
@@ -258,9 +259,11 @@ def request_subscription(
 def _never_mail(session: Session, email: str) -> bool:
     """Whether the address, or the mailbox it reaches (`trap+1@` for a `trap@` that
     complained), may get no sign-up email."""
-    return any(
-        suppression_reason(session, form) in NEVER_MAIL for form in {email, mailbox_of(email)}
-    )
+    if suppression_reason(session, email) in NEVER_MAIL:
+        return True
+    # A bounce is about the exact address that bounced (a server may refuse `vic+news@`
+    # and deliver to `vic@`); only complaints and operators speak for the whole mailbox.
+    return suppression_reason(session, mailbox_of(email)) in MAILBOX_WIDE
 
 
 def forget_notice(session: Session, notice: Notice) -> None:
@@ -367,9 +370,9 @@ def leave(session: Session, subscriber_id: int, status: str, now: datetime) -> S
         store.set_status(session, subscriber, status, now)
     else:
         store.suppress(session, subscriber.email, subscriber.status, now)
-    if subscriber.status in NEVER_MAIL:
-        # A complaint or a dead mailbox is about the mailbox: its +tag and dotted
-        # variants get no sign-up email either.
+    if subscriber.status in MAILBOX_WIDE:
+        # A complaint is about the mailbox: its +tag and dotted variants get no sign-up
+        # email either. A bounce suppresses only the exact address that bounced.
         store.suppress(session, mailbox_of(subscriber.email), subscriber.status, now)
     reason = f"subscriber is {subscriber.status}"
     for edition_id in sorted(store.suppress_open_deliveries(session, subscriber.id, reason)):
