@@ -247,3 +247,13 @@ class ReturnedMail(Base):
     kind: Mapped[str] = mapped_column(String(16))  # hard, soft, complaint, unsubscribe
     source: Mapped[str] = mapped_column(String(16))  # pipe, imap, ses, sendgrid, ...
     reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+
+
+class WebhookSeen(Base):
+    """A signed webhook delivery already acted on (SNS MessageId, Mailgun token, ...):
+    the same one again is a replay."""
+
+    __tablename__ = "webhook_seen"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

@@ -210,6 +210,18 @@ def _ours(report: Message, secret: str) -> tuple[int, int, Message] | None:
     return None
 
 
+def ours_by_message_id(secret: str, value: str) -> tuple[int, int] | None:
+    """(edition, subscriber) a Message-ID of ours names, if its HMAC tag holds."""
+    found = _OUR_ID.search(value or "")
+    if found is None:
+        return None
+    edition_id, subscriber_id = int(found.group(1)), int(found.group(2))
+    domain = found.group(0).rsplit("@", 1)[1].rstrip(">")
+    if message_id(secret, edition_id, subscriber_id, domain) != found.group(0):
+        return None
+    return edition_id, subscriber_id
+
+
 def _address(value: object) -> str | None:
     found = _ADDRESS.search(str(value or ""))
     return found.group(0).lower().rstrip(".") if found else None

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import and_, delete, exists, func, select
 from sqlalchemy.orm import Session
 
-from digest.models import Delivery, ReturnedMail, Subscriber
+from digest.models import Delivery, ReturnedMail, Subscriber, WebhookSeen
+from digest.store.base import insert_for_session
 
 
 @dataclass(frozen=True)
@@ -127,3 +128,12 @@ def returned_page(
 def forget_returned(session: Session, subscriber_id: int) -> None:
     """An erased reader's returned mail goes with them (its reasons may name the address)."""
     session.execute(delete(ReturnedMail).where(ReturnedMail.subscriber_id == subscriber_id))
+
+
+def first_time(session: Session, key: str, now: datetime, keep: timedelta) -> bool:
+    """Remember a webhook delivery's key; False if it was seen before (a replay).
+    Keys older than `keep` are forgotten (their timestamps are stale by then anyway)."""
+    session.execute(delete(WebhookSeen).where(WebhookSeen.at < now - keep))
+    stmt = insert_for_session(session, WebhookSeen).values(key=key[:200], at=now)
+    stmt = stmt.on_conflict_do_nothing(index_elements=["key"]).returning(WebhookSeen.key)
+    return session.execute(stmt).first() is not None

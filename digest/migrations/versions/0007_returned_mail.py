@@ -1,4 +1,4 @@
-"""returned_mail: bounces, complaints and unsubscribes by any path (soft bounces counted)
+"""returned_mail (bounces, complaints, unsubscribes by any path) and webhook_seen (replays)
 
 Revision ID: 0007
 Revises: 0004
@@ -34,9 +34,17 @@ def upgrade() -> None:
     )
     op.create_index("ix_returned_mail_at", "returned_mail", ["at"])
     op.create_index("ix_returned_mail_subscriber_at", "returned_mail", ["subscriber_id", "at"])
+    op.create_table(
+        "webhook_seen",
+        sa.Column("key", sa.String(200), primary_key=True),
+        sa.Column("at", digest.models.UTCDateTime(), nullable=False),
+    )
+    op.create_index("ix_webhook_seen_at", "webhook_seen", ["at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_webhook_seen_at", "webhook_seen")
+    op.drop_table("webhook_seen")
     op.drop_index("ix_returned_mail_subscriber_at", "returned_mail")
     op.drop_index("ix_returned_mail_at", "returned_mail")
     op.drop_table("returned_mail")
