@@ -418,6 +418,7 @@ def edition_html(
     carries no name and no account links: those point at pages that ask for the links
     in the reader's own email. The link works for `view_ttl_days` after the edition.
     """
+    reader(session, subscriber_id)  # an erased reader's links open nothing
     delivery = store.find_delivery(session, edition_id, subscriber_id)
     if delivery is None or delivery.variant_id is None:
         raise NotFound("this edition was not sent to you")
