@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session
 
 from digest import store
 from digest.config import Settings
-from digest.errors import NotFound
+from digest.errors import InvalidInput, NotFound
+from digest.mail.addresses import mailbox_of
 from digest.models import Subscriber
 from digest.readers import accounts
 
@@ -103,3 +104,24 @@ def act_on_address(
     if subscriber is None:
         return f"ignored: {clean(reason)}, for an address that is no reader"
     return act(session, subscriber.id, kind, reason, source, now, rule, edition_id)
+
+
+def unsuppress(session: Session, subscriber_id: int, now: datetime) -> Subscriber:
+    """An operator takes back a bounce or complaint: the reader is active again, the
+    suppression it made is lifted and soft bounces count afresh. An unsubscribed reader
+    is not taken back (only their own confirmed sign-up may do that)."""
+    subscriber = accounts.reader(session, subscriber_id)
+    if subscriber.status not in ("bounced", "complained"):
+        raise InvalidInput(
+            f"reader {subscriber_id} is {subscriber.status}: only a bounced or complained "
+            "reader can be un-suppressed"
+        )
+    for form in {subscriber.email, mailbox_of(subscriber.email)}:
+        if store.suppression_reason(session, form) == subscriber.status:
+            store.lift_suppression(session, form)
+    reason = f"un-suppressed by an operator (was {subscriber.status})"
+    store.add_returned(session, subscriber.id, "unsuppressed", "console", reason, now)
+    subscriber.status = "active"
+    subscriber.unsubscribed_at = None
+    session.flush()
+    return subscriber

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, delete, exists, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from digest.models import Delivery, ReturnedMail, Subscriber, WebhookSeen
 from digest.store.base import insert_for_session
@@ -80,6 +80,13 @@ def count_soft(session: Session, subscriber_ids: Sequence[int], since: datetime)
         )
         .correlate(Delivery),
     )
+    cleared = aliased(ReturnedMail)
+    # An operator's un-suppress starts the count afresh.
+    cleared_later = exists().where(
+        cleared.subscriber_id == ReturnedMail.subscriber_id,
+        cleared.kind == "unsuppressed",
+        cleared.at >= ReturnedMail.at,
+    )
     counts: dict[int, int] = {}
     for i in range(0, len(subscriber_ids), 500):
         stmt = (
@@ -89,6 +96,7 @@ def count_soft(session: Session, subscriber_ids: Sequence[int], since: datetime)
                 ReturnedMail.kind == "soft",
                 ReturnedMail.at >= since,
                 ~later_success,
+                ~cleared_later,
             )
             .group_by(ReturnedMail.subscriber_id)
         )

@@ -20,6 +20,7 @@ from digest.db import make_engine, make_sessionmaker
 from digest.readers.signup_limits import SignupGuard, parse_limits, storage_uri
 from digest.web import console as _console_views  # noqa: F401 - registers the console pages
 from digest.web import readers, webhooks
+from digest.web import returned_mail as _returned_views  # noqa: F401 - console pages
 from digest.web.auth import configure_sessions, console
 from digest.web.base import (
     EDITION_CSP,
