@@ -13,7 +13,6 @@ import secrets
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from email.utils import make_msgid
 from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, available_timezones
@@ -31,7 +30,7 @@ from digest.errors import Duplicate, InvalidAddress, InvalidInput, InvalidToken,
 from digest.mail.addresses import mailbox_of, normalise_address
 from digest.mail.message import Envelope, build_message
 from digest.mail.returns import envelope_sender
-from digest.mail.tokens import seal, sign
+from digest.mail.tokens import seal, sign, single_message_id
 from digest.mail.transport import Transport
 from digest.models import Subscriber
 from digest.readers.subscribers import parse_editions, parse_timezone, subscriber_fields
@@ -460,7 +459,7 @@ def compose_notice(settings: Settings, notice: Notice, now: datetime) -> tuple[b
     envelope = Envelope(
         to_address=notice.email,
         to_name="",  # nothing the requester typed goes into a sign-up email
-        message_id=make_msgid("signup", domain=settings.sender_domain),
+        message_id=single_message_id("signup", settings.sender_domain),
         unsubscribe_url=links["unsubscribe_url"],
         unsubscribe_token=links["unsubscribe_token"],
         text=text_env.get_template("email/signup.txt").render(context),
