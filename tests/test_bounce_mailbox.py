@@ -8,6 +8,7 @@ import imaplib
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -106,8 +107,10 @@ service submission-login {{
         deadline = time.monotonic() + 15
         while True:
             try:
-                imaplib.IMAP4("127.0.0.1", port, timeout=2).logout()
-                break
+                with socket.create_connection(("127.0.0.1", port), timeout=2) as probe:
+                    if probe.recv(100).startswith(b"* OK"):
+                        break
+                raise OSError("no IMAP greeting yet")
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
                     output = process.stdout.read().decode() if process.stdout else ""

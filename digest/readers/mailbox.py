@@ -89,9 +89,10 @@ def _quote(name: str) -> str:
 
 @contextmanager
 def connect(target: ImapTarget) -> Iterator[imaplib.IMAP4]:
+    conn: imaplib.IMAP4 | None = None
     try:
         if target.tls == "implicit":
-            conn: imaplib.IMAP4 = imaplib.IMAP4_SSL(
+            conn = imaplib.IMAP4_SSL(
                 target.host,
                 target.port,
                 ssl_context=ssl.create_default_context(),
@@ -107,6 +108,8 @@ def connect(target: ImapTarget) -> Iterator[imaplib.IMAP4]:
         if typ == "OK" and data and isinstance(data[0], bytes):
             conn.capabilities = tuple(data[0].decode("ascii", "replace").upper().split())
     except (OSError, imaplib.IMAP4.error, ssl.SSLError) as exc:
+        if conn is not None:
+            _close(conn)
         raise MailboxError(
             f"cannot reach the mailbox at {target.host}:{target.port}: {_why(exc)}"
         ) from None
@@ -116,7 +119,14 @@ def connect(target: ImapTarget) -> Iterator[imaplib.IMAP4]:
         try:
             conn.logout()
         except (OSError, imaplib.IMAP4.error):
-            pass
+            _close(conn)
+
+
+def _close(conn: imaplib.IMAP4) -> None:
+    try:
+        conn.shutdown()
+    except OSError:
+        pass
 
 
 def _why(exc: BaseException) -> str:
