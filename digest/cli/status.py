@@ -42,7 +42,9 @@ def status(app: App, edition_id: int | None, show_all: bool) -> None:
             _overview_lines(data)
             click.echo("Editions" + ("" if show_all else " (sending, then the latest; --all)"))
             shown = (
-                q.editions_page(session, limit=10_000) if show_all else _current_editions(session)
+                q.editions_page(session, limit=10_000)
+                if show_all
+                else _current_editions(session)
             )
             _edition_lines(session, shown, notes=False)
         orphan = now - timedelta(seconds=settings.claim_seconds)
@@ -144,3 +146,5 @@ def waiting_lines(
             f"{due} deferred deliveries due for a retry, the oldest since {age(oldest, now)} ago"
         )
     return lines
+
+

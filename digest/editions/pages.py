@@ -45,7 +45,9 @@ def preview_html(
 
 def public_page(settings: Settings, prepared: sending.PreparedVariant, banner: str = "") -> str:
     """A rendering cut at its slots, filled with nothing personal (see public_html)."""
-    values = slot_values(name="", for_html=True, **sending.public_links(settings, WEB_VIEW_SELF))
+    values = slot_values(
+        name="", for_html=True, **sending.public_links(settings, WEB_VIEW_SELF)
+    )
     html = _SELF_LINK.sub("", prepared.html.fill(values))
     body = _BODY.search(html)
     end = html.rfind("</body>")

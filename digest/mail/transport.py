@@ -355,3 +355,4 @@ class OutboxTransport:
             # A partial file on a full disk keeps it full: never leave one behind.
             tmp.unlink(missing_ok=True)
             raise TransientSendError(f"cannot write {path}: {exc.strerror or exc}") from None
+

@@ -141,10 +141,7 @@ def edition_preview(edition_id: int) -> Any:
     for variant in store.variants(db(), _id(edition_id)):
         if variant.sections == sections:
             values = slot_values(
-                name="Reader",
-                unsubscribe_url="#",
-                preferences_url="#",
-                view_url="#",
+                name="Reader", unsubscribe_url="#", preferences_url="#", view_url="#",
                 for_html=True,
             )
             response = Response(prepare_variant(variant).html.fill(values), mimetype="text/html")
@@ -315,7 +312,9 @@ def reader_action(subscriber_id: int, action: str) -> Any:
         _audit("changed reader", f"reader {subscriber_id}: settings")
     elif action in _READER_ACTIONS:
         if action == "erase" and request.form.get("confirm") != "erase":
-            return _done("Type erase to confirm.", "console.reader", subscriber_id=subscriber_id)
+            return _done(
+                "Type erase to confirm.", "console.reader", subscriber_id=subscriber_id
+            )
         act, word = _READER_ACTIONS[action]
         act(session, subscriber_id, rt.clock())
         _audit(word, f"reader {subscriber_id}")
@@ -418,3 +417,4 @@ def article_action(article_id: int, action: str) -> Any:
 @console.get("/audit")
 def audit() -> Any:
     return render_template("admin/audit.html", entries=operators.recent(db(), 200))
+
