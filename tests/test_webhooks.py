@@ -198,6 +198,9 @@ def test_ses_refuses_forged_stale_foreign_and_malformed(hooks, sns_key) -> None:
     foreign_cert["SigningCertURL"] = "https://sns.eu-west-1.amazonaws.com.evil.example/x.pem"
     for body in (forged, wrong_key, stale, foreign_topic, foreign_cert):
         assert post_json(hooks, "/webhooks/ses", body).status_code == 403
+    unreachable = sns(sns_key[0], Message=message)
+    unreachable["SigningCertURL"] = CERT_URL.replace("local.pem", "gone.pem")
+    assert post_json(hooks, "/webhooks/ses", unreachable).status_code == 503  # SNS retries
     for body in (b"not json", b"[]", {"Type": "Other"}):
         assert post_json(hooks, "/webhooks/ses", body).status_code == 400
     assert hooks.fetch.urls.count("https://sns.eu-west-1.amazonaws.com.evil.example/x.pem") == 0

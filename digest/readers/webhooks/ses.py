@@ -68,11 +68,15 @@ class SnsVerifier:
         if found is not None:
             return found
         try:
-            cert = x509.load_pem_x509_certificate(self.fetch(url))
-        except Exception as exc:  # noqa: BLE001 - any failure means: not verified
+            pem = self.fetch(url)
+        except Exception as exc:  # noqa: BLE001 - unreachable now: SNS delivers again later
             raise Refused(
-                403, f"the signing certificate could not be had ({exc.__class__.__name__})"
+                503, f"the signing certificate could not be fetched ({exc.__class__.__name__})"
             ) from None
+        try:
+            cert = x509.load_pem_x509_certificate(pem)
+        except ValueError:
+            raise Refused(403, "the signing certificate is unreadable") from None
         public = cert.public_key()
         if not isinstance(public, rsa.RSAPublicKey):
             raise Refused(403, "the signing certificate holds no RSA key")
