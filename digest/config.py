@@ -128,6 +128,18 @@ class Settings:
     # flight plus one group per running batch.
     record_group: int = 32
     record_window: float = 0.05
+    # Returned mail (digest/readers/returned.py): this many soft bounces within this many
+    # days, with no successful delivery after them, suppress the reader.
+    soft_bounce_limit: int = 3
+    soft_bounce_days: int = 14
+    # ESP webhooks (digest/readers/webhooks/): each route answers 404 until its setting is set.
+    ses_topic_arns: tuple[str, ...] = ()
+    sendgrid_webhook_key: str = field(default="", repr=False)
+    mailgun_signing_key: str = field(default="", repr=False)
+    postmark_webhook_auth: str = field(default="", repr=False)
+    # A bounce mailbox read over IMAP by beat (digest/readers/mailbox.py), and how often.
+    inbound_imap_url: str = field(default="", repr=False)
+    inbound_imap_every_seconds: int = 300
 
     @property
     def database_url_safe(self) -> str:
@@ -171,6 +183,7 @@ def parse_smtp_url(url: str, defaults: dict[str, str] | None = None) -> SMTPConf
         if value < 0:
             raise ConfigError(f"SMTP URL {name}= must not be negative, got {value:g}")
         return value
+
     if parts.scheme == "smtps":
         tls = "implicit"
     elif query.get("starttls", "").lower() in ("1", "true", "yes"):
@@ -505,5 +518,43 @@ def load_settings(env: dict[str, str] | None = None, *, create_secret: bool = Tr
         api_rate_limit=env.get("DIGEST_API_RATE_LIMIT") or defaults.api_rate_limit,
         api_client_header=_header_name(env.get("DIGEST_API_CLIENT_HEADER") or ""),
         api_cors_origins=_origins(env.get("DIGEST_API_CORS_ORIGINS") or ""),
+        **returned_mail_settings(env, defaults),
     )
     return check_header_settings(settings)
+
+
+def returned_mail_settings(env: dict[str, str], defaults: Settings) -> dict[str, Any]:
+    """The soft-bounce rule, the ESP webhooks' secrets and the bounce mailbox, checked."""
+    limit = _int(env, "DIGEST_SOFT_BOUNCE_LIMIT", defaults.soft_bounce_limit)
+    if limit < 1:
+        raise ConfigError(f"DIGEST_SOFT_BOUNCE_LIMIT must be 1 or more, got {limit}")
+    days = _int(env, "DIGEST_SOFT_BOUNCE_DAYS", defaults.soft_bounce_days)
+    if days < 1:
+        raise ConfigError(f"DIGEST_SOFT_BOUNCE_DAYS must be 1 or more, got {days}")
+    arns = tuple(a.strip() for a in env.get("DIGEST_SES_TOPIC_ARNS", "").split(",") if a.strip())
+    for arn in arns:
+        if not re.fullmatch(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_.-]{1,256}", arn):
+            raise ConfigError(f"DIGEST_SES_TOPIC_ARNS: {arn[:100]!r} is not an SNS topic ARN")
+    postmark = env.get("DIGEST_POSTMARK_WEBHOOK_AUTH", "")
+    if postmark and (":" not in postmark or postmark.startswith(":")):
+        raise ConfigError("DIGEST_POSTMARK_WEBHOOK_AUTH must be user:password")
+    sendgrid = env.get("DIGEST_SENDGRID_WEBHOOK_KEY", "").strip()
+    if sendgrid and not (
+        sendgrid.startswith("-----BEGIN PUBLIC KEY-----")
+        or re.fullmatch(r"[A-Za-z0-9+/=\s]{40,}", sendgrid)
+    ):
+        raise ConfigError("DIGEST_SENDGRID_WEBHOOK_KEY must be a PEM or base64 public key")
+    imap = env.get("DIGEST_INBOUND_IMAP_URL", "")
+    if imap and urlsplit(imap).scheme not in ("imap", "imaps"):
+        raise ConfigError("DIGEST_INBOUND_IMAP_URL must start with imap:// or imaps://")
+    every = _int(env, "DIGEST_INBOUND_IMAP_EVERY_SECONDS", defaults.inbound_imap_every_seconds)
+    return {
+        "soft_bounce_limit": limit,
+        "soft_bounce_days": days,
+        "ses_topic_arns": arns,
+        "sendgrid_webhook_key": sendgrid,
+        "mailgun_signing_key": env.get("DIGEST_MAILGUN_SIGNING_KEY", ""),
+        "postmark_webhook_auth": postmark,
+        "inbound_imap_url": imap,
+        "inbound_imap_every_seconds": max(10, every),
+    }

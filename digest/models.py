@@ -263,3 +263,27 @@ class ApiJob(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # The report as JSON text: counts and one entry per row that was not imported.
     report: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+class ReturnedMail(Base):
+    """One bounce, complaint or unsubscribe that came back for a reader, by any path
+    (the MTA pipe, an IMAP mailbox, an ESP's webhook). Soft bounces are counted here."""
+
+    __tablename__ = "returned_mail"
+    __table_args__ = (Index("ix_returned_mail_subscriber_at", "subscriber_id", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscriber.id", ondelete="CASCADE"))
+    edition_id: Mapped[int | None] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))  # hard, soft, complaint, unsubscribe
+    source: Mapped[str] = mapped_column(String(16))  # pipe, imap, ses, sendgrid, ...
+    reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+
+
+class WebhookSeen(Base):
+    """A signed webhook delivery already acted on (SNS MessageId, Mailgun token, ...):
+    the same one again is a replay."""
+
+    __tablename__ = "webhook_seen"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

@@ -106,3 +106,18 @@ def test_an_unreadable_settings_file_is_one_line(tmp_path: Path) -> None:
 )
 def test_organisational_domain(domain: str, org: str) -> None:
     assert organisational(domain) == org
+
+
+@pytest.mark.parametrize(
+    ("relay", "mechanism"),
+    [
+        ("127.0.0.1", "ip4:127.0.0.1"),
+        ("[2001:db8::25]", "ip6:2001:db8::25"),
+        ("2001:db8::25", "ip6:2001:db8::25"),
+        ("relay.example.net", "a:relay.example.net"),
+    ],
+)
+def test_spf_names_an_ip_relay_with_ip4_or_ip6(relay: str, mechanism: str) -> None:
+    from digest.cli.check import spf_mechanism
+
+    assert spf_mechanism(relay) == mechanism

@@ -164,3 +164,41 @@ def test_an_assembled_url_reaches_a_real_postgresql(tmp_path: Path) -> None:
     finally:
         engine.dispose()
     assert tuple(row) == (real.database or "postgres", real.username or "postgres")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DIGEST_SOFT_BOUNCE_LIMIT", "0"),
+        ("DIGEST_SOFT_BOUNCE_DAYS", "two"),
+        ("DIGEST_SES_TOPIC_ARNS", "arn:aws:sqs:eu-west-1:123456789012:q"),
+        ("DIGEST_POSTMARK_WEBHOOK_AUTH", "no-colon"),
+        ("DIGEST_SENDGRID_WEBHOOK_KEY", "not a key"),
+        ("DIGEST_INBOUND_IMAP_URL", "pop3://u:p@host/"),
+    ],
+)
+def test_returned_mail_settings_name_the_variable(tmp_path: Path, name: str, value: str) -> None:
+    env = {"DIGEST_DATA_DIR": str(tmp_path), "DIGEST_SECRET_KEY": "k", name: value}
+    with pytest.raises(ConfigError, match=name):
+        load_settings(env)
+
+
+def test_returned_mail_settings_and_their_secrets(tmp_path: Path) -> None:
+    env = {
+        "DIGEST_DATA_DIR": str(tmp_path),
+        "DIGEST_SECRET_KEY": "k",
+        "DIGEST_SES_TOPIC_ARNS": (
+            "arn:aws:sns:eu-west-1:123456789012:a, arn:aws:sns:us-east-1:123456789012:b"
+        ),
+        "DIGEST_MAILGUN_SIGNING_KEY": "mailgun-secret",
+        "DIGEST_POSTMARK_WEBHOOK_AUTH": "user:postmark-secret",
+        "DIGEST_INBOUND_IMAP_URL": "imaps://u:imap-secret@imap.example.net/INBOX",
+    }
+    settings = load_settings(env)
+    assert settings.ses_topic_arns == (
+        "arn:aws:sns:eu-west-1:123456789012:a",
+        "arn:aws:sns:us-east-1:123456789012:b",
+    )
+    assert (settings.soft_bounce_limit, settings.soft_bounce_days) == (3, 14)
+    shown = repr(settings)
+    assert not any(s in shown for s in ("mailgun-secret", "postmark-secret", "imap-secret"))

@@ -130,3 +130,22 @@ def test_unusable_keys_are_one_clear_error(tmp_path: Path, content, says: str) -
         path.write_bytes(content)
     with pytest.raises(ConfigError, match=says):
         load_key("s", "example.net", path)
+
+
+@pytest.mark.parametrize(
+    "added",
+    [
+        b"From: Other <news@evil.example>",
+        b"Subject: Click here",
+        b"List-Unsubscribe: <https://evil.example/u>",
+        b"List-Unsubscribe-Post: List-Unsubscribe=One-Click",
+        b"Reply-To: evil@evil.example",
+        b"Date: Mon, 30 Nov 2026 06:00:00 +0000",
+        b"Message-ID: <other@evil.example>",
+    ],
+)
+def test_a_second_copy_of_a_signed_header_fails_verification(added: bytes) -> None:
+    """Over-signing: a copy put above the signed one (which many clients show) breaks it."""
+    message = edition_message()
+    assert dkim.verify(message, dnsfunc=dns)
+    assert not dkim.verify(added + b"\r\n" + message, dnsfunc=dns)

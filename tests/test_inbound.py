@@ -108,7 +108,7 @@ def test_mailto_unsubscribe_from_the_header(session, sent) -> None:
 def test_hard_bounce_marks_the_reader_and_the_delivery(session, sent) -> None:
     settings, messages = sent
     found = inbound.classify(dsn(to(messages, "ben@example.com")), settings.secret_key, AFTER)
-    assert found.kind == "bounce" and "5.1.1" in found.detail
+    assert found.kind == "hard" and "5.1.1" in found.detail
     assert "is now bounced" in inbound.apply(session, found, AFTER)
     session.commit()
     assert status_of(session, "ben@example.com") == "bounced"
@@ -121,7 +121,7 @@ def test_delayed_delivery_report_changes_nothing(session, sent) -> None:
     settings, messages = sent
     raw = dsn(to(messages, "ben@example.com"), status="4.4.1", action="delayed")
     found = inbound.classify(raw, settings.secret_key, AFTER)
-    assert found.kind == "ignored"
+    assert found.kind == "warning"
     assert inbound.apply(session, found, AFTER).startswith("ignored")
     assert status_of(session, "ben@example.com") == "active"
 
@@ -164,7 +164,7 @@ def test_policy_rejection_fails_the_message_but_keeps_the_reader(session, sent) 
     settings, messages = sent
     raw = dsn(to(messages, "ben@example.com"), status="5.7.1")
     found = inbound.classify(raw, settings.secret_key, AFTER)
-    assert found.kind == "failure"
+    assert found.kind == "soft"
     assert "stays" in inbound.apply(session, found, AFTER)
     session.commit()
     assert status_of(session, "ben@example.com") == "active"
@@ -186,7 +186,7 @@ def test_report_naming_another_recipient_changes_nothing(session, sent) -> None:
         b"rfc822; ben@example.com", b"rfc822; someone@example.org"
     )
     found = inbound.classify(raw, settings.secret_key, AFTER)
-    assert found.kind == "bounce"
+    assert found.kind == "hard"
     assert "another or an unnamed recipient" in inbound.apply(session, found, AFTER)
     assert status_of(session, "ben@example.com") == "active"
 
@@ -252,12 +252,13 @@ def without_part(raw: bytes, content_type: bytes) -> bytes:
 def test_postfix_unknown_user_bounce_matches_by_verp(session, settings, fixture_readers) -> None:
     raw = fixture("postfix/postfix-unknown-user.eml")
     found = inbound.classify(raw, settings.secret_key, AFTER)  # Delivered-To carries the tag
-    assert (found.kind, found.subscriber_id, found.edition_id) == ("bounce", 1, 1)
+    assert (found.kind, found.subscriber_id, found.edition_id) == ("hard", 1, 1)
     assert found.by_envelope and found.recipient == UNKNOWN
     outcome = inbound.apply(session, found, AFTER)
     assert (
         outcome
-        == "bounced: status 5.1.1 (matched by its VERP address): n***@digest.test is now bounced"
+        == 'bounced: status 5.1.1 (X-Postfix; unknown user: "nosuchuser") (matched by its VERP'
+        " address): n***@digest.test is now bounced"
     )
     session.commit()
     assert status_of(session, UNKNOWN) == "bounced" and status_of(session, FULL) == "active"
@@ -268,7 +269,7 @@ def test_postfix_full_mailbox_fails_the_message_only(session, settings, fixture_
     raw = without_delivery_headers(fixture("postfix/postfix-mailbox-full.eml"))
     found = inbound.classify(raw, settings.secret_key, AFTER, recipient)
     assert (found.kind, found.subscriber_id, found.detail[:22]) == (
-        "failure",
+        "soft",
         2,
         "bounced: status 5.2.2 ",
     )
@@ -283,18 +284,18 @@ def test_a_bounce_quoting_nothing_is_matched_by_its_address(
     assert b"Message-ID: <digest." not in raw
     recipient = "digest-bounces+1.1.vd5caqjh5iqppiwx@digest.test"
     found = inbound.classify(without_delivery_headers(raw), settings.secret_key, AFTER, recipient)
-    assert found.kind == "bounce" and found.subscriber_id == 1
+    assert found.kind == "hard" and found.subscriber_id == 1
     # Final-Recipient dropped too (some MTAs name nobody): the signed address still decides.
     bare = re.sub(rb"(?m)^(Final|Original)-Recipient: .*\n", b"", raw)
     found = inbound.classify(bare, settings.secret_key, AFTER)
-    assert found.kind == "bounce" and found.recipient is None
+    assert found.kind == "hard" and found.recipient is None
     assert "is now bounced" in inbound.apply(session, found, AFTER)
 
 
 def test_without_its_address_a_bounce_is_matched_by_message_id(settings, fixture_readers) -> None:
     raw = without_delivery_headers(fixture("postfix/postfix-unknown-user.eml"))
     found = inbound.classify(raw, settings.secret_key, AFTER)
-    assert found.kind == "bounce" and not found.by_envelope
+    assert found.kind == "hard" and not found.by_envelope
     assert "matched by its Message-ID" in found.detail and found.subscriber_id == 1
 
 

@@ -231,6 +231,10 @@ def test_unknown_mailbox_fails_and_suppresses(session, smtp_settings, smtp_serve
     cy = session.get(Subscriber, world["cy"].id)
     session.refresh(cy)
     assert cy.status == "bounced" and store.is_suppressed(session, "cy@example.com")
+    # Listed on the console's Returned mail page with every other bounce.
+    assert [(r.address, r.kind, r.source) for r in store.returned_page(session)] == [
+        ("cy@example.com", "hard", "smtp")
+    ]
     evening = pipeline.plan_edition(
         session, smtp_settings, Cohort("evening", DAY, TZ), CUT + timedelta(hours=11)
     )

@@ -42,6 +42,7 @@ TASKS = [
     "digest.dispatch_due",
     "digest.ingest_feeds",
     "digest.plan_edition",
+    "digest.read_bounce_mailbox",
     "digest.send_batch",
     "digest.sweep",
 ]
@@ -181,6 +182,14 @@ def test_beat_ticks_expire_before_the_next(tmp_path) -> None:
         "schedule": 30.0,
         "options": {"expires": 30},
     }
+
+
+def test_beat_reads_the_bounce_mailbox_only_when_one_is_set(tmp_path) -> None:
+    assert "bounce-mailbox" not in beat_schedule(make_settings(tmp_path, "sqlite://"))
+    url = "imaps://bounces:pw@imap.example.com/INBOX?move=Processed"
+    schedule = beat_schedule(make_settings(tmp_path, "sqlite://", DIGEST_INBOUND_IMAP_URL=url))
+    assert schedule["bounce-mailbox"]["task"] == "digest.read_bounce_mailbox"
+    assert schedule["bounce-mailbox"]["schedule"] == 300.0
 
 
 @pytest.mark.parametrize(

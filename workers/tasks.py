@@ -156,3 +156,12 @@ def sweep(now: str | None = None) -> dict[str, Any]:
         "requeued": sum(len(b) for b in batches),
         "batches": fan_out(batches, now),
     }
+
+
+@app.task(name="digest.read_bounce_mailbox", soft_time_limit=600, time_limit=660, **OPTIONS)
+def read_bounce_mailbox(now: str | None = None) -> dict[str, int]:
+    """Read the bounce mailbox (DIGEST_INBOUND_IMAP_URL) once."""
+    from digest.operations.bounce_mailbox import read_bounce_mailbox as read
+
+    tally = read(settings, runtime.session, settings.inbound_imap_url, dispatch.parse_now(now))
+    return {"read": tally.seen, "processed": tally.processed, "left": tally.left}

@@ -3,6 +3,7 @@ and the DNS records to publish. Exit 1 when something would hurt delivery."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,6 +139,15 @@ def findings(settings: Settings, secret_set: bool) -> Iterator[Finding]:
         yield Finding("warning", "DIGEST_SMTP_URL is not set: messages go to the outbox folder")
 
 
+def spf_mechanism(host: str) -> str:
+    """The SPF mechanism naming a relay: ip4:/ip6: for an address (a: takes only names)."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return f"a:{host}"
+    return f"ip{ip.version}:{ip}"
+
+
 def dns_records(settings: Settings) -> list[str]:
     """The TXT (and MX) records a sender publishes, as zone-file lines to copy."""
     from_domain = domain_of(settings.from_address)
@@ -145,7 +155,7 @@ def dns_records(settings: Settings) -> list[str]:
     relay = settings.smtp.host if settings.smtp else "<your relay>"
     lines = [
         f"; SPF for the envelope sender's domain: name the hosts that send ({relay}).",
-        f'{envelope}. IN TXT "v=spf1 a:{relay} mx -all"',
+        f'{envelope}. IN TXT "v=spf1 {spf_mechanism(relay)} mx -all"',
     ]
     if settings.bounce_address:
         lines += [

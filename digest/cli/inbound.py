@@ -66,6 +66,9 @@ def tempfail(message: str) -> NoReturn:
 
 
 def log_line(settings: Settings, now: datetime, line: str) -> None:
+    from digest.readers.returned import clean
+
+    line = clean(line, 2000)  # report text may carry CR, LF or ESC: never into a log
     click.echo(line)
     try:
         folder = settings.data_dir / "inbound"
@@ -90,12 +93,26 @@ def log_line(settings: Settings, now: datetime, line: str) -> None:
     default=None,
     help="The address the MTA delivered to (default: $ORIGINAL_RECIPIENT, set by Postfix).",
 )
+@click.option(
+    "--imap",
+    "imap_url",
+    default=None,
+    metavar="URL",
+    help="Read a bounce mailbox instead: imaps://user:pass@host/INBOX?move=Processed.",
+)
 @pass_app
-def inbound(app: App, file: BinaryIO, env_file: str | None, recipient: str | None) -> None:
+def inbound(
+    app: App, file: BinaryIO, env_file: str | None, recipient: str | None, imap_url: str | None
+) -> None:
     """Act on one inbound message (FILE or standard input): a bounce or complaint report,
     a mailto unsubscribe, or a reply (kept under the data folder). For the MTA to pipe
-    the bounce, unsubscribe and reply addresses into; exit 75 means "try again later"."""
+    the bounce, unsubscribe and reply addresses into; exit 75 means "try again later".
+    With --imap, every message of a bounce mailbox instead (processed ones are moved or
+    flagged, the rest left alone)."""
     try:
+        if imap_url is not None:
+            run_imap(app, env_file, imap_url)
+            return
         run(app, file, env_file, recipient)
     except SystemExit:
         raise
@@ -110,10 +127,17 @@ def inbound(app: App, file: BinaryIO, env_file: str | None, recipient: str | Non
 
 def run(app: App, file: BinaryIO, env_file: str | None, recipient: str | None) -> None:
     from digest.readers.inbound import apply, classify, keep
+    from digest.readers.returned import SoftRule
 
     settings = settings_from(env_file)
-    raw = file.read(MAX_MESSAGE)
+    raw = file.read(MAX_MESSAGE + 1)
     now = app.now()
+    if len(raw) > MAX_MESSAGE:
+        # Refused whole: nothing partial is kept, and exit 0 so the MTA does not retry.
+        while file.read(1 << 20):
+            pass
+        log_line(settings, now, f"refused: a message over {MAX_MESSAGE:,} bytes; nothing kept")
+        return
     recipient = recipient or os.environ.get("ORIGINAL_RECIPIENT") or ""
     found = classify(raw, settings.secret_key, now, recipient)
     if found.kind == "reply":
@@ -129,8 +153,27 @@ def run(app: App, file: BinaryIO, env_file: str | None, recipient: str | None) -
     engine = make_engine(settings.database_url)
     try:
         with make_sessionmaker(engine)() as session:
-            outcome = apply(session, found, now)
+            outcome = apply(session, found, now, SoftRule.of(settings))
             session.commit()
     finally:
         engine.dispose()
     log_line(settings, now, outcome)
+
+
+def run_imap(app: App, env_file: str | None, url: str) -> None:
+    from digest.db import make_engine, make_sessionmaker
+    from digest.operations.bounce_mailbox import read_bounce_mailbox
+
+    settings = settings_from(env_file)
+    now = app.now()
+    engine = make_engine(settings.database_url)
+    try:
+        tally = read_bounce_mailbox(settings, make_sessionmaker(engine), url, now)
+    finally:
+        engine.dispose()
+    for line in tally.lines:
+        log_line(settings, now, line)
+    click.echo(
+        f"mailbox: {tally.seen} read, {tally.processed} acted on and moved or flagged, "
+        f"{tally.left} left for a person"
+    )

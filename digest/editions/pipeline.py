@@ -11,7 +11,6 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from email.utils import make_msgid
 
 from sqlalchemy.orm import Session
 
@@ -34,7 +33,7 @@ from digest.errors import NothingToSend
 from digest.feeds.sanitize import html_to_text
 from digest.mail.message import Envelope, build_message
 from digest.mail.returns import envelope_sender
-from digest.mail.tokens import seal
+from digest.mail.tokens import seal, single_message_id
 from digest.mail.transport import Transport
 from digest.models import Article, Edition
 from digest.store.overview import readers_per_cohort
@@ -245,7 +244,7 @@ def test_send(
     env = Envelope(
         to_address=to,
         to_name="",
-        message_id=make_msgid("test", domain=settings.sender_domain),
+        message_id=single_message_id("test", settings.sender_domain),
         unsubscribe_url=links["unsubscribe_url"],
         unsubscribe_token="test-copy",
         html=prepared.html.fill(html_escaped(text)),

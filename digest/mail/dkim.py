@@ -1,8 +1,10 @@
 """DKIM signing (RFC 6376) for operators whose relay does not sign: RSA-SHA256,
 relaxed/relaxed, with dkimpy.
 
-Headers absent from a message are still listed in h=, which signs their absence: a
-relay or a forwarder cannot add a second List-Unsubscribe or a Reply-To unnoticed.
+Headers absent from a message are still listed in h=, which signs their absence; the
+headers a reader trusts are listed once more than they occur (over-signing): a relay or
+a forwarder cannot add a second From, Subject or List-Unsubscribe, or a Reply-To,
+unnoticed.
 """
 
 from __future__ import annotations
@@ -30,6 +32,16 @@ SIGNED_HEADERS = (
     "MIME-Version",
     "Content-Type",
     "Content-Transfer-Encoding",
+)
+# Listed a second time: a copy added above the signed one breaks the signature.
+OVERSIGNED = (
+    "From",
+    "Subject",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+    "Reply-To",
+    "Date",
+    "Message-ID",
 )
 
 
@@ -65,7 +77,7 @@ def dkim_header(key: DKIMKey, message: bytes) -> bytes:
             key.domain.encode("ascii"),
             key.private_key,
             canonicalize=(b"relaxed", b"relaxed"),
-            include_headers=[h.encode("ascii") for h in SIGNED_HEADERS],
+            include_headers=[h.encode("ascii") for h in SIGNED_HEADERS + OVERSIGNED],
         )
     )
 

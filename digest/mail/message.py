@@ -137,7 +137,9 @@ def list_unsubscribe(url: str, mailto: str, token: str) -> str:
     the two (RFC 2369 allows whitespace there) so lines stay short."""
     check_header_value(url)
     check_header_value(mailto)
-    return f"<{url}>,\r\n <mailto:{mailto}?subject={quote('unsubscribe ' + token)}>"
+    value = f"<{url}>,\r\n <mailto:{mailto}?subject={quote('unsubscribe ' + token)}>"
+    # "List-Unsubscribe: " is 18 characters: a long URL starts on a line of its own.
+    return value if len(url) + 21 <= 78 else "\r\n " + value
 
 
 def feedback_id(campaign: str, edition: str, list_id: str, sender: str) -> str:
@@ -243,7 +245,8 @@ class MessageTemplate:
             f"Subject: {_encoded(subject)}",
             f"Date: {format_datetime(date)}",
             f"List-Id: {list_name} <{list_id}>" if list_name else f"List-Id: <{list_id}>",
-            "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
+            # A test copy's unsubscribe link is the generic page: nothing to one-click.
+            *(["List-Unsubscribe-Post: List-Unsubscribe=One-Click"] if campaign != "test" else []),
             f"Feedback-ID: {feedback_id(campaign, edition, list_id, sender.feedback_sender)}",
             "MIME-Version: 1.0",
             f'Content-Type: multipart/alternative;\r\n boundary="{self.boundary}"',

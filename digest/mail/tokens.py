@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
+import secrets
 from datetime import UTC, datetime
 
 from digest.errors import InvalidToken
@@ -115,3 +116,9 @@ def message_id(secret: str, edition_id: int, subscriber_id: int, domain: str) ->
         sign(secret, f"msgid|{edition_id}|{subscriber_id}")[:10].replace("-", "x").replace("_", "y")
     )
     return f"<digest.{edition_id}.{subscriber_id}.{tag}@{domain}>"
+
+
+def single_message_id(kind: str, domain: str) -> str:
+    """A short, random Message-ID for a message sent once (sign-up email, test copy):
+    `<kind.16 hex@domain>`, so that the header stays within 78 characters."""
+    return f"<{kind}.{secrets.token_hex(8)}@{domain}>"

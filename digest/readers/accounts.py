@@ -13,7 +13,6 @@ import secrets
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from email.utils import make_msgid
 from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, available_timezones
@@ -31,7 +30,7 @@ from digest.errors import Duplicate, InvalidAddress, InvalidInput, InvalidToken,
 from digest.mail.addresses import mailbox_of, normalise_address
 from digest.mail.message import Envelope, build_message
 from digest.mail.returns import envelope_sender
-from digest.mail.tokens import seal, sign
+from digest.mail.tokens import seal, sign, single_message_id
 from digest.mail.transport import Transport
 from digest.models import Subscriber
 from digest.readers.subscribers import parse_editions, parse_timezone, subscriber_fields
@@ -198,6 +197,7 @@ class Notice:
 # Addresses that bounced or complained get no mail from a web form, ever: a sign-up
 # form must not be a way to mail a spam trap or a person who reported us.
 NEVER_MAIL = ("bounced", "complained", "operator")
+MAILBOX_WIDE = ("complained", "operator")
 
 
 def _apply(subscriber: Subscriber, fields: dict[str, Any]) -> None:
@@ -258,9 +258,11 @@ def request_subscription(
 def _never_mail(session: Session, email: str) -> bool:
     """Whether the address, or the mailbox it reaches (`trap+1@` for a `trap@` that
     complained), may get no sign-up email."""
-    return any(
-        suppression_reason(session, form) in NEVER_MAIL for form in {email, mailbox_of(email)}
-    )
+    if suppression_reason(session, email) in NEVER_MAIL:
+        return True
+    # A bounce is about the exact address that bounced (a server may refuse `vic+news@`
+    # and deliver to `vic@`); only complaints and operators speak for the whole mailbox.
+    return suppression_reason(session, mailbox_of(email)) in MAILBOX_WIDE
 
 
 def forget_notice(session: Session, notice: Notice) -> None:
@@ -367,9 +369,9 @@ def leave(session: Session, subscriber_id: int, status: str, now: datetime) -> S
         store.set_status(session, subscriber, status, now)
     else:
         store.suppress(session, subscriber.email, subscriber.status, now)
-    if subscriber.status in NEVER_MAIL:
-        # A complaint or a dead mailbox is about the mailbox: its +tag and dotted
-        # variants get no sign-up email either.
+    if subscriber.status in MAILBOX_WIDE:
+        # A complaint is about the mailbox: its +tag and dotted variants get no sign-up
+        # email either. A bounce suppresses only the exact address that bounced.
         store.suppress(session, mailbox_of(subscriber.email), subscriber.status, now)
     reason = f"subscriber is {subscriber.status}"
     for edition_id in sorted(store.suppress_open_deliveries(session, subscriber.id, reason)):
@@ -415,6 +417,7 @@ def edition_html(
     carries no name and no account links: those point at pages that ask for the links
     in the reader's own email. The link works for `view_ttl_days` after the edition.
     """
+    reader(session, subscriber_id)  # an erased reader's links open nothing
     delivery = store.find_delivery(session, edition_id, subscriber_id)
     if delivery is None or delivery.variant_id is None:
         raise NotFound("this edition was not sent to you")
@@ -456,7 +459,7 @@ def compose_notice(settings: Settings, notice: Notice, now: datetime) -> tuple[b
     envelope = Envelope(
         to_address=notice.email,
         to_name="",  # nothing the requester typed goes into a sign-up email
-        message_id=make_msgid("signup", domain=settings.sender_domain),
+        message_id=single_message_id("signup", settings.sender_domain),
         unsubscribe_url=links["unsubscribe_url"],
         unsubscribe_token=links["unsubscribe_token"],
         text=text_env.get_template("email/signup.txt").render(context),

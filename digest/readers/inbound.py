@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from email import message_from_bytes, message_from_string, policy
@@ -29,6 +30,7 @@ from digest.errors import InvalidToken, NotFound
 from digest.mail.returns import read_verp
 from digest.mail.tokens import message_id, read_token
 from digest.readers import accounts
+from digest.readers.returned import SoftRule, act, clean
 
 _UNSUBSCRIBE = re.compile(
     r"unsubscribe\s+([0-9a-z]{1,20}\.[0-9a-z]{0,20}\.[A-Za-z0-9_-]{1,40})", re.I
@@ -42,15 +44,26 @@ COMPLAINTS = ("", "abuse", "fraud")
 
 
 @dataclass(frozen=True)
+class Failed:
+    """What a bounce says about one recipient: hard (the address is gone) or soft."""
+
+    address: str | None
+    kind: str  # hard or soft
+    reason: str
+
+
+@dataclass(frozen=True)
 class Inbound:
     """What one inbound message asks for."""
 
-    kind: str  # unsubscribe, bounce, failure (one message only), complaint, reply, ignored
+    # unsubscribe, hard, soft, complaint, reply, warning (a delay: nothing to do), ignored
+    kind: str
     detail: str
     subscriber_id: int | None = None
     edition_id: int | None = None
     recipient: str | None = None  # the address the report names, checked against the reader
     by_envelope: bool = False  # matched by its signed VERP address, which alone names the reader
+    failed: tuple[Failed, ...] = ()  # a bounce's verdict for each recipient it names
 
 
 def classify(raw: bytes, secret: str, now: datetime, recipient: str = "") -> Inbound:
@@ -63,15 +76,76 @@ def classify(raw: bytes, secret: str, now: datetime, recipient: str = "") -> Inb
     try:
         msg = message_from_bytes(raw, policy=policy.compat32)
         verp = _verp(msg, secret, recipient)
-        if msg.get_content_type() == "multipart/report":
-            report_type = str(msg.get_param("report-type", "")).lower()
-            if report_type == "delivery-status":
-                return _bounce(msg, secret, verp)
-            if report_type == "feedback-report":
-                return _complaint(msg, secret)
+        report_type = str(msg.get_param("report-type", "") or "").lower()
+        if msg.get_content_type() == "multipart/report" and report_type == "feedback-report":
+            return _complaint(msg, secret)
+        blocks = _status_blocks(msg)
+        if blocks:
+            failed, delayed = _read_dsn(blocks)
+            if failed:
+                return _bounce(msg, secret, verp, tuple(failed))
+            if delayed:
+                return _warning(delayed, verp)
+        permanent, temporary = _detected(msg)
+        if _auto_reply(msg, bounce_like=bool(permanent)):
+            # Out-of-office and other auto-replies never suppress: kept for a person.
+            return Inbound("reply", "an auto-reply", verp[1] if verp else None)
+        if permanent:
+            guessed = tuple(
+                Failed(a, "hard", "permanent failure (non-standard bounce)")
+                for a in sorted(permanent)
+            )
+            return _bounce(msg, secret, verp, guessed)
+        if temporary:
+            return _warning(sorted(temporary), verp)
         return _unsubscribe(msg, secret, now, verp)
     except Exception as exc:  # noqa: BLE001 - hostile mail must never crash the MTA pipe
         return Inbound("ignored", f"unreadable message ({exc.__class__.__name__})")
+
+
+def _warning(addresses: list[str], verp: tuple[int, int] | None) -> Inbound:
+    named = clean(", ".join(addresses), 120)
+    subscriber_id = verp[1] if verp else None
+    return Inbound("warning", f"delivery delayed for {named}: still being tried", subscriber_id)
+
+
+_AUTO_SUBJECT = re.compile(
+    r"^\s*(auto(matic)?[ -]?(reply|response|antwort)|out of (the )?office|abwesenheit|"
+    r"absence|autoreply|vacation)",
+    re.I,
+)
+
+
+def _auto_reply(msg: Message, bounce_like: bool) -> bool:
+    """An out-of-office or other automatic answer (RFC 3834), not a bounce. Bounces carry
+    `Auto-Submitted: auto-replied` too, so when a bounce was detected only a subject that
+    says so, or a header only vacation programs write, makes it an auto-reply."""
+    vacation = bool(_AUTO_SUBJECT.search(str(msg.get("Subject", ""))))
+    if vacation or msg.get("X-Autoreply") or msg.get("X-Autorespond"):
+        return True
+    if str(msg.get("Precedence", "")).strip().lower() == "auto_reply":
+        return True
+    auto = _first_word(msg.get("Auto-Submitted"))
+    return auto == "auto-replied" and not bounce_like
+
+
+def _detected(msg: Message) -> tuple[set[str], set[str]]:
+    """flufl.bounce's reading of a bounce that is no RFC 3464 report (qmail, Exim, Yahoo,
+    Exchange...): (permanent, temporary) failed addresses, lower-cased."""
+    from flufl.bounce import all_failures
+
+    temporary, permanent = all_failures(msg)
+
+    def text(values: Collection[bytes | str]) -> set[str]:
+        found = set()
+        for value in values:
+            address = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+            address = address.strip().strip("<>").lower()
+            if "@" in address and len(address) <= 320:
+                found.add(address)
+        return found
+
+    return text(permanent), text(temporary)
 
 
 def _verp(msg: Message, secret: str, recipient: str) -> tuple[int, int] | None:
@@ -89,7 +163,7 @@ def _verp(msg: Message, secret: str, recipient: str) -> tuple[int, int] | None:
 def _unsubscribe(msg: Message, secret: str, now: datetime, verp: tuple[int, int] | None) -> Inbound:
     found = _UNSUBSCRIBE.search(str(msg.get("Subject", "")))
     if found is None:
-        if not _address(msg.get("From")):
+        if not _address(msg.get("From")) and verp is None:
             return Inbound("ignored", "not a message from anyone (no From address)")
         if verp is not None:
             # A bounce that is no DSN (some MTAs write prose): the address names the
@@ -136,6 +210,18 @@ def _ours(report: Message, secret: str) -> tuple[int, int, Message] | None:
     return None
 
 
+def ours_by_message_id(secret: str, value: str) -> tuple[int, int] | None:
+    """(edition, subscriber) a Message-ID of ours names, if its HMAC tag holds."""
+    found = _OUR_ID.search(value or "")
+    if found is None:
+        return None
+    edition_id, subscriber_id = int(found.group(1)), int(found.group(2))
+    domain = found.group(0).rsplit("@", 1)[1].rstrip(">")
+    if message_id(secret, edition_id, subscriber_id, domain) != found.group(0):
+        return None
+    return edition_id, subscriber_id
+
+
 def _address(value: object) -> str | None:
     found = _ADDRESS.search(str(value or ""))
     return found.group(0).lower().rstrip(".") if found else None
@@ -155,30 +241,81 @@ def _status_blocks(report: Message) -> list[Message]:
     return blocks
 
 
-def _bounce(report: Message, secret: str, verp: tuple[int, int] | None) -> Inbound:
-    failed = [
-        (
-            str(b.get("Status", "")).strip(),
-            _address(b.get("Final-Recipient") or b.get("Original-Recipient")),
+# Diagnostic wording that says the address itself is gone (for 5.0.0 and other generic
+# statuses, such as a remote 550 relayed by the publisher's own MTA).
+_GONE = re.compile(
+    r"user unknown|unknown user|no such (user|mailbox|recipient|address|account)|"
+    r"(user|mailbox|recipient|account|address)( \S+)? (does not|doesn't) exist|"
+    r"(mailbox|user|recipient) (not found|unavailable|is unavailable)|unknown recipient|"
+    r"invalid (recipient|mailbox|address)|recipient address rejected|"
+    r"account (has been )?(disabled|deactivated|closed)|not a valid (mailbox|user)|"
+    r"unrouteable address|address rejected|no mailbox here|user doesn't have",
+    re.I,
+)
+_STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
+
+
+def _first_word(value: object) -> str:
+    text = re.sub(r"\([^)]*\)", " ", str(value or "")).strip().lower()
+    return text.split()[0] if text.split() else ""
+
+
+def _verdict(status: str, diagnostic: str) -> str:
+    """hard when the status, or the wording for a generic status, says the address is
+    gone; soft for any other failure (a full mailbox, a policy block, a timeout)."""
+    codes = [status] + [".".join(m) for m in _STATUS.findall(diagnostic)]
+    if any(code in NO_MAILBOX for code in codes):
+        return "hard"
+    if status.startswith("5") and _GONE.search(diagnostic):
+        return "hard"
+    if status in ("5.0.0", "") and not diagnostic:
+        # A permanent failure with nothing said about why: taken at its word.
+        return "hard"
+    return "soft"
+
+
+def _read_dsn(blocks: list[Message]) -> tuple[list[Failed], list[str]]:
+    """Each failed recipient's verdict, and the recipients only delayed, of a DSN."""
+    failed: list[Failed] = []
+    delayed: list[str] = []
+    for block in blocks:
+        action = _first_word(block.get("Action"))
+        found = _STATUS.search(str(block.get("Status", "")))
+        status = found.group(0) if found else ""
+        # A comment after the status ("5.0.0 (recipient reached disk quota)") says why too.
+        comment = str(block.get("Status", ""))[found.end() :].strip().strip("()") if found else ""
+        diagnostic = clean(f"{block.get('Diagnostic-Code', '')} {comment}", 200)
+        # Original-Recipient is the address as sent; Final-Recipient may be where a
+        # forward took it.
+        address = _address(block.get("Original-Recipient")) or _address(
+            block.get("Final-Recipient")
         )
-        for b in _status_blocks(report)
-        if str(b.get("Action", "")).strip().lower() == "failed"
-        and str(b.get("Status", "")).strip().startswith("5")
-    ]
-    if not failed:
-        return Inbound("ignored", "delivery report without a permanent failure")
-    status, recipient = failed[0]
-    kind = "bounce" if status in NO_MAILBOX else "failure"
+        if action == "failed" or (not action and status.startswith("5")):
+            kind = _verdict(status, diagnostic)
+            reason = f"status {status or 'none'}" + (f" ({diagnostic})" if diagnostic else "")
+            failed.append(Failed(address, kind, reason))
+        elif action == "delayed":
+            delayed.append(address or "a recipient")
+    return failed, delayed
+
+
+def _bounce(
+    report: Message, secret: str, verp: tuple[int, int] | None, failed: tuple[Failed, ...]
+) -> Inbound:
+    first = next((f for f in failed if f.kind == "hard"), failed[0])
+    kind, recipient = first.kind, first.address
     if verp is not None:
         edition_id, subscriber_id = verp
-        detail = f"bounced: status {status} (matched by its VERP address)"
-        return Inbound(kind, detail, subscriber_id, edition_id, recipient, by_envelope=True)
+        detail = f"bounced: {first.reason} (matched by its VERP address)"
+        return Inbound(
+            kind, detail, subscriber_id, edition_id, recipient, by_envelope=True, failed=failed
+        )
     ours = _ours(report, secret)
     if ours is None:
         return Inbound("ignored", "bounce that does not quote a message of ours")
     edition_id, subscriber_id, _ = ours
-    detail = f"bounced: status {status} (matched by its Message-ID)"
-    return Inbound(kind, detail, subscriber_id, edition_id, recipient)
+    detail = f"bounced: {first.reason} (matched by its Message-ID)"
+    return Inbound(kind, detail, subscriber_id, edition_id, recipient, failed=failed)
 
 
 def _complaint(report: Message, secret: str) -> Inbound:
@@ -240,32 +377,50 @@ def _return_path_verp(quoted: Message, secret: str) -> tuple[int, int] | None:
     return None
 
 
-STATUS_FOR = {"unsubscribe": "unsubscribed", "bounce": "bounced", "complaint": "complained"}
-
-
-def apply(session: Session, found: Inbound, now: datetime) -> str:
-    """Act on a classified message. Returns what was done, as one line."""
+def apply(
+    session: Session,
+    found: Inbound,
+    now: datetime,
+    rule: SoftRule | None = None,
+    source: str = "pipe",
+) -> str:
+    """Act on a classified message (through returned.act). Returns what was done, as one line."""
+    rule = rule or SoftRule()
     if found.kind == "reply":
         return f"kept: {found.detail}"
+    if found.kind == "warning":
+        return f"ignored: {found.detail}"
     if found.subscriber_id is None or found.kind == "ignored":
         return f"ignored: {found.detail}"
     try:
-        subscriber = store.get_subscriber(session, found.subscriber_id)
+        subscriber = accounts.reader(session, found.subscriber_id)
     except NotFound:
         return f"ignored: {found.detail}, but the reader no longer exists"
-    unnamed_ok = found.by_envelope and found.recipient is None
-    if found.kind != "unsubscribe" and found.recipient != subscriber.email and not unnamed_ok:
-        # The report must name the reader the message was sent to (a VERP-matched report
-        # may name nobody: some MTAs say nothing about whom they tried).
-        return f"ignored: {found.detail}, for another or an unnamed recipient"
-    if found.edition_id and found.kind in ("bounce", "failure"):
-        store.record_late_bounce(session, found.edition_id, subscriber.id, found.detail)
-    if found.kind == "failure":
-        return (
-            f"{found.detail}: that message failed; {accounts.mask_address(subscriber.email)} stays"
-        )
-    subscriber = accounts.leave(session, subscriber.id, STATUS_FOR[found.kind], now)
-    return f"{found.detail}: {accounts.mask_address(subscriber.email)} is now {subscriber.status}"
+    kind, detail = found.kind, found.detail
+    email = subscriber.email.lower()
+    if kind in ("hard", "soft"):
+        mine = [f for f in found.failed if f.address is not None and f.address == email]
+        unnamed = [f for f in found.failed if f.address is None]
+        if mine or (found.by_envelope and unnamed and len(unnamed) == len(found.failed)):
+            chosen = next((f for f in mine if f.kind == "hard"), (mine or unnamed)[0])
+            kind = chosen.kind
+            how = "VERP address" if found.by_envelope else "Message-ID"
+            detail = f"bounced: {chosen.reason} (matched by its {how})"
+        elif found.by_envelope:
+            # Our signed address says the message was for this reader, but the report
+            # names another address (a forward, or a list of several): the reader's own
+            # address is not proven gone, so it counts as a soft bounce.
+            kind = "soft"
+            detail = f"{detail}, for another address than the reader's"
+        else:
+            return f"ignored: {detail}, for another or an unnamed recipient"
+    elif kind == "complaint":
+        unnamed_ok = found.by_envelope and found.recipient is None
+        if found.recipient != email and not unnamed_ok:
+            return f"ignored: {detail}, for another or an unnamed recipient"
+    if found.edition_id and kind in ("hard", "soft"):
+        store.record_late_bounce(session, found.edition_id, subscriber.id, detail)
+    return act(session, subscriber.id, kind, detail, source, now, rule, found.edition_id or None)
 
 
 # --- keeping what a person should read (the CLI's side: files in the data folder) ---------

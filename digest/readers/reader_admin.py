@@ -142,6 +142,7 @@ def erase(session: Session, subscriber_id: int, now: datetime) -> Subscriber:
         accounts.unsubscribe(session, subscriber_id, now)
     store.suppress(session, subscriber.email, ERASED, now)  # kept if already suppressed
     forget_delivery_errors(session, subscriber_id)
+    store.forget_returned(session, subscriber_id)
     subscriber.email = f"erased-{subscriber.id}@erased.invalid"
     subscriber.name = ""
     subscriber.timezone = None

@@ -53,6 +53,15 @@ from digest.store.editions import (
     variants,
 )
 from digest.store.recorder import Recorder
+from digest.store.returned import (
+    ReturnedRow,
+    add_returned,
+    count_soft,
+    first_time,
+    forget_returned,
+    last_success,
+    returned_page,
+)
 from digest.store.subscribers import (
     active_timezones,
     add_subscriber,
@@ -75,6 +84,13 @@ from digest.store.subscribers import (
 __all__ = [
     "OPEN_STATUSES",
     "Recorder",
+    "ReturnedRow",
+    "add_returned",
+    "count_soft",
+    "first_time",
+    "forget_returned",
+    "last_success",
+    "returned_page",
     "active_timezones",
     "add_edition_articles",
     "add_feed",

@@ -15,11 +15,11 @@ from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, select, text, update
+from sqlalchemy import bindparam, insert, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from digest.models import Delivery, Subscriber, Suppression
+from digest.models import Delivery, ReturnedMail, Subscriber, Suppression
 from digest.store.base import insert_for
 from digest.store.subscribers import address_hash
 
@@ -236,6 +236,16 @@ class Recorder:
             email_hash=address_hash(email), reason="bounced", created_at=now
         )
         conn.execute(stmt.on_conflict_do_nothing(index_elements=["email_hash"]))
+        # Listed with the rest of the returned mail (the console's Returned mail page).
+        conn.execute(
+            insert(ReturnedMail).values(
+                at=now,
+                subscriber_id=subscriber_id,
+                kind="hard",
+                source="smtp",
+                reason="the receiving server refused the address at send time (unknown mailbox)",
+            )
+        )
 
     # --- the claim -------------------------------------------------------------------
 

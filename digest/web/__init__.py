@@ -19,9 +19,10 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from digest.config import Settings, load_settings
 from digest.db import make_engine, make_sessionmaker
 from digest.readers.signup_limits import SignupGuard, parse_limits, storage_uri
-from digest.web import api, readers
+from digest.web import api, readers, webhooks
 from digest.web import console as _console_views  # noqa: F401 - registers the console pages
 from digest.web import console_tokens as _console_tokens  # noqa: F401 - console API tokens
+from digest.web import returned_mail as _returned_views  # noqa: F401 - console pages
 from digest.web.auth import configure_sessions, console
 from digest.web.base import (
     EDITION_CSP,
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     app.register_blueprint(readers.bp)
     configure_sessions(app, settings)
     app.register_blueprint(console)
+    app.register_blueprint(webhooks.bp)
     if settings.trusted_proxies:
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
