@@ -39,6 +39,9 @@ class QueuedBatches:
         if batch:
             yield batch
 
+    def all(self) -> list[list[int]]:
+        return list(self)
+
     def __len__(self) -> int:
         queued = store.edition_counts(self.session, self.edition_id).get("queued", 0)
         return -(-queued // self.size)
