@@ -39,10 +39,11 @@ def get_edition(session: Session, edition_id: int) -> Edition:
 
 
 def previous_edition(session: Session, timezone: str, before: datetime) -> Edition | None:
-    """The latest edition of this timezone cut before `before` (any slot, any status)."""
+    """The latest edition of this timezone cut by `before` (any slot, any status but
+    missed and superseded, which cover nothing)."""
     stmt = (
         select(Edition)
-        .where(Edition.timezone == timezone, Edition.window_end < before)
+        .where(Edition.timezone == timezone, Edition.window_end <= before)
         .where(Edition.status.not_in(UNSENT))
         .order_by(Edition.window_end.desc())
         .limit(1)
@@ -114,11 +115,11 @@ def variants(session: Session, edition_id: int) -> list[EditionVariant]:
 
 
 def latest_covering(session: Session, timezone: str, cut: datetime) -> Edition | None:
-    """The timezone's edition that covers the furthest, if it reaches `cut` or later:
-    an edition cut at `cut` would find nothing of its window left to send."""
+    """The timezone's edition that covers the furthest, if it reaches past `cut`: an
+    edition cut at `cut` would find nothing of its window left to send."""
     stmt = (
         select(Edition)
-        .where(Edition.timezone == timezone, Edition.window_end >= cut)
+        .where(Edition.timezone == timezone, Edition.window_end > cut)
         .where(Edition.status.not_in(UNSENT))
         .order_by(Edition.window_end.desc(), Edition.id.desc())
         .limit(1)
