@@ -93,9 +93,11 @@ def plan_edition(
                 who=who,
             )
             batches = [tid for f in fanouts for tid in fan_out(f.stream(), now)]
+            # Inside the session: a summary counts rows, and a session used after it
+            # closed would hold a transaction (on SQLite, the write lock) until collected.
+            summaries = [f.summary() for f in fanouts]
     except (DigestError, ConfigError) as exc:
         return {"refused": str(exc), "editions": [], "batches": []}
-    summaries = [f.summary() for f in fanouts]
     refused = [f"{s['cohort']}: {s['reason']}" for s in summaries if s.get("refused")]
     result: dict[str, Any] = {"editions": summaries, "batches": batches}
     if refused:

@@ -36,7 +36,11 @@ class HaltWatch:
         """Whether this edition's rows must stop; asks the database when due."""
         if time.monotonic() >= self._next and self._lock.acquire(blocking=False):
             try:
-                with Session(self.engine) as session:
+                # A read on its own: no transaction (on SQLite every transaction would
+                # take the write lock, which the other senders' records need).
+                with self.engine.connect().execution_options(
+                    isolation_level="AUTOCOMMIT"
+                ) as conn, Session(conn) as session:
                     self._halted = store.halted_editions(session, self.edition_ids)
             except Exception as exc:  # the lanes meet a lost database on their own
                 log.warning("halt check: %s", str(exc).splitlines()[0] if str(exc) else exc)
