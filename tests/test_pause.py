@@ -6,6 +6,7 @@ Real SMTP server, real databases, real Celery worker processes where workers act
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -288,3 +289,54 @@ def test_seen_flower_cannot_plan_a_day_ahead_and_every_refusal_says_why(
         sqlite_url, lambda s: [(e.operator, e.action) for e in s.scalars(select(AuditEntry))]
     )
     assert audit[-1] == ("ops via celery", "planned")
+
+
+def test_the_console_confirms_with_counts_then_pauses_cancels_and_replans(
+    make_app, session, settings: Settings, smtp_server
+) -> None:
+    from digest.operations import operators
+
+    sink, url = smtp_server
+    settings = settings.with_(smtp=parse_smtp_url(url))
+    _seed_in(session, 5)
+    edition_id = _plan(session, settings)
+    ids = store.delivery_ids(session, edition_id)
+    sending.send_batch(session, settings, SMTPTransport(settings.smtp), ids[:2], TICK)
+    operators.add(session, "ed", "correct horse battery", TICK)
+    session.commit()
+    client = make_app(settings, clock=lambda: TICK).test_client()
+    client.post("/admin/login", data={"name": "ed", "password": "correct horse battery"})
+    page = client.get(f"/admin/editions/{edition_id}").get_data(as_text=True)
+    assert "Pause…" in page and "Cancel…" in page and "Resume…" not in page
+    confirm = client.get(f"/admin/editions/{edition_id}/control/pause").get_data(as_text=True)
+    assert "2 of 5" in confirm and "<strong>3</strong> would be held" in confirm
+    csrf = re.search(r'name="csrf" value="([^"]+)"', confirm).group(1)  # type: ignore[union-attr]
+    r = client.post(f"/admin/editions/{edition_id}/control/pause", data={"csrf": csrf})
+    assert r.status_code == 302
+    overview = client.get("/admin/").get_data(as_text=True)
+    assert f'data-status="{edition_id}">paused' in overview
+    confirm = client.get(f"/admin/editions/{edition_id}/control/cancel").get_data(as_text=True)
+    assert "<strong>3</strong> not sent yet would be cancelled" in confirm
+    client.post(f"/admin/editions/{edition_id}/control/cancel", data={"csrf": csrf})
+    session.expire_all()
+    assert store.edition_counts(session, edition_id) == {"sent": 2, "cancelled": 3}
+    wrong = session.scalars(select(Article).where(Article.title == "Wrong headline")).one()
+    wrong.hidden = True
+    session.commit()
+    confirm = client.get(f"/admin/editions/{edition_id}/control/replan").get_data(as_text=True)
+    assert "<strong>3</strong> readers who did not get it" in confirm
+    client.post(f"/admin/editions/{edition_id}/control/replan", data={"csrf": csrf})
+
+    def all_sent() -> bool:
+        counts = store.edition_counts(session, edition_id)
+        session.rollback()  # no transaction left open: on SQLite it would hold the lock
+        return counts == {"sent": 5}
+
+    wait_for(all_sent, 20, "the corrected edition to go to the other three")
+    assert recipients(sink) == Counter({f"r{i:02}@example.com": 1 for i in range(5)})
+    actions = [(e.operator, e.action) for e in session.scalars(select(AuditEntry))]
+    assert [a for a in actions if a[1] != "signed in"][-3:] == [
+        ("ed", "paused"),
+        ("ed", "cancelled"),
+        ("ed", "re-planned"),
+    ]
