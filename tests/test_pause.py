@@ -185,8 +185,10 @@ def test_pause_reaches_every_worker_in_seconds_and_cancel_stops_for_good(
     sink, smtp_url = smtp_server
     readers = {f"p{i:02}@example.com": LONDON for i in range(60)}
     seed(sqlite_url, readers, [TICK - timedelta(hours=1)])
-    slow(sink, 0.1)
-    env = worker_env(sqlite_url, smtp_url, DIGEST_BATCH_SIZE="15", DIGEST_SMTP_CONNECTIONS="2")
+    # Two batches of 30 at 0.3 s a message: each would take 9 s to finish. Only the
+    # lanes' look at the edition between messages can stop them sooner.
+    slow(sink, 0.3)
+    env = worker_env(sqlite_url, smtp_url, DIGEST_BATCH_SIZE="30", DIGEST_SMTP_CONNECTIONS="2")
     start_worker(env, concurrency=2)  # two workers, three processes: a pause reaches all
     start_worker(env, concurrency=1)
     plan = tasks.send_task(
@@ -198,7 +200,7 @@ def test_pause_reaches_every_worker_in_seconds_and_cancel_stops_for_good(
     out = digest_cli(env, "pause", str(edition_id))
     assert "paused: edition" in out
     # Within a few seconds every lane has stopped and given its rows back untried.
-    wait_for(lambda: _counts(sqlite_url).get("sending", 0) == 0, 10, "the lanes to stop")
+    wait_for(lambda: _counts(sqlite_url).get("sending", 0) == 0, 5, "the lanes to stop")
     stopped_at = len(sink.messages)
     status = digest_cli(env, "status")
     assert f"PAUSED: `digest resume {edition_id}`" in status, status
