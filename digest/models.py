@@ -21,8 +21,15 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 SUBSCRIBER_STATUSES = ("pending", "active", "unsubscribed", "bounced", "complained")
-DELIVERY_STATUSES = ("queued", "sending", "sent", "deferred", "failed", "suppressed")
-EDITION_STATUSES = ("planned", "sending", "done", "empty", "missed")
+# `cancelled`: the edition was cancelled before this reader's message went out.
+DELIVERY_STATUSES = (
+    "queued", "sending", "sent", "deferred", "failed", "suppressed", "cancelled",
+)
+# `superseded`: an edition of the timezone covered its window first (no mail);
+# `paused` and `cancelled`: an operator stopped it while it was being sent.
+EDITION_STATUSES = (
+    "planned", "sending", "done", "empty", "missed", "superseded", "paused", "cancelled",
+)
 
 
 # Plain values the store and the edition code both speak: the store takes and returns

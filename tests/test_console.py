@@ -200,7 +200,8 @@ def test_trigger_confirms_then_sends_with_progress_and_audit(console, session, s
         return row["sent"] == row["total"] == 3
 
     wait_for(finished, 20, "the live progress to show 3 of 3 sent")
-    assert audit(session)[-1][:2] == ("ed", "triggered")
+    who, what, detail = audit(session)[-1]
+    assert (who, what) == ("ed", "planned") and detail.startswith("[console] morning")
     page = console.get(f"/admin/editions/{edition_id}").get_data(as_text=True)
     assert "Ferry timetable changes" in page and "all sections" in page
     preview = console.get(f"/admin/editions/{edition_id}/preview?sections=")

@@ -122,7 +122,7 @@ def test_a_triggered_send_shows_its_progress_live(chromium, site, tmp_path) -> N
     assert page.evaluate("window.stillTheSamePage") is True
     assert len(sink.messages) == 40
     page.click("nav >> text=Audit log")
-    assert "triggered" in page.inner_text("main")
+    assert "[console] morning" in page.inner_text("main")  # the plan, with its origin
     folder = shots() or tmp_path
     folder.mkdir(parents=True, exist_ok=True)
     for width in (390, 1280):
@@ -130,6 +130,24 @@ def test_a_triggered_send_shows_its_progress_live(chromium, site, tmp_path) -> N
         view.screenshot(path=str(folder / f"console-overview-{width}.png"), full_page=True)
         overflow = view.evaluate("document.documentElement.scrollWidth")
         assert overflow <= width, f"the overview is {overflow} px wide at {width} px"
+
+
+def test_a_finished_edition_leaves_sending_now_without_a_reload(chromium, site) -> None:
+    base, sink = site
+    sink.delay = 0.25  # long enough to open the overview while it sends
+    page = signed_in(chromium, base)
+    page.goto(f"{base}/admin/trigger?slot=morning&timezone={TZ}")
+    page.click("text=Send to 40 readers now")
+    page.wait_for_selector("h1:has-text('Edition')")
+    page.goto(f"{base}/admin/")
+    assert "No edition is being sent" not in page.inner_text("#sending")
+    page.evaluate("window.stillTheSamePage = true")
+    deadline = time.monotonic() + 40
+    while "No edition is being sent" not in page.inner_text("#sending"):
+        assert time.monotonic() < deadline, page.inner_text("#sending")
+        page.wait_for_timeout(250)
+    assert page.evaluate("window.stillTheSamePage") is True
+    assert len(sink.messages) == 40
 
 
 def test_erasing_a_reader_in_the_browser(chromium, site) -> None:

@@ -12,7 +12,8 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
-from digest.editions import dispatch, sending
+from digest.editions import control, dispatch, guard, sending
+from digest.errors import ConfigError, DigestError
 from digest.feeds.ingest import ingest_all
 from digest.mail.relays import make_transport
 from workers.app import app, runtime
@@ -54,8 +55,12 @@ def _redelivered(task: Any) -> bool:
 @app.task(name="digest.dispatch_due", **OPTIONS)
 def dispatch_due(now: str | None = None) -> dict[str, Any]:
     """Plan every cohort whose send time has passed, then fan out its sends."""
+    try:
+        at = dispatch.task_now(now)
+    except DigestError as exc:
+        return {"refused": str(exc), "editions": [], "batches": []}
     with runtime.session() as session:
-        fanouts = dispatch.dispatch_due(session, settings, dispatch.parse_now(now))
+        fanouts = dispatch.dispatch_due(session, settings, at)
         # Enqueued as the ids stream from the database (the session must stay open).
         batches = [tid for f in fanouts for tid in fan_out(f.stream(), now)]
         return {"editions": [f.summary() for f in fanouts], "batches": batches}
@@ -68,20 +73,74 @@ def plan_edition(
     day: str | None = None,
     timezone: str | None = None,
     now: str | None = None,
+    requested_by: str | None = None,
 ) -> dict[str, Any]:
-    """Create the slot's edition (one timezone, or all) and fan out its sends, once."""
-    with runtime.session() as session:
-        fanouts = dispatch.plan_slot(
-            session,
-            settings,
-            slot,
-            dispatch.parse_now(now),
-            day=dispatch.parse_day(day),
-            timezone=timezone,
-            resume=_redelivered(self),
-        )
-        batches = [tid for f in fanouts for tid in fan_out(f.stream(), now)]
-        return {"editions": [f.summary() for f in fanouts], "batches": batches}
+    """Create the slot's edition (one timezone, or all) and fan out its sends, once,
+    as the guard allows: a refusal is the task's result (`refused`, with the reason),
+    never a traceback. No Celery client may force a day that is still ahead."""
+    who = f"{requested_by[:40]} via celery" if requested_by else ""
+    try:
+        with runtime.session() as session:
+            fanouts = dispatch.plan_slot(
+                session,
+                settings,
+                slot,
+                dispatch.task_now(now),
+                day=dispatch.parse_day(day),
+                timezone=timezone,
+                resume=_redelivered(self),
+                origin=guard.CELERY,
+                who=who,
+            )
+            batches = [tid for f in fanouts for tid in fan_out(f.stream(), now)]
+            # Inside the session: a summary counts rows, and a session used after it
+            # closed would hold a transaction (on SQLite, the write lock) until collected.
+            summaries = [f.summary() for f in fanouts]
+    except (DigestError, ConfigError) as exc:
+        return {"refused": str(exc), "editions": [], "batches": []}
+    refused = [f"{s['cohort']}: {s['reason']}" for s in summaries if s.get("refused")]
+    result: dict[str, Any] = {"editions": summaries, "batches": batches}
+    if refused:
+        result["refused"] = "; ".join(refused)
+    return result
+
+
+CONTROLS = ("pause", "resume", "cancel", "replan")
+
+
+@app.task(name="digest.control_edition", **OPTIONS)
+def control_edition(
+    edition_id: int, action: str, now: str | None = None, requested_by: str | None = None
+) -> dict[str, Any]:
+    """Pause, resume, cancel or re-plan (a cancelled one, for the readers it did not
+    reach) an edition; resume and re-plan fan out its queued rows. A refusal is the
+    result, never a traceback."""
+    who = f"{requested_by[:40]} via celery" if requested_by else ""
+    if action not in CONTROLS:
+        return {"refused": f"action must be one of {', '.join(CONTROLS)}, not {action!r}"}
+    try:
+        at = dispatch.task_now(now)
+        with runtime.session() as session:
+            batches: list[str] = []
+            if action == "pause":
+                done = control.pause(session, int(edition_id), at, origin=guard.CELERY, who=who)
+            elif action == "cancel":
+                done = control.cancel(session, int(edition_id), at, origin=guard.CELERY, who=who)
+            elif action == "resume":
+                done, queued = dispatch.resume_edition(
+                    session, int(edition_id), at, settings.batch_size, origin=guard.CELERY, who=who
+                )
+                batches = fan_out(queued, now)
+            else:
+                done, _ = control.replan(
+                    session, settings, int(edition_id), at, origin=guard.CELERY, who=who
+                )
+                batches = fan_out(
+                    dispatch.queued_batches(session, int(edition_id), settings.batch_size), now
+                )
+    except (DigestError, ConfigError, ValueError) as exc:
+        return {"refused": str(exc)}
+    return {"edition": done.edition_id, "standing": done.describe(), "batches": batches}
 
 
 def progress_fields(done: int, total: int) -> dict[str, Any]:

@@ -58,10 +58,11 @@ def demo(app: App) -> None:
         session.commit()
         click.echo(f"subscribers: {report.added} added, {report.existing} already there")
         transport = make_transport(settings)
-        # The next morning edition readers would get: today's if it is still ahead.
+        # The next morning edition readers would get: today's if it is still ahead (a
+        # day ahead, forced: the demo shows what tomorrow's readers get).
         day = next_day_of(now, settings.default_timezone, settings.send_time("morning"))
         for cohort in pipeline.cohorts_for(session, settings, "morning", now, day):
-            send_cohort(session, settings, transport, cohort, now)
+            send_cohort(session, settings, transport, cohort, now, who="demo", force=True)
     click.echo(
         f"\nmessages are in {settings.outbox_dir}"
         if settings.smtp is None

@@ -62,8 +62,10 @@ def status(app: App, edition_id: int | None, show_all: bool) -> None:
 def _current_editions(session: Any) -> list[Any]:
     """Editions being sent or planned, whatever their age, then the latest by send time:
     a backlog of old editions never pushes the current ones off the list."""
-    current = q.editions_with_status(session, "sending") + q.editions_with_status(
-        session, "planned"
+    current = (
+        q.editions_with_status(session, "sending")
+        + q.editions_with_status(session, "paused")
+        + q.editions_with_status(session, "planned")
     )
     seen = {e.id for e in current}
     latest = [e for e in q.editions_page(session, limit=RECENT) if e.id not in seen]
@@ -91,10 +93,15 @@ def _overview_lines(data: overview.Overview) -> None:
         )
     click.echo("Sending now" if data.sending else "Sending now: nothing")
     for p in data.sending:
+        paused = (
+            f"  PAUSED: `digest resume {p.edition_id}` sends the {p.waiting + p.deferred} held"
+            if p.status == "paused"
+            else ""
+        )
         click.echo(
             f"  edition {p.edition_id} {p.slot} {p.local_day} {p.timezone}: {p.done} of "
             f"{p.total} done (sent {p.sent}, deferred {p.deferred}, failed {p.failed}), "
-            f"{p.per_second} msg/s"
+            f"{p.per_second} msg/s{paused}"
         )
     last = "  ".join(f"{k}: {v}" for k, v in sorted(data.last_24h.items())) or "nothing"
     click.echo(f"Last 24 hours: {last}")

@@ -1,9 +1,11 @@
 """Articles become editions, and editions become mail.
 
 Lives here: `schedule` (when a cohort is due, pure), `selection` (which articles, pure),
-`budget` and `render` (what fits, rendered and inlined once), `pipeline` (plan an edition
-and its deliveries), `sending` and `heartbeat` (send batches over a transport, recording
-each reply), `dispatch` (what the Celery tasks decide), `pages` and `archive` (a sent
+`budget` and `render` (what fits, rendered and inlined once), `guard` (whether a cohort
+may be planned now: every entry point asks it), `pipeline` (plan an edition and its
+deliveries), `sending`, `heartbeat` and `halt` (send batches over a transport, recording
+each reply, stopping when the edition is paused), `control` (pause, resume, cancel,
+replan), `dispatch` (what the Celery tasks decide), `pages` and `archive` (a sent
 edition as a web page with nothing personal in it).
 May import: the top level, `digest.store`, `digest.feeds` and `digest.mail`.
 """

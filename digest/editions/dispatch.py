@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from digest import store
 from digest.config import Settings, check_timezone
-from digest.editions import pipeline, sending
+from digest.editions import control, guard, pipeline, sending
 from digest.editions.pipeline import PlanResult
 from digest.errors import InvalidInput
 
@@ -39,6 +39,9 @@ class QueuedBatches:
         if batch:
             yield batch
 
+    def all(self) -> list[list[int]]:
+        return list(self)
+
     def __len__(self) -> int:
         queued = store.edition_counts(self.session, self.edition_id).get("queued", 0)
         return -(-queued // self.size)
@@ -48,8 +51,9 @@ class QueuedBatches:
 class Fanout:
     """One planned edition and its queued delivery ids, to hand to send tasks in batches."""
 
-    plan: PlanResult
+    plan: PlanResult | None
     queued: QueuedBatches | None = None
+    decision: guard.Decision | None = None
 
     @property
     def batches(self) -> list[list[int]]:
@@ -62,6 +66,9 @@ class Fanout:
 
     def summary(self) -> dict[str, Any]:
         """What a task may return about it: ids and counts, never an address."""
+        if self.plan is None:
+            assert self.decision is not None
+            return {"refused": True, **self.decision.as_dict()}
         return {
             "edition": self.plan.edition_id,
             "cohort": str(self.plan.cohort),
@@ -69,6 +76,7 @@ class Fanout:
             "status": self.plan.status,
             "queued": self.plan.queued,
             "batches": len(self.queued) if self.queued is not None else 0,
+            "reason": self.decision.reason if self.decision else "",
         }
 
 
@@ -108,25 +116,53 @@ def plan_slot(
     day: date | None = None,
     timezone: str | None = None,
     resume: bool = False,
+    origin: str = guard.CELERY,
+    who: str = "",
+    force: bool = False,
+    early: bool = True,
 ) -> list[Fanout]:
-    """Plan the slot's edition for one timezone, or for every timezone with readers.
+    """Plan the slot's edition for one timezone, or for every timezone with readers,
+    each as the guard decides (guard.may_plan) and audited with its origin.
 
     Only an edition this call created is fanned out: a second call for the same cohort
     creates nothing and sends nothing. With `resume` (the task came back after its
     worker was lost, possibly between planning and fanning out) existing editions'
-    queued rows are fanned out too; claiming makes that safe.
+    queued rows are fanned out too; claiming makes that safe. A refused cohort has a
+    Fanout with no plan and the decision saying why.
     """
     settings.send_time(slot)  # unknown slots fail here, before anything is written
     if timezone is not None:
         check_timezone(timezone)
     fanouts = []
     for cohort in pipeline.cohorts_for(session, settings, slot, now, day, timezone):
-        plan = pipeline.plan_edition(session, settings, cohort, now)
-        fanout = Fanout(plan)
-        if plan.status == "sending" and (plan.created or resume):
+        decision, plan = pipeline.plan_cohort(
+            session, settings, cohort, now, origin=origin, who=who, force=force, early=early
+        )
+        fanout = Fanout(plan, decision=decision)
+        if plan is not None and plan.status == "sending" and (plan.created or resume):
             fanout.queued = queued_batches(session, plan.edition_id, settings.batch_size)
         fanouts.append(fanout)
     return fanouts
+
+
+def task_now(value: str | None) -> datetime:
+    """A task's `now`: a pinned clock may go back (tests, replays) but never ahead of
+    the real one, or a Celery client could plan a day ahead by saying it has come."""
+    when = parse_now(value)
+    if when > datetime.now(UTC) + timedelta(minutes=1):
+        raise InvalidInput(
+            f"now={value} is ahead of the clock: a task may not plan as if a later time "
+            "had come"
+        )
+    return when
+
+
+def resume_edition(
+    session: Session, edition_id: int, now: datetime, size: int, *, origin: str, who: str = ""
+) -> tuple[control.Standing, QueuedBatches]:
+    """Resume a paused edition; its queued rows in batches, for the caller to send."""
+    now_standing = control.resume(session, edition_id, now, origin=origin, who=who)
+    return now_standing, queued_batches(session, edition_id, size)
 
 
 def dispatch_due(session: Session, settings: Settings, now: datetime) -> list[Fanout]:
@@ -147,6 +183,8 @@ def sweep(
 ) -> list[list[int]]:
     """Re-queue what no worker carries (see pipeline.sweep); batches to send again."""
     found = pipeline.sweep(session, settings, now, queued_too=queued_too)
+    if store.cancelled_leftovers(session, now):  # rows of cancelled editions: never sent
+        session.commit()
     return [batch for ids in found.values() for batch in sending.chunks(ids, settings.batch_size)]
 
 

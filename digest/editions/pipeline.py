@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from digest import store
 from digest.config import Settings
+from digest.editions import guard
 from digest.editions.render import (
     ArticleView,
     EditionView,
@@ -61,18 +62,31 @@ def cohort_send_at(settings: Settings, cohort: Cohort) -> datetime:
 
 
 def select_snapshot(
-    session: Session, settings: Settings, cohort: Cohort, cut: datetime
+    session: Session,
+    settings: Settings,
+    cohort: Cohort,
+    cut: datetime,
+    *,
+    window_start: datetime | None = None,
+    except_edition: int | None = None,
 ) -> tuple[datetime, list[Candidate]]:
-    """The window start and the ranked articles an edition of `cohort` cut at `cut` gets."""
-    previous = store.previous_edition(session, cohort.timezone, cut)
-    if previous is None:
-        window_start = cut - timedelta(hours=settings.first_lookback_hours)
-        exclude: set[int] = set()
-    else:
-        window_start = previous.window_end
-        exclude = set(store.edition_article_ids(session, previous.id))
+    """The window start and the ranked articles an edition of `cohort` cut at `cut` gets.
+
+    Nothing an edition of the same timezone carries already is chosen again, whatever
+    its slot or day and in whatever order the editions were planned (early sends,
+    catch-up, a forced day, a first edition after sign-up). `window_start` and
+    `except_edition` plan an existing edition again (a cancelled one, corrected).
+    """
+    if window_start is None:
+        previous = store.previous_edition(session, cohort.timezone, cut)
+        if previous is None:
+            window_start = cut - timedelta(hours=settings.first_lookback_hours)
+        else:
+            window_start = previous.window_end
     late_grace = timedelta(hours=settings.late_grace_hours)
-    candidates = store.candidate_articles(session, window_start - late_grace, cut)
+    since = window_start - late_grace
+    exclude = store.sent_article_ids(session, cohort.timezone, since, except_edition)
+    candidates = store.candidate_articles(session, since, cut)
     snapshot = select_articles(
         candidates, window_start, cut, exclude, settings.max_articles, late_grace
     )
@@ -122,12 +136,24 @@ def render_variant(
 
 
 def plan_edition(
-    session: Session, settings: Settings, cohort: Cohort, now: datetime, *, missed: bool = False
+    session: Session,
+    settings: Settings,
+    cohort: Cohort,
+    now: datetime,
+    *,
+    missed: bool = False,
+    record: str = "",
+    note: str = "",
+    keep_empty: bool = True,
 ) -> PlanResult:
     """Create the cohort's edition, its snapshot, renderings and delivery rows, once.
 
     Calling it again for the same cohort (a second beat tick, an operator, a retried
-    task) finds the edition and creates nothing.
+    task) finds the edition and creates nothing. `record` ("missed", "superseded")
+    records an edition that sends no mail, with `note` saying why. Without
+    `keep_empty`, a plan that would send nothing (no articles, or no reader) records
+    nothing: an early send must not use up the cohort's edition for the day.
+    Entry points call `plan_cohort`, which asks the guard first.
     """
     existing = store.find_edition(session, cohort)
     if existing is not None:
@@ -135,16 +161,15 @@ def plan_edition(
     # An operator may send before the scheduled time: then the edition covers up to now,
     # and the next one starts from now, so nothing published in between is skipped.
     cut = min(cohort_send_at(settings, cohort), now)
-    if missed:
+    if missed and not record:
+        record = "missed"
+        note = (
+            f"not sent: its send time {cut.isoformat()} passed more than "
+            f"{settings.catchup_minutes} minutes before it was planned"
+        )
+    if record:
         edition = store.create_edition(
-            session,
-            cohort,
-            send_at=cut,
-            window_start=cut,
-            now=now,
-            status="missed",
-            note=f"not sent: its send time {cut.isoformat()} passed more than "
-            f"{settings.catchup_minutes} minutes before it was planned",
+            session, cohort, send_at=cut, window_start=cut, now=now, status=record, note=note
         )
         session.commit()
         found = edition or store.find_edition(session, cohort)
@@ -152,6 +177,15 @@ def plan_edition(
         return PlanResult(found.id, cohort, edition is not None, found.status, note=found.note)
 
     window_start, snapshot = select_snapshot(session, settings, cohort, cut)
+    if not snapshot and not keep_empty:
+        return PlanResult(
+            0,
+            cohort,
+            False,
+            NOTHING,
+            note=f"no articles published between {window_start.isoformat()} and "
+            f"{cut.isoformat()}: nothing sent, no edition recorded",
+        )
     edition = store.create_edition(session, cohort, send_at=cut, window_start=window_start, now=now)
     if edition is None:  # another planner won the race between our lookup and insert
         session.rollback()
@@ -167,30 +201,96 @@ def plan_edition(
         return PlanResult(edition.id, cohort, True, edition.status, note=edition.note)
 
     store.add_edition_articles(session, edition.id, [c.id for c in snapshot])
-    empty_choices = []
-    for sections in store.cohort_section_choices(session, cohort, settings.default_timezone):
-        rendered = render_variant(session, settings, cohort, snapshot, sections)
-        if rendered is None:
-            empty_choices.append(sections)
-            continue
-        page, count = rendered
-        store.add_variant(
-            session,
-            edition.id,
-            sections,
-            subject=page.subject,
-            html=page.html,
-            text=page.text,
-            slot_nonce=page.slot_nonce,
-            article_count=count,
-        )
+    empty_choices = render_variants(session, settings, cohort, edition.id, snapshot)
     queued = store.queue_deliveries(session, edition, settings.default_timezone, now)
+    if not queued and not keep_empty:
+        session.rollback()
+        return PlanResult(
+            0, cohort, False, NOTHING, note="no reader would get it: no edition recorded"
+        )
     edition.status = "sending" if queued else "done"
     edition.note = f"{len(snapshot)} articles, {queued} readers"
     if empty_choices:
         edition.note += "; nothing new for readers of " + " | ".join(empty_choices)
     session.commit()
     return PlanResult(edition.id, cohort, True, edition.status, queued, edition.note)
+
+
+def render_variants(
+    session: Session,
+    settings: Settings,
+    cohort: Cohort,
+    edition_id: int,
+    snapshot: Sequence[Candidate],
+) -> list[str]:
+    """Render and store one variant per section choice of the cohort's readers (an
+    existing variant is rewritten); returns the choices with nothing to show."""
+    empty_choices = []
+    stored = {v.sections: v for v in store.variants(session, edition_id)}
+    for sections in store.cohort_section_choices(session, cohort, settings.default_timezone):
+        rendered = render_variant(session, settings, cohort, snapshot, sections)
+        if rendered is None:
+            empty_choices.append(sections)
+            continue
+        page, count = rendered
+        fields = {
+            "subject": page.subject,
+            "html": page.html,
+            "text": page.text,
+            "slot_nonce": page.slot_nonce,
+            "article_count": count,
+        }
+        if sections in stored:
+            for name, value in fields.items():
+                setattr(stored[sections], name, value)
+        else:
+            store.add_variant(session, edition_id, sections, **fields)
+    return empty_choices
+
+
+NOTHING = "nothing"  # PlanResult.status of a plan that recorded nothing (edition_id 0)
+
+
+def plan_cohort(
+    session: Session,
+    settings: Settings,
+    cohort: Cohort,
+    now: datetime,
+    *,
+    origin: str,
+    who: str = "",
+    force: bool = False,
+    early: bool = True,
+) -> tuple[guard.Decision, PlanResult | None]:
+    """Ask the guard, act on its decision and write it to the audit log with its
+    origin: what every entry point calls. Returns the decision and, unless it was
+    refused (or not due), the plan."""
+    decision = guard.may_plan(
+        session, settings, cohort, now, origin=origin, force=force, early=early
+    )
+    by = who or origin
+    if decision.action == guard.EXISTS:
+        existing = store.find_edition(session, cohort)
+        assert existing is not None
+        return decision, _existing(session, existing, cohort)
+    if decision.action in (guard.REFUSE, guard.WAIT):
+        if decision.action == guard.REFUSE:
+            store.audit(session, by, "plan refused", f"[{origin}] {cohort}: {decision.reason}", now)
+            session.commit()
+        return decision, None
+    if decision.action == guard.RECORD:
+        plan = plan_edition(
+            session, settings, cohort, now, record=decision.status, note=decision.reason
+        )
+    else:
+        plan = plan_edition(session, settings, cohort, now, keep_empty=not decision.early)
+    if plan.created or plan.status == NOTHING:
+        what = f"edition {plan.edition_id} {plan.status}" if plan.edition_id else plan.status
+        extra = "; forced: a day still ahead" if decision.forced else ""
+        detail = f"[{origin}] {cohort}: {what}, {plan.queued} queued ({decision.reason}){extra}"
+        store.audit(session, by, "planned", detail, now)
+        session.commit()
+    return decision, plan
 
 
 def _existing(session: Session, edition: Edition, cohort: Cohort) -> PlanResult:
@@ -300,7 +400,9 @@ def dispatch_due(session: Session, settings: Settings, now: datetime) -> list[Pl
         ):
             continue  # its send time came before any of its readers: nothing was missed
         if store.find_edition(session, due.cohort) is None:
-            results.append(plan_edition(session, settings, due.cohort, now, missed=due.missed))
+            _, plan = plan_cohort(session, settings, due.cohort, now, origin=guard.BEAT)
+            if plan is not None:
+                results.append(plan)
     return results
 
 

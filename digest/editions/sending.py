@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from digest import store
 from digest.config import Settings
+from digest.editions.halt import HaltWatch
 from digest.editions.heartbeat import MARGIN, Heartbeat
 from digest.editions.render import SlotMarks, Splicer, html_escaped, slot_values
 from digest.errors import (
@@ -52,6 +53,9 @@ class BatchReport:
     handed_back: list[int] = field(default_factory=list)
     # Set when no relay could take a message: try again in this many seconds.
     retry_after: float = 0.0
+    # Claimed rows given back unsent because their edition was paused or cancelled:
+    # not to be tried again until it is resumed.
+    held: list[int] = field(default_factory=list)
 
     @property
     def done(self) -> int:
@@ -67,6 +71,7 @@ class BatchReport:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.errors.extend(other.errors[:20])
         self.handed_back.extend(other.handed_back)
+        self.held.extend(other.held)
         self.retry_after = max(self.retry_after, other.retry_after)
 
 
@@ -198,6 +203,7 @@ def send_batch(
         # Stop well inside the batch's time limit (the task's, which ends its process).
         stop_at = started + 0.9 * settings.lease_seconds
         lane = Lane(settings, templates, now, report, record, beat, stop_at, per_message)
+        lane.halt = HaltWatch(session.get_bind(), {row.edition_id for row in rows})
         if lanes == 1:
             lane.run(transport, shares[0])
         else:
@@ -247,6 +253,7 @@ class Lane:
     per_message: float  # the longest one message may take (its SMTP deadline)
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
+    halt: HaltWatch | None = None  # an operator paused or cancelled the edition
 
     def go_on(self) -> bool:
         """Whether another message may start: it must end before the lane's stop and
@@ -258,6 +265,7 @@ class Lane:
     def run(self, transport: Transport, rows: Sequence[Any]) -> None:
         """Send rows over one connection; rows left unsent go back to the queue."""
         pending = {row.id for row in rows}
+        held: set[int] = set()
         record = self.record
         try:
             with transport:
@@ -267,6 +275,9 @@ class Lane:
                     if i % 100 == 0:
                         # Re-read statuses as we go: an unsubscribe during the edition wins.
                         statuses = record.statuses([r.subscriber_id for r in rows[i : i + 100]])
+                    if self.halt is not None and self.halt.halted(row.edition_id):
+                        held.add(row.id)  # goes back untried, sent only after a resume
+                        continue
                     outcome, error = _send_one(
                         self.settings, transport, record, row, statuses, self.templates, self.now
                     )
@@ -286,9 +297,12 @@ class Lane:
             # that fails too (the database went away) must not replace it.
             self._hand_back(pending, quiet=True)
             raise
-        self._hand_back(pending)
+        self._hand_back(pending, held=held)
 
-    def _hand_back(self, pending: set[int], quiet: bool = False) -> None:
+    def _hand_back(
+        self, pending: set[int], quiet: bool = False, held: set[int] | None = None
+    ) -> None:
+        held = held or set()
         try:
             if pending:
                 self.record.release(sorted(pending))
@@ -299,7 +313,8 @@ class Lane:
                 raise
             return  # the claim ends with its lease; the sweep takes the rows then
         with self.lock:
-            self.report.handed_back.extend(sorted(pending))
+            self.report.handed_back.extend(sorted(pending - held))
+            self.report.held.extend(sorted(pending & held))
 
 
 def check_claim(settings: Settings) -> float:

@@ -47,6 +47,7 @@ class Progress:
     suppressed: int
     waiting: int
     per_second: float
+    status: str = "sending"  # or paused; the live view drops rows that finished
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -65,7 +66,8 @@ class Overview:
 
 
 def next_sends(session: Session, settings: Settings, now: datetime) -> list[NextSend]:
-    """Each cohort's next edition: the first send time ahead, or one due and not planned."""
+    """Each cohort's next edition: the first send time ahead, or one due and not planned.
+    A cohort whose edition exists (sent early, say) is past: its next one is shown."""
     readers = q.readers_per_cohort(session, settings.default_timezone)
     zones = {zone for zone, _ in readers} | {settings.default_timezone}
     catchup = timedelta(minutes=settings.catchup_minutes)
@@ -76,13 +78,14 @@ def next_sends(session: Session, settings: Settings, now: datetime) -> list[Next
             for ahead in range(3):
                 day = today + timedelta(days=ahead)
                 at = send_at(settings.send_time(slot), day, zone)
-                due = at <= now < at + catchup
-                unplanned = due and store.find_edition(session, Cohort(slot, day, zone)) is None
-                if at > now or unplanned:
-                    local = at.astimezone(ZoneInfo(zone))
-                    count = readers.get((zone, slot), 0)
-                    found.append(NextSend(slot, zone, local, at, count, at <= now))
-                    break
+                if at + catchup <= now:
+                    continue  # past: sent, or missed
+                if store.find_edition(session, Cohort(slot, day, zone)) is not None:
+                    continue  # planned already, maybe early: not upcoming
+                local = at.astimezone(ZoneInfo(zone))
+                count = readers.get((zone, slot), 0)
+                found.append(NextSend(slot, zone, local, at, count, at <= now))
+                break
     return sorted(found, key=lambda n: (n.utc, n.timezone, n.slot))
 
 
@@ -93,7 +96,7 @@ def progress(
     editions = (
         [store.get_edition(session, i) for i in edition_ids]
         if edition_ids is not None
-        else q.editions_with_status(session, "sending")
+        else q.editions_with_status(session, "sending") + q.editions_with_status(session, "paused")
     )
     ids = [e.id for e in editions]
     counts = q.counts_by_edition(session, ids)
@@ -116,6 +119,7 @@ def progress(
                 suppressed=c.get("suppressed", 0),
                 waiting=c.get("queued", 0) + c.get("sending", 0),
                 per_second=round(recent.get(e.id, 0) / RATE_WINDOW.total_seconds(), 1),
+                status=e.status,
             )
         )
     return out

@@ -23,6 +23,8 @@ from digest.store.base import (
     rowcount,
 )
 from digest.store.deliveries import (
+    cancel_open_deliveries,
+    cancelled_leftovers,
     claim_deliveries,
     deferred_among,
     delivery_ids,
@@ -33,6 +35,7 @@ from digest.store.deliveries import (
     queue_deliveries,
     record_late_bounce,
     requeue,
+    requeue_cancelled,
     retry_deliveries,
     sending_rows,
     stale_deliveries,
@@ -42,14 +45,22 @@ from digest.store.deliveries import (
     waiting_rows,
 )
 from digest.store.editions import (
+    HALTED,
+    UNSENT,
     add_edition_articles,
     add_variant,
+    audit,
     create_edition,
     edition_article_ids,
     find_edition,
     get_edition,
     get_variant,
+    halted_editions,
+    latest_covering,
     previous_edition,
+    replace_edition_articles,
+    sent_article_ids,
+    set_edition_status,
     variants,
 )
 from digest.store.recorder import Recorder
@@ -82,7 +93,18 @@ from digest.store.subscribers import (
 )
 
 __all__ = [
+    "HALTED",
     "OPEN_STATUSES",
+    "UNSENT",
+    "cancel_open_deliveries",
+    "cancelled_leftovers",
+    "requeue_cancelled",
+    "audit",
+    "halted_editions",
+    "latest_covering",
+    "replace_edition_articles",
+    "sent_article_ids",
+    "set_edition_status",
     "Recorder",
     "ReturnedRow",
     "add_returned",

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import and_, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
+from digest.errors import InvalidInput
 from digest.models import (
     Cohort,
     Delivery,
@@ -17,10 +18,15 @@ from digest.models import (
     Subscriber,
 )
 from digest.store.base import insert_for_session, rowcount
-from digest.store.editions import get_edition
+from digest.store.editions import HALTED, get_edition, set_edition_status
 from digest.store.subscribers import cohort_filter
 
 OPEN_STATUSES = ("queued", "sending", "deferred")
+
+
+def _not_halted() -> Any:
+    """Rows of editions that may be sent (not paused, not cancelled)."""
+    return Delivery.edition_id.not_in(select(Edition.id).where(Edition.status.in_(HALTED)))
 
 
 def queue_deliveries(
@@ -112,7 +118,8 @@ def claim_deliveries(
 ) -> list[int]:
     """Move the given rows that are ready to `sending`; returns those this caller won.
 
-    On PostgreSQL rows another worker holds are skipped, not waited for.
+    On PostgreSQL rows another worker holds are skipped, not waited for; rows of a
+    paused or cancelled edition are never claimed.
     """
     ready = (
         select(Delivery.id)
@@ -122,6 +129,7 @@ def claim_deliveries(
                 Delivery.status == "queued",
                 and_(Delivery.status == "deferred", Delivery.next_attempt_at <= now),
             ),
+            _not_halted(),  # a paused or cancelled edition sends nothing more
         )
         .with_for_update(skip_locked=True)
     )
@@ -164,9 +172,16 @@ def edition_counts(session: Session, edition_id: int) -> dict[str, int]:
 
 
 def update_edition_status(session: Session, edition_id: int) -> str:
-    """`done` once no delivery is open any more; returns the status now stored."""
+    """`done` once no delivery is open any more; returns the status now stored.
+
+    The status is read afresh and changed only from `sending`: an operator may have
+    paused or cancelled the edition meanwhile, in another process.
+    """
     edition = get_edition(session, edition_id)
-    if edition.status == "sending":
+    session.refresh(edition, ["status"])
+    if edition.status == "cancelled":
+        cancel_open_deliveries(session, edition_id, now=None)
+    elif edition.status == "sending":
         # Is there one open row? (Not how many: every batch asks, and counting the
         # rest of a million-reader edition each time would cost more than the batch.)
         open_row = session.scalar(
@@ -175,7 +190,8 @@ def update_edition_status(session: Session, edition_id: int) -> str:
             .limit(1)
         )
         if open_row is None:
-            edition.status = "done"
+            set_edition_status(session, edition_id, "done", only_from=("sending",))
+            session.refresh(edition, ["status"])
     return edition.status
 
 
@@ -193,7 +209,7 @@ def stale_deliveries(
         stale.append(and_(Delivery.status == "queued", Delivery.queued_at < queued_before))
     stmt = (
         select(Delivery.edition_id, Delivery.id)
-        .where(or_(*stale))
+        .where(or_(*stale), _not_halted())  # a paused edition's rows wait for its resume
         .order_by(Delivery.edition_id, Delivery.id)
     )
     return [(e, d) for e, d in session.execute(stmt)]
@@ -221,7 +237,8 @@ def waiting_rows(
     }
     found = {}
     for kind, (where, column) in kinds.items():
-        count, oldest = session.execute(select(func.count(), func.min(column)).where(where)).one()
+        stmt = select(func.count(), func.min(column)).where(where, _not_halted())
+        count, oldest = session.execute(stmt).one()
         found[kind] = (int(count), oldest)
     return found
 
@@ -244,6 +261,11 @@ def retry_deliveries(
     session: Session, edition_id: int, statuses: Sequence[str], now: datetime
 ) -> int:
     """Operator retry: put failed or deferred rows of an edition back in the queue."""
+    if get_edition(session, edition_id).status == "cancelled":
+        raise InvalidInput(
+            f"edition {edition_id} was cancelled: plan it again for the readers who did "
+            f"not get it (`digest replan {edition_id}`) instead"
+        )
     result = session.execute(
         update(Delivery)
         .where(Delivery.edition_id == edition_id, Delivery.status.in_(statuses))
@@ -284,6 +306,7 @@ def deferred_among(session: Session, delivery_ids: Sequence[int]) -> list[tuple[
             Delivery.id.in_(delivery_ids[i : i + 500]),
             Delivery.status == "deferred",
             Delivery.next_attempt_at.is_not(None),
+            _not_halted(),  # a paused edition's retries wait for its resume
         )
         found.extend((d, at) for d, at in session.execute(stmt) if at is not None)
     return sorted(found)
@@ -309,3 +332,65 @@ def record_late_bounce(session: Session, edition_id: int, subscriber_id: int, de
         )
         .values(status="failed", last_error=detail[:1000])
     )
+
+
+def cancel_open_deliveries(session: Session, edition_id: int, now: datetime | None) -> int:
+    """Rows of a cancelled edition that no sender holds become `cancelled` (never sent
+    later by a sweep or a retry); with `now`, claims that ended by then count too (their
+    worker stopped). Rows a live lane holds are left to it: it records them or gives
+    them back, and the next call cancels them. Returns how many were cancelled."""
+    unheld: list[Any] = [Delivery.status.in_(("queued", "deferred"))]
+    if now is not None:
+        unheld.append(and_(Delivery.status == "sending", Delivery.lease_until < now))
+    result = session.execute(
+        update(Delivery)
+        .where(Delivery.edition_id == edition_id, or_(*unheld))
+        .values(status="cancelled", lease_until=None, next_attempt_at=None)
+    )
+    return rowcount(result)
+
+
+def cancelled_leftovers(session: Session, now: datetime) -> int:
+    """What the sweep does for every cancelled edition: rows given back or left by a
+    stopped worker after the cancel become `cancelled` too."""
+    ids = session.scalars(
+        select(Edition.id).where(
+            Edition.status == "cancelled",
+            select(Delivery.id)
+            .where(
+                Delivery.edition_id == Edition.id,
+                Delivery.status.in_(("queued", "deferred", "sending")),
+            )
+            .exists(),
+        )
+    ).all()
+    return sum(cancel_open_deliveries(session, edition_id, now) for edition_id in ids)
+
+
+def requeue_cancelled(session: Session, edition_id: int, now: datetime) -> int:
+    """A corrected edition goes to the readers it did not reach: its cancelled rows are
+    queued again with the variant of their reader's sections now (rows whose choice
+    has nothing left stay cancelled). Rows already sent are not touched."""
+    variant = (
+        select(EditionVariant.id)
+        .join(Subscriber, Subscriber.sections == EditionVariant.sections)
+        .where(EditionVariant.edition_id == edition_id, Subscriber.id == Delivery.subscriber_id)
+        .scalar_subquery()
+    )
+    session.execute(
+        update(Delivery)
+        .where(Delivery.edition_id == edition_id, Delivery.status == "cancelled")
+        .values(variant_id=variant)
+        .execution_options(synchronize_session=False)
+    )
+    result = session.execute(
+        update(Delivery)
+        .where(
+            Delivery.edition_id == edition_id,
+            Delivery.status == "cancelled",
+            Delivery.variant_id.is_not(None),
+        )
+        .values(status="queued", queued_at=now, attempts=0, last_error=None, lease_until=None)
+        .execution_options(synchronize_session=False)
+    )
+    return rowcount(result)

@@ -6,16 +6,23 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from digest.models import (
+    Article,
+    AuditEntry,
     Cohort,
     Edition,
     EditionArticle,
     EditionVariant,
 )
-from digest.store.base import get_or_raise, insert_for_session
+from digest.store.base import get_or_raise, insert_for_session, rowcount
+
+# Editions whose rows no sender may claim: paused (until resumed) and cancelled (for good).
+HALTED = ("paused", "cancelled")
+# Editions that sent nothing and cover no window: they neither supersede nor precede.
+UNSENT = ("missed", "superseded")
 
 
 def find_edition(session: Session, cohort: Cohort) -> Edition | None:
@@ -32,11 +39,12 @@ def get_edition(session: Session, edition_id: int) -> Edition:
 
 
 def previous_edition(session: Session, timezone: str, before: datetime) -> Edition | None:
-    """The latest edition of this timezone cut before `before` (any slot, any status)."""
+    """The latest edition of this timezone cut by `before` (any slot, any status but
+    missed and superseded, which cover nothing)."""
     stmt = (
         select(Edition)
-        .where(Edition.timezone == timezone, Edition.window_end < before)
-        .where(Edition.status != "missed")
+        .where(Edition.timezone == timezone, Edition.window_end <= before)
+        .where(Edition.status.not_in(UNSENT))
         .order_by(Edition.window_end.desc())
         .limit(1)
     )
@@ -104,3 +112,68 @@ def get_variant(session: Session, variant_id: int) -> EditionVariant:
 def variants(session: Session, edition_id: int) -> list[EditionVariant]:
     stmt = select(EditionVariant).where(EditionVariant.edition_id == edition_id)
     return list(session.scalars(stmt.order_by(EditionVariant.id)))
+
+
+def latest_covering(session: Session, timezone: str, cut: datetime) -> Edition | None:
+    """The timezone's edition that covers the furthest, if it reaches past `cut`: an
+    edition cut at `cut` would find nothing of its window left to send."""
+    stmt = (
+        select(Edition)
+        .where(Edition.timezone == timezone, Edition.window_end > cut)
+        .where(Edition.status.not_in(UNSENT))
+        .order_by(Edition.window_end.desc(), Edition.id.desc())
+        .limit(1)
+    )
+    return session.scalars(stmt).first()
+
+
+def sent_article_ids(
+    session: Session, timezone: str, since: datetime, except_edition: int | None = None
+) -> set[int]:
+    """Articles published after `since` that an edition of this timezone carries
+    already, whatever its slot, day or the order it was planned in."""
+    stmt = (
+        select(EditionArticle.article_id)
+        .join(Edition, Edition.id == EditionArticle.edition_id)
+        .join(Article, Article.id == EditionArticle.article_id)
+        .where(Edition.timezone == timezone, Article.published_at > since)
+    )
+    if except_edition is not None:
+        stmt = stmt.where(Edition.id != except_edition)
+    return set(session.scalars(stmt))
+
+
+def replace_edition_articles(
+    session: Session, edition_id: int, article_ids: Sequence[int]
+) -> None:
+    """A corrected snapshot (a cancelled edition planned again)."""
+    session.execute(delete(EditionArticle).where(EditionArticle.edition_id == edition_id))
+    add_edition_articles(session, edition_id, article_ids)
+
+
+def set_edition_status(
+    session: Session, edition_id: int, to: str, *, only_from: Sequence[str]
+) -> bool:
+    """Move the edition to `to` if it is in one of `only_from`; whether it moved
+    (one statement: two operators pressing at once cannot both win)."""
+    result = session.execute(
+        update(Edition)
+        .where(Edition.id == edition_id, Edition.status.in_(only_from))
+        .values(status=to)
+        .execution_options(synchronize_session="fetch")
+    )
+    return rowcount(result) == 1
+
+
+def halted_editions(session: Session, edition_ids: Sequence[int]) -> set[int]:
+    """Which of these editions are paused or cancelled."""
+    if not edition_ids:
+        return set()
+    stmt = select(Edition.id).where(Edition.id.in_(edition_ids), Edition.status.in_(HALTED))
+    return set(session.scalars(stmt))
+
+
+def audit(session: Session, who: str, action: str, detail: str, now: datetime) -> None:
+    """One line in the audit log (the edition layer writes its plans here, with the
+    origin of each; digest.operations.operators reads and writes the same table)."""
+    session.add(AuditEntry(at=now, operator=who[:64], action=action[:64], detail=detail[:2000]))

@@ -17,7 +17,7 @@ from flask import Response, abort, flash, jsonify, redirect, render_template, re
 
 from digest import store
 from digest.config import SLOTS, Settings, check_timezone
-from digest.editions import dispatch, pipeline
+from digest.editions import control, dispatch, guard, pipeline
 from digest.editions.render import slot_values
 from digest.editions.schedule import Cohort, local_day
 from digest.editions.sending import prepare_variant, send_batch
@@ -177,7 +177,8 @@ def _cohort_from_request() -> Cohort:
         check_timezone(zone)
     except ConfigError as exc:
         raise InvalidInput(str(exc)) from None
-    return Cohort(slot, local_day(rt.clock(), zone), zone)
+    day = dispatch.parse_day(request.values.get("day", "")[:10] or None)
+    return Cohort(slot, day or local_day(rt.clock(), zone), zone)
 
 
 @console.route("/trigger", methods=["GET", "POST"])
@@ -196,25 +197,98 @@ def trigger() -> Any:
         flash(str(exc))
         return render_template("admin/trigger.html", zones=zones, slots=SLOTS, plan=None)
     now = rt.clock()
-    if request.method == "GET":  # the confirmation: who will get what
+    force = request.values.get("force") == "1"
+    if request.method == "GET":  # the confirmation: who will get what, or why nothing
+        decision = guard.may_plan(
+            session, rt.settings, cohort, now, origin=guard.CONSOLE, force=force
+        )
         readers = q.readers_per_cohort(session, rt.settings.default_timezone)
-        rendered = pipeline.preview(session, rt.settings, cohort, now)
+        rendered = (
+            pipeline.preview(session, rt.settings, cohort, now) if decision.may_plan else None
+        )
+        count = readers.get((cohort.timezone, cohort.slot), 0)
         plan = {
             "cohort": cohort,
-            "readers": readers.get((cohort.timezone, cohort.slot), 0),
+            "decision": decision,
+            "readers": count,
             "existing": store.find_edition(session, cohort),
             "subject": rendered[0].subject if rendered else "",
+            # Only a plan that would send something is offered as a button.
+            "sendable": decision.may_plan and bool(rendered) and count > 0,
+            # A day still ahead may be forced here (audited); nothing else may.
+            "forceable": decision.action == guard.REFUSE
+            and not force
+            and cohort.local_day > local_day(now, cohort.timezone),
+            "force": force,
         }
         return render_template("admin/trigger.html", zones=zones, slots=SLOTS, plan=plan)
-    fanouts = dispatch.plan_slot(
-        session, rt.settings, cohort.slot, now, day=cohort.local_day, timezone=cohort.timezone
-    )
-    fanout = fanouts[0]
-    _audit("triggered", f"{cohort}: {fanout.plan.status}, {fanout.plan.queued} queued")
-    session.commit()
+    fanout = dispatch.plan_slot(
+        session,
+        rt.settings,
+        cohort.slot,
+        now,
+        day=cohort.local_day,
+        timezone=cohort.timezone,
+        origin=guard.CONSOLE,
+        who=operator_name(),
+        force=force,
+    )[0]
+    plan_result = fanout.plan
+    if plan_result is None:
+        assert fanout.decision is not None
+        return _done(f"{cohort}: not sent: {fanout.decision.reason}.", "console.trigger")
+    if plan_result.status == pipeline.NOTHING:
+        return _done(f"{cohort}: {plan_result.note}.", "console.trigger")
     how = _hand_off(fanout.batches)
-    note = fanout.plan.note or fanout.plan.status
-    return _done(f"{cohort}: {note}; {how}.", "console.edition", edition_id=fanout.plan.edition_id)
+    note = plan_result.note or plan_result.status
+    return _done(f"{cohort}: {note}; {how}.", "console.edition", edition_id=plan_result.edition_id)
+
+
+# --- pause, resume, cancel, plan again ---------------------------------------------------------
+
+_CONTROLS = ("pause", "resume", "cancel", "replan")
+
+
+@console.route("/editions/<int:edition_id>/control/<action>", methods=["GET", "POST"])
+def edition_control(edition_id: int, action: str) -> Any:
+    """GET: what the action would do (how many got it, how many would be held);
+    POST: do it, audited."""
+    if action not in _CONTROLS:
+        abort(404)
+    rt = runtime()
+    session = db()
+    edition_id = _id(edition_id)
+    found = store.get_edition(session, edition_id)
+    if request.method == "GET":
+        return render_template(
+            "admin/control.html",
+            edition=found,
+            action=action,
+            standing=control.standing(session, edition_id),
+        )
+    now, who = rt.clock(), operator_name()
+    try:
+        if action == "pause":
+            done = control.pause(session, edition_id, now, origin=guard.CONSOLE, who=who)
+            how = "lanes stop within a few seconds; nothing more is sent until you resume"
+        elif action == "cancel":
+            done = control.cancel(session, edition_id, now, origin=guard.CONSOLE, who=who)
+            how = "nothing more is sent"
+        elif action == "resume":
+            done, queued = dispatch.resume_edition(
+                session, edition_id, now, rt.settings.batch_size, origin=guard.CONSOLE, who=who
+            )
+            how = _hand_off(list(queued))
+        else:
+            done, _ = control.replan(
+                session, rt.settings, edition_id, now, origin=guard.CONSOLE, who=who
+            )
+            size = rt.settings.batch_size
+            how = _hand_off(dispatch.queued_batches(session, edition_id, size).all())
+    except DigestError as exc:
+        session.rollback()
+        return _done(f"Not done: {exc}", "console.edition", edition_id=edition_id)
+    return _done(f"{done.describe()}; {how}.", "console.edition", edition_id=edition_id)
 
 
 # --- test send ---------------------------------------------------------------------------------
