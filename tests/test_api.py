@@ -419,3 +419,32 @@ def test_a_bad_api_rate_limit_stops_the_app_naming_it(
 
     with pytest.raises(ConfigError, match="DIGEST_API_RATE_LIMIT"):
         make_app(make_settings(tmp_path, sqlite_url, DIGEST_API_RATE_LIMIT="lots"))
+
+
+def test_planning_through_the_api_obeys_the_guard_and_is_audited(
+    client: Any, tokens: dict[str, str], session: Any, now: Any
+) -> None:
+    """The API is a third face, not a side door: a day still ahead is refused even with
+    force (only the CLI and the console may force one), and both the refusal and a plan
+    are in the audit log under the token's name with the origin "api"."""
+    h = auth(tokens["write"])
+    client.post("/api/v1/readers", json={"email": "p@example.com", "confirmed": True,
+                                         "timezone": "Australia/Sydney"}, headers=h)
+    ahead = {"slot": "morning", "timezone": "Australia/Sydney", "day": "2026-12-25",
+             "force": True}
+    refused = client.post("/api/v1/editions/plan", json=ahead, headers=h)
+    assert refused.status_code == 422, refused.get_json()
+    assert refused.headers["Content-Type"].startswith("application/problem+json")
+    assert store.find_edition(session, store_cohort("morning", "2026-12-25")) is None
+    entries = [(e.operator, e.action, e.detail) for e in recent(session, 10)]
+    assert any(op == "t-write" or op == "api:t-write" for op, action, _ in entries
+               if action == "plan refused")
+    assert any("[api]" in detail for _, action, detail in entries if action == "plan refused")
+
+
+def store_cohort(slot: str, day: str) -> Any:
+    from datetime import date
+
+    from digest.models import Cohort
+
+    return Cohort(slot, date.fromisoformat(day), "Australia/Sydney")

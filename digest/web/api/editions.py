@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from digest import store
 from digest.config import Settings, check_timezone
-from digest.editions import dispatch
+from digest.editions import dispatch, guard
 from digest.editions.render import slot_values
 from digest.editions.schedule import Cohort, local_day
 from digest.editions.sending import prepare_variant, send_batch
@@ -120,20 +120,26 @@ def _cohort(body: s.PlanIn) -> Cohort:
 def _plan_cohort(
     session: Session, settings: Settings, cohort: Cohort, force: bool
 ) -> dispatch.Fanout:
-    """The one place the API plans an edition: the seam where the planning guard that
-    every entry point calls takes over. Until then: a day still ahead needs `force`, as
-    `digest send --day` does, and the pipeline's own rules do the rest."""
+    """The API plans through the guard every entry point obeys (guard.may_plan, origin
+    "api"), which audits the plan under the token's name. A refusal (a day still ahead:
+    only the CLI and the console may force one; superseded; a bad clock) is a 422 that
+    says why."""
     now = runtime().clock()
-    if cohort.local_day > local_day(now, cohort.timezone) and not force:
-        raise Problem(
-            422,
-            f"{cohort.local_day} is still ahead in {cohort.timezone}: sending it now uses up "
-            "that day's edition; send force=true to do it anyway",
-        )
-    fanouts = dispatch.plan_slot(
-        session, settings, cohort.slot, now, day=cohort.local_day, timezone=cohort.timezone
-    )
-    return fanouts[0]
+    fanout = dispatch.plan_slot(
+        session,
+        settings,
+        cohort.slot,
+        now,
+        day=cohort.local_day,
+        timezone=cohort.timezone,
+        origin=guard.API,
+        who=token_name(),
+        force=force,
+    )[0]
+    if fanout.plan is None:
+        reason = fanout.decision.reason if fanout.decision else "refused"
+        raise Problem(422, reason)
+    return fanout
 
 
 def _hand_off(batches: list[list[int]]) -> str:
@@ -176,7 +182,7 @@ def plan_edition(body: s.PlanIn) -> Any:
     cohort = _cohort(body)
     fanout = _plan_cohort(session, rt.settings, cohort, body.force)
     plan = fanout.plan
-    _audit("triggered", f"{cohort}: {plan.status}, {plan.queued} queued (api)")
+    assert plan is not None
     session.commit()
     how = _hand_off(fanout.batches)
     return s.PlanOut(
