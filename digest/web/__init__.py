@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, request
+from flask import Flask
 from flask_limiter import Limiter
 from jinja2 import StrictUndefined
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -33,9 +33,7 @@ from digest.web.base import (
     redact_path,
     utcnow,
 )
-
-LOGIN_LIMIT = "5 per minute;30 per hour"
-NAME_LOGIN_LIMIT = "10 per minute;60 per hour"
+from digest.web.signin_limits import SigninLimits
 
 __all__ = [
     "EDITION_CSP",
@@ -60,7 +58,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)
     guard = SignupGuard(settings)
-    app.extensions["digest"] = Runtime(settings, engine, sessions, clock or utcnow, guard)
+    signin = SigninLimits(guard.storage)
+    app.extensions["digest"] = Runtime(settings, engine, sessions, clock or utcnow, guard, signin)
     app.register_blueprint(common)
     app.register_blueprint(readers.bp)
     configure_sessions(app, settings)
@@ -77,27 +76,11 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     )
     parse_limits("DIGEST_SIGNUP_CLIENT_LIMIT", settings.signup_client_limit)  # fail early
     _limit(app, "digest.subscribe", limiter.limit(settings.signup_client_limit, methods=["POST"]))
-    # Failed sign-ins: per client address, and per operator name from anywhere (with a
-    # higher ceiling, so that strangers guessing cannot easily lock the operator out).
-    per_client = limiter.limit(LOGIN_LIMIT, methods=["POST"], deduct_when=_failed)
-    per_name = limiter.limit(
-        NAME_LOGIN_LIMIT, methods=["POST"], deduct_when=_failed, key_func=_login_name
-    )
-    _limit(app, "console.login", per_client)
-    _limit(app, "console.login", per_name)
     return app
 
 
 def _limit(app: Flask, endpoint: str, decorator: Any) -> None:
     app.view_functions[endpoint] = decorator(app.view_functions[endpoint])
-
-
-def _failed(response: Any) -> bool:
-    return bool(response.status_code == 401)
-
-
-def _login_name() -> str:
-    return "operator:" + request.form.get("name", "").strip().lower()[:64]
 
 
 def run_dev_server(

@@ -1,12 +1,14 @@
 """The console's gate: operator sign-in and sign-out, the session cookie, and the
 checks every console request passes (signed in; POSTs from this site with the session's
-CSRF token). Sign-in attempts are limited per client and per name (digest/web/__init__).
+CSRF token). Failed sign-ins are limited per client and slowed per name
+(digest/web/signin_limits.py), and audited.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -14,9 +16,11 @@ from flask import Blueprint, Flask, g, redirect, render_template, request, sessi
 from werkzeug.wrappers import Response
 
 from digest.config import Settings
+from digest.errors import InvalidInput
 from digest.operations import operators
-from digest.web.base import db, message_page, runtime
+from digest.web.base import client_key, db, message_page, runtime
 from digest.web.forms import csrf_ok, csrf_token, same_origin
+from digest.web.signin_limits import login_name
 
 console = Blueprint("console", __name__, url_prefix="/admin")
 SESSION_HOURS = 12
@@ -91,15 +95,45 @@ def _safe_next(target: str | None) -> str:
     return url_for("console.overview")
 
 
+def _wait_text(seconds: int) -> str:
+    if seconds < 90:
+        return f"{seconds} seconds"
+    return f"{(seconds + 59) // 60} minutes"
+
+
+def _audit_name(name: str) -> str:
+    # Failed sign-ins are filed under the name they were for when it could be one.
+    try:
+        return operators.check_name(name)
+    except InvalidInput:
+        return "(no such name)"
+
+
 @console.route("/login", methods=["GET", "POST"])
 def login() -> Any:
     error = ""
     if request.method == "POST":
         if not same_origin():
             return message_page("Nothing changed", "This form was sent from another site.", 403)
-        name = request.form.get("name", "")[:64]
+        rt = runtime()
+        name = login_name(request.form.get("name", ""))
         password = request.form.get("password", "")[:1000]
-        now = runtime().clock()
+        client = client_key()
+        now = rt.clock()
+        refusal = rt.signin.refused(client, name, time.time())
+        if refusal is not None:
+            if refusal.first_in_window:
+                operators.record(
+                    db(), _audit_name(name), "sign-in refused",
+                    f"too many failed sign-ins from {client}; told to wait "
+                    f"{_wait_text(refusal.retry_after)}", now,
+                )
+                db().commit()
+            page = render_template(
+                "admin/locked.html", wait_text=_wait_text(refusal.retry_after)
+            )
+            return page, 429, {"Retry-After": str(refusal.retry_after)}
+        rt.sleep(rt.signin.delay(name))  # slows guessing at one name; never locks it
         operator = operators.authenticate(db(), name, password, now)
         if operator is not None:
             session.clear()
@@ -107,9 +141,12 @@ def login() -> Any:
             session["operator"] = operator.name
             session["epoch"] = operator.session_epoch
             session["since"] = int(now.timestamp())
-            operators.record(db(), operator.name, "signed in", request.remote_addr or "", now)
+            operators.record(db(), operator.name, "signed in", f"from {client}", now)
             db().commit()
             return redirect(_safe_next(request.args.get("next")))
+        rt.signin.failed(client, name)
+        operators.record(db(), _audit_name(name), "sign-in failed", f"from {client}", now)
+        db().commit()
         error = "That name and password do not match an operator."
     status = 401 if error else 200
     return render_template("admin/login.html", error=error, csrf_token=csrf_token), status

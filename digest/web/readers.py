@@ -161,7 +161,7 @@ def confirm(token: str) -> Any:
     if "name" in request.form:
         # Whoever filled in the sign-up form chose the name; the reader, who sees it on
         # this page, has the last word before it goes into every greeting.
-        request_ = {**request_, "name": request.form.get("name", "")[:400]}
+        request_ = {**request_, "name": accounts.cap_name(request.form.get("name", ""))}
     subscriber = accounts.confirm(session, subscriber_id, request_, now)
     session.commit()
     first = accounts.first_edition(rt.settings, subscriber, now)

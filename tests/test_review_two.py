@@ -1,0 +1,182 @@
+"""Findings of the second outside security review (issue 17, section 2), each closed:
+every test here failed before its fix."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from digest.mail.tokens import SEALED_DATA_MAX, SEALED_MAX, seal, unseal
+from digest.models import AuditEntry
+from digest.operations import operators
+from digest.readers import accounts
+from digest.web import redact_path
+from tests.conftest import NOW
+
+PASSWORD = "correct horse battery"
+
+
+def audit(session) -> list[tuple[str, str, str]]:
+    session.expire_all()
+    rows = session.scalars(select(AuditEntry).order_by(AuditEntry.id)).all()
+    found = [(e.operator, e.action, e.detail) for e in rows]
+    session.rollback()
+    return found
+
+
+@pytest.fixture
+def signin(make_app, settings, session) -> Any:
+    """A web app with operator ed, whose sign-in delays are recorded instead of slept."""
+    operators.add(session, "ed", PASSWORD, NOW)
+    session.commit()
+    app = make_app(settings)
+    waits: list[float] = []
+    app.extensions["digest"].sleep = waits.append
+    client = app.test_client()
+
+    def post(name: str, password: str, ip: str) -> Any:
+        data = {"name": name, "password": password}
+        return client.post("/admin/login", data=data, environ_base={"REMOTE_ADDR": ip})
+
+    post.waits = waits  # type: ignore[attr-defined]
+    return post
+
+
+# --- medium: a stranger can lock an operator out ---------------------------------------------
+
+
+def test_sixty_failures_from_strangers_slow_ann_down_but_never_lock_her_out(signin) -> None:
+    for n in range(60):
+        r = signin("ed", "guess", f"192.0.2.{n % 2}" if n < 10 else f"198.51.100.{n}")
+        assert r.status_code in (401, 429)
+    assert max(signin.waits) > 0  # guessing at ed is slowed down...
+    r = signin("ed", PASSWORD, "203.0.113.7")  # ...but ed, from a client that never failed,
+    assert r.status_code == 302  # signs in
+    assert 0 < signin.waits[-1] <= 3.0
+
+
+def test_a_client_that_keeps_failing_waits_on_a_console_page(signin, session) -> None:
+    for _ in range(5):
+        assert signin("ed", "guess", "192.0.2.9").status_code == 401
+    r = signin("ed", PASSWORD, "192.0.2.9")
+    page = r.get_data(as_text=True)
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
+    assert "Please wait" in page and "seconds" in page and 'href="/admin/login"' in page
+    assert "console" in page  # the console's layout
+    entries = audit(session)
+    assert [a for _, a, _ in entries].count("sign-in failed") == 5
+    refused = [e for e in entries if e[1] == "sign-in refused"]
+    assert len(refused) == 1 and refused[0][0] == "ed" and "192.0.2.9" in refused[0][2]
+
+
+# --- low: the name is normalised once ----------------------------------------------------------
+
+
+def test_a_padded_name_counts_against_the_same_name(signin) -> None:
+    # Before: the limit saw the name trimmed then cut, the sign-in cut then trimmed, so
+    # "ed" + 70 spaces + "x" signed in as ed under a fresh key.
+    for n in range(12):
+        padded = "  ED" + " " * (62 + n) + "x"
+        assert signin(padded, "guess", f"198.51.100.{n}").status_code == 401
+    assert signin.waits[-1] > 0  # the 11th and 12th were slowed: one name, one counter
+
+
+# --- low: log redaction -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "GET /unsubscribe/./abc.def.ghi HTTP/1.1",
+        "GET /unsubscribe/x/../abc.def.ghi HTTP/1.1",
+        "GET /%2e/preferences/%2e/abc.def.ghi HTTP/1.1",
+        "GET /confirm/./a.b.c.abc.def.ghi HTTP/1.1",
+    ],
+)
+def test_dot_segments_do_not_put_a_token_in_the_log(line: str) -> None:
+    assert "abc.def" not in redact_path(line)
+
+
+def test_logged_paths_cannot_forge_lines_or_drive_a_terminal() -> None:
+    out = redact_path("GET /x%0a127.0.0.1 - - \"GET /admin HTTP/1.1\" 200%1b[31m HTTP/1.1")
+    assert "\n" not in out and "\x1b" not in out
+    assert "\\x0a" in out and "\\x1b" in out
+    assert "\r" not in redact_path("/a%0d%0ab") and "\u2028" not in redact_path("/a%E2%80%A8")
+
+
+def test_the_dev_servers_access_log_uses_the_raw_line(make_app, settings, live_server) -> None:
+    import logging
+    import urllib.request
+
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    handler = Keep()
+    logging.getLogger("werkzeug").addHandler(handler)
+    logging.getLogger("werkzeug").setLevel(logging.INFO)
+    try:
+        base = live_server(make_app(settings))
+        try:
+            urllib.request.urlopen(base + "/unsubscribe/./abc.def.ghi%0aFORGED")
+        except Exception:
+            pass
+    finally:
+        logging.getLogger("werkzeug").removeHandler(handler)
+    line = next(r for r in records if "unsubscribe" in r)
+    assert "abc.def" not in line and "\n" not in line
+
+
+# --- low: the name travels in the confirmation link --------------------------------------------
+
+
+def test_a_200_emoji_name_is_refused_at_the_form(client, settings) -> None:
+    data = {
+        "email": "emoji@example.com",
+        "name": "\U0001f600" * 200,
+        "editions": "both",
+        "timezone": "UTC",
+        "form_token": accounts.form_token(settings.secret_key, datetime.now(UTC)),
+    }
+    r = client.post("/subscribe", data=data)
+    assert r.status_code == 422 and "shorter name" in r.get_data(as_text=True)
+    assert accounts.name_fits("\U0001f600" * 75) and not accounts.name_fits("\U0001f600" * 76)
+    assert not accounts.name_fits("a" * 101)
+
+
+def test_the_largest_valid_request_makes_a_link_that_unseal_reads() -> None:
+    largest = accounts.largest_request()
+    body = json.dumps(largest, separators=(",", ":"), ensure_ascii=False).encode()
+    assert len(body) <= SEALED_DATA_MAX
+    token = seal("k", "confirm", 2**62, datetime(9999, 1, 1, tzinfo=UTC), largest)
+    assert len(token) <= SEALED_MAX
+    assert unseal("k", "confirm", token, NOW)[1] == largest
+    with pytest.raises(ValueError):
+        seal("k", "confirm", 1, NOW, {"name": "x" * (SEALED_DATA_MAX + 1)})
+    # The biggest name the form accepts, as emoji: its link is read back.
+    emoji = {**largest, "name": accounts.cap_name("\U0001f600" * 200)}
+    token = seal("k", "confirm", 1, datetime(9999, 1, 1, tzinfo=UTC), emoji)
+    assert unseal("k", "confirm", token, NOW)[1]["name"] == "\U0001f600" * 75
+
+
+# --- low: control characters in forms ---------------------------------------------------------
+
+
+def test_nul_in_any_field_is_a_400_not_a_500(make_app, settings, session, client) -> None:
+    operators.add(session, "ed", PASSWORD, NOW)
+    session.commit()
+    r = client.post("/admin/login", data={"name": "ed\x00", "password": "x"})
+    assert r.status_code == 400
+    assert client.get("/admin/readers?q=a%00b@example.com").status_code == 400
+    assert client.post("/subscribe", data={"email": "a\x01@example.com"}).status_code == 400
+    console = make_app(settings).test_client()
+    console.post("/admin/login", data={"name": "ed", "password": PASSWORD})
+    assert console.get("/admin/readers?q=victim%00@example.com").status_code == 400
+    assert console.post("/admin/feeds", data={"url": "http://x\x00/"}).status_code == 400
+    assert console.get("/admin/readers?q=tab%09ok").status_code == 200
