@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from limits import RateLimitItem, parse_many
 from limits.storage import Storage
@@ -53,7 +54,7 @@ class Refusal:
 class SigninLimits:
     """The counters of failed sign-ins (see the module's docstring)."""
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage | Any) -> None:
         self.storage = storage
         self.limiter = MovingWindowRateLimiter(storage)
         self.per_client = parse_many(CLIENT_LIMIT)
