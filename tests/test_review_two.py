@@ -180,3 +180,84 @@ def test_nul_in_any_field_is_a_400_not_a_500(make_app, settings, session, client
     assert console.get("/admin/readers?q=victim%00@example.com").status_code == 400
     assert console.post("/admin/feeds", data={"url": "http://x\x00/"}).status_code == 400
     assert console.get("/admin/readers?q=tab%09ok").status_code == 200
+
+
+# --- low: header settings are parsed as what they are -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DIGEST_FROM_ADDRESS", "news@example.com, attacker@evil.example"),
+        ("DIGEST_FROM_ADDRESS", "News <news@example.com>"),
+        ("DIGEST_FROM_ADDRESS", "news"),
+        ("DIGEST_UNSUBSCRIBE_MAILTO", "u@example.com?bcc=all@evil.example"),
+        ("DIGEST_UNSUBSCRIBE_MAILTO", "mailto:u@example.com"),
+        ("DIGEST_REPLY_TO", "a@example.com;b@example.com"),
+        ("DIGEST_BASE_URL", "https://news.example.com>,<https://evil.example"),
+        ("DIGEST_BASE_URL", "news.example.com"),
+        ("DIGEST_BASE_URL", "javascript://news.example.com"),
+        ("DIGEST_BASE_URL", "https://user@news.example.com"),
+        ("DIGEST_BASE_URL", "https://news.example.com/?a=b"),
+        ("DIGEST_BASE_URL", "https://news example.com"),
+    ],
+)
+def test_header_settings_must_be_one_address_or_one_url(tmp_path, name: str, value: str) -> None:
+    from digest.config import load_settings
+    from digest.errors import ConfigError
+
+    env = {"DIGEST_DATA_DIR": str(tmp_path), "DIGEST_SECRET_KEY": "k", name: value}
+    with pytest.raises(ConfigError, match=name):
+        load_settings(env)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://localhost:8000", "https://news.example.com/digest", "http://[::1]:8000"],
+)
+def test_ordinary_base_urls_and_addresses_are_accepted(tmp_path, url: str) -> None:
+    from digest.config import load_settings
+
+    env = {
+        "DIGEST_DATA_DIR": str(tmp_path),
+        "DIGEST_SECRET_KEY": "k",
+        "DIGEST_BASE_URL": url,
+        "DIGEST_FROM_ADDRESS": "o'brien+news@mail.example.co.uk",
+        "DIGEST_UNSUBSCRIBE_MAILTO": "unsubscribe@example.com",
+    }
+    assert load_settings(env).base_url == url
+
+
+# --- low: files in a data folder others can read ----------------------------------------------
+
+
+def test_sqlite_file_and_inbound_log_are_private_in_an_open_folder(tmp_path, caplog) -> None:
+    import logging
+    import os
+    import stat
+
+    from digest.cli.inbound import log_line
+    from digest.config import load_settings
+    from digest.db import make_engine, upgrade
+
+    folder = tmp_path / "open"
+    folder.mkdir()
+    folder.chmod(0o755)
+    old = os.umask(0o022)
+    try:
+        env = {"DIGEST_DATA_DIR": str(folder), "DIGEST_SECRET_KEY": "k"}
+        settings = load_settings(env)
+        with caplog.at_level(logging.WARNING, logger="digest.db"):
+            upgrade(settings.database_url)
+            make_engine(settings.database_url).dispose()
+        assert "can be read by other users" in caplog.text
+        log_line(settings, NOW, "bounce for x@example.com")
+    finally:
+        os.umask(old)
+    database = next(folder.glob("*.db"))
+    assert stat.S_IMODE(database.stat().st_mode) == 0o600
+    for wal in folder.glob("*.db-*"):
+        assert stat.S_IMODE(wal.stat().st_mode) == 0o600, wal
+    log = folder / "inbound" / "inbound.log"
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    assert stat.S_IMODE(log.parent.stat().st_mode) == 0o700
