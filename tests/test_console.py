@@ -153,7 +153,7 @@ def test_posts_without_the_csrf_token_or_from_elsewhere_change_nothing(console, 
     assert reader_row(session, reader_id).status == "active"
     assert console.post(url, data={"csrf": token}).status_code == 302
     assert reader_row(session, reader_id).status == "unsubscribed"
-    assert audit(session)[-1] == ("ed", "unsubscribed", f"reader {reader_id}")
+    assert audit(session)[-1] == ("ed", "unsubscribed", f"reader {reader_id} (was active)")
 
 
 def test_sign_in_redirects_only_inside_the_console(make_app, settings, session) -> None:

@@ -261,3 +261,75 @@ def test_sqlite_file_and_inbound_log_are_private_in_an_open_folder(tmp_path, cap
     log = folder / "inbound" / "inbound.log"
     assert stat.S_IMODE(log.stat().st_mode) == 0o600
     assert stat.S_IMODE(log.parent.stat().st_mode) == 0o700
+
+
+# --- low: audit gaps ----------------------------------------------------------------------------
+
+
+def test_cli_adds_imports_exports_and_operator_changes_are_audited(
+    tmp_path, database_url, monkeypatch
+) -> None:
+    from click.testing import CliRunner
+
+    import digest.cli
+    from digest.cli import cli
+    from digest.db import make_engine, make_sessionmaker
+
+    engines: list[Any] = []
+
+    def tracked(url: str, **kwargs: Any) -> Any:
+        engines.append(make_engine(url, **kwargs))
+        return engines[-1]
+
+    monkeypatch.setattr(digest.cli, "make_engine", tracked)
+
+    env = {
+        "DIGEST_DATA_DIR": str(tmp_path / "data"),
+        "DIGEST_DATABASE_URL": database_url,
+        "DIGEST_SMTP_URL": "",
+        "DIGEST_REDIS_URL": "",
+        "DIGEST_SECRET_KEY": "k",
+        "LOGNAME": "night-editor",
+        "USER": "night-editor",
+    }
+    feed = tmp_path / "feed.xml"
+    feed.write_text("<rss version='2.0'><channel><title>t</title></channel></rss>")
+    readers = tmp_path / "readers.csv"
+    readers.write_text("email,name\nana@example.com,Ana\nnot-an-address,X\n")
+    articles = tmp_path / "articles.json"
+    articles.write_text(
+        '[{"title": "T", "url": "https://n.example.com/1", "published_at": "2026-11-29T10:00:00Z"}]'
+    )
+
+    def run(*args: str, input: str | None = None) -> None:
+        try:
+            result = CliRunner(env=env).invoke(cli, list(args), input=input)
+        finally:
+            while engines:
+                engines.pop().dispose()
+        assert result.exit_code == 0, result.output
+
+    run("init")
+    run("feeds", "add", str(feed), "--section", "world")
+    run("articles", "import", str(articles))
+    run("subscribers", "add", "ben@example.com")
+    run("subscribers", "import", str(readers))
+    run("subscribers", "export", str(tmp_path / "out.csv"))
+    run("operators", "add", "ann", "--password-stdin", input=PASSWORD + "\n")
+    run("operators", "passwd", "ANN", "--password-stdin", input="another long password\n")
+    run("operators", "remove", "ann")
+    engine = make_engine(database_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            entries = audit(session)
+    finally:
+        engine.dispose()
+    by_action = {action: (who, detail) for who, action, detail in entries}
+    assert by_action["added feed"][0] == "night-editor" and "world" in by_action["added feed"][1]
+    assert by_action["imported articles"][1] == "articles.json: 1 new, 0 records skipped"
+    assert by_action["added reader"][1].endswith("(pending)")
+    assert "1 added (pending)" in by_action["imported readers"][1]
+    assert "1 bad rows" in by_action["imported readers"][1]
+    assert by_action["exported readers"][1].startswith("all 2 readers to ")
+    for action in ("operator added", "password changed", "operator removed"):
+        assert by_action[action] == ("ann", "by night-editor with the CLI"), action

@@ -9,7 +9,9 @@ import click
 
 from digest import store
 from digest.cli import App, cli, pass_app
+from digest.cli.readers import operator_name
 from digest.feeds.ingest import import_articles, ingest_all
+from digest.operations import operators
 
 
 @cli.group()
@@ -29,6 +31,9 @@ def feeds_add(app: App, source: str, section: str) -> None:
         raise click.ClickException(f"{source!r} is neither an http(s) URL nor an existing file")
     with app.session() as session:
         feed = store.add_feed(session, url, section.strip().lower() or "news")
+        operators.record(
+            session, operator_name(), "added feed", f"{url} ({feed.section})", app.now()
+        )
         session.commit()
         click.echo(f"feed {feed.id} added: {url} [{feed.section}]")
 
@@ -80,6 +85,13 @@ def articles_import(app: App, file: Path) -> None:
     """Import articles from a JSON list (title, url, summary, section, published_at, priority)."""
     with app.session() as session:
         new, errors = import_articles(session, file, app.now())
+        operators.record(
+            session,
+            operator_name(),
+            "imported articles",
+            f"{file.name}: {new} new, {len(errors)} records skipped",
+            app.now(),
+        )
         session.commit()
     for error in errors:
         click.echo(f"skipped {error}", err=True)

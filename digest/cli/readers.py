@@ -66,6 +66,7 @@ def subscribers_add(
             consent="cli",
             **fields,
         )
+        _audit(session, app, "added reader", f"reader {s.id} ({s.status})")
         session.commit()
         click.echo(f"subscriber {s.id} added: {s.email} ({s.status})")
 
@@ -78,6 +79,14 @@ def subscribers_import(app: App, file: Path, confirmed: bool) -> None:
     """Import subscribers from a CSV with columns email,name,timezone,editions,sections."""
     with app.session() as session:
         report = import_file(session, file, app.now(), confirmed=confirmed)
+        _audit(
+            session,
+            app,
+            "imported readers",
+            f"{file.name}: {report.added} added ({'active' if confirmed else 'pending'}), "
+            f"{report.existing} already there, {report.suppressed} suppressed, "
+            f"{len(report.errors)} bad rows",
+        )
         session.commit()
     for line, reason in report.errors:
         click.echo(f"line {line}: {reason}", err=True)
@@ -98,6 +107,9 @@ def subscribers_export(app: App, file: Path) -> None:
             n = export_csv(session, sys.stdout)
         else:
             n = export_private(session, file)
+        where = "standard output" if str(file) == "-" else str(file.resolve())
+        _audit(session, app, "exported readers", f"all {n} readers to {where}")
+        session.commit()
     click.echo(f"{n} subscribers exported", err=True)
 
 
@@ -163,8 +175,9 @@ def _act(
             raise InvalidInput(f"subscriber {subscriber.id} is erased; nothing is left to change")
         if confirm:
             confirm(subscriber)
+        was = subscriber.status
         act(session, subscriber.id, app.now())
-        _audit(session, app, action, f"reader {subscriber.id}")
+        _audit(session, app, action, f"reader {subscriber.id} (was {was})")
         session.commit()
         return subscriber
 
@@ -312,7 +325,9 @@ def subscribers_update(
         ]
         if not changed:
             raise click.UsageError("say what to change: --name, --timezone, --editions, --sections")
+        before = accounts.form_of(subscriber)
         s = reader_admin.update(session, subscriber.id, form)
-        _audit(session, app, "changed reader", f"reader {s.id}: {', '.join(changed)}")
+        what = reader_admin.describe_change(before, accounts.form_of(s))
+        _audit(session, app, "changed reader", f"reader {s.id}: {what}")
         session.commit()
     click.echo(f"subscriber {s.id} updated: {', '.join(changed)}")

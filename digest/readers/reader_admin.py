@@ -119,16 +119,37 @@ def suppress(session: Session, subscriber_id: int, now: datetime) -> Subscriber:
     return accounts.unsubscribe(session, subscriber_id, now)
 
 
-def update(session: Session, subscriber_id: int, form: accounts.Form) -> Subscriber:
-    """Change a reader's editions, sections, timezone and name (checked like the form)."""
+def update(
+    session: Session, subscriber_id: int, form: accounts.Form, now: datetime | None = None
+) -> Subscriber:
+    """Change a reader's editions, sections, timezone and name (checked like the form).
+
+    With `now`, sections must be ones the feeds offer (or the reader already has);
+    without it the caller has checked them (the CLI, which names the known ones)."""
     subscriber = store.get_subscriber(session, subscriber_id)
-    offered = set(filter(None, subscriber.sections.split(","))) | set(
-        filter(None, ",".join(form.sections).split(","))
-    )
+    form.sections = [s.strip().lower() for s in form.sections if s.strip()]
+    chosen = set(filter(None, ",".join(form.sections).split(",")))
+    offered = set(filter(None, subscriber.sections.split(",")))
+    offered |= set(accounts.offered_sections(session, now)) if now is not None else chosen
     fields, errors = accounts.validate(form, offered, email=subscriber.email)
     if errors:
         raise InvalidInput("; ".join(errors.values()))
     return accounts.update_preferences(session, subscriber_id, fields)
+
+
+def describe_change(before: accounts.Form, after: accounts.Form) -> str:
+    """What a change of settings changed, for flash messages and the audit log (a name
+    is said to have changed, not shown: the log outlives an erasure)."""
+    said = []
+    if before.editions != after.editions:
+        said.append(f"editions: {after.editions}")
+    if sorted(before.sections) != sorted(after.sections):
+        said.append(f"sections: {', '.join(after.sections) or 'all'}")
+    if before.timezone != after.timezone:
+        said.append(f"timezone: {after.timezone or 'the default'}")
+    if before.name != after.name:
+        said.append("name changed")
+    return "; ".join(said) or "nothing changed"
 
 
 def erase(session: Session, subscriber_id: int, now: datetime) -> Subscriber:

@@ -298,6 +298,8 @@ def reader_action(subscriber_id: int, action: str) -> Any:
     session = db()
     _id(subscriber_id)
     if action == "settings":
+        subscriber = store.get_subscriber(session, subscriber_id)
+        before = accounts.form_of(subscriber)
         form = accounts.Form(
             name=request.form.get("name", "")[:400],
             timezone=request.form.get("timezone", "")[:100],
@@ -305,23 +307,27 @@ def reader_action(subscriber_id: int, action: str) -> Any:
             sections=[s for s in request.form.get("sections", "").split(",") if s.strip()][:100],
         )
         try:
-            reader_admin.update(session, subscriber_id, form)
+            changed = reader_admin.update(session, subscriber_id, form, rt.clock())
         except InvalidInput as exc:
             session.rollback()
             return _done(f"Not saved: {exc}", "console.reader", subscriber_id=subscriber_id)
-        _audit("changed reader", f"reader {subscriber_id}: settings")
+        what = reader_admin.describe_change(before, accounts.form_of(changed))
+        _audit("changed reader", f"reader {subscriber_id}: {what}")
+        message = f"Reader {subscriber_id}: settings changed ({what})."
     elif action in _READER_ACTIONS:
         if action == "erase" and request.form.get("confirm") != "erase":
             return _done(
                 "Type erase to confirm.", "console.reader", subscriber_id=subscriber_id
             )
         act, word = _READER_ACTIONS[action]
+        before_status = store.get_subscriber(session, subscriber_id).status
         act(session, subscriber_id, rt.clock())
-        _audit(word, f"reader {subscriber_id}")
+        _audit(word, f"reader {subscriber_id} (was {before_status})")
+        message = f"Reader {subscriber_id}: {word}."
     else:
         abort(404)
     session.commit()
-    return _done(f"Reader {subscriber_id}: done.", "console.reader", subscriber_id=subscriber_id)
+    return _done(message, "console.reader", subscriber_id=subscriber_id)
 
 
 # --- feeds and articles ------------------------------------------------------------------------
