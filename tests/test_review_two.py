@@ -333,3 +333,59 @@ def test_cli_adds_imports_exports_and_operator_changes_are_audited(
     assert by_action["exported readers"][1].startswith("all 2 readers to ")
     for action in ("operator added", "password changed", "operator removed"):
         assert by_action[action] == ("ann", "by night-editor with the CLI"), action
+
+
+# --- low: the public archive has a takedown -----------------------------------------------------
+
+
+def test_hiding_an_article_takes_it_out_of_archived_editions(make_app, tmp_path, database_url):
+    from sqlalchemy import select as sel
+
+    from digest.db import make_engine, make_sessionmaker
+    from digest.models import Article
+    from tests.conftest import FakeClock, make_settings
+    from tests.test_archive import publish
+
+    settings = make_settings(tmp_path, database_url, DIGEST_PUBLIC_ARCHIVE="1")
+    engine = make_engine(settings.database_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            world = publish(session, settings)
+            first = world["ids"]["second"]  # Ferry timetable changes and Netball final
+            clock = FakeClock(datetime(2026, 11, 30, 7, 0, tzinfo=UTC))
+            operators.add(session, "ed", PASSWORD, NOW)
+            session.commit()
+            app = make_app(settings, clock=clock)
+            public = app.test_client()
+            page = public.get(f"/archive/{first}").get_data(as_text=True)
+            gone = "Ferry timetable changes"
+            assert gone in page and "Netball final" in page
+            article_id = session.scalars(sel(Article.id).where(Article.title == gone)).one()
+            session.rollback()  # on SQLite an open transaction holds the write lock
+            console = app.test_client()
+            console.post("/admin/login", data={"name": "ed", "password": PASSWORD})
+            token = _csrf(console)
+            r = console.post(f"/admin/articles/{article_id}/hide", data={"csrf": token})
+            assert r.status_code == 302
+            r = public.get(f"/archive/{first}")
+            page = r.get_data(as_text=True)
+            assert r.status_code == 200 and gone not in page and "Netball final" in page
+            # The operator takes the whole edition off the archive, then puts it back.
+            r = console.post(f"/admin/editions/{first}/archive/unpublish", data={"csrf": token})
+            assert r.status_code == 302
+            assert public.get(f"/archive/{first}").status_code == 404
+            assert f"/archive/{first}" not in public.get("/archive").get_data(as_text=True)
+            console.post(f"/admin/editions/{first}/archive/publish", data={"csrf": token})
+            assert public.get(f"/archive/{first}").status_code == 200
+            entries = [a for _, a, _ in audit(session)]
+            assert "article hide" in entries and "edition unpublished" in entries
+    finally:
+        engine.dispose()
+
+
+def _csrf(client: Any) -> str:
+    import re
+
+    found = re.search(r'name="csrf" value="([^"]+)"', client.get("/admin/").get_data(as_text=True))
+    assert found
+    return found.group(1)

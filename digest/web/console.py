@@ -164,6 +164,20 @@ def edition_retry(edition_id: int) -> Any:
     return _done(f"{count} deliveries re-queued; {how}.", "console.edition", edition_id=edition_id)
 
 
+@console.post("/editions/<int:edition_id>/archive/<action>")
+def edition_publish(edition_id: int, action: str) -> Any:
+    """Take an edition off the public archive, or put it back (takedown)."""
+    if action not in ("publish", "unpublish"):
+        abort(404)
+    found = store.get_edition(db(), _id(edition_id))
+    found.unpublished = action == "unpublish"
+    word = "taken off the public archive" if found.unpublished else "put back in the archive"
+    _audit(f"edition {action}ed", f"edition {found.id} ({found.slot} {found.local_day} "
+           f"{found.timezone}): {word}")
+    db().commit()
+    return _done(f"Edition {found.id}: {word}.", "console.edition", edition_id=found.id)
+
+
 # --- trigger a slot now ------------------------------------------------------------------------
 
 
@@ -407,6 +421,7 @@ def article_action(article_id: int, action: str) -> Any:
     if article is None or action not in ("hide", "show", "raise", "lower"):
         abort(404)
     if action in ("hide", "show"):
+        # Hidden also means gone from archived editions that carried it (takedown).
         article.hidden = action == "hide"
     else:
         step = 1 if action == "raise" else -1
