@@ -45,8 +45,9 @@ EDITION_CSP = (
 _TOKEN_PATH = re.compile(
     r"(/+(?:unsubscribe|confirm|preferences|editions/+[^/?#\s]+)/+)[^/?#\s]+", re.IGNORECASE
 )
-# The console's reader search puts an address in the query string.
-_SEARCH = re.compile(r"((?:^|[?&])q=)[^&#\s]*")
+# The console's reader search puts an address in the query string; a sign-up link from
+# a reader's email carries their token there.
+_SEARCH = re.compile(r"((?:^|[?&])(?:q|reader)=)[^&#\s]*")
 DIGITS = re.compile(r"[0-9]{1,9}")  # str.isdigit() also takes "²", which int() refuses
 
 common = Blueprint("common", __name__)
