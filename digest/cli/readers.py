@@ -158,7 +158,7 @@ def operator_name() -> str:
 
 
 def _audit(session: Session, app: App, action: str, detail: str) -> None:
-    # The same actions and details as the console (digest/web/console.py) writes.
+    # The same actions and details as the console (digest/web/console/) writes.
     operators.record(session, operator_name(), action, detail, app.now())
 
 

@@ -1,4 +1,4 @@
-"""The web app: readers' pages (readers.py) and the operator console (console.py), on
+"""The web app: readers' pages (readers.py) and the operator console (console/), on
 what base.py shares. `create_app()` is the factory gunicorn runs:
 
     gunicorn --config python:digest.gunicorn_conf 'digest.web:create_app()'

@@ -1,7 +1,7 @@
 """What every page of the web app shares: the runtime, one database session per
 request, security headers, error pages and log redaction.
 
-Readers' pages (digest/web/readers.py) and the operator console (digest/web/console.py)
+Readers' pages (digest/web/readers.py) and the operator console (digest/web/console/)
 both build on this; nothing here knows either of them.
 """
 

@@ -1,0 +1,180 @@
+"""The console's editions: list, one edition, its preview, retry, the archive
+takedown; sending a slot now and test copies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, abort, flash, render_template, request
+
+from digest import store
+from digest.config import SLOTS, check_timezone
+from digest.editions import dispatch, pipeline
+from digest.editions.render import slot_values
+from digest.editions.schedule import Cohort, local_day
+from digest.editions.sending import prepare_variant
+from digest.errors import ConfigError, DigestError, InvalidInput
+from digest.mail.addresses import normalise_address
+from digest.mail.relays import make_transport
+from digest.operations import overview
+from digest.readers import accounts
+from digest.store import overview as q
+from digest.web.auth import console
+from digest.web.base import DIGITS, EDITION_CSP, db, runtime
+from digest.web.console.common import checked_id, done, hand_off, record_action
+
+# --- editions --------------------------------------------------------------------------------
+
+
+@console.get("/editions")
+def editions() -> Any:
+    rows = q.editions_page(db(), limit=100)
+    counts = q.counts_by_edition(db(), [e.id for e in rows])
+    return render_template("admin/editions.html", editions=rows, counts=counts)
+
+
+@console.get("/editions/<int:edition_id>")
+def edition(edition_id: int) -> Any:
+    session = db()
+    found = store.get_edition(session, checked_id(edition_id))
+    ids = store.edition_article_ids(session, found.id)
+    by_id = store.articles_by_id(session, ids)
+    return render_template(
+        "admin/edition.html",
+        edition=found,
+        articles=[by_id[i] for i in ids if i in by_id],
+        counts=store.edition_counts(session, found.id),
+        errors=q.edition_errors(session, found.id),
+        variants=store.variants(session, found.id),
+        progress=overview.progress(session, runtime().clock(), [found.id])[0],
+    )
+
+
+@console.get("/editions/<int:edition_id>/preview")
+def edition_preview(edition_id: int) -> Any:
+    """A variant as a reader would get it, with sample values in the reader's slots."""
+    sections = request.args.get("sections", "")
+    for variant in store.variants(db(), checked_id(edition_id)):
+        if variant.sections == sections:
+            values = slot_values(
+                name="Reader", unsubscribe_url="#", preferences_url="#", view_url="#",
+                for_html=True,
+            )
+            response = Response(prepare_variant(variant).html.fill(values), mimetype="text/html")
+            response.headers["Content-Security-Policy"] = EDITION_CSP
+            return response
+    abort(404)
+
+
+@console.post("/editions/<int:edition_id>/retry")
+def edition_retry(edition_id: int) -> Any:
+    statuses = [s for s in request.form.getlist("status") if s in ("failed", "deferred")]
+    if not statuses:
+        return done("Choose failed, deferred or both.", "console.edition", edition_id=edition_id)
+    rt = runtime()
+    edition_id = checked_id(edition_id)
+    count, batches = dispatch.retry_edition(db(), rt.settings, edition_id, statuses, rt.clock())
+    record_action("retried", f"edition {edition_id}: {count} {'/'.join(statuses)} deliveries")
+    db().commit()
+    how = hand_off(batches)
+    return done(f"{count} deliveries re-queued; {how}.", "console.edition", edition_id=edition_id)
+
+
+@console.post("/editions/<int:edition_id>/archive/<action>")
+def edition_publish(edition_id: int, action: str) -> Any:
+    """Take an edition off the public archive, or put it back (takedown)."""
+    if action not in ("publish", "unpublish"):
+        abort(404)
+    found = store.get_edition(db(), checked_id(edition_id))
+    found.unpublished = action == "unpublish"
+    word = "taken off the public archive" if found.unpublished else "put back in the archive"
+    record_action(f"edition {action}ed", f"edition {found.id} ({found.slot} {found.local_day} "
+           f"{found.timezone}): {word}")
+    db().commit()
+    return done(f"Edition {found.id}: {word}.", "console.edition", edition_id=found.id)
+
+
+# --- trigger a slot now ------------------------------------------------------------------------
+
+
+def _cohort_from_request() -> Cohort:
+    rt = runtime()
+    slot = request.values.get("slot", "")
+    if slot not in SLOTS:
+        raise InvalidInput(f"choose a slot: {', '.join(SLOTS)}")
+    zone = request.values.get("timezone") or rt.settings.default_timezone
+    try:
+        check_timezone(zone)
+    except ConfigError as exc:
+        raise InvalidInput(str(exc)) from None
+    return Cohort(slot, local_day(rt.clock(), zone), zone)
+
+
+@console.route("/trigger", methods=["GET", "POST"])
+def trigger() -> Any:
+    rt = runtime()
+    session = db()
+    zones = sorted(
+        store.active_timezones(session, rt.settings.default_timezone)
+        | {rt.settings.default_timezone}
+    )
+    if "slot" not in request.values:
+        return render_template("admin/trigger.html", zones=zones, slots=SLOTS, plan=None)
+    try:
+        cohort = _cohort_from_request()
+    except InvalidInput as exc:
+        flash(str(exc))
+        return render_template("admin/trigger.html", zones=zones, slots=SLOTS, plan=None)
+    now = rt.clock()
+    if request.method == "GET":  # the confirmation: who will get what
+        readers = q.readers_per_cohort(session, rt.settings.default_timezone)
+        rendered = pipeline.preview(session, rt.settings, cohort, now)
+        plan = {
+            "cohort": cohort,
+            "readers": readers.get((cohort.timezone, cohort.slot), 0),
+            "existing": store.find_edition(session, cohort),
+            "subject": rendered[0].subject if rendered else "",
+        }
+        return render_template("admin/trigger.html", zones=zones, slots=SLOTS, plan=plan)
+    fanouts = dispatch.plan_slot(
+        session, rt.settings, cohort.slot, now, day=cohort.local_day, timezone=cohort.timezone
+    )
+    fanout = fanouts[0]
+    record_action("triggered", f"{cohort}: {fanout.plan.status}, {fanout.plan.queued} queued")
+    session.commit()
+    how = hand_off(fanout.batches)
+    note = fanout.plan.note or fanout.plan.status
+    return done(f"{cohort}: {note}; {how}.", "console.edition", edition_id=fanout.plan.edition_id)
+
+
+# --- test send ---------------------------------------------------------------------------------
+
+
+@console.route("/test-send", methods=["GET", "POST"])
+def test_send() -> Any:
+    rt = runtime()
+    session = db()
+    recent = q.editions_page(session, limit=30)
+    if request.method == "GET":
+        return render_template("admin/test_send.html", editions=recent, slots=SLOTS)
+    to = request.form.get("to", "")[:320]
+    choice = request.form.get("edition", "")
+    try:
+        address = normalise_address(to)
+        if DIGITS.fullmatch(choice):
+            found = store.get_edition(session, checked_id(int(choice)))
+            cohort = Cohort(found.slot, found.local_day, found.timezone)
+        else:
+            zone = rt.settings.default_timezone
+            cohort = Cohort(choice, local_day(rt.clock(), zone), zone)
+            rt.settings.send_time(choice)
+        message_id = pipeline.test_send(
+            session, rt.settings, make_transport(rt.settings), cohort, address, rt.clock()
+        )
+    except (DigestError, ConfigError) as exc:
+        flash(f"No test copy sent: {exc}")
+        return render_template("admin/test_send.html", editions=recent, slots=SLOTS), 422
+    # Masked: the audit log outlives any reader's erasure.
+    record_action("test copy sent", f"{cohort} to {accounts.mask_address(address)} ({message_id})")
+    session.commit()
+    return done(f"Test copy of {cohort} sent to {address}.", "console.audit")
