@@ -145,3 +145,76 @@ def test_last_delivery_and_failures(session) -> None:
     failed = list_readers(session, ReaderFilter(min_failures=1), now=NOW).rows
     assert [(r.id, r.failures) for r in failed] == [(ids[1], 1)]
     session.rollback()
+
+
+def test_pages_of_200000_readers_on_postgresql(database_url, session, capsys) -> None:
+    """Page times on 200,000 readers, printed (the assertion is loose: a shared machine)."""
+    import time as clock
+
+    from sqlalchemy import text
+
+    if not database_url.startswith("postgresql"):
+        pytest.skip("the 200,000-reader figures are for PostgreSQL")
+    session.execute(
+        text(
+            "INSERT INTO subscriber (email, name, timezone, morning, evening, sections, status,"
+            " consent, created_at) SELECT 'r' || g || '@example.com', 'Reader ' || g,"
+            " CASE WHEN g % 3 = 0 THEN 'Europe/London' WHEN g % 3 = 1 THEN NULL"
+            " ELSE 'Australia/Sydney' END, g % 2 = 0, true, CASE WHEN g % 7 = 0 THEN 'sport'"
+            " ELSE '' END, CASE WHEN g % 10 = 0 THEN 'pending' WHEN g % 17 = 0 THEN"
+            " 'unsubscribed' ELSE 'active' END, CASE WHEN g % 4 = 0 THEN 'cli' ELSE"
+            " 'web form' END, timestamp '2026-01-01' + g * interval '1 minute'"
+            " FROM generate_series(1, 200000) AS g"
+        )
+    )
+    session.commit()
+    session.execute(text("ANALYZE subscriber"))
+    filters = {
+        "every reader, newest first": ReaderFilter(),
+        "active in London, morning": ReaderFilter(
+            status=("active",), timezone="Europe/London", editions="morning"
+        ),
+        "by address, a-z": ReaderFilter(sort="email", descending=False),
+        "text 'r1999'": ReaderFilter(text="r1999"),
+        "section sport, signed up in March": ReaderFilter(
+            section="sport", signed_up_from=date(2026, 3, 1), signed_up_to=date(2026, 3, 31)
+        ),
+        "never sent anything, cli": ReaderFilter(last_delivery="never", source="cli"),
+    }
+    times: dict[str, list[float]] = {}
+    for name, flt in filters.items():
+        after = None
+        start = None
+        for _ in range(3):  # the first page and two after it
+            started = clock.perf_counter()
+            page = list_readers(session, flt, after=after, limit=50, now=NOW, start=start)
+            start = page.last + 1
+            times.setdefault(name, []).append((clock.perf_counter() - started) * 1000)
+            after = page.next_after
+            if after is None:
+                break
+        assert page.total > 0
+    plan = session.execute(
+        text("EXPLAIN " + str(_compiled(session, ReaderFilter(), after=100000)))
+    ).scalars().all()
+    session.rollback()
+    with capsys.disabled():
+        print("\nEXPLAIN, the page after reader 100000 (newest first):")
+        print("\n".join("  " + line for line in plan))
+        print("\nreaders list on 200,000 readers (PostgreSQL), ms per page of 50:")
+        for name, ms in times.items():
+            print(f"  {name:<40} " + "  ".join(f"{m:6.1f}" for m in ms))
+    assert max(max(ms) for ms in times.values()) < 2000  # loose: timing lives in the print
+
+
+def _compiled(session, flt, after):
+    from sqlalchemy import select
+
+    from digest.models import Subscriber
+    from digest.store.readers_query import _beyond, _ordered, conditions
+
+    stmt = _ordered(
+        select(Subscriber.id).where(*conditions(flt, NOW), _beyond(flt, after, forward=True)),
+        flt,
+    ).limit(51)
+    return stmt.compile(session.get_bind(), compile_kwargs={"literal_binds": True})

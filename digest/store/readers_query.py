@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, func, literal, not_, or_, select
+from sqlalchemy import ColumnElement, Select, and_, func, literal, not_, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from digest.errors import InvalidInput
@@ -266,7 +266,7 @@ def _sort_column(flt: ReaderFilter) -> Any:
 def _ordered(stmt: Select[Any], flt: ReaderFilter, reverse: bool = False) -> Select[Any]:
     col = _sort_column(flt)
     down = flt.descending != reverse
-    cols = [col] if col is Subscriber.id else [col, Subscriber.id]
+    cols = [col, Subscriber.id] if flt.sort == "created" else [col]
     return stmt.order_by(*[c.desc() if down else c.asc() for c in cols])
 
 
@@ -284,9 +284,13 @@ def list_readers(
     *,
     before: int | None = None,
     now: datetime | None = None,
+    start: int | None = None,
 ) -> ReaderPage:
     """One page of matching readers in the filter's order: the first page, the one after
-    reader `after`, or the one before reader `before` (ids of rows of the last page)."""
+    reader `after`, or the one before reader `before` (ids of rows of the last page).
+
+    `start` is the position of the page's first row when the caller knows it (the page
+    before said so): it saves counting the rows ahead."""
     now = now or datetime.now(UTC)
     limit = max(1, min(limit, 500))
     where = conditions(flt, now)
@@ -305,7 +309,11 @@ def list_readers(
     rows = _rows(session, ids, now)
     total = count_readers(session, flt, now)
     first = 0
-    if rows:
+    if rows and after is None and before is None:
+        first = 1
+    elif rows and start is not None and 0 < start <= total:
+        first = start
+    elif rows:
         ahead = select(func.count()).select_from(Subscriber)
         ahead = ahead.where(*where, _beyond(flt, ids[0], forward=False))
         first = int(session.scalar(ahead) or 0) + 1
@@ -321,15 +329,17 @@ def list_readers(
 
 
 def _beyond(flt: ReaderFilter, reader_id: int, *, forward: bool) -> ColumnElement[bool]:
-    """Rows that come after (forward) or before reader `reader_id` in the filter's order."""
-    col = _sort_column(flt)
+    """Rows that come after (forward) or before reader `reader_id` in the filter's order:
+    one row-value comparison, which the (created_at, id) and email indexes serve."""
     smaller = flt.descending == forward  # going down a descending list: smaller keys
-    if col is Subscriber.id:
+    if flt.sort == "id":
         return Subscriber.id < reader_id if smaller else Subscriber.id > reader_id
-    mark = select(col).where(Subscriber.id == reader_id).scalar_subquery()
-    if smaller:
-        return or_(col < mark, and_(col == mark, Subscriber.id < reader_id))
-    return or_(col > mark, and_(col == mark, Subscriber.id > reader_id))
+    if flt.sort == "email":  # unique: the address alone is the key
+        mark = select(Subscriber.email).where(Subscriber.id == reader_id).scalar_subquery()
+        return Subscriber.email < mark if smaller else Subscriber.email > mark
+    at = select(Subscriber.created_at).where(Subscriber.id == reader_id).scalar_subquery()
+    key, there = tuple_(Subscriber.created_at, Subscriber.id), tuple_(at, literal(reader_id))
+    return key < there if smaller else key > there
 
 
 def _rows(session: Session, ids: list[int], now: datetime) -> list[ReaderRow]:
