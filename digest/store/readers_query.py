@@ -122,8 +122,9 @@ def parse_filter(values: Mapping[str, Any]) -> ReaderFilter:
     getlist = getattr(values, "getlist", None)
     raw_status = getlist("status") if getlist else values.get("status", "")
     if isinstance(raw_status, str):
-        raw_status = raw_status.split(",")
-    status = tuple(dict.fromkeys(s.strip() for s in raw_status if s and s.strip()))
+        raw_status = [raw_status]
+    split = [part.strip() for item in raw_status for part in str(item).split(",")]
+    status = tuple(dict.fromkeys(s for s in split if s))
     for s in status:
         _choice("status", s, STATUSES)
 
@@ -369,8 +370,18 @@ def _rows(session: Session, ids: list[int], now: datetime) -> list[ReaderRow]:
         s, sent, n = found[i]
         out.append(
             ReaderRow(
-                s.id, s.email, s.name, s.status, s.timezone, s.morning, s.evening,
-                s.sections, s.consent, s.created_at, sent, int(n or 0),
+                s.id,
+                s.email,
+                s.name,
+                s.status,
+                s.timezone,
+                s.morning,
+                s.evening,
+                s.sections,
+                s.consent,
+                s.created_at,
+                sent,
+                int(n or 0),
                 reasons.get(hashes[i]),
             )
         )
@@ -396,3 +407,10 @@ def matching_ids(
             return
         yield ids
         last = ids[-1]
+
+
+def readers_by_id(session: Session, ids: list[int]) -> list[Subscriber]:
+    """The readers with these ids, in id order."""
+    return list(
+        session.scalars(select(Subscriber).where(Subscriber.id.in_(ids)).order_by(Subscriber.id))
+    )

@@ -186,10 +186,16 @@ def _nonce() -> None:
 _FORM_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
+# Endpoints that take a file larger than the app's MAX_CONTENT_LENGTH: bytes allowed.
+UPLOAD_LIMITS: dict[str, int] = {}
+
+
 @common.before_app_request
 def _refuse_control_characters() -> Any:
     """A NUL or other control character in any field or query value is a 400 before
     any view sees it (PostgreSQL refuses NUL in text; nothing here needs the rest)."""
+    if request.endpoint in UPLOAD_LIMITS:
+        request.max_content_length = UPLOAD_LIMITS[request.endpoint]
     for source in (request.args, request.form):
         for key, values in source.lists():
             if _FORM_CONTROLS.search(key) or any(_FORM_CONTROLS.search(v) for v in values):

@@ -3,26 +3,218 @@ export, erase)."""
 
 from __future__ import annotations
 
+import csv
+import io
 from typing import Any
 
-from flask import abort, jsonify, render_template, request
+from flask import (
+    Response,
+    abort,
+    flash,
+    jsonify,
+    render_template,
+    request,
+    stream_with_context,
+    url_for,
+)
 
 from digest import store
-from digest.errors import InvalidInput
-from digest.readers import accounts, reader_admin
+from digest.errors import InvalidInput, SendError
+from digest.mail.relays import make_transport
+from digest.readers import accounts, bulk, reader_admin
+from digest.readers.subscribers import EXPORT_FIELDS, export_row
+from digest.store import readers_query
+from digest.store.readers_query import ReaderFilter
 from digest.web.auth import console
-from digest.web.base import db, runtime
+from digest.web.base import DIGITS, db, runtime
 from digest.web.console.common import checked_id, done, record_action
 
-# --- readers -----------------------------------------------------------------------------------
+PAGE_SIZE = 50
+
+
+def _filter() -> ReaderFilter:
+    """The list's filter from the query string (or a bulk form's hidden fields)."""
+    values = request.values
+    try:
+        return readers_query.parse_filter(values)
+    except InvalidInput as exc:
+        flash(f"Filter not applied: {exc}.")
+        return ReaderFilter()
+
+
+def _int_arg(name: str) -> int | None:
+    value = request.args.get(name, "")
+    return int(value) if DIGITS.fullmatch(value) else None
+
+
+def _choices() -> dict[str, Any]:
+    rt = runtime()
+    session = db()
+    return {
+        "statuses": readers_query.STATUSES,
+        "timezones": sorted(store.active_timezones(session, rt.settings.default_timezone)),
+        "sections": accounts.offered_sections(session, rt.clock()),
+        "sources": readers_query.SOURCES,
+        "last_deliveries": {
+            "never": "never sent anything",
+            "7d": "sent something in the last 7 days",
+            "30d": "sent something in the last 30 days",
+            "over30d": "nothing sent for 30 days",
+        },
+        "actions": bulk.ACTIONS,
+    }
 
 
 @console.get("/readers")
 def readers() -> Any:
-    query = request.args.get("q", "")[:320]
-    found = reader_admin.search(db(), query) if query.strip() else []
-    counts = store.count_subscribers(db())
-    return render_template("admin/readers.html", query=query, found=found, counts=counts)
+    """Every reader, a page at a time, filtered, sorted; bulk actions on the result."""
+    rt = runtime()
+    flt = _filter()
+    page = readers_query.list_readers(
+        db(),
+        flt,
+        after=_int_arg("after"),
+        before=_int_arg("before"),
+        limit=PAGE_SIZE,
+        now=rt.clock(),
+        start=_int_arg("start"),
+    )
+    return render_template(
+        "admin/readers.html",
+        flt=flt,
+        query=readers_query.to_query(flt),
+        page=page,
+        page_size=PAGE_SIZE,
+        counts=store.count_subscribers(db()),
+        describe=readers_query.describe(flt),
+        **_choices(),
+    )
+
+
+@console.post("/readers/bulk")
+def readers_bulk() -> Any:
+    """A change to the ticked readers or every reader matching the filter: first a page
+    that says what and how many, then (confirmed) the change, audited as one entry."""
+    rt = runtime()
+    session = db()
+    now = rt.clock()
+    form = request.form
+    try:
+        flt = readers_query.parse_filter(form)
+    except InvalidInput as exc:
+        return done(f"Nothing changed: {exc}.", "console.readers")
+    query: dict[str, Any] = dict(readers_query.to_query(flt))
+    action, scope = form.get("action", ""), form.get("scope", "selected")
+    try:
+        value = bulk.check_value(action, form.get("value", "")[:500].strip(), _offered())
+    except InvalidInput as exc:
+        return done(f"Nothing changed: {exc}.", "console.readers", **query)
+    ticked = [int(i) for i in form.getlist("id")[:1000] if DIGITS.fullmatch(i)]
+    if scope == "all":
+        count = readers_query.count_readers(session, flt, now)
+    else:
+        count = len(ticked)
+    if not count:
+        return done(
+            "Nothing changed: tick some readers first, or choose all matching readers.",
+            "console.readers",
+            **query,
+        )
+    label = bulk.ACTIONS[action]
+    shown_value = value or "the default" if action == "timezone" else value or "all"
+    value_label = shown_value if action in bulk.NEEDS_VALUE else ""
+    if form.get("confirmed") != "yes" or (
+        action == "erase" and form.get("typed", "").strip() != f"erase {count}"
+    ):
+        if form.get("confirmed") == "yes":
+            flash(f"Not erased: type erase {count} to confirm.")
+        fields = [
+            (k, v) for k, v in form.items(multi=True) if k not in ("csrf", "confirmed", "typed")
+        ]
+        return render_template(
+            "admin/bulk_confirm.html",
+            action=action,
+            action_label=label,
+            value_label=value_label,
+            count=count,
+            scope=scope,
+            describe=readers_query.describe(flt),
+            fields=fields,
+            back=url_for("console.readers", **query),
+        )
+    chunks = readers_query.matching_ids(session, flt, now) if scope == "all" else [ticked]
+    result = bulk.BulkResult()
+    for chunk in chunks:
+        done_here = bulk.apply(session, rt.settings, action, value, chunk, now)
+        result.changed += done_here.changed
+        result.skipped += done_here.skipped
+        result.notices += done_here.notices
+    which = f"matching {readers_query.describe(flt)}" if scope == "all" else "ticked"
+    what = f"{label} {value_label}".strip()
+    record_action(
+        f"bulk {action}",
+        f"{what}: {result.changed} of {count} readers {which}; {result.skipped} left as they were",
+    )
+    session.commit()
+    sent = _send_notices(result.notices)
+    extra = f"; {sent} confirmation emails sent" if action == "resend" else ""
+    return done(
+        f"{what[:1].upper()}{what[1:]}: {result.changed:,} readers changed, "
+        f"{result.skipped:,} left as they were{extra}.",
+        "console.readers",
+        **query,
+    )
+
+
+def _offered() -> list[str]:
+    return accounts.offered_sections(db(), runtime().clock())
+
+
+def _send_notices(notices: list[accounts.Notice]) -> int:
+    """Send confirmation emails after the change is committed; count what went."""
+    if not notices:
+        return 0
+    rt = runtime()
+    transport = make_transport(rt.settings)
+    sent = 0
+    for notice in notices:
+        try:
+            accounts.send_notice(rt.settings, transport, notice, rt.clock())
+            sent += 1
+        except SendError:
+            accounts.forget_notice(db(), notice)
+    db().commit()
+    return sent
+
+
+@console.get("/readers/export.csv")
+def readers_export() -> Any:
+    """Every reader the filter matches as CSV (formula-safe cells), audited."""
+    rt = runtime()
+    session = db()
+    flt = _filter()
+    now = rt.clock()
+    count = readers_query.count_readers(session, flt, now)
+    record_action("exported readers", f"{count} readers matching {readers_query.describe(flt)}")
+    session.commit()
+
+    def rows() -> Any:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(EXPORT_FIELDS)
+        with rt.sessions() as reading:
+            for chunk in readers_query.matching_ids(reading, flt, now):
+                for s in readers_query.readers_by_id(reading, chunk):
+                    writer.writerow(export_row(s))
+                yield buffer.getvalue()
+                buffer.seek(0)
+                buffer.truncate()
+        yield buffer.getvalue()
+
+    response = Response(stream_with_context(rows()), mimetype="text/csv")
+    stamp = now.strftime("%Y%m%d-%H%M")
+    response.headers["Content-Disposition"] = f'attachment; filename="readers-{stamp}.csv"'
+    return response
 
 
 @console.get("/readers/<int:subscriber_id>")
@@ -80,9 +272,7 @@ def reader_action(subscriber_id: int, action: str) -> Any:
         message = f"Reader {subscriber_id}: settings changed ({what})."
     elif action in _READER_ACTIONS:
         if action == "erase" and request.form.get("confirm") != "erase":
-            return done(
-                "Type erase to confirm.", "console.reader", subscriber_id=subscriber_id
-            )
+            return done("Type erase to confirm.", "console.reader", subscriber_id=subscriber_id)
         act, word = _READER_ACTIONS[action]
         before_status = store.get_subscriber(session, subscriber_id).status
         act(session, subscriber_id, rt.clock())
