@@ -270,8 +270,15 @@ def import_csv(
 def import_file(session: Session, path: Path, now: datetime, *, confirmed: bool) -> ImportReport:
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
+            delimiter = detect_delimiter(handle.readline())
+            handle.seek(0)
             return import_csv(
-                session, handle, now, confirmed=confirmed, source=f"import {path.name}"
+                session,
+                handle,
+                now,
+                confirmed=confirmed,
+                source=f"import {path.name}",
+                delimiter=delimiter,
             )
     except OSError as exc:
         raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None

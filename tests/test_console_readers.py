@@ -1,0 +1,161 @@
+"""The console's readers pages through Flask's test client (SQLite and PostgreSQL): the
+list with filters and keyset pages, bulk actions, export and import; the CLI's
+--send-confirmation. Browser journeys are in test_console_browser."""
+
+from __future__ import annotations
+
+import io
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from digest import store
+from digest.operations import operators
+from tests.test_console import audit, csrf
+
+PASSWORD = "correct horse battery"
+AT = datetime(2026, 11, 29, 19, 5, tzinfo=UTC)
+
+
+@pytest.fixture
+def signed_in(make_app, settings, session) -> Any:
+    operators.add(session, "ed", PASSWORD, AT)
+    for i in range(120):
+        store.add_subscriber(
+            session,
+            f"r{i:03d}@example.com",
+            datetime(2026, 11, 1, tzinfo=UTC),
+            name=f"Reader {i}",
+            status="active" if i % 2 else "pending",
+            timezone="Europe/London" if i % 3 == 0 else None,
+        )
+    session.commit()
+    client = make_app(settings, clock=lambda: AT).test_client()
+    assert client.post("/admin/login", data={"name": "ed", "password": PASSWORD}).status_code == 302
+    return client
+
+
+def strong(page: str) -> str:
+    found = re.search(r'id="count"><strong>([^<]*)</strong>', page)
+    assert found, page[:500]
+    return found.group(1)
+
+
+def test_the_list_filters_pages_and_counts(signed_in) -> None:
+    page = signed_in.get("/admin/readers?status=active&timezone=Europe/London").get_data(
+        as_text=True
+    )
+    assert strong(page) == "1–20 of 20"
+    page = signed_in.get("/admin/readers?status=active").get_data(as_text=True)
+    assert strong(page) == "1–50 of 60"
+    later = re.search(r'rel="next" href="([^"]+)"', page)
+    assert later
+    page2 = signed_in.get(later.group(1).replace("&amp;", "&")).get_data(as_text=True)
+    assert strong(page2) == "51–60 of 60" and 'rel="prev"' in page2
+    first_ids = set(re.findall(r'name="id" value="(\d+)"', page))
+    assert not first_ids & set(re.findall(r'name="id" value="(\d+)"', page2))
+    bad = signed_in.get("/admin/readers?signed_up_from=yesterday")
+    assert bad.status_code == 200 and "Filter not applied" in bad.get_data(as_text=True)
+
+
+def test_a_bulk_change_confirms_the_count_then_is_one_audit_entry(signed_in, session) -> None:
+    token = csrf(signed_in, "/admin/readers")
+    data = {
+        "csrf": token,
+        "status": "active",
+        "timezone": "Europe/London",
+        "scope": "all",
+        "action": "editions",
+        "value": "evening",
+    }
+    page = signed_in.post("/admin/readers/bulk", data=data).get_data(as_text=True)
+    assert "20 readers?" in page
+    r = signed_in.post("/admin/readers/bulk", data={**data, "confirmed": "yes"})
+    assert r.status_code == 302
+    entries = [e for e in audit(session) if e[1] == "bulk editions"]
+    assert len(entries) == 1 and "20 of 20" in entries[0][2] and "Europe/London" in entries[0][2]
+    # Erase asks for the count typed out.
+    erase = {**data, "action": "erase", "value": "", "confirmed": "yes", "typed": "erase"}
+    page = signed_in.post("/admin/readers/bulk", data=erase).get_data(as_text=True)
+    assert "type erase 20" in page.lower()
+    assert not [e for e in audit(session) if e[1] == "bulk erase"]
+
+
+def test_export_is_the_filtered_readers_formula_safe_and_audited(signed_in, session) -> None:
+    r = signed_in.get("/admin/readers/export.csv?status=pending&q=r00")
+    body = r.get_data(as_text=True)
+    assert r.status_code == 200 and r.mimetype == "text/csv"
+    assert body.splitlines()[0].startswith("email,name") and len(body.splitlines()) == 6
+    assert ("ed", "exported readers", "5 readers matching status pending, a text search") in [
+        tuple(e) for e in audit(session)
+    ]
+
+
+def test_import_detects_tabs_previews_maps_and_reports_each_row(signed_in, settings) -> None:
+    token = csrf(signed_in, "/admin/readers/import")
+    csv = b"Mail\tWho\nnew@example.com\tNew\nnot-an-address\tX\nr001@example.com\tOld\n"
+    page = signed_in.post(
+        "/admin/readers/import",
+        data={"csrf": token, "file": (io.BytesIO(csv), "people.tsv")},
+        content_type="multipart/form-data",
+    ).get_data(as_text=True)
+    assert "tabs" in page and "new@example.com" in page
+    upload = re.search(r'name="token" value="([^"]+)"', page)
+    assert upload
+    assert re.search(r'<option value="email" selected>', page)  # "Mail" guessed as email
+    r = signed_in.post(
+        "/admin/readers/import",
+        data={
+            "csrf": token,
+            "token": upload.group(1),
+            "filename": "people.tsv",
+            "delimiter": "tab",
+            "map-0": "email",
+            "map-1": "name",
+            "consent": "optin",
+        },
+    )
+    page = r.get_data(as_text=True)
+    assert "1 added" in page and "1 opt-in emails sent" in page and "1 bad rows" in page
+    report = signed_in.get(f"/admin/readers/import/{upload.group(1)}/report.csv")
+    lines = report.get_data(as_text=True).splitlines()
+    assert lines[1:] == [
+        "2,new@example.com,added,pending",
+        "3,not-an-address,bad row,address 'not-an-address' must contain exactly one @",
+        "4,r001@example.com,already there,left as it was",
+    ]
+    assert len(list(settings.outbox_dir.glob("*.eml"))) == 1
+
+
+def test_cli_add_and_import_send_the_opt_in_only_when_asked(tmp_path, sqlite_url) -> None:
+    env = {
+        "DIGEST_DATA_DIR": str(tmp_path / "data"),
+        "DIGEST_DATABASE_URL": sqlite_url,
+        "DIGEST_SMTP_URL": "",
+        "DIGEST_REDIS_URL": "",
+        "DIGEST_SECRET_KEY": "k",
+    }
+    runner = CliRunner(env=env)
+    quiet = runner.invoke(cli(), ["subscribers", "add", "a@example.com"])
+    assert quiet.exit_code == 0 and "no confirmation email sent" in quiet.output
+    sent = runner.invoke(cli(), ["subscribers", "add", "b@example.com", "--send-confirmation"])
+    assert sent.exit_code == 0 and "1 confirmation emails sent" in sent.output
+    people = tmp_path / "people.csv"
+    people.write_text("email;name\nc@example.com;C\nd@example.com;D\n")
+    done = runner.invoke(cli(), ["subscribers", "import", str(people), "--send-confirmation"])
+    assert done.exit_code == 0 and "2 added" in done.output, done.output
+    assert "2 confirmation emails sent" in done.output
+    outbox = list((tmp_path / "data" / "outbox").glob("*.eml"))
+    assert len(outbox) == 3
+    both = runner.invoke(cli(), ["subscribers", "add", "e@example.com", "--confirmed",
+                                 "--send-confirmation"])
+    assert both.exit_code == 2
+
+
+def cli() -> Any:
+    from digest.cli import cli as command
+
+    return command
