@@ -16,7 +16,7 @@ from flask import Blueprint, Flask, g, redirect, render_template, request, sessi
 from werkzeug.wrappers import Response
 
 from digest.config import Settings
-from digest.errors import InvalidInput
+from digest.errors import InvalidInput, NotFound
 from digest.operations import operators
 from digest.web.base import client_key, db, message_page, runtime
 from digest.web.forms import csrf_ok, csrf_token, same_origin
@@ -86,6 +86,29 @@ def _console_globals() -> dict[str, Any]:
     if request.blueprint != "console":
         return {}
     return {"csrf_token": csrf_token, "operator": g.get("operator")}
+
+
+@console.app_errorhandler(404)
+def _not_found(exc: Exception) -> Any:
+    """A missing console page in the console's layout, with a way back; elsewhere the
+    readers' pages' own answer."""
+    if not request.path.startswith("/admin"):
+        return message_page(
+            "Not found", "We could not find that page. Nothing has been changed.", 404
+        )
+    page = render_template(
+        "admin/not_found.html",
+        message="There is no such page or record in the console.",
+        operator=g.get("operator"),
+        csrf_token=csrf_token,
+    )
+    return page, 404
+
+
+@console.errorhandler(NotFound)
+def _record_not_found(exc: NotFound) -> Any:
+    # A reader, edition or feed that is not there: the same console page.
+    return _not_found(exc)
 
 
 def _safe_next(target: str | None) -> str:

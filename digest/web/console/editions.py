@@ -9,7 +9,7 @@ from flask import Response, abort, flash, render_template, request
 
 from digest import store
 from digest.config import SLOTS, check_timezone
-from digest.editions import dispatch, pipeline
+from digest.editions import dispatch, pages, pipeline
 from digest.editions.render import slot_values
 from digest.editions.schedule import Cohort, local_day
 from digest.editions.sending import prepare_variant
@@ -60,7 +60,8 @@ def edition_preview(edition_id: int) -> Any:
                 name="Reader", unsubscribe_url="#", preferences_url="#", view_url="#",
                 for_html=True,
             )
-            response = Response(prepare_variant(variant).html.fill(values), mimetype="text/html")
+            html = pages.as_page(prepare_variant(variant).html.fill(values))
+            response = Response(html, mimetype="text/html")
             response.headers["Content-Security-Policy"] = EDITION_CSP
             return response
     abort(404)
