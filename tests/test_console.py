@@ -151,7 +151,9 @@ def test_posts_without_the_csrf_token_or_from_elsewhere_change_nothing(console, 
     r = console.post(url, data={"csrf": token}, headers={"Origin": "https://evil.example"})
     assert r.status_code == 403
     assert reader_row(session, reader_id).status == "active"
-    assert console.post(url, data={"csrf": token}).status_code == 302
+    assert console.post(url, data={"csrf": token}).status_code == 302  # not confirmed
+    assert reader_row(session, reader_id).status == "active"
+    assert console.post(url, data={"csrf": token, "confirm": "yes"}).status_code == 302
     assert reader_row(session, reader_id).status == "unsubscribed"
     assert audit(session)[-1] == ("ed", "unsubscribed", f"reader {reader_id} (was active)")
 

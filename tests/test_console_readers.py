@@ -159,3 +159,32 @@ def cli() -> Any:
     from digest.cli import cli as command
 
     return command
+
+
+def test_one_click_actions_ask_first_and_suppressed_shows_as_such(signed_in, session) -> None:
+    token = csrf(signed_in, "/admin/readers/2")
+    r = signed_in.post("/admin/readers/2/suppress", data={"csrf": token}, follow_redirects=True)
+    assert "tick “I mean it”" in r.get_data(as_text=True)
+    r = signed_in.post(
+        "/admin/readers/2/suppress", data={"csrf": token, "confirm": "yes"}, follow_redirects=True
+    )
+    page = r.get_data(as_text=True)
+    assert "Reader 2: suppressed." in page
+    assert re.search(r'id="reader-status">suppressed \(by an operator\)<', page)
+    listed = signed_in.get("/admin/readers?q=r001@").get_data(as_text=True)
+    assert "suppressed (operator)" in listed
+
+
+def test_the_reader_form_takes_only_the_feeds_sections(signed_in, session) -> None:
+    store.add_feed(session, "https://n.example.com/world.xml", "world")
+    store.add_feed(session, "https://n.example.com/tech.xml", "tech")
+    session.commit()
+    token = csrf(signed_in, "/admin/readers/2")
+    data = {"csrf": token, "editions": "evening", "timezone": "", "name": "Reader 1"}
+    r = signed_in.post("/admin/readers/2/settings", data={**data, "sections": "sprot"},
+                       follow_redirects=True)
+    assert "Not saved" in r.get_data(as_text=True) and "sprot" in r.get_data(as_text=True)
+    r = signed_in.post("/admin/readers/2/settings", data={**data, "sections": "world, tech"},
+                       follow_redirects=True)
+    page = r.get_data(as_text=True)
+    assert "Reader 2: settings changed (editions: evening; sections: tech, world)." in page

@@ -41,6 +41,15 @@ class ReaderView:
     confirmed_at: datetime | None
     unsubscribed_at: datetime | None
     deliveries: list[dict[str, Any]]
+    suppressed: str | None = None  # why the address gets no mail: operator, bounced, ...
+
+    @property
+    def shown_status(self) -> str:
+        """The status as the console says it: a suppressed reader shows as suppressed."""
+        if self.suppressed and self.status != ERASED:
+            by = "by an operator" if self.suppressed == OPERATOR_REASON else self.suppressed
+            return f"suppressed ({by})"
+        return self.status
 
 
 def _editions(subscriber: Subscriber) -> str:
@@ -81,6 +90,7 @@ def view(session: Session, subscriber_id: int, default_timezone: str) -> ReaderV
         confirmed_at=s.confirmed_at,
         unsubscribed_at=s.unsubscribed_at,
         deliveries=reader_deliveries(session, s.id),
+        suppressed=store.suppression_reason(session, s.email),
     )
 
 

@@ -273,6 +273,12 @@ def reader_action(subscriber_id: int, action: str) -> Any:
     elif action in _READER_ACTIONS:
         if action == "erase" and request.form.get("confirm") != "erase":
             return done("Type erase to confirm.", "console.reader", subscriber_id=subscriber_id)
+        if action != "erase" and request.form.get("confirm") != "yes":
+            return done(
+                f"Nothing changed: tick “I mean it” to {action}.",
+                "console.reader",
+                subscriber_id=subscriber_id,
+            )
         act, word = _READER_ACTIONS[action]
         before_status = store.get_subscriber(session, subscriber_id).status
         act(session, subscriber_id, rt.clock())
