@@ -249,7 +249,7 @@ def test_test_copy_goes_out_and_into_the_audit_log(console, session, smtp_server
         "/admin/test-send",
         data={"edition": "morning", "to": "editor@example.com", "csrf": csrf(console)},
     )
-    assert r.status_code == 302 and r.headers["Location"] == "/admin/audit"
+    assert r.status_code == 302 and r.headers["Location"] == "/admin/test-send"
     (msg,) = sink.to("editor@example.com")
     assert msg["Subject"].startswith("[TEST]")
     who, what, detail = audit(session)[-1]

@@ -188,3 +188,27 @@ def test_the_reader_form_takes_only_the_feeds_sections(signed_in, session) -> No
                        follow_redirects=True)
     page = r.get_data(as_text=True)
     assert "Reader 2: settings changed (editions: evening; sections: tech, world)." in page
+
+
+def test_editions_and_the_audit_log_page(signed_in, session) -> None:
+    from datetime import date, timedelta
+
+    from digest.models import AuditEntry, Edition
+
+    for n in range(60):
+        day = date(2026, 10, 1) + timedelta(days=n)
+        session.add(Edition(slot="morning", local_day=day, timezone="UTC", status="done",
+                            send_at=AT, window_start=AT, window_end=AT, created_at=AT))
+    for n in range(130):
+        session.add(AuditEntry(at=AT, operator="ed", action="poked", detail=f"entry {n}"))
+    session.commit()
+    page = signed_in.get("/admin/editions").get_data(as_text=True)
+    assert "1–50 of 60" in page and 'class="row-link"' in page
+    older = signed_in.get("/admin/editions?page=1").get_data(as_text=True)
+    assert "51–60 of 60" in older and "Newer" in older
+    log = signed_in.get("/admin/audit").get_data(as_text=True)
+    assert "entry 129" in log and "entry 29" not in log
+    link = re.search(r'rel="next" href="([^"]+)"', log)
+    assert link
+    rest = signed_in.get(link.group(1)).get_data(as_text=True)
+    assert "entry 29" in rest and "entry 129" not in rest

@@ -26,11 +26,24 @@ from digest.web.console.common import checked_id, done, hand_off, record_action
 # --- editions --------------------------------------------------------------------------------
 
 
+EDITIONS_PAGE = 50
+
+
 @console.get("/editions")
 def editions() -> Any:
-    rows = q.editions_page(db(), limit=100)
+    """Every edition, newest first, fifty a page."""
+    raw = request.args.get("page", "0")
+    number = int(raw) if DIGITS.fullmatch(raw) and len(raw) < 7 else 0
+    rows = q.editions_page(db(), limit=EDITIONS_PAGE, offset=number * EDITIONS_PAGE)
     counts = q.counts_by_edition(db(), [e.id for e in rows])
-    return render_template("admin/editions.html", editions=rows, counts=counts)
+    return render_template(
+        "admin/editions.html",
+        editions=rows,
+        counts=counts,
+        page=number,
+        first=number * EDITIONS_PAGE + 1,
+        total=q.count_editions(db()),
+    )
 
 
 @console.get("/editions/<int:edition_id>")
@@ -178,4 +191,5 @@ def test_send() -> Any:
     # Masked: the audit log outlives any reader's erasure.
     record_action("test copy sent", f"{cohort} to {accounts.mask_address(address)} ({message_id})")
     session.commit()
-    return done(f"Test copy of {cohort} sent to {address}.", "console.audit")
+    # The operator stays on the page that sent it, to send another.
+    return done(f"Test copy of {cohort} sent to {address}.", "console.test_send")
