@@ -212,3 +212,47 @@ def test_editions_and_the_audit_log_page(signed_in, session) -> None:
     assert link
     rest = signed_in.get(link.group(1)).get_data(as_text=True)
     assert "entry 29" in rest and "entry 129" not in rest
+
+
+def test_feeds_are_edited_deleted_and_checked(signed_in, session, tmp_path, sqlite_url) -> None:
+    from digest.models import Article
+
+    token = csrf(signed_in, "/admin/feeds")
+    bad = signed_in.post("/admin/feeds", data={"csrf": token, "url": "ftp://x.example/f"},
+                         follow_redirects=True)
+    assert "Not added" in bad.get_data(as_text=True)
+    signed_in.post("/admin/feeds", data={"csrf": token, "url": "https://a.example/rss",
+                                         "section": "World"})
+    feed_id = store.list_feeds(session)[0].id
+    session.add(Article(feed_id=feed_id, url="https://a.example/1", title="Kept", section="world",
+                        published_at=AT, seen_at=AT))
+    session.commit()
+    r = signed_in.post(f"/admin/feeds/{feed_id}/edit", data={
+        "csrf": token, "url": "https://b.example/rss", "section": "sport", "title": "B news"},
+        follow_redirects=True)
+    page = r.get_data(as_text=True)
+    assert "url: https://a.example/rss -&gt; https://b.example/rss" in page
+    assert "section: world -&gt; sport" in page
+    session.expire_all()
+    assert store.list_feeds(session)[0].url == "https://b.example/rss"
+    session.rollback()
+    r = signed_in.post(f"/admin/feeds/{feed_id}/delete", data={"csrf": token},
+                       follow_redirects=True)
+    assert "tick “I mean it”" in r.get_data(as_text=True)
+    signed_in.post(f"/admin/feeds/{feed_id}/delete", data={"csrf": token, "confirm": "yes"})
+    session.expire_all()
+    assert store.list_feeds(session) == []
+    assert session.query(Article).filter_by(title="Kept").one().feed_id is None
+    session.rollback()
+    actions = [a for _, a, _ in audit(session)]
+    assert "changed feed" in actions and "deleted feed" in actions
+    # The CLI refuses a folder, says which feeds are paused or never polled.
+    env = {"DIGEST_DATA_DIR": str(tmp_path / "d"), "DIGEST_DATABASE_URL": sqlite_url,
+           "DIGEST_SECRET_KEY": "k", "DIGEST_REDIS_URL": ""}
+    runner = CliRunner(env=env)
+    folder = runner.invoke(cli(), ["feeds", "add", str(tmp_path)])
+    assert folder.exit_code == 1 and "is a folder" in folder.output
+    assert "Traceback" not in folder.output
+    assert runner.invoke(cli(), ["feeds", "add", "https://c.example/rss"]).exit_code == 0
+    listed = runner.invoke(cli(), ["feeds", "list"]).output
+    assert "never polled" in listed

@@ -12,9 +12,11 @@ from digest.store.articles import (
     add_feed,
     articles_by_id,
     candidate_articles,
+    delete_feed,
     insert_articles,
     known_sections,
     list_feeds,
+    update_feed,
 )
 from digest.store.base import (
     insert_for,
@@ -79,6 +81,8 @@ __all__ = [
     "active_timezones",
     "add_edition_articles",
     "add_feed",
+    "delete_feed",
+    "update_feed",
     "add_subscriber",
     "add_variant",
     "address_hash",

@@ -10,7 +10,7 @@ from digest import store
 from digest.config import SLOTS
 from digest.editions import pipeline
 from digest.editions.schedule import Cohort, local_day
-from digest.errors import DigestError, InvalidInput
+from digest.errors import DigestError
 from digest.feeds import ingest
 from digest.operations import overview
 from digest.store.articles import latest_articles
@@ -28,11 +28,10 @@ def feeds() -> Any:
 
 @console.post("/feeds")
 def feed_add() -> Any:
-    url = request.form.get("url", "").strip()[:2000]
-    section = request.form.get("section", "news").strip().lower()[:64] or "news"
     try:
-        if not url.startswith(("http://", "https://")):
-            raise InvalidInput("a feed is an http:// or https:// URL")
+        url, section = ingest.check_feed_source(
+            request.form.get("url", "")[:2100], request.form.get("section", "news")[:100]
+        )
         store.add_feed(db(), url, section)
     except DigestError as exc:
         db().rollback()
@@ -47,8 +46,17 @@ def feed_action(feed_id: int, action: str) -> Any:
     rt = runtime()
     session = db()
     feed = next((f for f in store.list_feeds(session) if f.id == feed_id), None)
-    if feed is None or action not in ("pause", "resume", "poll"):
+    if feed is None or action not in ("pause", "resume", "poll", "edit", "delete"):
         abort(404)
+    if action == "edit":
+        return _feed_edit(feed)
+    if action == "delete":
+        if request.form.get("confirm") != "yes":
+            return done(f"Nothing changed: tick “I mean it” to delete {feed.url}.", "console.feeds")
+        store.delete_feed(session, feed)
+        record_action("deleted feed", f"{feed.url} ({feed.section}); its articles are kept")
+        session.commit()
+        return done(f"Feed deleted: {feed.url} (its articles are kept).", "console.feeds")
     if action == "poll":
         report = ingest.ingest_feed(session, rt.settings, feed, rt.clock())
         message = f"{feed.url}: {report.error or f'{report.new} new articles'}"
@@ -58,6 +66,33 @@ def feed_action(feed_id: int, action: str) -> Any:
     record_action(f"feed {action}", feed.url)
     session.commit()
     return done(message, "console.feeds")
+
+
+def _feed_edit(feed: Any) -> Any:
+    old = (feed.url, feed.section, feed.title)
+    try:
+        url, section = ingest.check_feed_source(
+            request.form.get("url", "")[:2100],
+            request.form.get("section", "")[:100],
+            files=feed.url.startswith("file://"),
+        )
+        title = " ".join(request.form.get("title", "").split())[:500]
+        store.update_feed(db(), feed, url, section, title)
+    except DigestError as exc:
+        db().rollback()
+        return done(f"Not saved: {exc}", "console.feeds")
+    changes = [
+        f"{what}: {before or '(none)'} -> {after or '(none)'}"
+        for what, before, after in zip(
+            ("url", "section", "name"), old, (url, section, title), strict=True
+        )
+        if before != after
+    ]
+    record_action("changed feed", f"feed {feed.id}: " + ("; ".join(changes) or "nothing changed"))
+    db().commit()
+    return done(
+        f"Feed {feed.id}: " + ("; ".join(changes) or "nothing changed") + ".", "console.feeds"
+    )
 
 
 @console.get("/articles")
