@@ -150,8 +150,9 @@ def test_cli_add_and_import_send_the_opt_in_only_when_asked(tmp_path, sqlite_url
     assert "2 confirmation emails sent" in done.output
     outbox = list((tmp_path / "data" / "outbox").glob("*.eml"))
     assert len(outbox) == 3
-    both = runner.invoke(cli(), ["subscribers", "add", "e@example.com", "--confirmed",
-                                 "--send-confirmation"])
+    both = runner.invoke(
+        cli(), ["subscribers", "add", "e@example.com", "--confirmed", "--send-confirmation"]
+    )
     assert both.exit_code == 2
 
 
@@ -181,11 +182,13 @@ def test_the_reader_form_takes_only_the_feeds_sections(signed_in, session) -> No
     session.commit()
     token = csrf(signed_in, "/admin/readers/2")
     data = {"csrf": token, "editions": "evening", "timezone": "", "name": "Reader 1"}
-    r = signed_in.post("/admin/readers/2/settings", data={**data, "sections": "sprot"},
-                       follow_redirects=True)
+    r = signed_in.post(
+        "/admin/readers/2/settings", data={**data, "sections": "sprot"}, follow_redirects=True
+    )
     assert "Not saved" in r.get_data(as_text=True) and "sprot" in r.get_data(as_text=True)
-    r = signed_in.post("/admin/readers/2/settings", data={**data, "sections": "world, tech"},
-                       follow_redirects=True)
+    r = signed_in.post(
+        "/admin/readers/2/settings", data={**data, "sections": "world, tech"}, follow_redirects=True
+    )
     page = r.get_data(as_text=True)
     assert "Reader 2: settings changed (editions: evening; sections: tech, world)." in page
 
@@ -197,8 +200,18 @@ def test_editions_and_the_audit_log_page(signed_in, session) -> None:
 
     for n in range(60):
         day = date(2026, 10, 1) + timedelta(days=n)
-        session.add(Edition(slot="morning", local_day=day, timezone="UTC", status="done",
-                            send_at=AT, window_start=AT, window_end=AT, created_at=AT))
+        session.add(
+            Edition(
+                slot="morning",
+                local_day=day,
+                timezone="UTC",
+                status="done",
+                send_at=AT,
+                window_start=AT,
+                window_end=AT,
+                created_at=AT,
+            )
+        )
     for n in range(130):
         session.add(AuditEntry(at=AT, operator="ed", action="poked", detail=f"entry {n}"))
     session.commit()
@@ -218,26 +231,39 @@ def test_feeds_are_edited_deleted_and_checked(signed_in, session, tmp_path, sqli
     from digest.models import Article
 
     token = csrf(signed_in, "/admin/feeds")
-    bad = signed_in.post("/admin/feeds", data={"csrf": token, "url": "ftp://x.example/f"},
-                         follow_redirects=True)
+    bad = signed_in.post(
+        "/admin/feeds", data={"csrf": token, "url": "ftp://x.example/f"}, follow_redirects=True
+    )
     assert "Not added" in bad.get_data(as_text=True)
-    signed_in.post("/admin/feeds", data={"csrf": token, "url": "https://a.example/rss",
-                                         "section": "World"})
+    signed_in.post(
+        "/admin/feeds", data={"csrf": token, "url": "https://a.example/rss", "section": "World"}
+    )
     feed_id = store.list_feeds(session)[0].id
-    session.add(Article(feed_id=feed_id, url="https://a.example/1", title="Kept", section="world",
-                        published_at=AT, seen_at=AT))
+    session.add(
+        Article(
+            feed_id=feed_id,
+            url="https://a.example/1",
+            title="Kept",
+            section="world",
+            published_at=AT,
+            seen_at=AT,
+        )
+    )
     session.commit()
-    r = signed_in.post(f"/admin/feeds/{feed_id}/edit", data={
-        "csrf": token, "url": "https://b.example/rss", "section": "sport", "title": "B news"},
-        follow_redirects=True)
+    r = signed_in.post(
+        f"/admin/feeds/{feed_id}/edit",
+        data={"csrf": token, "url": "https://b.example/rss", "section": "sport", "title": "B news"},
+        follow_redirects=True,
+    )
     page = r.get_data(as_text=True)
     assert "url: https://a.example/rss -&gt; https://b.example/rss" in page
     assert "section: world -&gt; sport" in page
     session.expire_all()
     assert store.list_feeds(session)[0].url == "https://b.example/rss"
     session.rollback()
-    r = signed_in.post(f"/admin/feeds/{feed_id}/delete", data={"csrf": token},
-                       follow_redirects=True)
+    r = signed_in.post(
+        f"/admin/feeds/{feed_id}/delete", data={"csrf": token}, follow_redirects=True
+    )
     assert "tick “I mean it”" in r.get_data(as_text=True)
     signed_in.post(f"/admin/feeds/{feed_id}/delete", data={"csrf": token, "confirm": "yes"})
     session.expire_all()
@@ -247,8 +273,12 @@ def test_feeds_are_edited_deleted_and_checked(signed_in, session, tmp_path, sqli
     actions = [a for _, a, _ in audit(session)]
     assert "changed feed" in actions and "deleted feed" in actions
     # The CLI refuses a folder, says which feeds are paused or never polled.
-    env = {"DIGEST_DATA_DIR": str(tmp_path / "d"), "DIGEST_DATABASE_URL": sqlite_url,
-           "DIGEST_SECRET_KEY": "k", "DIGEST_REDIS_URL": ""}
+    env = {
+        "DIGEST_DATA_DIR": str(tmp_path / "d"),
+        "DIGEST_DATABASE_URL": sqlite_url,
+        "DIGEST_SECRET_KEY": "k",
+        "DIGEST_REDIS_URL": "",
+    }
     runner = CliRunner(env=env)
     folder = runner.invoke(cli(), ["feeds", "add", str(tmp_path)])
     assert folder.exit_code == 1 and "is a folder" in folder.output

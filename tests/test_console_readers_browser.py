@@ -211,3 +211,46 @@ def test_axe_finds_nothing_on_any_console_page(chromium, site, tmp_path) -> None
     if found := _violations(anonymous):
         failures["sign-in wait page"] = found
     assert not failures, failures
+
+
+def test_pages_fit_a_phone(chromium, site) -> None:
+    base, _ = site
+    page = signed_in(chromium, base, width=390)
+    for path in (
+        "/admin/readers",
+        "/admin/editions",
+        "/admin/editions/1",
+        "/admin/feeds",
+        "/admin/audit",
+        "/admin/",
+        "/admin/readers/import",
+    ):
+        page.goto(base + path)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"{path} is {width} px wide at 390 px"
+
+
+def test_the_sign_up_forms_proof_of_work_runs_in_the_browser(
+    chromium, make_app, live_server, sqlite_url, tmp_path
+) -> None:
+    port = free_port()
+    settings = make_settings(
+        tmp_path,
+        sqlite_url,
+        DIGEST_BASE_URL=f"http://127.0.0.1:{port}",
+        DIGEST_SIGNUP_MAILS_PER_HOUR="1",
+    )
+    base = live_server(make_app(settings), port=port)
+    page = chromium.new_context().new_page()
+    for n, email in enumerate(("first@example.com", "second@example.com")):
+        page.goto(f"{base}/subscribe")
+        page.fill("#email", email)
+        page.click("button:has-text('Subscribe')")
+        if n == 0:
+            assert "inbox" in page.inner_text("main").lower()
+    assert page.query_selector("#pow") is not None  # the slower path, not a refusal
+    page.wait_for_selector("#subscribe-button:not([disabled])", timeout=60_000)
+    assert "Done" in page.inner_text("#pow-status")
+    page.click("#subscribe-button")
+    assert "inbox" in page.inner_text("main").lower()
+    assert len(list(settings.outbox_dir.glob("*.eml"))) == 2

@@ -29,15 +29,23 @@ NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
     [
         ({}, ReaderFilter()),
         ({"status": "active,pending"}, ReaderFilter(status=("active", "pending"))),
-        (MultiDict([("status", "active"), ("status", "bounced")]),
-         ReaderFilter(status=("active", "bounced"))),
+        (
+            MultiDict([("status", "active"), ("status", "bounced")]),
+            ReaderFilter(status=("active", "bounced")),
+        ),
         ({"q": "  Ana@Example.com "}, ReaderFilter(text="ana@example.com")),
-        ({"timezone": "Europe/London", "editions": "morning", "section": "Sport"},
-         ReaderFilter(timezone="Europe/London", editions="morning", section="sport")),
-        ({"signed_up_from": "2026-11-01", "signed_up_to": "2026-11-30"},
-         ReaderFilter(signed_up_from=date(2026, 11, 1), signed_up_to=date(2026, 11, 30))),
-        ({"min_failures": "2", "last_delivery": "never", "sort": "email", "order": "asc"},
-         ReaderFilter(min_failures=2, last_delivery="never", sort="email", descending=False)),
+        (
+            {"timezone": "Europe/London", "editions": "morning", "section": "Sport"},
+            ReaderFilter(timezone="Europe/London", editions="morning", section="sport"),
+        ),
+        (
+            {"signed_up_from": "2026-11-01", "signed_up_to": "2026-11-30"},
+            ReaderFilter(signed_up_from=date(2026, 11, 1), signed_up_to=date(2026, 11, 30)),
+        ),
+        (
+            {"min_failures": "2", "last_delivery": "never", "sort": "email", "order": "asc"},
+            ReaderFilter(min_failures=2, last_delivery="never", sort="email", descending=False),
+        ),
     ],
 )
 def test_parse_filter_reads_a_query_string(values, expected) -> None:
@@ -129,15 +137,29 @@ def test_pages_are_stable_while_readers_sign_up(session) -> None:
 def test_last_delivery_and_failures(session) -> None:
     ids = seed(session, 6)
     edition = Edition(
-        slot="morning", local_day=date(2026, 12, 1), timezone="UTC", status="done",
-        send_at=NOW, window_start=NOW, window_end=NOW, created_at=NOW,
+        slot="morning",
+        local_day=date(2026, 12, 1),
+        timezone="UTC",
+        status="done",
+        send_at=NOW,
+        window_start=NOW,
+        window_end=NOW,
+        created_at=NOW,
     )
     session.add(edition)
     session.flush()
-    session.add(Delivery(edition_id=edition.id, subscriber_id=ids[0], status="sent",
-                         queued_at=NOW, sent_at=NOW - timedelta(days=3)))
-    session.add(Delivery(edition_id=edition.id, subscriber_id=ids[1], status="failed",
-                         queued_at=NOW))
+    session.add(
+        Delivery(
+            edition_id=edition.id,
+            subscriber_id=ids[0],
+            status="sent",
+            queued_at=NOW,
+            sent_at=NOW - timedelta(days=3),
+        )
+    )
+    session.add(
+        Delivery(edition_id=edition.id, subscriber_id=ids[1], status="failed", queued_at=NOW)
+    )
     session.commit()
     recent = list_readers(session, ReaderFilter(last_delivery="7d"), now=NOW).rows
     assert [r.id for r in recent] == [ids[0]] and recent[0].last_sent_at is not None
@@ -194,9 +216,11 @@ def test_pages_of_200000_readers_on_postgresql(database_url, session, capsys) ->
             if after is None:
                 break
         assert page.total > 0
-    plan = session.execute(
-        text("EXPLAIN " + str(_compiled(session, ReaderFilter(), after=100000)))
-    ).scalars().all()
+    plan = (
+        session.execute(text("EXPLAIN " + str(_compiled(session, ReaderFilter(), after=100000))))
+        .scalars()
+        .all()
+    )
     session.rollback()
     with capsys.disabled():
         print("\nEXPLAIN, the page after reader 100000 (newest first):")

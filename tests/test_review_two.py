@@ -102,7 +102,7 @@ def test_dot_segments_do_not_put_a_token_in_the_log(line: str) -> None:
 
 
 def test_logged_paths_cannot_forge_lines_or_drive_a_terminal() -> None:
-    out = redact_path("GET /x%0a127.0.0.1 - - \"GET /admin HTTP/1.1\" 200%1b[31m HTTP/1.1")
+    out = redact_path('GET /x%0a127.0.0.1 - - "GET /admin HTTP/1.1" 200%1b[31m HTTP/1.1')
     assert "\n" not in out and "\x1b" not in out
     assert "\\x0a" in out and "\\x1b" in out
     assert "\r" not in redact_path("/a%0d%0ab") and "\u2028" not in redact_path("/a%E2%80%A8")
