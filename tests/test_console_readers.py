@@ -286,3 +286,29 @@ def test_feeds_are_edited_deleted_and_checked(signed_in, session, tmp_path, sqli
     assert runner.invoke(cli(), ["feeds", "add", "https://c.example/rss"]).exit_code == 0
     listed = runner.invoke(cli(), ["feeds", "list"]).output
     assert "never polled" in listed
+
+
+def test_a_large_bulk_action_runs_in_the_background_with_progress(
+    signed_in, session, monkeypatch
+) -> None:
+    import time
+
+    from digest.web.console import readers as pages
+
+    monkeypatch.setattr(pages, "BULK_INLINE_MAX", 10)
+    token = csrf(signed_in, "/admin/readers")
+    data = {"csrf": token, "status": "pending", "scope": "all", "action": "timezone",
+            "value": "Europe/Paris", "confirmed": "yes"}
+    r = signed_in.post("/admin/readers/bulk", data=data)
+    assert r.status_code == 302 and "/admin/readers/bulk/" in r.headers["Location"]
+    deadline = time.monotonic() + 30
+    while True:
+        page = signed_in.get(r.headers["Location"]).get_data(as_text=True)
+        if "Done:" in page:
+            break
+        assert time.monotonic() < deadline, page
+        assert 'http-equiv="refresh"' in page
+        time.sleep(0.1)
+    assert "60 readers changed" in page
+    entries = [e for e in audit(session) if e[1] == "bulk timezone"]
+    assert len(entries) == 1 and "60 of 60 readers matching status pending" in entries[0][2]
