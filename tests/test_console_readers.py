@@ -312,3 +312,15 @@ def test_a_large_bulk_action_runs_in_the_background_with_progress(
     assert "60 readers changed" in page
     entries = [e for e in audit(session) if e[1] == "bulk timezone"]
     assert len(entries) == 1 and "60 of 60 readers matching status pending" in entries[0][2]
+
+
+def test_console_404s_use_the_console_layout(signed_in, client) -> None:
+    for path in ("/admin/no-such-page", "/admin/readers/999999", "/admin/editions/424242"):
+        r = signed_in.get(path)
+        page = r.get_data(as_text=True)
+        assert r.status_code == 404 and "console" in page and "Back to the overview" in page
+        assert "Sign out ed" in page or path == "/admin/no-such-page"
+    outside = client.get("/no-such-page")
+    assert outside.status_code == 404 and "Back to the overview" not in outside.get_data(
+        as_text=True
+    )

@@ -157,7 +157,7 @@ def _violations(page: Any) -> list[str]:
     return list(found)
 
 
-def test_axe_finds_nothing_on_any_console_page(chromium, site, tmp_path) -> None:
+def test_axe_finds_nothing_on_any_console_page(chromium, site, tmp_path, monkeypatch) -> None:
     base, _ = site
     page = signed_in(chromium, base, bypass_csp=True)  # to load axe into each page
     pages = [
@@ -189,6 +189,18 @@ def test_axe_finds_nothing_on_any_console_page(chromium, site, tmp_path) -> None
     page.click("button:has-text('Review the change')")
     if found := _violations(page):
         failures["bulk confirmation"] = found
+    from digest.web.console import readers as reader_pages
+
+    monkeypatch.setattr(reader_pages, "BULK_INLINE_MAX", 10)
+    page.goto(base + "/admin/readers")
+    page.check("input[name=scope][value=all]")
+    page.select_option("#bulk-action", "timezone")
+    page.fill("#bulk-value", "Europe/Paris")
+    page.click("button:has-text('Review the change')")
+    page.click("button:has-text('Yes')")
+    page.wait_for_selector("h1:has-text('A change to')")
+    if found := _violations(page):
+        failures["bulk progress"] = found
     page.goto(base + "/admin/readers/import")
     upload = tmp_path / "axe.csv"
     upload.write_text("email\tname\naxe@example.com\tAxe\n")
