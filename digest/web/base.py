@@ -188,6 +188,9 @@ _FORM_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 # Endpoints that take a file larger than the app's MAX_CONTENT_LENGTH: bytes allowed.
 UPLOAD_LIMITS: dict[str, int] = {}
+# The blueprints whose forms and links people fill in: the readers' pages and the
+# console (machine-to-machine endpoints, such as webhooks, read their bodies their way).
+FORM_BLUEPRINTS = ("digest", "console")
 
 
 @common.before_app_request
@@ -196,6 +199,8 @@ def _refuse_control_characters() -> Any:
     any view sees it (PostgreSQL refuses NUL in text; nothing here needs the rest)."""
     if request.endpoint in UPLOAD_LIMITS:
         request.max_content_length = UPLOAD_LIMITS[request.endpoint]
+    if request.blueprint not in FORM_BLUEPRINTS and not request.path.startswith("/admin"):
+        return None
     for source in (request.args, request.form):
         for key, values in source.lists():
             if _FORM_CONTROLS.search(key) or any(_FORM_CONTROLS.search(v) for v in values):
