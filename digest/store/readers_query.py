@@ -251,7 +251,8 @@ def conditions(flt: ReaderFilter, now: datetime) -> list[ColumnElement[bool]]:
     if flt.text:
         where.append(
             or_(
-                func.lower(Subscriber.email).contains(flt.text, autoescape=True),
+                # Addresses are stored lower-cased (addresses.normalise_address).
+                Subscriber.email.contains(flt.text, autoescape=True),
                 func.lower(Subscriber.name).contains(flt.text, autoescape=True),
             )
         )
