@@ -293,7 +293,7 @@ def test_a_large_bulk_action_runs_in_the_background_with_progress(
 ) -> None:
     import time
 
-    from digest.web.console import readers as pages
+    from digest.web.console import bulk_actions as pages
 
     monkeypatch.setattr(pages, "BULK_INLINE_MAX", 10)
     token = csrf(signed_in, "/admin/readers")

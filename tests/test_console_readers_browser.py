@@ -189,7 +189,7 @@ def test_axe_finds_nothing_on_any_console_page(chromium, site, tmp_path, monkeyp
     page.click("button:has-text('Review the change')")
     if found := _violations(page):
         failures["bulk confirmation"] = found
-    from digest.web.console import readers as reader_pages
+    from digest.web.console import bulk_actions as reader_pages
 
     monkeypatch.setattr(reader_pages, "BULK_INLINE_MAX", 10)
     page.goto(base + "/admin/readers")

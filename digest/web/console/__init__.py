@@ -1,6 +1,6 @@
 """The operator console's pages (/admin), one module per page family: overview,
-editions (with sending a slot now and test copies), readers (list, bulk actions,
-export; imports.py: CSV import), content (feeds and
+editions (with sending a slot now and test copies), readers (list, export;
+bulk_actions.py; imports.py: CSV import), content (feeds and
 articles), the audit log; common.py holds what they share.
 
 Views are thin: they call digest/ functions, write the action to the audit log in the
@@ -9,6 +9,22 @@ here are handed to Celery when a broker is configured, else run on a background 
 of this process, so the page answers at once and shows the progress live.
 """
 
-from digest.web.console import audit_log, content, editions, imports, overview, readers
+from digest.web.console import (
+    audit_log,
+    bulk_actions,
+    content,
+    editions,
+    imports,
+    overview,
+    readers,
+)
 
-__all__ = ["audit_log", "content", "editions", "imports", "overview", "readers"]
+__all__ = [
+    "audit_log",
+    "bulk_actions",
+    "content",
+    "editions",
+    "imports",
+    "overview",
+    "readers",
+]
