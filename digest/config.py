@@ -278,6 +278,26 @@ def open_private(path: Path, mode: str = "w", **kwargs: Any) -> IO[Any]:
         raise
 
 
+def append_private(path: Path) -> IO[str]:
+    """Open a text file for appending that only its owner can read (made so if it
+    existed with a wider mode); OSError when it cannot be."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.chmod(path, 0o600)
+        return os.fdopen(fd, "a", encoding="utf-8")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def others_can_read(folder: Path) -> bool:
+    """Whether users other than the owner may list or read the folder."""
+    try:
+        return bool(folder.stat().st_mode & 0o007)
+    except OSError:
+        return False
+
+
 def private_folder(folder: Path) -> None:
     """Create a folder only its owner can enter (it holds keys, addresses, tokens)."""
     if not folder.exists():
@@ -302,8 +322,48 @@ _HEADER_SETTINGS = {
 }
 
 
+# One bare address (no display name, list, comment or query): what a header setting
+# that names a mailbox must be, so that a comma or '?bcc=' cannot add a second one.
+_ADDRESS = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=^_`{|}~-]+)*"
+    r"@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+_ADDRESS_SETTINGS = {
+    "DIGEST_FROM_ADDRESS": "from_address",
+    "DIGEST_UNSUBSCRIBE_MAILTO": "unsubscribe_mailto",
+    "DIGEST_BOUNCE_ADDRESS": "bounce_address",
+    "DIGEST_REPLY_TO": "reply_to",
+}
+_HOST = re.compile(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]")
+
+
+def check_base_url(value: str) -> str:
+    """One absolute http(s) URL with a host and nothing a header could split it at
+    (List-Unsubscribe holds it between < and >); ConfigError naming DIGEST_BASE_URL."""
+    problem = ""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        problem = "an absolute http:// or https:// URL"
+    elif re.search(r"[\s<>\"'`,;\\{}|^]", value):
+        problem = "one URL without spaces, quotes, <, >, commas or semicolons"
+    elif "@" in parts.netloc or parts.query or parts.fragment or "?" in value or "#" in value:
+        problem = "a URL without user name, query or fragment"
+    else:
+        try:
+            host, port = parts.hostname or "", parts.port
+        except ValueError:
+            host, port = "", None
+        netloc = parts.netloc.rpartition(":")[0] if port else parts.netloc
+        if not host or not _HOST.fullmatch(netloc):
+            problem = "a URL whose host is a name or an address"
+    if problem:
+        raise ConfigError(f"DIGEST_BASE_URL must be {problem}, got {value[:80]!r}")
+    return value
+
+
 def check_header_settings(settings: Settings) -> Settings:
-    """ConfigError naming the first setting that reaches a header and holds a line break."""
+    """ConfigError naming the first setting that reaches a header and holds a line
+    break, or is not the one thing it names (one address, one URL)."""
     for name, attr in _HEADER_SETTINGS.items():
         value = getattr(settings, attr, "")
         if isinstance(value, str) and _LINE_BREAKS.search(value):
@@ -311,6 +371,14 @@ def check_header_settings(settings: Settings) -> Settings:
                 f"{name} must be one line without control characters: it goes into "
                 "the headers of every email"
             )
+    for name, attr in _ADDRESS_SETTINGS.items():
+        value = getattr(settings, attr, "")
+        if value and not (len(value) <= 254 and _ADDRESS.fullmatch(value)):
+            raise ConfigError(
+                f"{name} must be one email address such as news@example.com (no name, "
+                f"list or ?query), got {value[:80]!r}"
+            )
+    check_base_url(settings.base_url)
     return settings
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +18,7 @@ from sqlalchemy.pool import NullPool
 
 from digest.errors import DatabaseUnavailable
 
+log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
@@ -32,12 +35,31 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     url = normalise_url(url)
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if path and path != ":memory:" and not path.startswith("file:"):
+            private_database_file(Path(path))
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
         _sqlite_pragmas(engine)
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def private_database_file(path: Path) -> None:
+    """Make the SQLite file 0600 before SQLite opens it, whatever its folder's mode (its
+    -wal and -shm files take the same mode), and warn when others can read the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+    except OSError as exc:
+        log.warning("cannot make %s private: %s", path, exc.strerror)
+    folder_mode = path.parent.stat().st_mode & 0o777
+    if folder_mode & 0o007:
+        log.warning(
+            "the database's folder %s can be read by other users (mode %o): chmod 700 it",
+            path.parent,
+            folder_mode,
+        )
 
 
 def _sqlite_pragmas(engine: Engine) -> None:

@@ -21,7 +21,7 @@ class RedactingLogger(Logger):
 
     def atoms(self, resp: Any, req: Any, environ: Any, request_time: Any) -> dict[str, Any]:
         atoms: dict[str, Any] = super().atoms(resp, req, environ, request_time)
-        for key in ("r", "U", "f"):  # request line, path, referer
+        for key in ("r", "U", "q", "f"):  # request line, path, query, referer
             if isinstance(atoms.get(key), str):
                 atoms[key] = redact_path(atoms[key])
         return atoms

@@ -99,6 +99,13 @@ class Subscriber(Base):
     # so repeats within a few minutes send nothing (the page looks the same).
     last_notice_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
+    __table_args__ = (
+        # The console's readers list pages by (column, id) keys (digest/store/readers_query).
+        Index("ix_subscriber_created_id", "created_at", "id"),
+        Index("ix_subscriber_status_id", "status", "id"),
+        Index("ix_subscriber_timezone", "timezone"),
+    )
+
 
 class Suppression(Base):
     """Addresses that must never be mailed again, kept as a hash of the address."""
@@ -186,6 +193,8 @@ class Edition(Base):
     window_end: Mapped[datetime] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     note: Mapped[str] = mapped_column(Text, default="")
+    # Taken off the public archive by an operator (the readers who got it keep it).
+    unpublished: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class EditionArticle(Base):
@@ -224,6 +233,7 @@ class Delivery(Base):
         UniqueConstraint("edition_id", "subscriber_id", name="uq_delivery_once"),
         Index("ix_delivery_edition_status", "edition_id", "status"),
         Index("ix_delivery_status_lease", "status", "lease_until"),
+        Index("ix_delivery_subscriber_sent", "subscriber_id", "sent_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -247,9 +247,9 @@ def test_unsubscribe_suppress_and_update_are_audited(run_db) -> None:
         assert store.suppression_reason(session, "ben@example.com") == "operator"
     ben_id = ana_id + 1
     assert _audit(run_db.sessions) == [
-        ("night-editor", "changed reader", f"reader {ana_id}: editions, sections"),
-        ("night-editor", "unsubscribed", f"reader {ana_id}"),
-        ("night-editor", "suppressed", f"reader {ben_id}"),
+        ("night-editor", "changed reader", f"reader {ana_id}: editions: evening; sections: sport"),
+        ("night-editor", "unsubscribed", f"reader {ana_id} (was active)"),
+        ("night-editor", "suppressed", f"reader {ben_id} (was active)"),
     ]
 
 
@@ -264,7 +264,7 @@ def test_erase_asks_first(run_db) -> None:
     with run_db.sessions() as session:
         assert store.find_subscriber(session, "ana@example.com") is None
         assert store.get_subscriber(session, ana_id).status == "erased"
-    assert _audit(run_db.sessions) == [("night-editor", "erased", f"reader {ana_id}")]
+    assert _audit(run_db.sessions) == [("night-editor", "erased", f"reader {ana_id} (was active)")]
     again = run_db("subscribers", "unsubscribe", str(ana_id), code=1)
     assert "erased" in again.output
     run_db("subscribers", "erase", "ben@example.com", "--yes")

@@ -91,6 +91,7 @@ def test_a_tampered_csrf_token_changes_nothing(chromium, site) -> None:
     page.goto(f"{base}/admin/readers?q=reader0@")
     page.click("text=reader0@example.com")
     page.evaluate("document.querySelectorAll('input[name=csrf]').forEach(i => i.value = 'x')")
+    page.check("form:has(button:has-text('Unsubscribe')) >> input[name=confirm]")
     page.click("button:has-text('Unsubscribe')")
     assert "Nothing changed" in page.inner_text("main")
     page.go_back()

@@ -28,6 +28,7 @@ def post(client: Any, settings: Settings, email: str, token: str | None = None, 
         "editions": "both",
         "timezone": TZ,
         "form_token": token or accounts.form_token(settings.secret_key, NOW),
+        **kw.pop("data_extra", {}),
     }
     return client.post("/subscribe", data=data, **kw)
 
@@ -76,15 +77,72 @@ def test_per_client_limit_answers_429(make_app, settings, tmp_path, database_url
     assert r.status_code == 200
 
 
-def test_global_budget_spent_says_try_again_later(make_app, tmp_path, database_url, clock):
+def test_global_budget_spent_asks_for_a_proof_of_work_not_a_refusal(
+    make_app, tmp_path, database_url, clock
+):
+    import re
+
+    from digest.readers.signup_challenge import solve
+
     budget = make_settings(tmp_path, database_url, DIGEST_SIGNUP_MAILS_PER_HOUR="2")
     client = make_app(budget, clock=clock).test_client()
     assert post(client, budget, "a@example.com").status_code == 200
     assert post(client, budget, "b@example.com").status_code == 200
     r = post(client, budget, "c@example.com")
     page = r.get_data(as_text=True)
-    assert r.status_code == 429 and "Please try again later" in page
+    assert r.status_code == 429 and "short calculation" in page
     assert len(list(budget.outbox_dir.glob("*.eml"))) == 2
+    challenge = re.search(r'name="pow_challenge" value="([^"]+)"', page)
+    token = re.search(r'name="form_token" value="([^"]+)"', page)
+    assert challenge and token and 'value="c@example.com"' in page  # the form, kept
+    data = {
+        "email": "c@example.com",
+        "editions": "both",
+        "timezone": TZ,
+        "form_token": token.group(1),
+        "pow_challenge": challenge.group(1),
+        "pow_nonce": "1" if solve(challenge.group(1)) != "1" else "2",  # wrong
+    }
+    assert client.post("/subscribe", data=data).status_code == 429
+    data["form_token"] = accounts.form_token(budget.secret_key, NOW)
+    data["pow_nonce"] = solve(challenge.group(1))
+    assert client.post("/subscribe", data=data).status_code == 200
+    assert len(list(budget.outbox_dir.glob("*.eml"))) == 3  # the slower path sent it
+    data["form_token"] = accounts.form_token(budget.secret_key, NOW)
+    data["email"] = "d@example.com"
+    assert client.post("/subscribe", data=data).status_code == 429  # one use per challenge
+
+
+def test_a_link_from_the_readers_own_email_gets_past_strangers_requests(
+    make_app, smtp, smtp_server, session, clock
+) -> None:
+    from digest.mail.tokens import make_token
+
+    sink, _ = smtp_server
+    reader = store.add_subscriber(session, "vic@example.com", NOW, status="unsubscribed")
+    session.commit()
+    client = make_app(smtp, clock=clock).test_client()
+    for _ in range(3):  # strangers use up vic's daily allowance
+        clock.advance(minutes=11)
+        assert post(client, smtp, "vic@example.com").status_code == 200
+    clock.advance(minutes=11)
+    assert post(client, smtp, "vic@example.com").status_code == 200
+    assert len(sink.messages) == 3
+    # Vic follows "Subscribe again" from a page reached by her own email's link.
+    token = make_token(smtp.secret_key, "preferences", reader.id)
+    page = client.get(f"/subscribe?reader={token}").get_data(as_text=True)
+    assert f'name="reader" value="{token}"' in page
+    clock.advance(minutes=11)
+    r = post(client, smtp, "vic@example.com", data_extra={"reader": token})
+    assert r.status_code == 200 and len(sink.messages) == 4
+    # The token is for vic only: it lifts nobody else's limit.
+    for _ in range(4):
+        clock.advance(minutes=11)
+        post(client, smtp, "other@example.com", data_extra={"reader": token})
+    assert len(sink.messages) == 7
+    assert "reader=<redacted>" in __import__("digest.web").web.redact_path(
+        f"GET /subscribe?reader={token} HTTP/1.1"
+    )
 
 
 @pytest.mark.parametrize("reason", ["bounced", "complained"])

@@ -9,7 +9,9 @@ import click
 
 from digest import store
 from digest.cli import App, cli, pass_app
-from digest.feeds.ingest import import_articles, ingest_all
+from digest.cli.readers import operator_name
+from digest.feeds.ingest import check_feed_source, import_articles, ingest_all
+from digest.operations import operators
 
 
 @cli.group()
@@ -27,8 +29,12 @@ def feeds_add(app: App, source: str, section: str) -> None:
     url = path.resolve().as_uri() if "://" not in source and path.exists() else source
     if not re.match(r"^(https?|file)://", url):
         raise click.ClickException(f"{source!r} is neither an http(s) URL nor an existing file")
+    url, section = check_feed_source(url, section, files=True)
     with app.session() as session:
-        feed = store.add_feed(session, url, section.strip().lower() or "news")
+        feed = store.add_feed(session, url, section)
+        operators.record(
+            session, operator_name(), "added feed", f"{url} ({feed.section})", app.now()
+        )
         session.commit()
         click.echo(f"feed {feed.id} added: {url} [{feed.section}]")
 
@@ -40,12 +46,14 @@ def feeds_list(app: App) -> None:
     with app.session() as session:
         for feed in store.list_feeds(session):
             state = f"error: {feed.last_error}" if feed.last_error else "ok"
-            polled = (
-                feed.last_polled_at.isoformat(timespec="minutes")
-                if feed.last_polled_at
-                else "never"
+            if feed.last_polled_at is None:
+                polled, state = "never polled", "" if not feed.last_error else state
+            else:
+                polled = "polled " + feed.last_polled_at.isoformat(timespec="minutes")
+            paused = "  PAUSED" if feed.paused else ""
+            click.echo(
+                f"{feed.id:>4}  [{feed.section}]  {feed.url}  {polled}{paused}  {state}".rstrip()
             )
-            click.echo(f"{feed.id:>4}  [{feed.section}]  {feed.url}  polled {polled}  {state}")
 
 
 @cli.command()
@@ -58,7 +66,7 @@ def ingest(app: App) -> None:
     for r in reports:
         if r.error:
             failed += 1
-            click.echo(f"FAILED {r.error}")
+            click.echo(f"FAILED {r.feed_url}: {r.error}")
         elif r.not_modified:
             click.echo(f"unchanged {r.feed_url}")
         else:
@@ -80,6 +88,13 @@ def articles_import(app: App, file: Path) -> None:
     """Import articles from a JSON list (title, url, summary, section, published_at, priority)."""
     with app.session() as session:
         new, errors = import_articles(session, file, app.now())
+        operators.record(
+            session,
+            operator_name(),
+            "imported articles",
+            f"{file.name}: {new} new, {len(errors)} records skipped",
+            app.now(),
+        )
         session.commit()
     for error in errors:
         click.echo(f"skipped {error}", err=True)

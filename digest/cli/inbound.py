@@ -23,7 +23,13 @@ from dotenv import dotenv_values
 from sqlalchemy.exc import SQLAlchemyError
 
 from digest.cli import App, cli, pass_app
-from digest.config import Settings, load_settings
+from digest.config import (
+    Settings,
+    append_private,
+    load_settings,
+    others_can_read,
+    private_folder,
+)
 from digest.errors import DigestError
 
 EX_TEMPFAIL = 75
@@ -72,9 +78,15 @@ def log_line(settings: Settings, now: datetime, line: str) -> None:
     click.echo(line)
     try:
         folder = settings.data_dir / "inbound"
-        folder.mkdir(parents=True, exist_ok=True)
-        with (folder / "inbound.log").open("a", encoding="utf-8") as log:
+        private_folder(folder)
+        with append_private(folder / "inbound.log") as log:
             log.write(f"{now.isoformat(timespec='seconds')} {line}\n")
+        if others_can_read(folder) or others_can_read(settings.data_dir):
+            click.echo(
+                f"digest inbound: warning: other users can read {settings.data_dir} "
+                "or its inbound folder: chmod 700 them",
+                err=True,
+            )
     except OSError as exc:
         # What was done is done; a second delivery would only log it again.
         click.echo(f"digest inbound: cannot write the log: {exc.strerror}", err=True)

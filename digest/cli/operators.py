@@ -7,6 +7,7 @@ import sys
 import click
 
 from digest.cli import App, cli, pass_app
+from digest.cli.readers import operator_name
 from digest.operations import operators as ops
 
 
@@ -27,9 +28,14 @@ def operators_add(app: App, name: str, password_stdin: bool) -> None:
     password = _password(password_stdin)
     with app.session() as session:
         ops.add(session, name, password, app.now())
-        ops.record(session, name, "operator added", f"by the CLI for {name}", app.now())
+        ops.record(session, name, "operator added", _by(), app.now())
         session.commit()
     click.echo(f"operator {name} added; sign in at {app.settings.base_url}/admin")
+
+
+def _by() -> str:
+    # Filed under the operator it is about; who ran the command is said here.
+    return f"by {operator_name()} with the CLI"
 
 
 def _password(password_stdin: bool) -> str:
@@ -47,7 +53,7 @@ def operators_passwd(app: App, name: str, password_stdin: bool) -> None:
     password = _password(password_stdin)
     with app.session() as session:
         ops.set_password(session, name, password)
-        ops.record(session, name, "password changed", "by the CLI", app.now())
+        ops.record(session, ops.check_name(name), "password changed", _by(), app.now())
         session.commit()
     click.echo(f"operator {name}: new password; every console session of theirs has ended")
 
@@ -59,7 +65,7 @@ def operators_remove(app: App, name: str) -> None:
     """Remove an operator; their console sessions end at once."""
     with app.session() as session:
         ops.remove(session, name)
-        ops.record(session, name, "operator removed", "by the CLI", app.now())
+        ops.record(session, ops.check_name(name), "operator removed", _by(), app.now())
         session.commit()
     click.echo(f"operator {name} removed")
 

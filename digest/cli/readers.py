@@ -22,10 +22,11 @@ from digest import store
 from digest.cli import App, cli, pass_app
 from digest.config import open_private
 from digest.editions.selection import normalise_sections
-from digest.errors import InvalidInput
+from digest.errors import InvalidInput, SendError
+from digest.mail.relays import make_transport
 from digest.models import SUBSCRIBER_STATUSES, Subscriber
 from digest.operations import operators
-from digest.readers import accounts, reader_admin
+from digest.readers import accounts, bulk, reader_admin
 from digest.readers.subscribers import export_csv, export_private, import_file, subscriber_fields
 
 STATUSES = (*SUBSCRIBER_STATUSES, reader_admin.ERASED)
@@ -45,6 +46,11 @@ def subscribers() -> None:
 @click.option(
     "--confirmed", is_flag=True, help="Consent is proven: active at once, no opt-in email."
 )
+@click.option(
+    "--send-confirmation",
+    is_flag=True,
+    help="Without --confirmed: email the opt-in link now (else none is sent).",
+)
 @pass_app
 def subscribers_add(
     app: App,
@@ -54,8 +60,12 @@ def subscribers_add(
     editions: str,
     sections: str,
     confirmed: bool,
+    send_confirmation: bool,
 ) -> None:
-    """Add one subscriber."""
+    """Add one subscriber: active with --confirmed, else pending until they confirm
+    (with --send-confirmation they are emailed the link; without, nobody is)."""
+    if confirmed and send_confirmation:
+        raise click.UsageError("--confirmed readers need no confirmation email")
     fields = subscriber_fields(email, name, timezone, editions, sections)
     with app.session() as session:
         check_sections(session, fields["sections"], app.now())
@@ -66,18 +76,38 @@ def subscribers_add(
             consent="cli",
             **fields,
         )
+        _audit(session, app, "added reader", f"reader {s.id} ({s.status})")
         session.commit()
         click.echo(f"subscriber {s.id} added: {s.email} ({s.status})")
+        if not confirmed:
+            _confirmations(app, session, [s.email], send_confirmation)
 
 
 @subscribers.command("import")
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--confirmed", is_flag=True, help="Only for lists with proven consent.")
+@click.option(
+    "--send-confirmation",
+    is_flag=True,
+    help="Without --confirmed: email each new reader the opt-in link (else none is sent).",
+)
 @pass_app
-def subscribers_import(app: App, file: Path, confirmed: bool) -> None:
-    """Import subscribers from a CSV with columns email,name,timezone,editions,sections."""
+def subscribers_import(app: App, file: Path, confirmed: bool, send_confirmation: bool) -> None:
+    """Import subscribers from a CSV with columns email,name,timezone,editions,sections
+    (comma, semicolon or tab separated). New readers are pending until they confirm:
+    --send-confirmation emails them the link; --confirmed makes them active at once."""
+    if confirmed and send_confirmation:
+        raise click.UsageError("--confirmed readers need no confirmation email")
     with app.session() as session:
         report = import_file(session, file, app.now(), confirmed=confirmed)
+        _audit(
+            session,
+            app,
+            "imported readers",
+            f"{file.name}: {report.added} added ({'active' if confirmed else 'pending'}), "
+            f"{report.existing} already there, {report.suppressed} suppressed, "
+            f"{len(report.errors)} bad rows",
+        )
         session.commit()
     for line, reason in report.errors:
         click.echo(f"line {line}: {reason}", err=True)
@@ -86,6 +116,41 @@ def subscribers_import(app: App, file: Path, confirmed: bool) -> None:
         f"{report.suppressed} suppressed (unsubscribed or bounced before), "
         f"{len(report.errors)} bad rows"
     )
+    if not confirmed and report.added_emails:
+        with app.session() as session:
+            _confirmations(app, session, report.added_emails, send_confirmation)
+
+
+def _confirmations(app: App, session: Session, emails: list[str], send: bool) -> None:
+    """Email pending readers their opt-in link (send), or say that nobody was."""
+    if not send:
+        click.echo(
+            f"no confirmation email sent: {len(emails)} pending readers get nothing until "
+            "they confirm (--send-confirmation sends the link; the console can resend it)"
+        )
+        return
+    notices = []
+    for email in emails:
+        found = store.find_subscriber(session, email)
+        notice = found and bulk.resend_confirmation(
+            session, app.settings, found.id, app.now(), source="cli"
+        )
+        if notice:
+            notices.append(notice)
+    session.commit()
+    transport = make_transport(app.settings)
+    failed = 0
+    for notice in notices:
+        try:
+            accounts.send_notice(app.settings, transport, notice, app.now())
+        except SendError as exc:
+            failed += 1
+            accounts.forget_notice(session, notice)
+            click.echo(f"confirmation to {notice.email} not sent: {exc}", err=True)
+    session.commit()
+    click.echo(f"{len(notices) - failed} confirmation emails sent")
+    if failed:
+        raise click.ClickException(f"{failed} confirmation emails could not be sent")
 
 
 @subscribers.command("export")
@@ -98,6 +163,9 @@ def subscribers_export(app: App, file: Path) -> None:
             n = export_csv(session, sys.stdout)
         else:
             n = export_private(session, file)
+        where = "standard output" if str(file) == "-" else str(file.resolve())
+        _audit(session, app, "exported readers", f"all {n} readers to {where}")
+        session.commit()
     click.echo(f"{n} subscribers exported", err=True)
 
 
@@ -146,7 +214,7 @@ def operator_name() -> str:
 
 
 def _audit(session: Session, app: App, action: str, detail: str) -> None:
-    # The same actions and details as the console (digest/web/console.py) writes.
+    # The same actions and details as the console (digest/web/console/) writes.
     operators.record(session, operator_name(), action, detail, app.now())
 
 
@@ -163,8 +231,9 @@ def _act(
             raise InvalidInput(f"subscriber {subscriber.id} is erased; nothing is left to change")
         if confirm:
             confirm(subscriber)
+        was = subscriber.status
         act(session, subscriber.id, app.now())
-        _audit(session, app, action, f"reader {subscriber.id}")
+        _audit(session, app, action, f"reader {subscriber.id} (was {was})")
         session.commit()
         return subscriber
 
@@ -312,7 +381,9 @@ def subscribers_update(
         ]
         if not changed:
             raise click.UsageError("say what to change: --name, --timezone, --editions, --sections")
+        before = accounts.form_of(subscriber)
         s = reader_admin.update(session, subscriber.id, form)
-        _audit(session, app, "changed reader", f"reader {s.id}: {', '.join(changed)}")
+        what = reader_admin.describe_change(before, accounts.form_of(s))
+        _audit(session, app, "changed reader", f"reader {s.id}: {what}")
         session.commit()
     click.echo(f"subscriber {s.id} updated: {', '.join(changed)}")

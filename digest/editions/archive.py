@@ -1,7 +1,9 @@
 """The public archive (DIGEST_PUBLIC_ARCHIVE=1): past editions, by day, newest first,
 with nothing personal in them.
 
-An edition is shown once at least one reader was sent it, as the web version shows it
+An edition is shown once at least one reader was sent it, unless an operator
+unpublished it; articles hidden since are cut from its page (rendered again without
+them). Otherwise it shows as the web version shows it
 (pages.public_html): the per-reader slots filled with values that are nobody's.
 Of its renderings (one per choice of sections) the one with every section is shown,
 else the one with the most articles. No Flask here; the caller owns the session.
@@ -17,9 +19,14 @@ from sqlalchemy.orm import Session
 
 from digest import store
 from digest.config import Settings
-from digest.editions import pages
+from digest.editions import pages, pipeline
 from digest.errors import NotFound
-from digest.store.archive import archived_edition, archived_editions, variant_summaries
+from digest.store.archive import (
+    archived_edition,
+    archived_editions,
+    hidden_article_ids,
+    variant_summaries,
+)
 
 PAGE_SIZE = 60
 MAX_PAGE = 10_000
@@ -77,7 +84,13 @@ def edition_page(
     """An archived edition as a web page, `banner` (trusted markup) above it."""
     edition = archived_edition(session, edition_id, now)
     rows = variant_summaries(session, [edition_id]) if edition else []
-    if not rows:
+    if edition is None or not rows:
         raise NotFound("no such edition in the archive")
+    if hidden_article_ids(session, edition_id):
+        # An article hidden after the edition went out leaves its archived page too.
+        prepared = pipeline.rendering_without_hidden(session, settings, edition)
+        if prepared is None:
+            raise NotFound("no such edition in the archive")
+        return pages.public_page(settings, prepared, banner)
     variant = store.get_variant(session, best_variant(rows)[0])
     return pages.public_html(settings, variant, banner)

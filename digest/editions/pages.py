@@ -48,7 +48,12 @@ def public_page(settings: Settings, prepared: sending.PreparedVariant, banner: s
     values = slot_values(
         name="", for_html=True, **sending.public_links(settings, WEB_VIEW_SELF)
     )
-    html = _SELF_LINK.sub("", prepared.html.fill(values))
+    return as_page(_SELF_LINK.sub("", prepared.html.fill(values)), banner)
+
+
+def as_page(html: str, banner: str = "") -> str:
+    """An email's HTML as a web page: its content in a main landmark, `banner`
+    (trusted markup) above it."""
     body = _BODY.search(html)
     end = html.rfind("</body>")
     if body is None or end < body.end():

@@ -377,6 +377,27 @@ def preview(
     return page, PreparedVariant(html, text, page.subject)
 
 
+def rendering_without_hidden(
+    session: Session, settings: Settings, edition: Edition
+) -> PreparedVariant | None:
+    """The edition with every section, rendered again without the articles an operator
+    has hidden since it went out (the public archive's takedown); None if none is left."""
+    ids = store.edition_article_ids(session, edition.id)
+    rows = store.articles_by_id(session, ids)
+    kept = [
+        Candidate(a.id, a.section, a.priority, a.published_at, a.seen_at)
+        for a in (rows.get(i) for i in ids)
+        if a is not None and not a.hidden
+    ]
+    cohort = Cohort(edition.slot, edition.local_day, edition.timezone)
+    rendered = render_variant(session, settings, cohort, kept, "")
+    if rendered is None:
+        return None
+    page = rendered[0]
+    marks = SlotMarks(page.slot_nonce)
+    return PreparedVariant(Splicer.of(page.html, marks), Splicer.of(page.text, marks), page.subject)
+
+
 # --- schedule and repair -----------------------------------------------------------------
 
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 import calendar
 import io
 import json
+import os
 import re
 import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote_plus, urlsplit, urlunsplit
+from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 
 import feedparser
 from feedparser.exceptions import ThingsNobodyCaresAboutButMe
@@ -44,6 +45,32 @@ class IngestReport:
     skipped: list[str] = field(default_factory=list)
     error: str | None = None
     not_modified: bool = False
+
+
+_SECTION = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+def check_feed_source(url: str, section: str, *, files: bool = False) -> tuple[str, str]:
+    """A feed's URL and section, checked: an http(s) URL with a host (or, with `files`,
+    a file:// URL of a readable file, never a folder) and a section of letters, digits,
+    '-' or '_'. InvalidInput says what is wrong."""
+    url, section = url.strip(), section.strip().lower() or "news"
+    parts = urlsplit(url)
+    if parts.scheme == "file" and files:
+        path = Path(unquote(parts.path))
+        if path.is_dir():
+            raise InvalidInput(f"{path} is a folder, not a feed file")
+        if not path.is_file() or not os.access(path, os.R_OK):
+            raise InvalidInput(f"{path} cannot be read")
+    elif parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidInput(f"a feed is an http:// or https:// URL, not {url[:80]!r}")
+    if any(c.isspace() for c in url) or len(url) > 2000:
+        raise InvalidInput("a feed URL has no spaces and at most 2,000 characters")
+    if not _SECTION.fullmatch(section):
+        raise InvalidInput(
+            f"a section is 1 to 64 letters, digits, '-' or '_', not {section[:40]!r}"
+        )
+    return url, section
 
 
 def _is_tracking(pair: str) -> bool:

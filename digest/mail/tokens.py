@@ -73,6 +73,12 @@ def read_token(
     return subscriber_id
 
 
+# The most JSON a sealed token may carry, and so the longest such token unseal reads:
+# a sign-up's request at its largest (see accounts.largest_request) fits with room left.
+SEALED_DATA_MAX = 2048
+SEALED_MAX = 13 + 1 + 13 + 1 + -(-SEALED_DATA_MAX // 3) * 4 + 1 + 22
+
+
 def seal(
     secret: str, purpose: str, subscriber_id: int, expires: datetime, data: dict[str, str]
 ) -> str:
@@ -81,7 +87,9 @@ def seal(
     if purpose not in PURPOSES:
         raise ValueError(f"unknown token purpose {purpose!r}")
     sid, exp = _b36(subscriber_id), _b36(int(expires.timestamp()))
-    body = json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
+    body = json.dumps(data, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
+    if len(body) > SEALED_DATA_MAX:
+        raise ValueError(f"{len(body)} bytes are too many for a sealed token")
     payload = base64.urlsafe_b64encode(body).decode().rstrip("=")
     # Four parts, where make_token signs three: one kind can never pass for the other.
     return f"{sid}.{exp}.{payload}.{sign(secret, f'{purpose}+|{sid}|{exp}|{payload}')}"
@@ -91,7 +99,7 @@ def unseal(
     secret: str, purpose: str, token: str, now: datetime | None = None
 ) -> tuple[int, dict[str, str]]:
     """The subscriber id and data a sealed token carries, or InvalidToken."""
-    parts = token.split(".") if isinstance(token, str) and len(token) < 2000 else []
+    parts = token.split(".") if isinstance(token, str) and len(token) <= SEALED_MAX else []
     if len(parts) != 4:
         raise InvalidToken("this link is not valid")
     sid, exp, payload, mac = parts

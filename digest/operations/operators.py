@@ -86,5 +86,6 @@ def record(session: Session, operator: str, action: str, detail: str, now: datet
     add_audit(session, operator, action, detail, now)
 
 
-def recent(session: Session, limit: int = 100) -> list[AuditEntry]:
-    return recent_audit(session, limit)
+def recent(session: Session, limit: int = 100, before: int | None = None) -> list[AuditEntry]:
+    """A page of the audit log, newest first (older than entry `before` when given)."""
+    return recent_audit(session, limit, before)

@@ -41,6 +41,10 @@ LEFT = ("unsubscribed", "bounced", "complained")
 NOTICE_INTERVAL = timedelta(minutes=10)
 SECTIONS_LOOKBACK = timedelta(days=30)
 FORM_TTL = timedelta(hours=12)
+# A name in a form: at most this many characters and UTF-8 bytes (it travels in the
+# confirmation link, which must stay within tokens.SEALED_MAX).
+NAME_MAX_CHARS = 100
+NAME_MAX_BYTES = 300
 _REGIONS = (
     "Africa/",
     "America/",
@@ -95,6 +99,11 @@ def validate(
     without it the form's own email field is checked.
     """
     errors: dict[str, str] = {}
+    if not name_fits(form.name):
+        errors["name"] = (
+            f"Use a shorter name: at most {NAME_MAX_CHARS} characters "
+            "(fewer with emoji or other long characters)."
+        )
     address = email
     if address is None:
         try:
@@ -118,6 +127,31 @@ def validate(
     if errors or address is None:
         return {}, errors
     return subscriber_fields(address, form.name, form.timezone, form.editions, form.sections), {}
+
+
+def name_fits(name: str) -> bool:
+    """Whether a name is within NAME_MAX_CHARS characters and NAME_MAX_BYTES bytes."""
+    return len(name) <= NAME_MAX_CHARS and len(name.encode("utf-8", "replace")) <= NAME_MAX_BYTES
+
+
+def cap_name(name: str) -> str:
+    """A name cut to what name_fits allows (for a field that cannot say it is too long)."""
+    name = name[:NAME_MAX_CHARS]
+    while not name_fits(name):
+        name = name[:-1]
+    return name
+
+
+def largest_request() -> dict[str, str]:
+    """The biggest request a valid sign-up form can make (sizes the confirmation link)."""
+    fields = {
+        "name": '"' * NAME_MAX_CHARS,  # each one escaped in JSON: two bytes
+        "timezone": "America/Argentina/ComodRivadavia",
+        "morning": True,
+        "evening": True,
+        "sections": ("x" * 63 + ",") * 7 + "x" * 51,
+    }
+    return _request_of(fields, "web form" + "x" * 60, datetime(9999, 12, 31, tzinfo=UTC))
 
 
 def _address_problem(raw: str, exc: InvalidAddress) -> str:

@@ -41,6 +41,15 @@ class ReaderView:
     confirmed_at: datetime | None
     unsubscribed_at: datetime | None
     deliveries: list[dict[str, Any]]
+    suppressed: str | None = None  # why the address gets no mail: operator, bounced, ...
+
+    @property
+    def shown_status(self) -> str:
+        """The status as the console says it: a suppressed reader shows as suppressed."""
+        if self.suppressed and self.status != ERASED:
+            by = "by an operator" if self.suppressed == OPERATOR_REASON else self.suppressed
+            return f"suppressed ({by})"
+        return self.status
 
 
 def _editions(subscriber: Subscriber) -> str:
@@ -81,6 +90,7 @@ def view(session: Session, subscriber_id: int, default_timezone: str) -> ReaderV
         confirmed_at=s.confirmed_at,
         unsubscribed_at=s.unsubscribed_at,
         deliveries=reader_deliveries(session, s.id),
+        suppressed=store.suppression_reason(session, s.email),
     )
 
 
@@ -119,16 +129,37 @@ def suppress(session: Session, subscriber_id: int, now: datetime) -> Subscriber:
     return accounts.unsubscribe(session, subscriber_id, now)
 
 
-def update(session: Session, subscriber_id: int, form: accounts.Form) -> Subscriber:
-    """Change a reader's editions, sections, timezone and name (checked like the form)."""
+def update(
+    session: Session, subscriber_id: int, form: accounts.Form, now: datetime | None = None
+) -> Subscriber:
+    """Change a reader's editions, sections, timezone and name (checked like the form).
+
+    With `now`, sections must be ones the feeds offer (or the reader already has);
+    without it the caller has checked them (the CLI, which names the known ones)."""
     subscriber = store.get_subscriber(session, subscriber_id)
-    offered = set(filter(None, subscriber.sections.split(","))) | set(
-        filter(None, ",".join(form.sections).split(","))
-    )
+    form.sections = [s.strip().lower() for s in form.sections if s.strip()]
+    chosen = set(filter(None, ",".join(form.sections).split(",")))
+    offered = set(filter(None, subscriber.sections.split(",")))
+    offered |= set(accounts.offered_sections(session, now)) if now is not None else chosen
     fields, errors = accounts.validate(form, offered, email=subscriber.email)
     if errors:
         raise InvalidInput("; ".join(errors.values()))
     return accounts.update_preferences(session, subscriber_id, fields)
+
+
+def describe_change(before: accounts.Form, after: accounts.Form) -> str:
+    """What a change of settings changed, for flash messages and the audit log (a name
+    is said to have changed, not shown: the log outlives an erasure)."""
+    said = []
+    if before.editions != after.editions:
+        said.append(f"editions: {after.editions}")
+    if sorted(before.sections) != sorted(after.sections):
+        said.append(f"sections: {', '.join(after.sections) or 'all'}")
+    if before.timezone != after.timezone:
+        said.append(f"timezone: {after.timezone or 'the default'}")
+    if before.name != after.name:
+        said.append("name changed")
+    return "; ".join(said) or "nothing changed"
 
 
 def erase(session: Session, subscriber_id: int, now: datetime) -> Subscriber:

@@ -1,8 +1,10 @@
 """Limits that keep the sign-up form from being used to mail people in bulk.
 
 Per client address (applied by Flask-Limiter in the web app), per recipient mailbox
-(plus-address and case variants count as one), a global hourly budget of confirmation
-emails, and one use per form token. The counters live in Redis when DIGEST_REDIS_URL
+(plus-address and case variants count as one; not for a request that came through a
+link in the mailbox's own email), a global hourly budget of confirmation emails (past
+it, sign-ups that do a proof of work still go, up to CEILING times the budget: see
+signup_challenge), and one use per form token. The counters live in Redis when DIGEST_REDIS_URL
 is set, so every web worker shares them, and in this process's memory otherwise.
 """
 
@@ -22,6 +24,8 @@ from limits.strategies import MovingWindowRateLimiter
 from digest.config import Settings
 from digest.errors import ConfigError
 from digest.mail.addresses import mailbox_of
+
+CEILING = 4
 
 
 def storage_uri(settings: Settings) -> str:
@@ -61,6 +65,8 @@ class SignupGuard:
             "DIGEST_SIGNUP_MAILBOX_LIMIT", settings.signup_mailbox_limit
         )
         self.budget = RateLimitItemPerHour(max(1, settings.signup_mails_per_hour))
+        # Past the budget, sign-ups that did the proof of work: at most this many more.
+        self.ceiling = RateLimitItemPerHour(max(1, settings.signup_mails_per_hour) * CEILING)
         self.form_ttl = 13 * 3600  # outlives the form token itself (12 hours)
 
     def claim_form_token(self, token: str) -> bool:
@@ -72,14 +78,20 @@ class SignupGuard:
         """Whether the hourly budget of confirmation emails has any left."""
         return self.limiter.test(self.budget, "digest-signup-budget")
 
-    def take_mail(self, email: str) -> bool:
+    def take_mail(self, email: str, *, owner: bool = False, proven: bool = False) -> bool:
         """Count one email to this mailbox against its limits and the global budget;
-        False (and nothing counted) when either is spent."""
+        False (and nothing counted) when either is spent.
+
+        `owner`: the request came through a link from the mailbox's own email, so
+        strangers' requests cannot have used up its allowance. `proven`: it did the
+        slower path's proof of work, so it may go past the budget (up to a ceiling)."""
         key = mailbox_key(email)
-        if not all(self.limiter.test(item, "digest-mailbox", key) for item in self.per_mailbox):
+        mailbox_ok = all(self.limiter.test(i, "digest-mailbox", key) for i in self.per_mailbox)
+        if not (mailbox_ok or owner):
             return False
         if not self.limiter.hit(self.budget, "digest-signup-budget"):
-            return False
+            if not (proven and self.limiter.hit(self.ceiling, "digest-signup-ceiling")):
+                return False
         for item in self.per_mailbox:
             self.limiter.hit(item, "digest-mailbox", key)
         return True

@@ -86,16 +86,70 @@ class ImportReport:
     existing: int = 0
     suppressed: int = 0
     errors: list[tuple[int, str]] = field(default_factory=list)
+    # Every row's outcome by line: (line, address or "", added | already there |
+    # suppressed | bad row, why) - the console's downloadable report.
+    lines: list[tuple[int, str, str, str]] = field(default_factory=list)
+    added_emails: list[str] = field(default_factory=list)
 
 
-def _parse_line(text: str) -> list[str]:
+IMPORT_FIELDS = ("email", "name", "timezone", "editions", "sections")
+DELIMITERS = (",", ";", "\t")
+
+
+def detect_delimiter(header: str) -> str:
+    """The delimiter of a CSV file from its header line: comma, semicolon or tab, the
+    one that splits the line (outside quotes) the most; a comma when none does."""
+    counts = dict.fromkeys(DELIMITERS, 0)
+    quoted = False
+    for char in header:
+        if char == '"':
+            quoted = not quoted
+        elif not quoted and char in counts:
+            counts[char] += 1
+    best = max(DELIMITERS, key=lambda d: (counts[d], d == ","))
+    return best if counts[best] else ","
+
+
+def guess_mapping(header: list[str]) -> dict[str, str]:
+    """Which import field each column of a header is, by name ("" for none)."""
+    aliases = {
+        "email": ("email", "e-mail", "mail", "address", "email address"),
+        "name": ("name", "full name", "first name"),
+        "timezone": ("timezone", "time zone", "tz"),
+        "editions": ("editions", "edition"),
+        "sections": ("sections", "section", "topics"),
+    }
+    found: dict[str, str] = {}
+    for column in header:
+        key = column.strip().lower()
+        field_name = next((f for f, names in aliases.items() if key in names), "")
+        if field_name and field_name in found.values():
+            field_name = ""
+        found[column] = field_name
+    return found
+
+
+def _parse_line(text: str, delimiter: str = ",") -> list[str]:
     """The fields of one physical line (csv.Error when it cannot be read)."""
     if not text.endswith(("\n", "\r")):
         text += "\n"  # the last line: a quote open at its end shows as at any other's
-    return next(csv.reader([text]), [])
+    return next(csv.reader([text], delimiter=delimiter), [])
 
 
-def read_rows(handle: TextIO) -> Iterator[tuple[int, dict[str, str] | str]]:
+def read_header(text: str, delimiter: str) -> list[str]:
+    """A header line's column names (InvalidInput when it cannot be read)."""
+    try:
+        header = _parse_line(text, delimiter)
+    except csv.Error as exc:
+        raise InvalidInput(f"the CSV header row cannot be read: {exc}") from None
+    if _unterminated(header):
+        raise InvalidInput('the CSV header row has a quote (") that is never closed')
+    return [f.strip() for f in header]
+
+
+def read_rows(
+    handle: TextIO, delimiter: str = ",", mapping: dict[str, str] | None = None
+) -> Iterator[tuple[int, dict[str, str] | str]]:
     """Each row by line number, or the reason a row could not be read (the rest go on).
 
     Every physical line is one row: no column of a subscriber list may hold a line
@@ -105,20 +159,18 @@ def read_rows(handle: TextIO) -> Iterator[tuple[int, dict[str, str] | str]]:
     lines = enumerate(handle, start=1)
     fieldnames: list[str] = []
     for _line, text in lines:
-        try:
-            header = _parse_line(text)
-        except csv.Error as exc:
-            raise InvalidInput(f"the CSV header row cannot be read: {exc}") from None
-        if _unterminated(header):
-            raise InvalidInput('the CSV header row has a quote (") that is never closed')
-        fieldnames = [f.strip().lower() for f in header]
-        if fieldnames:
+        header = read_header(text, delimiter)
+        if mapping is not None:
+            fieldnames = [mapping.get(f, "") for f in header]
+        else:
+            fieldnames = [f.lower() for f in header]
+        if header:
             break
     if "email" not in fieldnames:
         raise InvalidInput("the CSV needs a header row with an 'email' column")
     for line, text in lines:
         try:
-            values = _parse_line(text)
+            values = _parse_line(text, delimiter)
         except csv.Error as exc:  # a field over the csv module's size limit, a stray NUL
             yield line, f"this row cannot be read: {exc}"
             continue
@@ -144,6 +196,8 @@ def import_csv(
     confirmed: bool = False,
     source: str = "csv import",
     chunk: int = 2000,
+    delimiter: str = ",",
+    mapping: dict[str, str] | None = None,
 ) -> ImportReport:
     """Import good rows in bulk; every bad row is reported with its line and reason.
 
@@ -151,7 +205,12 @@ def import_csv(
     confirm; addresses that unsubscribed or bounced before are never re-added.
     """
     return import_rows(
-        session, read_rows(handle), now, confirmed=confirmed, source=source, chunk=chunk
+        session,
+        read_rows(handle, delimiter, mapping),
+        now,
+        confirmed=confirmed,
+        source=source,
+        chunk=chunk,
     )
 
 
@@ -171,19 +230,32 @@ def import_rows(
     seen: set[str] = set()
     status = "active" if confirmed else "pending"
 
+    line_of: dict[str, int] = {}
+
     def flush() -> None:
         emails = [r["email"] for r in batch]
         blocked = store.suppressed_hashes(session, emails)
         rows = [r for r in batch if store.address_hash(r["email"]) not in blocked]
         report.suppressed += len(batch) - len(rows)
-        added = store.insert_subscribers(session, rows)
-        report.added += added
-        report.existing += len(rows) - added
+        added = set(store.insert_subscribers_returning(session, rows))
+        report.added += len(added)
+        report.existing += len(rows) - len(added)
+        report.added_emails += [r["email"] for r in rows if r["email"] in added]
+        for r in batch:
+            email = r["email"]
+            if email in added:
+                outcome, why = "added", status
+            elif store.address_hash(email) in blocked:
+                outcome, why = "suppressed", "unsubscribed, bounced or suppressed before"
+            else:
+                outcome, why = "already there", "left as it was"
+            report.lines.append((line_of[email], email, outcome, why))
         batch.clear()
 
     for line, row in rows:
         if isinstance(row, str):
             report.errors.append((line, row))
+            report.lines.append((line, "", "bad row", row))
             continue
         try:
             fields = subscriber_fields(
@@ -195,11 +267,15 @@ def import_rows(
             )
         except (InvalidInput, InvalidAddress) as exc:
             report.errors.append((line, str(exc)))
+            report.lines.append((line, row.get("email", "")[:320], "bad row", str(exc)))
             continue
         if fields["email"] in seen:
-            report.errors.append((line, f"{fields['email']} appears earlier in the file"))
+            why = f"{fields['email']} appears earlier in the file"
+            report.errors.append((line, why))
+            report.lines.append((line, fields["email"], "bad row", why))
             continue
         seen.add(fields["email"])
+        line_of[fields["email"]] = line
         fields.update(
             status=status, consent=source, created_at=now, confirmed_at=now if confirmed else None
         )
@@ -208,14 +284,22 @@ def import_rows(
             flush()
     if batch:
         flush()
+    report.lines.sort()
     return report
 
 
 def import_file(session: Session, path: Path, now: datetime, *, confirmed: bool) -> ImportReport:
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
+            delimiter = detect_delimiter(handle.readline())
+            handle.seek(0)
             return import_csv(
-                session, handle, now, confirmed=confirmed, source=f"import {path.name}"
+                session,
+                handle,
+                now,
+                confirmed=confirmed,
+                source=f"import {path.name}",
+                delimiter=delimiter,
             )
     except OSError as exc:
         raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
@@ -244,22 +328,27 @@ def editions_label(s: Subscriber) -> str:
     )
 
 
+def export_row(s: Subscriber) -> list[str]:
+    """One reader as an export's row (EXPORT_FIELDS), every cell formula-safe."""
+    values = (
+        s.email,
+        s.name,
+        s.timezone or "",
+        editions_label(s),
+        s.sections,
+        s.status,
+        s.created_at.isoformat(),
+    )
+    return [safe_cell(v) for v in values]
+
+
 def export_csv(session: Session, handle: IO[str]) -> int:
     """Write every subscriber as CSV; returns how many rows."""
     writer = csv.writer(handle)
     writer.writerow(EXPORT_FIELDS)
     n = 0
     for s in store.iter_subscribers(session):
-        values = (
-            s.email,
-            s.name,
-            s.timezone or "",
-            editions_label(s),
-            s.sections,
-            s.status,
-            s.created_at.isoformat(),
-        )
-        writer.writerow([safe_cell(v) for v in values])
+        writer.writerow(export_row(s))
         n += 1
     return n
 

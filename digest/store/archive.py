@@ -1,4 +1,5 @@
-"""The editions the public archive may show: sent to someone, by day, newest first."""
+"""The editions the public archive may show: sent to someone and not taken off it by an
+operator, by day, newest first."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from datetime import datetime
 from sqlalchemy import Exists, select
 from sqlalchemy.orm import Session
 
-from digest.models import Delivery, Edition, EditionVariant
+from digest.models import Article, Delivery, Edition, EditionArticle, EditionVariant
 
 
 def _sent() -> Exists:
@@ -25,7 +26,7 @@ def archived_editions(
     """Editions due by `until` that at least one reader was sent, newest day first."""
     stmt = (
         select(Edition)
-        .where(Edition.send_at <= until, _sent())
+        .where(Edition.send_at <= until, Edition.unpublished.is_(False), _sent())
         .order_by(Edition.local_day.desc(), Edition.send_at.desc(), Edition.id.desc())
         .limit(limit)
         .offset(offset)
@@ -35,7 +36,12 @@ def archived_editions(
 
 def archived_edition(session: Session, edition_id: int, until: datetime) -> Edition | None:
     """The edition if the archive may show it (see archived_editions), else None."""
-    stmt = select(Edition).where(Edition.id == edition_id, Edition.send_at <= until, _sent())
+    stmt = select(Edition).where(
+        Edition.id == edition_id,
+        Edition.send_at <= until,
+        Edition.unpublished.is_(False),
+        _sent(),
+    )
     return session.scalars(stmt).first()
 
 
@@ -52,3 +58,13 @@ def variant_summaries(
         EditionVariant.subject,
     ).where(EditionVariant.edition_id.in_(edition_ids))
     return [tuple(row) for row in session.execute(stmt)]  # type: ignore[misc]
+
+
+def hidden_article_ids(session: Session, edition_id: int) -> list[int]:
+    """The edition's articles that an operator has hidden since (takedown)."""
+    stmt = (
+        select(EditionArticle.article_id)
+        .join(Article, Article.id == EditionArticle.article_id)
+        .where(EditionArticle.edition_id == edition_id, Article.hidden.is_(True))
+    )
+    return list(session.scalars(stmt))

@@ -27,6 +27,24 @@ def add_feed(session: Session, url: str, section: str) -> Feed:
     return feed
 
 
+def update_feed(session: Session, feed: Feed, url: str, section: str, title: str) -> Feed:
+    """Change a feed's URL, section and name (Duplicate if another feed has the URL)."""
+    other = session.scalars(select(Feed).where(Feed.url == url, Feed.id != feed.id)).first()
+    if other is not None:
+        raise Duplicate(f"feed {url} is already added")
+    if url != feed.url:  # a new address starts without the old one's cache validators
+        feed.etag = feed.last_modified = None
+    feed.url, feed.section, feed.title = url, section, title
+    session.flush()
+    return feed
+
+
+def delete_feed(session: Session, feed: Feed) -> None:
+    """Remove a feed; its articles stay (their feed becomes none)."""
+    session.delete(feed)
+    session.flush()
+
+
 def list_feeds(session: Session) -> list[Feed]:
     return list(session.scalars(select(Feed).order_by(Feed.id)))
 

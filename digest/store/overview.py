@@ -40,6 +40,10 @@ def editions_page(session: Session, limit: int = 50, offset: int = 0) -> list[Ed
     return list(session.scalars(stmt.limit(limit).offset(offset)))
 
 
+def count_editions(session: Session) -> int:
+    return int(session.scalar(select(func.count()).select_from(Edition)) or 0)
+
+
 def counts_by_edition(session: Session, edition_ids: list[int]) -> dict[int, dict[str, int]]:
     """Delivery counts by status for each of the editions."""
     found: dict[int, dict[str, int]] = {i: {} for i in edition_ids}

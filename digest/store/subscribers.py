@@ -109,6 +109,14 @@ def insert_subscribers(session: Session, rows: Sequence[dict[str, Any]]) -> int:
     return len(result.all())
 
 
+def insert_subscribers_returning(session: Session, rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Bulk insert like insert_subscribers; returns the addresses that were added."""
+    if not rows:
+        return []
+    stmt = insert_for_session(session, Subscriber).on_conflict_do_nothing(index_elements=["email"])
+    return list(session.scalars(stmt.returning(Subscriber.email), list(rows)))
+
+
 def find_subscriber(session: Session, email: str) -> Subscriber | None:
     return session.scalars(select(Subscriber).where(Subscriber.email == email)).first()
 

@@ -1,6 +1,6 @@
-"""The web app: readers' pages (readers.py), the operator console (console.py, and
-console_tokens.py for API tokens) and the JSON API (api/), on what base.py shares.
-`create_app()` is the factory gunicorn runs:
+"""The web app: readers' pages (readers.py), the operator console (console/),
+the ESP webhooks (webhooks.py) and the JSON API
+(api/), on what base.py shares. `create_app()` is the factory gunicorn runs:
 
     gunicorn --config python:digest.gunicorn_conf 'digest.web:create_app()'
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, request
+from flask import Flask
 from flask_limiter import Limiter
 from jinja2 import StrictUndefined
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -21,8 +21,6 @@ from digest.db import make_engine, make_sessionmaker
 from digest.readers.signup_limits import SignupGuard, parse_limits, storage_uri
 from digest.web import api, readers, webhooks
 from digest.web import console as _console_views  # noqa: F401 - registers the console pages
-from digest.web import console_tokens as _console_tokens  # noqa: F401 - console API tokens
-from digest.web import returned_mail as _returned_views  # noqa: F401 - console pages
 from digest.web.auth import configure_sessions, console
 from digest.web.base import (
     EDITION_CSP,
@@ -36,9 +34,7 @@ from digest.web.base import (
     redact_path,
     utcnow,
 )
-
-LOGIN_LIMIT = "5 per minute;30 per hour"
-NAME_LOGIN_LIMIT = "10 per minute;60 per hour"
+from digest.web.signin_limits import SigninLimits
 
 __all__ = [
     "EDITION_CSP",
@@ -63,7 +59,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)
     guard = SignupGuard(settings)
-    app.extensions["digest"] = Runtime(settings, engine, sessions, clock or utcnow, guard)
+    signin = SigninLimits(guard.storage)
+    app.extensions["digest"] = Runtime(settings, engine, sessions, clock or utcnow, guard, signin)
     app.register_blueprint(common)
     app.register_blueprint(readers.bp)
     configure_sessions(app, settings)
@@ -90,27 +87,11 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     _limit(app, "digest.subscribe", signup_limit(client_key))
     parse_limits("DIGEST_API_RATE_LIMIT", settings.api_rate_limit)
     api.install(app, limiter, settings, signup_limit)
-    # Failed sign-ins: per client address, and per operator name from anywhere (with a
-    # higher ceiling, so that strangers guessing cannot easily lock the operator out).
-    per_client = limiter.limit(LOGIN_LIMIT, methods=["POST"], deduct_when=_failed)
-    per_name = limiter.limit(
-        NAME_LOGIN_LIMIT, methods=["POST"], deduct_when=_failed, key_func=_login_name
-    )
-    _limit(app, "console.login", per_client)
-    _limit(app, "console.login", per_name)
     return app
 
 
 def _limit(app: Flask, endpoint: str, decorator: Any) -> None:
     app.view_functions[endpoint] = decorator(app.view_functions[endpoint])
-
-
-def _failed(response: Any) -> bool:
-    return bool(response.status_code == 401)
-
-
-def _login_name() -> str:
-    return "operator:" + request.form.get("name", "").strip().lower()[:64]
 
 
 def run_dev_server(

@@ -1,12 +1,14 @@
 """The console's gate: operator sign-in and sign-out, the session cookie, and the
 checks every console request passes (signed in; POSTs from this site with the session's
-CSRF token). Sign-in attempts are limited per client and per name (digest/web/__init__).
+CSRF token). Failed sign-ins are limited per client and slowed per name
+(digest/web/signin_limits.py), and audited.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -14,9 +16,11 @@ from flask import Blueprint, Flask, g, redirect, render_template, request, sessi
 from werkzeug.wrappers import Response
 
 from digest.config import Settings
+from digest.errors import InvalidInput, NotFound
 from digest.operations import operators
-from digest.web.base import db, message_page, runtime
+from digest.web.base import client_key, db, message_page, runtime
 from digest.web.forms import csrf_ok, csrf_token, same_origin
+from digest.web.signin_limits import login_name
 
 console = Blueprint("console", __name__, url_prefix="/admin")
 SESSION_HOURS = 12
@@ -84,11 +88,48 @@ def _console_globals() -> dict[str, Any]:
     return {"csrf_token": csrf_token, "operator": g.get("operator")}
 
 
+@console.app_errorhandler(404)
+def _not_found(exc: Exception) -> Any:
+    """A missing console page in the console's layout, with a way back; elsewhere the
+    readers' pages' own answer."""
+    if not request.path.startswith("/admin"):
+        return message_page(
+            "Not found", "We could not find that page. Nothing has been changed.", 404
+        )
+    page = render_template(
+        "admin/not_found.html",
+        message="There is no such page or record in the console.",
+        operator=g.get("operator"),
+        csrf_token=csrf_token,
+    )
+    return page, 404
+
+
+@console.errorhandler(NotFound)
+def _record_not_found(exc: NotFound) -> Any:
+    # A reader, edition or feed that is not there: the same console page.
+    return _not_found(exc)
+
+
 def _safe_next(target: str | None) -> str:
     # Only a path inside the console: never an open redirect to another site.
     if target and target.startswith("/admin") and not target.startswith("//"):
         return target
     return url_for("console.overview")
+
+
+def _wait_text(seconds: int) -> str:
+    if seconds < 90:
+        return f"{seconds} seconds"
+    return f"{(seconds + 59) // 60} minutes"
+
+
+def _audit_name(name: str) -> str:
+    # Failed sign-ins are filed under the name they were for when it could be one.
+    try:
+        return operators.check_name(name)
+    except InvalidInput:
+        return "(no such name)"
 
 
 @console.route("/login", methods=["GET", "POST"])
@@ -97,9 +138,25 @@ def login() -> Any:
     if request.method == "POST":
         if not same_origin():
             return message_page("Nothing changed", "This form was sent from another site.", 403)
-        name = request.form.get("name", "")[:64]
+        rt = runtime()
+        name = login_name(request.form.get("name", ""))
         password = request.form.get("password", "")[:1000]
-        now = runtime().clock()
+        client = client_key()
+        now = rt.clock()
+        refusal = rt.signin.refused(client, name, time.time())
+        if refusal is not None:
+            if refusal.first_in_window:
+                operators.record(
+                    db(), _audit_name(name), "sign-in refused",
+                    f"too many failed sign-ins from {client}; told to wait "
+                    f"{_wait_text(refusal.retry_after)}", now,
+                )
+                db().commit()
+            page = render_template(
+                "admin/locked.html", wait_text=_wait_text(refusal.retry_after)
+            )
+            return page, 429, {"Retry-After": str(refusal.retry_after)}
+        rt.sleep(rt.signin.delay(name))  # slows guessing at one name; never locks it
         operator = operators.authenticate(db(), name, password, now)
         if operator is not None:
             session.clear()
@@ -107,9 +164,12 @@ def login() -> Any:
             session["operator"] = operator.name
             session["epoch"] = operator.session_epoch
             session["since"] = int(now.timestamp())
-            operators.record(db(), operator.name, "signed in", request.remote_addr or "", now)
+            operators.record(db(), operator.name, "signed in", f"from {client}", now)
             db().commit()
             return redirect(_safe_next(request.args.get("next")))
+        rt.signin.failed(client, name)
+        operators.record(db(), _audit_name(name), "sign-in failed", f"from {client}", now)
+        db().commit()
         error = "That name and password do not match an operator."
     status = 401 if error else 200
     return render_template("admin/login.html", error=error, csrf_token=csrf_token), status

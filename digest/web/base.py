@@ -1,7 +1,7 @@
 """What every page of the web app shares: the runtime, one database session per
 request, security headers, error pages and log redaction.
 
-Readers' pages (digest/web/readers.py) and the operator console (digest/web/console.py)
+Readers' pages (digest/web/readers.py) and the operator console (digest/web/console/)
 both build on this; nothing here knows either of them.
 """
 
@@ -26,6 +26,7 @@ from werkzeug.serving import WSGIRequestHandler
 from digest.config import Settings
 from digest.errors import InvalidToken, NotFound
 from digest.readers.signup_limits import SendPacer, SignupGuard
+from digest.web.signin_limits import SigninLimits, wait
 
 Clock = Callable[[], datetime]
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
@@ -44,8 +45,9 @@ EDITION_CSP = (
 _TOKEN_PATH = re.compile(
     r"(/+(?:unsubscribe|confirm|preferences|editions/+[^/?#\s]+)/+)[^/?#\s]+", re.IGNORECASE
 )
-# The console's reader search puts an address in the query string.
-_SEARCH = re.compile(r"([?&]q=)[^&#\s]*")
+# The console's reader search puts an address in the query string; a sign-up link from
+# a reader's email carries their token there.
+_SEARCH = re.compile(r"((?:^|[?&])(?:q|reader)=)[^&#\s]*")
 DIGITS = re.compile(r"[0-9]{1,9}")  # str.isdigit() also takes "²", which int() refuses
 
 common = Blueprint("common", __name__)
@@ -60,26 +62,61 @@ class Runtime:
     sessions: sessionmaker[Session]
     clock: Clock
     guard: SignupGuard
+    signin: SigninLimits
     pacer: SendPacer = field(default_factory=SendPacer)
+    sleep: Callable[[float], None] = wait
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def redact_path(text: str) -> str:
-    """A path or request line with its token cut out, fit for a log.
+_PATHS = re.compile(r"(?<![^\s\"])/[^\s\"]*")
+# What a terminal or a log reader would act on: C0 and C1 controls, DEL, and the
+# Unicode line and paragraph separators.
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
-    The path is read percent-decoded first, as the app routes it: `/%70references/...`
-    reaches the preferences page, so its token must not reach the log either.
-    """
-    decoded = text
+
+def _decoded(text: str) -> str:
     for _ in range(3):  # %2570 decodes to %70, then to p
-        once = unquote(decoded)
-        if once == decoded:
+        once = unquote(text)
+        if once == text:
             break
-        decoded = once
-    return _SEARCH.sub(r"\1<redacted>", _TOKEN_PATH.sub(r"\1<token>", decoded))
+        text = once
+    return text
+
+
+def remove_dot_segments(path: str) -> str:
+    """A path with its '.' and '..' segments resolved (RFC 3986 5.2.4), its query kept."""
+    path, mark, rest = path.partition("?")
+    out: list[str] = []
+    for segment in path.split("/"):
+        if segment == "..":
+            if len(out) > 1:
+                out.pop()
+        elif segment != ".":
+            out.append(segment)
+    if path.split("/")[-1] in (".", ".."):
+        out.append("")  # "/a/." names the folder /a/
+    return "/".join(out) + mark + rest
+
+
+def escape_controls(text: str) -> str:
+    """Control characters written as \\xNN: no forged log lines, no terminal escapes."""
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def redact_path(text: str) -> str:
+    """A path or request line fit for a log: tokens and the reader search cut out.
+
+    Works from the raw (percent-encoded) text: it is decoded as the app would route it
+    (`/%70references/...` reaches the preferences page), its dot segments resolved as a
+    browser or proxy would (`/unsubscribe/./<token>`), then tokens are cut and control
+    characters escaped, so a `%0a` or `%1b` cannot forge a line or drive a terminal.
+    """
+    decoded = _PATHS.sub(lambda m: remove_dot_segments(m.group()), _decoded(text))
+    redacted = _SEARCH.sub(r"\1<redacted>", _TOKEN_PATH.sub(r"\1<token>", decoded))
+    return escape_controls(redacted)
 
 
 class DigestFlask(Flask):
@@ -95,7 +132,10 @@ class DigestFlask(Flask):
 
 
 class RedactingRequestHandler(WSGIRequestHandler):
-    """The dev server's access log, without tokens."""
+    """The dev server's access log, without tokens, from the raw request line."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        self.log("info", '"%s" %s %s', getattr(self, "requestline", ""), code, size)
 
     def log(self, type: str, message: str, *args: Any) -> None:
         clean = [redact_path(a) if isinstance(a, str) else a for a in args]
@@ -144,6 +184,37 @@ def _close_session(_exc: BaseException | None) -> None:
 @common.before_app_request
 def _nonce() -> None:
     g.nonce = secrets.token_urlsafe(16)
+
+
+# Control characters no form field has a use for (tab, CR and LF are let through).
+_FORM_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+# Endpoints that take a file larger than the app's MAX_CONTENT_LENGTH: bytes allowed.
+UPLOAD_LIMITS: dict[str, int] = {}
+# The blueprints whose forms and links people fill in: the readers' pages and the
+# console (machine-to-machine endpoints, such as webhooks, read their bodies their way).
+FORM_BLUEPRINTS = ("digest", "console")
+
+
+@common.before_app_request
+def _refuse_control_characters() -> Any:
+    """A NUL or other control character in any field or query value is a 400 before
+    any view sees it (PostgreSQL refuses NUL in text; nothing here needs the rest)."""
+    if request.endpoint in UPLOAD_LIMITS:
+        request.max_content_length = UPLOAD_LIMITS[request.endpoint]
+    if request.blueprint not in FORM_BLUEPRINTS and not request.path.startswith("/admin"):
+        return None
+    for source in (request.args, request.form):
+        for key, values in source.lists():
+            if _FORM_CONTROLS.search(key) or any(_FORM_CONTROLS.search(v) for v in values):
+                return message_page(
+                    "Nothing changed",
+                    "A field held a control character (such as NUL), which no field "
+                    "here accepts. Please check what you typed and try again.",
+                    400,
+                )
+    return None
 
 
 @common.app_context_processor

@@ -26,6 +26,7 @@ from digest.errors import InvalidInput, InvalidToken, NotFound, SendError
 from digest.mail.relays import make_transport
 from digest.mail.tokens import make_token, read_token, unseal
 from digest.readers import accounts
+from digest.readers.signup_challenge import POW_BITS, make_challenge, solution_ok
 from digest.store.base import MAX_ID
 from digest.web.base import DIGITS, EDITION_CSP, db, message_page, runtime
 from digest.web.forms import cross_site, read_form, same_origin
@@ -48,10 +49,19 @@ def index() -> Any:
 
 @bp.get("/subscribe")
 def subscribe_form() -> Any:
-    return _subscribe_page(accounts.Form(), {}, 200)
+    return _subscribe_page(accounts.Form(), {}, 200, reader=request.args.get("reader", "")[:200])
 
 
-def _subscribe_page(form: accounts.Form, errors: dict[str, str], status: int) -> tuple[str, int]:
+def _subscribe_page(
+    form: accounts.Form,
+    errors: dict[str, str],
+    status: int,
+    *,
+    reader: str = "",
+    challenge: str = "",
+) -> tuple[str, int]:
+    """The sign-up form; `reader` is a link token from the reader's own email (it lifts
+    the per-mailbox limit), `challenge` the slower path's proof of work to do."""
     rt = runtime()
     now = rt.clock()
     page = render_template(
@@ -64,8 +74,32 @@ def _subscribe_page(form: accounts.Form, errors: dict[str, str], status: int) ->
         auto_timezone=not form.timezone,
         send_times=_send_times(),
         form_token=accounts.form_token(rt.settings.secret_key, now),
+        reader=reader if _reader_of(reader) else "",
+        challenge=challenge,
+        challenge_bits=POW_BITS,
     )
     return page, status
+
+
+def _reader_of(token: str) -> int | None:
+    """The reader a link token from their own email names, if it is good."""
+    if not token:
+        return None
+    try:
+        rt = runtime()
+        return read_token(rt.settings.secret_key, "preferences", token, rt.clock())
+    except InvalidToken:
+        return None
+
+
+def _proof_of_work() -> bool:
+    """Whether the form carries a solved, unused proof-of-work challenge."""
+    rt = runtime()
+    challenge = request.form.get("pow_challenge", "")[:200]
+    nonce = request.form.get("pow_nonce", "")[:20]
+    if not (challenge and solution_ok(rt.settings.secret_key, challenge, nonce, rt.clock())):
+        return False
+    return rt.guard.claim_form_token("pow:" + challenge)
 
 
 @bp.post("/subscribe")
@@ -86,13 +120,21 @@ def subscribe() -> Any:
         errors["form"] = str(exc)
     fields, field_errors = accounts.validate(form, accounts.offered_sections(session, now))
     errors.update(field_errors)
+    reader = request.form.get("reader", "")[:200]
     if errors:
-        return _subscribe_page(form, errors, 422)
+        return _subscribe_page(form, errors, 422, reader=reader)
+    proven = False
     if not rt.guard.budget_left():
-        return _try_later()
+        # Not a refusal for everyone: the slower path (a proof of work in the browser).
+        proven = _proof_of_work()
+        if not proven:
+            challenge = make_challenge(rt.settings.secret_key, now)
+            return _subscribe_page(form, {}, 429, reader=reader, challenge=challenge)
     started = time.monotonic()
     notice = accounts.request_subscription(session, rt.settings, fields, now)
-    if notice.kind != "none" and not rt.guard.take_mail(notice.email):
+    # Through a link from this mailbox's own email: strangers cannot have used up its share.
+    owner = _reader_of(reader) == notice.subscriber_id
+    if notice.kind != "none" and not rt.guard.take_mail(notice.email, owner=owner, proven=proven):
         notice = replace(notice, kind="none")  # this mailbox had its share today
     session.commit()
     if notice.kind == "none":
@@ -118,16 +160,6 @@ def subscribe() -> Any:
 def _check_inbox(email: str) -> str:
     return render_template(
         "web/check_inbox.html", email=email, ttl_hours=runtime().settings.confirm_ttl_hours
-    )
-
-
-def _try_later() -> tuple[str, int]:
-    return message_page(
-        "Please try again later",
-        "We are getting more sign-ups than usual and cannot send more confirmation "
-        "emails just now. Please try again in an hour.",
-        429,
-        link=(url_for("digest.subscribe_form"), "Back to the sign-up page"),
     )
 
 
@@ -161,7 +193,7 @@ def confirm(token: str) -> Any:
     if "name" in request.form:
         # Whoever filled in the sign-up form chose the name; the reader, who sees it on
         # this page, has the last word before it goes into every greeting.
-        request_ = {**request_, "name": request.form.get("name", "")[:400]}
+        request_ = {**request_, "name": accounts.cap_name(request.form.get("name", ""))}
     subscriber = accounts.confirm(session, subscriber_id, request_, now)
     session.commit()
     first = accounts.first_edition(rt.settings, subscriber, now)
@@ -224,7 +256,11 @@ def unsubscribe(token: str) -> Any:
     session = db()
     subscriber = accounts.unsubscribe(session, subscriber_id, now)
     session.commit()
-    return render_template("web/unsubscribed.html", address=accounts.mask_address(subscriber.email))
+    return render_template(
+        "web/unsubscribed.html",
+        address=accounts.mask_address(subscriber.email),
+        reader=make_token(rt.settings.secret_key, "preferences", subscriber_id),
+    )
 
 
 # --- preferences ---------------------------------------------------------------------------
@@ -243,7 +279,7 @@ def preferences(token: str) -> Any:
             f"{accounts.mask_address(subscriber.email)} gets no emails from "
             f"{rt.settings.from_name}. To get the editions again, subscribe again.",
             200 if request.method == "GET" else 409,
-            link=(url_for("digest.subscribe_form"), "Subscribe again"),
+            link=(url_for("digest.subscribe_form", reader=token), "Subscribe again"),
         )
     offered = accounts.offered_sections(session, now, subscriber.sections)
     form, saved, status = accounts.form_of(subscriber), False, 200

@@ -1,7 +1,7 @@
 """API tokens (stored as hashes) and API jobs (bulk imports and their reports)
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 Create Date: 2026-12-06
 """
 
@@ -11,7 +11,7 @@ from alembic import op
 import digest.models
 
 revision = "0009"
-down_revision = "0007"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 

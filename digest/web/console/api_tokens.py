@@ -1,5 +1,5 @@
 """The console's API tokens page (/admin/api-tokens): list, make (the token is shown
-once) and revoke, like `digest api-tokens`. Kept apart from console.py's pages."""
+once) and revoke, like `digest api-tokens`. One page family of the console."""
 
 from __future__ import annotations
 
