@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from celery.exceptions import Reject
 from click.testing import CliRunner
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from digest import store
 from digest.cli import cli
@@ -30,11 +30,11 @@ from digest.db import make_engine, make_sessionmaker
 from digest.editions import dispatch
 from digest.errors import ConfigError
 from digest.feeds.sanitize import clean_summary
-from digest.models import Delivery, Edition
+from digest.models import Delivery, Edition, Subscriber
 from tests.conftest import make_settings, wait_for
 from workers.base import DigestTask
 from workers.client import client_app, enqueue, queue_lengths
-from workers.config import beat_schedule, celery_config
+from workers.config import beat_schedule, celery_config, send_options
 
 LONDON, SYDNEY = "Europe/London", "Australia/Sydney"
 TICK = datetime(2026, 11, 29, 6, 0, tzinfo=UTC)  # 06:00 in London, 17:00 in Sydney
@@ -707,6 +707,46 @@ def test_a_stopped_workers_claims_come_back_in_seconds(
     bound = 2 * (1 + load_settings(env).record_group)
     assert sum(got.values()) - len(readers) <= min(bound, held)
     assert "WARNING" not in digest_cli(env, "status")
+
+
+def test_requeued_rows_go_ahead_of_the_backlog(
+    sqlite_url, smtp_server, worker_env, start_worker
+) -> None:
+    """A row a stopped worker held is swept back while a backlog of fresh batches waits:
+    it is sent among the first, not behind the whole backlog."""
+    sink, smtp_url = smtp_server
+    readers = {f"p{i:02}@example.com": LONDON for i in range(24)}
+    seed(sqlite_url, readers, [TICK - timedelta(hours=1)])
+    env = worker_env(sqlite_url, smtp_url, DIGEST_BATCH_SIZE="1")
+    settings = load_settings(env)
+    [batches] = query(
+        sqlite_url,
+        lambda s: [
+            f.batches for f in dispatch.plan_slot(s, settings, "morning", TICK, timezone=LONDON)
+        ],
+    )
+    [held] = batches.pop(0)  # the first in line, held by a worker that died: claim over
+
+    def hold(session: Any) -> str:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id == held)
+            .values(status="sending", lease_until=TICK - timedelta(minutes=1))
+        )
+        session.commit()
+        join = select(Subscriber.email).join(Delivery, Delivery.subscriber_id == Subscriber.id)
+        return str(session.scalar(join.where(Delivery.id == held)))
+
+    email = query(sqlite_url, hold)
+    # The backlog, as the plan task fans it out; then the sweep, as beat calls it.
+    calls = [([batch], {"now": TICK.isoformat()}) for batch in batches]
+    enqueue(settings, "digest.send_batch", calls, **send_options(first=False))
+    enqueue(settings, "digest.sweep", [([], {"now": TICK.isoformat()})])
+    start_worker(env, concurrency=1)
+    wait_for(lambda: len(sink.messages) == len(readers), 60, "every message")
+    order = [rcpts[0] for _, rcpts, _ in sink.messages]
+    assert order.index(email) < 3, order  # behind the backlog it would be the last
+    assert delivery_counts(sqlite_url) == {"sent": len(readers)}
 
 
 def test_queued_rows_whose_tasks_were_lost_are_enqueued_again(

@@ -54,15 +54,18 @@ def _done(message: str, endpoint: str, **values: Any) -> Response:
 # --- sending from the console ---------------------------------------------------------------
 
 
-def _hand_off(batches: list[list[int]]) -> str:
-    """Send the batches: as Celery tasks with a broker, else on a thread of this process."""
+def _hand_off(batches: list[list[int]], *, first: bool = False) -> str:
+    """Send the batches: as Celery tasks with a broker, else on a thread of this process.
+    `first`: retried rows, ahead of any editions' backlog."""
     rt = runtime()
     if not batches:
         return "nothing to send"
     if rt.settings.redis_url:
         from workers.client import enqueue
+        from workers.config import send_options
 
-        ids = enqueue(rt.settings, "digest.send_batch", [([b], {}) for b in batches])
+        calls = [([b], {}) for b in batches]
+        ids = enqueue(rt.settings, "digest.send_batch", calls, **send_options(first=first))
         return f"{len(ids)} send tasks enqueued"
     worker = threading.Thread(
         target=_send_here, args=(rt.settings, rt.sessions, rt.clock, batches), daemon=True
@@ -160,7 +163,7 @@ def edition_retry(edition_id: int) -> Any:
     count, batches = dispatch.retry_edition(db(), rt.settings, edition_id, statuses, rt.clock())
     _audit("retried", f"edition {edition_id}: {count} {'/'.join(statuses)} deliveries")
     db().commit()
-    how = _hand_off(batches)
+    how = _hand_off(batches, first=True)
     return _done(f"{count} deliveries re-queued; {how}.", "console.edition", edition_id=edition_id)
 
 
