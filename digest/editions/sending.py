@@ -253,6 +253,11 @@ class Lane:
         inside the claim, whatever the relay does (its deadline bounds it)."""
         if self.stop.is_set() or time.monotonic() + self.per_message > self.stop_at:
             return False
+        if self.record.failing is not None:
+            # Replies cannot be recorded (the database is away): what is sent now would
+            # be sent again. The lanes stop; what they sent waits in the recorder.
+            self.stop.set()
+            return False
         return self.beat.holds(self.per_message)
 
     def run(self, transport: Transport, rows: Sequence[Any]) -> None:
@@ -281,6 +286,13 @@ class Lane:
                 if len(self.report.errors) < 100:
                     self.report.errors.append(str(exc))
             self.stop.set()  # the other lanes would only find the same
+        except Exception:
+            if self.record.failing is None:
+                self._hand_back(pending, quiet=True)
+                raise
+            # Recording failed (the database went away): stop every lane, and write what
+            # was sent once the database is back (below), so nothing is sent twice.
+            self.stop.set()
         except BaseException:
             # The error that stopped the lane is the one to report: a hand-back
             # that fails too (the database went away) must not replace it.
@@ -289,11 +301,20 @@ class Lane:
         self._hand_back(pending)
 
     def _hand_back(self, pending: set[int], quiet: bool = False) -> None:
-        try:
+        def hand_back() -> None:
             if pending:
                 self.record.release(sorted(pending))
             else:
                 self.record.flush()  # this lane's replies are recorded before it ends
+
+        try:
+            if quiet:
+                hand_back()
+            else:
+                # Through an outage, for as long as the claim lasts (the rows are ours
+                # until then) and the batch may run: the replies that wait are written.
+                until = min(self.stop_at, max(self.beat.valid_until, time.monotonic() + 5))
+                self.record.outlast(hand_back, until)
         except Exception:
             if not quiet:
                 raise

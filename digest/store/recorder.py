@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.exc import DBAPIError
@@ -23,6 +23,7 @@ from digest.models import Delivery, Subscriber, Suppression
 from digest.store.base import insert_for
 from digest.store.subscribers import address_hash
 
+T = TypeVar("T")
 _TABLE: Any = Delivery.__table__
 _C = _TABLE.c
 
@@ -119,6 +120,9 @@ class Recorder:
         self._bounces: list[tuple[int, str, datetime]] = []
         self._oldest = 0.0  # time.monotonic() of the oldest unwritten outcome
         self.written = 0
+        # The error of the last write when it failed (the database is away), None once
+        # one succeeds: lanes start no message while it is set.
+        self.failing: Exception | None = None
 
     def __enter__(self) -> Recorder:
         return self
@@ -135,16 +139,17 @@ class Recorder:
     # --- outcomes ------------------------------------------------------------------
 
     def _add(self, outcome: Outcome) -> None:
-        if len(self._outcomes) >= self.group - 1:
-            self.flush()  # a whole group unwritten: the writer is behind, write it here
+        # Kept before anything is written: a write that fails (the database went away)
+        # leaves it queued with the others for the next flush, never lost.
         with self._buffer:
             if not self._outcomes:
                 self._oldest = time.monotonic()
             self._outcomes.append(outcome)
-            if len(self._outcomes) * 2 >= self.group:
+            count = len(self._outcomes)
+            if count * 2 >= self.group:
                 self.wake.set()
-        if self.group == 1:
-            self.flush()
+        if count >= self.group:
+            self.flush()  # a whole group unwritten: the writer is behind, write it here
 
     def sent(self, delivery_id: int, message_id: str, now: datetime) -> None:
         self._add(Outcome(delivery_id, "sent", sent_at=now, message_id=message_id))
@@ -273,24 +278,45 @@ class Recorder:
         with self._lock:
             return dict(self._transaction(lambda conn: list(conn.execute(stmt))))
 
+    def outlast(self, work: Callable[[], T], until: float, pause: float = 0.5) -> T:
+        """`work()`, tried again every `pause` seconds while the database is away, up to
+        time.monotonic() `until`; then its error. The outcomes waiting stay queued in
+        between, so replies that came in during an outage are written once it ends."""
+        while True:
+            try:
+                return work()
+            except DBAPIError:
+                if time.monotonic() + pause >= until:
+                    raise
+                time.sleep(pause)
+
     def _transaction(self, work: Any) -> Any:
         """Run `work(connection)` in one transaction. A connection found dropped is
         replaced and the work tried once more (every write here is guarded by the
         claim, so running it twice changes nothing)."""
         with self._lock, self._write_lock:
-            for attempt in (1, 2):
-                if self._conn is None:
-                    self._conn = self._engine.connect()  # raises while the database is away
+            try:
+                result = self._attempts(work)
+            except DBAPIError as exc:
+                self.failing = exc
+                raise
+            self.failing = None
+            return result
+
+    def _attempts(self, work: Any) -> Any:
+        for attempt in (1, 2):
+            if self._conn is None:
+                self._conn = self._engine.connect()  # raises while the database is away
+            try:
+                with self._conn.begin():
+                    return work(self._conn)
+            except DBAPIError as exc:
+                # A dropped connection leaves an invalid transaction behind, and
+                # reusing it raises PendingRollbackError over the real error.
+                broken, self._conn = self._conn, None
                 try:
-                    with self._conn.begin():
-                        return work(self._conn)
-                except DBAPIError as exc:
-                    # A dropped connection leaves an invalid transaction behind, and
-                    # reusing it raises PendingRollbackError over the real error.
-                    broken, self._conn = self._conn, None
-                    try:
-                        broken.close()
-                    except DBAPIError:
-                        pass
-                    if attempt == 2 or not exc.connection_invalidated:
-                        raise
+                    broken.close()
+                except DBAPIError:
+                    pass
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise
