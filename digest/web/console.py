@@ -64,7 +64,7 @@ def _hand_off(batches: list[list[int]], *, first: bool = False) -> str:
         from workers.client import enqueue
         from workers.config import send_options
 
-        calls = [([b], {}) for b in batches]
+        calls: list[tuple[list[Any], dict[str, Any]]] = [([b], {}) for b in batches]
         ids = enqueue(rt.settings, "digest.send_batch", calls, **send_options(first=first))
         return f"{len(ids)} send tasks enqueued"
     worker = threading.Thread(
