@@ -199,3 +199,17 @@ def test_outbox_that_cannot_be_created_is_one_clear_error(tmp_path: Path) -> Non
         f"outbox folder {tmp_path / 'file' / 'out'} cannot be created (DIGEST_OUTBOX_DIR): "
         "Not a directory"
     )
+
+
+def test_an_outbox_that_turns_read_only_stops_the_send_untried(tmp_path: Path) -> None:
+    """The folder becomes read-only mid-batch: the cleanup of the unwritten file cannot
+    fail the send with an OSError of its own; the folder is reported, not the reader."""
+    from digest.errors import OutboxUnwritable
+    from tests.test_workers import read_only_folder
+
+    out = tmp_path / "out"
+    with OutboxTransport(out) as t:
+        out.rmdir()
+        with read_only_folder(out):
+            with pytest.raises(OutboxUnwritable, match="cannot be written"):
+                t.send("a@example.com", "b@example.com", MSG, "<m1@x>")

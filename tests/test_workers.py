@@ -14,6 +14,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -646,6 +647,55 @@ def test_an_outbox_that_cannot_be_created_is_one_line(sqlite_url, worker_env, tm
         "(DIGEST_OUTBOX_DIR): Not a directory"
     )
     assert "Traceback" not in result.output
+
+
+@contextmanager
+def read_only_folder(folder: Any) -> Iterator[None]:
+    """A folder no file can be written to: a read-only tmpfs mount as root (for whom
+    permissions are no obstacle), its mode otherwise."""
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o500)
+        try:
+            yield
+        finally:
+            folder.chmod(0o700)
+        return
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], capture_output=True
+    )
+    if mount.returncode:
+        pytest.skip(f"cannot mount a read-only tmpfs: {mount.stderr.decode().strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_read_only_outbox_is_one_line_and_exit_3(sqlite_url, worker_env, tmp_path) -> None:
+    """The outbox folder is there but read-only: `digest send` stops with one line and
+    exit 3 (not finished), no traceback, and the rows wait in the queue untried."""
+    seed(sqlite_url, {"a@example.com": LONDON, "b@example.com": LONDON}, [TICK])
+    outbox = tmp_path / "outbox"
+    env = worker_env(
+        sqlite_url,
+        DIGEST_NOW=(TICK + timedelta(minutes=1)).isoformat(),
+        DIGEST_OUTBOX_DIR=str(outbox),
+    )
+    del env["DIGEST_REDIS_URL"]
+    with read_only_folder(outbox):
+        result = CliRunner().invoke(cli, ["send", "morning", "--timezone", LONDON], env=env)
+    assert result.exit_code == 3, result.output
+    assert "Traceback" not in result.output
+    [error] = [line for line in result.output.splitlines() if "outbox" in line]
+    why = "Read-only file system" if os.geteuid() == 0 else "Permission denied"
+    assert error == (
+        f"Error: outbox folder {outbox} cannot be written (DIGEST_OUTBOX_DIR): {why}; "
+        "not finished, the rest waits in the queue"
+    )
+    assert delivery_counts(sqlite_url) == {"queued": 2}
+    attempts = query(sqlite_url, lambda s: s.scalar(select(func.max(Delivery.attempts))))
+    assert attempts == 0
 
 
 # --- recovery in seconds: claims renewed by live workers, lost tasks re-enqueued ---------

@@ -6,6 +6,7 @@ again later) or PermanentSendError (do not), so the pipeline never sees reply co
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import smtplib
@@ -16,7 +17,12 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from digest.config import SMTPConfig, open_private, private_folder
-from digest.errors import ConfigError, PermanentSendError, TransientSendError
+from digest.errors import (
+    ConfigError,
+    OutboxUnwritable,
+    PermanentSendError,
+    TransientSendError,
+)
 
 # A mailbox that does not exist: enhanced status 5.1.1 (bad mailbox), 5.1.2 (bad
 # domain) or 5.1.10 (null MX) at the start of the reply. Only without an enhanced code
@@ -334,7 +340,16 @@ class OutboxTransport:
                 f"outbox folder {self.folder} cannot be created (DIGEST_OUTBOX_DIR): "
                 f"{exc.strerror or exc}"
             ) from None
+        if not os.access(self.folder, os.W_OK):  # a read-only mount too, even for root
+            why = errno.EROFS if os.statvfs(self.folder).f_flag & os.ST_RDONLY else errno.EACCES
+            raise self._unwritable(OSError(why, os.strerror(why)))
         return self
+
+    def _unwritable(self, exc: OSError) -> OutboxUnwritable:
+        return OutboxUnwritable(
+            f"outbox folder {self.folder} cannot be written (DIGEST_OUTBOX_DIR): "
+            f"{exc.strerror or exc}"
+        )
 
     def __exit__(self, *exc: object) -> None:
         return None
@@ -352,7 +367,14 @@ class OutboxTransport:
                 handle.write(message)
             os.replace(tmp, path)
         except OSError as exc:
-            # A partial file on a full disk keeps it full: never leave one behind.
-            tmp.unlink(missing_ok=True)
+            # A partial file on a full disk keeps it full: never leave one behind (on a
+            # read-only folder the cleanup fails too, and there is nothing to clean).
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                # The folder, not this message: stop, and leave the rows untried.
+                raise self._unwritable(exc) from None
             raise TransientSendError(f"cannot write {path}: {exc.strerror or exc}") from None
 
