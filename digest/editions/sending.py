@@ -32,7 +32,7 @@ from digest.errors import (
 from digest.mail.message import MessageTemplate, Reader, Sender
 from digest.mail.returns import envelope_sender
 from digest.mail.senders import sender_for
-from digest.mail.tokens import make_token, message_id
+from digest.mail.tokens import make_token, message_id, reader_tokens
 from digest.mail.transport import Transport
 from digest.models import EditionVariant
 
@@ -129,18 +129,24 @@ def reader_links(settings: Settings, subscriber_id: int, edition_id: int) -> dic
 def address_reader(
     settings: Settings, edition_id: int, subscriber_id: int, email: str, name: str
 ) -> Reader:
-    """One reader's slot values and ids, for the pre-encoded message template."""
-    links = reader_links(settings, subscriber_id, edition_id)
-    shared = {k: links[k] for k in ("unsubscribe_url", "preferences_url", "view_url")}
-    text_values = slot_values(name=name, for_html=False, **shared)
+    """One reader's slot values and ids, for the pre-encoded message template (the same
+    links as reader_links, its tokens signed in one go: this runs for every message)."""
+    secret, base = settings.secret_key, settings.base_url
+    unsubscribe, preferences, view = reader_tokens(secret, subscriber_id, str(edition_id))
+    unsubscribe_url = f"{base}/unsubscribe/{unsubscribe}"
+    text_values = slot_values(
+        name=name,
+        for_html=False,
+        unsubscribe_url=unsubscribe_url,
+        preferences_url=f"{base}/preferences/{preferences}",
+        view_url=f"{base}/editions/{edition_id}/{view}",
+    )
     return Reader(
         to_address=email,
         to_name=name,
-        message_id=message_id(
-            settings.secret_key, edition_id, subscriber_id, settings.sender_domain
-        ),
-        unsubscribe_url=links["unsubscribe_url"],
-        unsubscribe_token=links["unsubscribe_token"],
+        message_id=message_id(secret, edition_id, subscriber_id, settings.sender_domain),
+        unsubscribe_url=unsubscribe_url,
+        unsubscribe_token=unsubscribe,
         html_values=html_escaped(text_values),
         text_values=text_values,
     )
