@@ -15,7 +15,7 @@ from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeVar
 
-from sqlalchemy import bindparam, select, text, update
+from sqlalchemy import select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -39,29 +39,33 @@ class Outcome(NamedTuple):
     retry_at: datetime | None = None
 
 
-def _finish_stmt() -> Any:
-    """Portable form: one UPDATE per outcome, all in one transaction (SQLite)."""
-    return (
-        update(_TABLE)
-        .where(
-            _C.id == bindparam("b_id"),
-            _C.status == "sending",
-            # Only the claim that holds the row may finish it: once its lease is gone
-            # the sweep may have handed the row to another sender.
-            _C.lease_until == bindparam("b_lease"),
-        )
-        .values(
-            status=bindparam("b_status"),
-            lease_until=None,
-            last_error=bindparam("b_error"),
-            sent_at=bindparam("b_at"),
-            message_id=bindparam("b_mid"),
-            next_attempt_at=bindparam("b_retry"),
-        )
-    )
+# SQLite: one UPDATE per outcome, all in one transaction, by the driver's executemany.
+# Only the claim that holds the row may finish it: once its lease is gone the sweep
+# may have handed the row to another sender.
+_FINISH_SQLITE = (
+    "UPDATE delivery SET status = ?, lease_until = NULL, last_error = ?, sent_at = ?, "
+    "message_id = ?, next_attempt_at = ? WHERE id = ? AND status = 'sending' AND lease_until = ?"
+)
 
 
-_FINISH = _finish_stmt()
+def _stored_form(dialect: Any) -> Callable[[datetime | None], Any]:
+    """A datetime as the UTC columns store it on this dialect (the type's own bind
+    processing), remembered for the few distinct instants a batch records."""
+    process = _C.sent_at.type.dialect_impl(dialect).bind_processor(dialect)
+    cache: dict[datetime, Any] = {}
+
+    def stored(value: datetime | None) -> Any:
+        if value is None:
+            return None
+        found = cache.get(value)
+        if found is None:
+            found = cache[value] = process(value) if process else value
+            if len(cache) > 64:
+                cache.clear()
+        return found
+
+    return stored
+
 
 # PostgreSQL: every outcome of the group in one statement, the rows as arrays.
 _FINISH_PG = text(
@@ -123,6 +127,7 @@ class Recorder:
         # The error of the last write when it failed (the database is away), None once
         # one succeeds: lanes start no message while it is set.
         self.failing: Exception | None = None
+        self._stored: Callable[[datetime | None], Any] | None = None
 
     def __enter__(self) -> Recorder:
         return self
@@ -214,18 +219,17 @@ class Recorder:
                 },
             )
             return
-        conn.execute(
-            _FINISH,
+        # The values in the columns' stored form (a batch's outcomes share a few
+        # instants: each is converted once).
+        if self._stored is None:
+            self._stored = _stored_form(conn.dialect)
+        stored = self._stored
+        lease = stored(self.lease_until)
+        conn.exec_driver_sql(
+            _FINISH_SQLITE,
             [
-                {
-                    "b_id": o.id,
-                    "b_lease": self.lease_until,
-                    "b_status": o.status,
-                    "b_error": o.error,
-                    "b_at": o.sent_at,
-                    "b_mid": o.message_id,
-                    "b_retry": o.retry_at,
-                }
+                (o.status, o.error, stored(o.sent_at), o.message_id, stored(o.retry_at))
+                + (o.id, lease)
                 for o in outcomes
             ],
         )
