@@ -29,7 +29,7 @@ from digest.errors import (
     RelayUnavailable,
     TransientSendError,
 )
-from digest.mail.message import MessageTemplate, Reader, Sender
+from digest.mail.message import EncodedSplicer, MessageTemplate, Reader, Sender
 from digest.mail.returns import envelope_sender
 from digest.mail.senders import sender_for
 from digest.mail.tokens import make_token, message_id, reader_tokens
@@ -231,12 +231,26 @@ def send_batch(
     return report
 
 
+_ENCODED: dict[tuple[int, str], tuple[EncodedSplicer, EncodedSplicer]] = {}
+
+
+def encoded_variant(variant: EditionVariant) -> tuple[EncodedSplicer, EncodedSplicer]:
+    """A rendering's HTML and text, quoted-printable encoded between their slots, once
+    per process (variants never change; their nonce tells two databases' apart)."""
+    key = (variant.id, variant.slot_nonce)
+    found = _ENCODED.get(key)
+    if found is None:
+        prepared = prepare_variant(variant)
+        if len(_ENCODED) >= 64:
+            _ENCODED.clear()
+        found = _ENCODED[key] = (EncodedSplicer(prepared.html), EncodedSplicer(prepared.text))
+    return found
+
+
 def message_template(settings: Settings, variant: EditionVariant, now: datetime) -> MessageTemplate:
-    prepared = prepare_variant(variant)
+    html, text = encoded_variant(variant)
     key = f"{variant.edition_id}:{variant.sections}"
-    return MessageTemplate(
-        sender_of(settings), variant.subject, now, key, prepared.html, prepared.text
-    )
+    return MessageTemplate(sender_of(settings), variant.subject, now, key, html, text)
 
 
 @dataclass
@@ -272,10 +286,11 @@ class Lane:
         record = self.record
         try:
             with transport:
+                statuses: dict[int, str] = {}  # the claim read every reader's status
                 for i, row in enumerate(rows):
                     if not self.go_on():
                         break
-                    if i % 100 == 0:
+                    if i and i % 100 == 0:
                         # Re-read statuses as we go: an unsubscribe during the edition wins.
                         statuses = record.statuses([r.subscriber_id for r in rows[i : i + 100]])
                     outcome, error = _send_one(

@@ -255,8 +255,8 @@ class MessageTemplate:
         subject: str,
         date: datetime,
         variant_key: str,
-        html: Body,
-        text: Body,
+        html: Body | EncodedSplicer,
+        text: Body | EncodedSplicer,
         *,
         campaign: str = "edition",
     ) -> None:
@@ -288,8 +288,9 @@ class MessageTemplate:
             "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
         ).encode()
         self.close = f"\r\n--{self.boundary}--\r\n".encode()
-        self.html = EncodedSplicer(html)
-        self.text = EncodedSplicer(text)
+        # Encoded once per variant when the caller keeps them (a send batch's templates).
+        self.html = html if isinstance(html, EncodedSplicer) else EncodedSplicer(html)
+        self.text = text if isinstance(text, EncodedSplicer) else EncodedSplicer(text)
 
     def render(self, reader: Reader) -> bytes:
         unsubscribe = list_unsubscribe(
