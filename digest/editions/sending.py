@@ -287,12 +287,15 @@ class Lane:
         try:
             with transport:
                 statuses: dict[int, str] = {}  # the claim read every reader's status
+                read_at = time.monotonic()
                 for i, row in enumerate(rows):
                     if not self.go_on():
                         break
-                    if i and i % 100 == 0:
-                        # Re-read statuses as we go: an unsubscribe during the edition wins.
+                    if i % 100 == 0 and time.monotonic() - read_at >= 1.0:
+                        # Re-read statuses as we go (every 100 messages, once a second at
+                        # most): an unsubscribe during the edition wins.
                         statuses = record.statuses([r.subscriber_id for r in rows[i : i + 100]])
+                        read_at = time.monotonic()
                     outcome, error = _send_one(
                         self.settings, transport, record, row, statuses, self.templates, self.now
                     )

@@ -8,6 +8,7 @@ records, renewals and hand-backs all go through one lock and one connection.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -67,7 +68,8 @@ def _stored_form(dialect: Any) -> Callable[[datetime | None], Any]:
     return stored
 
 
-# PostgreSQL: every outcome of the group in one statement, the rows as arrays.
+# PostgreSQL: every outcome of the group in one statement, the rows as one JSON text
+# (json.dumps and the server parse it; psycopg would dump each array element in Python).
 _FINISH_PG = text(
     """
     UPDATE delivery AS d
@@ -75,10 +77,10 @@ _FINISH_PG = text(
         sent_at = COALESCE(v.sent_at, d.sent_at),
         message_id = COALESCE(v.message_id, d.message_id),
         next_attempt_at = COALESCE(v.retry_at, d.next_attempt_at)
-    FROM unnest(
-        CAST(:ids AS bigint[]), CAST(:statuses AS text[]), CAST(:sent_at AS timestamp[]),
-        CAST(:message_ids AS text[]), CAST(:errors AS text[]), CAST(:retry_at AS timestamp[])
-    ) AS v(id, status, sent_at, message_id, error, retry_at)
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS v(
+        id bigint, status text, sent_at timestamp, message_id text, error text,
+        retry_at timestamp
+    )
     WHERE d.id = v.id AND d.id = ANY(CAST(:ids AS bigint[]))
       -- IS NOT DISTINCT FROM (the same test here) keeps the planner on the primary
       -- key: every row of a claim shares one lease_until, and an index scan on
@@ -86,6 +88,23 @@ _FINISH_PG = text(
       AND (d.status, d.lease_until) IS NOT DISTINCT FROM ('sending', CAST(:lease AS timestamp))
     """
 )
+
+
+def _cached(convert: Callable[[datetime | None], Any]) -> Callable[[datetime | None], Any]:
+    seen: dict[datetime | None, Any] = {}
+
+    def converted(value: datetime | None) -> Any:
+        if value not in seen:
+            seen[value] = convert(value)
+        return seen[value]
+
+    return converted
+
+
+def _iso(value: datetime | None) -> str | None:
+    """As the UTCDateTime columns store it (naive UTC), in JSON."""
+    naive = _naive(value)
+    return None if naive is None else naive.isoformat()
 
 
 def _naive(value: datetime | None) -> datetime | None:
@@ -206,15 +225,23 @@ class Recorder:
 
     def _write_outcomes(self, conn: Any, outcomes: list[Outcome]) -> None:
         if self._pg:
+            stamp = _cached(_iso)  # a group's outcomes share a few instants
+            rows = [
+                {
+                    "id": o.id,
+                    "status": o.status,
+                    "sent_at": stamp(o.sent_at),
+                    "message_id": o.message_id,
+                    "error": o.error,
+                    "retry_at": stamp(o.retry_at),
+                }
+                for o in outcomes
+            ]
             conn.execute(
                 _FINISH_PG,
                 {
-                    "ids": [o.id for o in outcomes],
-                    "statuses": [o.status for o in outcomes],
-                    "sent_at": [_naive(o.sent_at) for o in outcomes],
-                    "message_ids": [o.message_id for o in outcomes],
-                    "errors": [o.error for o in outcomes],
-                    "retry_at": [_naive(o.retry_at) for o in outcomes],
+                    "rows": json.dumps(rows),
+                    "ids": "{" + ",".join(str(o.id) for o in outcomes) + "}",
                     "lease": _naive(self.lease_until),
                 },
             )
