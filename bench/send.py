@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import resource
+import socket
 import statistics
 import subprocess
 import sys
@@ -48,13 +49,81 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+SMTP_SINK = Path("/usr/sbin/smtp-sink")  # Postfix's C sink: its CPU is not ours to count
+SMTP_SOURCE = Path("/usr/sbin/smtp-source")  # Postfix's C sender: the yardstick
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def start_sink() -> tuple[subprocess.Popen[str], str]:
+    """Postfix's smtp-sink when it is installed, else the Python sink in bench/."""
+    if SMTP_SINK.exists():
+        port = free_port()
+        argv = [str(SMTP_SINK)]
+        if os.geteuid() == 0:
+            argv += ["-u", "nobody"]  # it refuses to run as root
+        proc = subprocess.Popen([*argv, f"127.0.0.1:{port}", "256"], text=True)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    sys.exit("smtp-sink did not start")
+                time.sleep(0.05)
+        return proc, f"smtp://127.0.0.1:{port}"
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "bench" / "smtp_sink.py")], stdout=subprocess.PIPE, text=True
     )
     assert proc.stdout is not None
     port = int(proc.stdout.readline())
     return proc, f"smtp://127.0.0.1:{port}"
+
+
+def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def smtp_source_cpu(smtp_url: str, count: int, size: int, sessions: int) -> float | None:
+    """CPU ms per message of Postfix's smtp-source sending `count` messages of about
+    `size` bytes over `sessions` reused connections to the same sink; None without it."""
+    if not SMTP_SOURCE.exists():
+        return None
+    host_port = smtp_url.removeprefix("smtp://")
+    before = cpu_seconds(resource.RUSAGE_CHILDREN)
+    subprocess.run(
+        [str(SMTP_SOURCE), "-d", "-s", str(sessions), "-m", str(count), "-l", str(size)]
+        + ["-f", "news@example.com", "-t", "reader@example.com", host_port],
+        check=True,
+    )
+    return (cpu_seconds(resource.RUSAGE_CHILDREN) - before) * 1000 / count
+
+
+def message_size(settings: Settings) -> int:
+    """Bytes of one message of the benchmark's edition, as sent."""
+    sessions = make_sessionmaker(make_engine(settings.database_url))
+    with sessions() as session:
+        edition = store.find_edition(session, Cohort("morning", DAY, TZ))
+        assert edition is not None
+        variant = store.variants(session, edition.id)[0]
+        template = sending.message_template(settings, variant, NOW)
+        reader = sending.address_reader(settings, edition.id, 1, "reader1@example.com", "R 1")
+        return len(template.render(reader))
+
+
+def cpu_line(ours_ms: float, theirs_ms: float | None, label: str) -> str:
+    if theirs_ms is None:
+        return f"CPU per message, {label}: {ours_ms:.3f} ms (smtp-source not installed)"
+    return (
+        f"CPU per message, {label}: {ours_ms:.3f} ms; smtp-source {theirs_ms:.3f} ms for the "
+        f"same messages; ratio {ours_ms / theirs_ms:.1f}x"
+    )
 
 
 def bench_settings(
@@ -166,16 +235,19 @@ def run_inprocess(settings: Settings) -> dict[str, float]:
         rss_first = 0.0
         total = 0
         ids = store.delivery_ids(session, plan.edition_id)
+        cpu0 = cpu_seconds()
         for i, batch in enumerate(sending.chunks(ids, settings.batch_size)):
             report = sending.send_batch(session, settings, SMTPTransport(settings.smtp), batch, NOW)
             total += report.sent
             if i == 0:
                 rss_first = rss_mb()
         t2 = time.perf_counter()
+        cpu = cpu_seconds() - cpu0
     engine.dispose()  # PostgreSQL reports a session's statistics when it ends
     return {
         "plan_s": t1 - t0,
         "send_s": t2 - t1,
+        "send_cpu_ms": cpu * 1000 / max(1, total),
         "sent": total,
         "queued": plan.queued,
         "rss_first_batch_mb": rss_first,
@@ -301,8 +373,10 @@ def main() -> None:
             )
             rss_start = rss_mb()
             r = run_inprocess(settings)
+            size = message_size(settings)
+            theirs = smtp_source_cpu(smtp_url, int(r["sent"]), size, args.connections)
             ours, naive = per_message_costs(settings, args.naive_samples)
-            unsigned_ms, signed_ms, size = dkim_cost(settings)
+            unsigned_ms, signed_ms, signed_size = dkim_cost(settings)
     finally:
         sink.terminate()
         sink.wait()
@@ -319,6 +393,9 @@ def main() -> None:
     )
     print(f"messages/s, plan + render + build + SMTP send: {r['sent'] / total:,.0f}")
     print(f"messages/s, send phase only: {r['sent'] / r['send_s']:,.0f}")
+    sink_name = "smtp-sink" if SMTP_SINK.exists() else "bench/smtp_sink.py"
+    label = f"this process, send phase, {size / 1000:.1f} kB to {sink_name}"
+    print(cpu_line(r["send_cpu_ms"], theirs, label))
     print(f"per-message personalise + MIME build (median of {len(ours)}): {ours_ms:.3f} ms")
     print(
         f"per-message naive render + premailer + stdlib MIME "
@@ -329,7 +406,7 @@ def main() -> None:
         f"(naive ceiling ~{1000 / naive_ms:,.0f} messages/s on one core)"
     )
     print(
-        f"DKIM signing (RSA-2048, relaxed/relaxed, {size / 1000:.0f} kB message): "
+        f"DKIM signing (RSA-2048, relaxed/relaxed, {signed_size / 1000:.0f} kB message): "
         f"{signed_ms - unsigned_ms:.2f} ms per message ({unsigned_ms:.3f} ms unsigned, "
         f"{signed_ms:.2f} ms signed; one core signs ~{1000 / signed_ms:,.0f} messages/s)"
     )

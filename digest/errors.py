@@ -66,6 +66,15 @@ class RelayUnavailable(TransientSendError):
         self.retry_after = retry_after
 
 
+class SendStopped(DigestError):
+    """Sending stopped before the work was done, for a reason no reader caused; the
+    rows it held are back in the queue, untried (`digest send` exits 3)."""
+
+
+class OutboxUnwritable(SendStopped, OSError):
+    """The outbox folder exists but cannot be written (read-only, no permission)."""
+
+
 class PermanentSendError(SendError):
     """5xx reply: do not try again."""
 

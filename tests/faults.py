@@ -146,3 +146,94 @@ class TcpProxy:
 
     def close(self) -> None:
         self.cut()
+
+
+class ScriptedServer:
+    """Speaks SMTP from a script: its greeting, the EHLO keywords it offers, and the reply
+    to each verb (MAIL, RCPT, DATA, and the end of the data as "."). After a 421 it hangs
+    up, as real servers do, without reading the rest of a pipelined group."""
+
+    def __init__(
+        self,
+        greeting: str = "220 scripted ESMTP",
+        keywords: tuple[str, ...] = ("PIPELINING",),
+        replies: dict[str, str] | None = None,
+    ) -> None:
+        self.greeting = greeting
+        self.keywords = keywords
+        self.replies = replies or {}
+        self.stop = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.url = f"smtp://127.0.0.1:{self.port}"
+        self.accepted: list[bytes] = []  # the message bodies it said 250 to
+        self.thread = threading.Thread(
+            target=_serve, args=(self.listener, self._handle, self.stop), daemon=True
+        )
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+        self.thread.join(timeout=5)
+
+    def _say(self, conn: socket.socket, reply: str) -> bool:
+        """Send a reply; False when it was a 421 and the connection is now closed."""
+        conn.sendall(reply.encode() + b"\r\n")
+        if reply.startswith("421"):
+            conn.shutdown(socket.SHUT_RDWR)
+            return False
+        return True
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                if not self._say(conn, self.greeting):
+                    return
+                reader = conn.makefile("rb")
+                refused = False  # MAIL or RCPT said no in this transaction
+                while not self.stop.is_set():
+                    line = reader.readline()
+                    if not line:
+                        return
+                    verb = line[:4].upper().decode()
+                    if verb == "QUIT":
+                        self._say(conn, "221 bye")
+                        return
+                    if verb == "EHLO":
+                        lines = ["scripted", *self.keywords]
+                        reply = "\r\n".join(
+                            f"250{'-' if i < len(lines) - 1 else ' '}{text}"
+                            for i, text in enumerate(lines)
+                        )
+                    elif verb in ("MAIL", "RCPT"):
+                        reply = self.replies.get(verb, "250 ok")
+                        refused = (refused and verb == "RCPT") or not reply.startswith("250")
+                    elif verb == "DATA":
+                        reply = self.replies.get("DATA", "354 go ahead")
+                        if refused:
+                            reply = "554 5.5.1 no valid recipients"
+                        if reply.startswith("354"):
+                            conn.sendall(reply.encode() + b"\r\n")
+                            body = b""
+                            while (chunk := reader.readline()) not in (b".\r\n", b""):
+                                body += chunk
+                            reply = self.replies.get(".", "250 queued")
+                            if reply.startswith("250"):
+                                self.accepted.append(body)
+                    else:
+                        reply = "250 ok"
+                        refused = False
+                    if not self._say(conn, reply):
+                        return
+            except OSError:
+                return
+
+
+@contextmanager
+def scripted_server(**kwargs: Any) -> Iterator[ScriptedServer]:
+    server = ScriptedServer(**kwargs)
+    try:
+        yield server
+    finally:
+        server.close()

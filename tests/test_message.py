@@ -20,6 +20,8 @@ from pathlib import Path
 
 import dkim
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from digest import store
 from digest.config import Settings, parse_smtp_url
@@ -433,3 +435,28 @@ def test_only_words_that_need_it_are_encoded(subject: str) -> None:
     assert str(parsed["Subject"]) == subject
     head = raw.split(b"\r\n\r\n")[0].split(b"\r\n")
     assert max(len(line) for line in head if not line.startswith(b"DKIM")) <= 78
+
+
+@given(st.text(st.characters(max_codepoint=0x2100), max_size=100))
+def test_a_slot_value_encodes_as_the_encoder_would(value: str) -> None:
+    """The short way for plain values gives the same bytes as qp + soft_break."""
+    from digest.mail.message import encode_value, qp, soft_break
+
+    assert encode_value(value) == soft_break(qp(value, final=False))
+
+
+@pytest.mark.parametrize("value", ["https://x.example/u/3f.0.Ab-_c", ".", "a=b", "end ", "x" * 76])
+def test_a_slot_value_encodes_as_the_encoder_would_at_the_edges(value: str) -> None:
+    from digest.mail.message import encode_value, qp, soft_break
+
+    assert encode_value(value) == soft_break(qp(value, final=False))
+
+
+@pytest.mark.parametrize("token", ["3f.0.Ab-_c9", "a b", "é", ""])
+def test_the_mailto_subject_is_quoted_as_urllib_would(token: str) -> None:
+    from urllib.parse import quote
+
+    from digest.mail.message import list_unsubscribe
+
+    header = list_unsubscribe("https://x.example/u", "u@x.example", token)
+    assert header.endswith(f"?subject={quote('unsubscribe ' + token)}>")

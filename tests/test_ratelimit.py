@@ -177,3 +177,33 @@ def test_two_workers_never_go_faster_than_the_relays_rate(
     with redis_client(env["DIGEST_REDIS_URL"]) as r:
         assert r.keys(f"digest:relay:127.0.0.1:{smtp_url.rsplit(':', 1)[1]}:*")
         r.delete(*r.keys("digest:relay:127.0.0.1:*"))
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        {"replies": {"RCPT": "421 4.7.0 slow down"}},  # pipelined, then the server hangs up
+        {"greeting": "421 4.7.0 too busy"},
+    ],
+)
+def test_a_421_that_ends_the_connection_slows_the_relay_too(script: dict[str, Any]) -> None:
+    from tests.faults import scripted_server
+
+    clock = FakeClock()
+    limiter = LocalLimiter(Limits(rate=100, burst=1), clock)
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock.now += seconds
+
+    with scripted_server(**script) as server:
+        transport = SMTPTransport(parse_smtp_url(f"{server.url}?deadline=5"))
+        with RateLimited(transport, limiter, 1.0, sleep) as t:
+            with pytest.raises(TransientSendError) as caught:
+                t.send("a@example.com", "one@example.com", MSG, "<1@x>")
+            server.replies.clear()
+            server.greeting = "220 ok"
+            t.send("a@example.com", "two@example.com", MSG, "<2@x>")
+    assert caught.value.code == 421
+    assert slept == pytest.approx([0.02])  # half the rate after the 421

@@ -3,14 +3,16 @@ relay is down and resumes by itself (two real aiosmtpd servers, real workers).""
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
 from digest.config import load_settings, parse_smtp_url, smtp_relays
 from digest.errors import ConfigError, RelayUnavailable
-from digest.mail.relays import RelayBoard, RelayPool
+from digest.mail.relays import RelayBoard, RelayPool, make_transport
 from digest.mail.transport import SMTPTransport
 from digest.models import Delivery
 from tests.conftest import Sink, _Controller, free_port, wait_for
@@ -65,10 +67,49 @@ def test_relays_from_the_environment() -> None:
         smtp_relays({"DIGEST_SMTP_URL": "smtp://a:25?rate=fast"})
 
 
-def test_lanes_spread_over_relays_by_weight() -> None:
+@pytest.mark.parametrize(
+    ("weights", "picks"),
+    [
+        ([1, 1, 1], [0, 1, 2, 0, 1, 2]),
+        ([2, 1, 1], [0, 1, 2, 0, 0, 1, 2, 0]),
+        ([3, 1], [0, 0, 1, 0, 0, 0, 1, 0]),
+    ],
+)
+def test_each_message_goes_to_the_relay_whose_turn_it_is(weights, picks) -> None:
     board = RelayBoard()
-    picks = [board.assign(["a", "b"], [3, 1]) for _ in range(8)]
-    assert picks.count(0) == 6 and picks.count(1) == 2
+    names = [f"r{i}" for i in range(len(weights))]
+    assert [board.pick(names, weights) for _ in picks] == picks
+
+
+def test_3000_messages_over_three_relays_weighted_2_1_1_split_by_weight() -> None:
+    """Three lanes (threads, as a batch has), each with its own connections, share one
+    board: the relays get 50/25/25 of the messages, not a relay per lane (33/33/33)."""
+    relays = [Relay(), Relay(), Relay()]
+    for relay in relays:
+        relay.start()
+    try:
+        urls = ",".join(f"{r.url}?weight={w}" for r, w in zip(relays, (2, 1, 1), strict=True))
+        settings = load_settings({"DIGEST_SMTP_URLS": urls, "DIGEST_SECRET_KEY": "k"})
+        first = make_transport(settings)
+        lanes = [first] + [first.fresh() for _ in range(2)]
+
+        def run(lane: Any, start: int) -> None:
+            with lane:
+                for i in range(start, 3000, 3):
+                    lane.send("s@example.com", f"{i}@example.com", MSG, f"<{i}@x>")
+
+        threads = [threading.Thread(target=run, args=(lane, i)) for i, lane in enumerate(lanes)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        for relay in relays:
+            relay.stop()
+    shares = [len(r.sink.messages) for r in relays]
+    assert sum(shares) == 3000
+    for got, want in zip(shares, (1500, 750, 750), strict=True):
+        assert abs(got - want) <= 0.02 * want, shares
 
 
 def test_a_relay_that_goes_down_is_taken_out_and_the_message_goes_to_another(relays) -> None:

@@ -53,3 +53,25 @@ def test_message_id_is_deterministic_and_distinct() -> None:
     assert a == message_id(SECRET, 1, 2, "example.com")
     assert a != message_id(SECRET, 1, 3, "example.com")
     assert a.startswith("<") and a.endswith("@example.com>")
+
+
+@pytest.mark.parametrize("secret", ["k", "a-much-longer-secret-" * 5, "clé"])
+def test_the_keyed_mac_is_hmac_sha256(secret: str) -> None:
+    import hashlib
+    import hmac
+
+    from digest.mail.tokens import mac
+
+    for message in (b"", b"unsubscribe|3f|", b"x" * 200):
+        assert mac(secret, message) == hmac.new(secret.encode(), message, hashlib.sha256).digest()
+
+
+@pytest.mark.parametrize("subscriber_id", [0, 1, 35, 36, 123456789])
+def test_a_readers_tokens_in_one_go_are_make_tokens(subscriber_id: int) -> None:
+    from digest.mail.tokens import make_token, reader_tokens
+
+    assert reader_tokens("s", subscriber_id, "42") == (
+        make_token("s", "unsubscribe", subscriber_id),
+        make_token("s", "preferences", subscriber_id),
+        make_token("s", "view", subscriber_id, scope="42"),
+    )

@@ -199,3 +199,203 @@ def test_outbox_that_cannot_be_created_is_one_clear_error(tmp_path: Path) -> Non
         f"outbox folder {tmp_path / 'file' / 'out'} cannot be created (DIGEST_OUTBOX_DIR): "
         "Not a directory"
     )
+
+
+def test_an_outbox_that_turns_read_only_stops_the_send_untried(tmp_path: Path) -> None:
+    """The folder becomes read-only mid-batch: the cleanup of the unwritten file cannot
+    fail the send with an OSError of its own; the folder is reported, not the reader."""
+    from digest.errors import OutboxUnwritable
+    from tests.test_workers import read_only_folder
+
+    out = tmp_path / "out"
+    with OutboxTransport(out) as t:
+        out.rmdir()
+        with read_only_folder(out):
+            with pytest.raises(OutboxUnwritable, match="cannot be written"):
+                t.send("a@example.com", "b@example.com", MSG, "<m1@x>")
+
+
+# --- reply codes kept on every transient error (issue 15, part 4) ------------------------
+
+
+def test_a_421_to_rcpt_after_pipelining_keeps_its_code_and_text() -> None:
+    """The server answers RCPT with 421 and hangs up before it answers DATA: the error is
+    its 421 and its words, not "connection lost"; the next message reconnects."""
+    from tests.faults import scripted_server
+
+    with scripted_server(replies={"RCPT": "421 4.7.0 too many connections, slow down"}) as s:
+        with SMTPTransport(parse_smtp_url(f"{s.url}?deadline=5")) as t:
+            with pytest.raises(TransientSendError) as caught:
+                t.send("a@example.com", "b@example.com", MSG, "<1@x>")
+            assert t._conn is None
+        s.replies.clear()
+        with SMTPTransport(parse_smtp_url(s.url)) as t:
+            t.send("a@example.com", "b@example.com", MSG, "<2@x>")
+    assert caught.value.code == 421
+    assert str(caught.value) == "recipient refused: 421 4.7.0 too many connections, slow down"
+    assert len(s.accepted) == 1
+
+
+@pytest.mark.parametrize("keywords", [("PIPELINING",), ()])
+def test_a_421_greeting_keeps_its_code_and_text(keywords: tuple[str, ...]) -> None:
+    from tests.faults import scripted_server
+
+    with scripted_server(greeting="421 4.3.2 busy, try later", keywords=keywords) as s:
+        with SMTPTransport(parse_smtp_url(f"{s.url}?deadline=5")) as t:
+            with pytest.raises(TransientSendError) as caught:
+                t.send("a@example.com", "b@example.com", MSG, "<1@x>")
+    assert caught.value.code == 421
+    assert str(caught.value).endswith(": 421 4.3.2 busy, try later")
+
+
+@pytest.mark.parametrize("keywords", [("PIPELINING",), ()])
+@pytest.mark.parametrize(
+    ("step", "reply", "kind", "words"),
+    [
+        ("MAIL", "451 4.3.0 sender check failed", TransientSendError, "sender refused"),
+        ("RCPT", "550 5.1.1 no such user", PermanentSendError, "recipient refused"),
+        ("DATA", "452 4.3.1 out of space", TransientSendError, "DATA refused"),
+        (".", "554 5.6.0 message refused", PermanentSendError, "message refused"),
+    ],
+)
+def test_every_refusal_keeps_its_code_and_the_connection_goes_on(
+    keywords: tuple[str, ...], step: str, reply: str, kind: type, words: str
+) -> None:
+    """With and without PIPELINING: the refusing step, its code and text; the connection
+    is reset and carries the next message."""
+    from tests.faults import scripted_server
+
+    with scripted_server(keywords=keywords, replies={step: reply}) as s:
+        with SMTPTransport(parse_smtp_url(f"{s.url}?deadline=5")) as t:
+            with pytest.raises(kind) as caught:
+                t.send("a@example.com", "b@example.com", MSG, "<1@x>")
+            conn = t._conn
+            s.replies.clear()
+            t.send("a@example.com", "b@example.com", b".dot\r\n..two\r\nend", "<2@x>")
+            assert t._conn is conn is not None
+    assert caught.value.code == int(reply[:3])
+    assert str(caught.value) == f"{words}: {reply}"
+    assert s.accepted == [b"..dot\r\n...two\r\nend\r\n"]  # dot-stuffed on the wire
+
+
+# --- the lean send path against real servers: TLS, AUTH, Postfix -----------------------
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (the test trusts it as its CA)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
+        + ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"]
+        + ["-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def _tls_server(certificate: tuple[Path, Path], implicit: bool) -> Any:
+    import ssl
+
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult
+
+    from tests.conftest import Sink, free_port
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*map(str, certificate))
+
+    def authenticator(server, session, envelope, mechanism, auth_data):  # type: ignore[no-untyped-def]
+        ok = auth_data.login == b"digest" and auth_data.password == b"s3cret"
+        return AuthResult(success=ok)
+
+    sink = Sink()
+    options: dict[str, Any] = {"authenticator": authenticator, "auth_require_tls": True}
+    if implicit:
+        # aiosmtpd offers AUTH over implicit TLS only when told it need not ask for TLS.
+        options |= {"ssl_context": context, "auth_require_tls": False}
+    else:
+        options |= {"tls_context": context, "require_starttls": True}
+    controller = Controller(sink, hostname="127.0.0.1", port=free_port(), **options)
+    controller.start()
+    return sink, controller
+
+
+@pytest.mark.parametrize(("scheme", "query"), [("smtp", "?starttls=1"), ("smtps", "")])
+def test_tls_and_auth_with_the_lean_path(
+    certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, scheme: str, query: str
+) -> None:
+    """STARTTLS and implicit TLS, login, several messages over one connection."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate[0]))
+    sink, controller = _tls_server(certificate, implicit=scheme == "smtps")
+    try:
+        base = f"{scheme}://digest:s3cret@127.0.0.1:{controller.port}{query}"
+        with SMTPTransport(parse_smtp_url(base)) as t:
+            for i in range(3):
+                t.send("a@example.com", f"r{i}@example.com", MSG, f"<{i}@x>")
+            assert t._conn is not None and t._conn.sock is not None
+            assert t._conn.sock.version() is not None  # type: ignore[attr-defined]
+    finally:
+        controller.stop()
+    assert [m[1] for m in sink.messages] == [[f"r{i}@example.com"] for i in range(3)]
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def test_postfix_smtp_sink_takes_pipelined_messages() -> None:
+    """Postfix's own smtp-sink (PIPELINING, no CHUNKING): many messages over one
+    connection, each in two writes, the replies read in bulk."""
+    import os
+    import subprocess
+
+    from tests.conftest import free_port, wait_for
+
+    sink_program = Path("/usr/sbin/smtp-sink")
+    if not sink_program.exists():
+        pytest.skip("Postfix's smtp-sink is not installed (apt-get install postfix)")
+    port = free_port()
+    argv = [str(sink_program), *(["-u", "nobody"] if os.geteuid() == 0 else [])]
+    proc = subprocess.Popen([*argv, f"127.0.0.1:{port}", "16"])
+    try:
+        wait_for(lambda: _listening(port), 10, "smtp-sink")
+        with SMTPTransport(parse_smtp_url(f"smtp://127.0.0.1:{port}")) as t:
+            for i in range(200):
+                t.send("a@example.com", f"r{i}@example.com", MSG * 50, f"<{i}@x>")
+            assert t._pipelining and not t._chunking
+            assert t._wire is not None and t._wire._buffer == b""  # every reply consumed
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def test_postfix_takes_bdat_and_refuses_with_its_code() -> None:
+    """The local Postfix (CHUNKING and PIPELINING): MAIL, RCPT, BDAT and the body in one
+    write; a recipient it refuses keeps its code, the chunk is consumed, and the same
+    connection carries the next message."""
+    if not _listening(25):
+        pytest.skip("no Postfix listening on 127.0.0.1:25")
+    with SMTPTransport(parse_smtp_url("smtp://127.0.0.1:25?deadline=10")) as t:
+        with pytest.raises(PermanentSendError) as caught:
+            t.send("a@example.com", "bad@[300.1.1.1]", MSG, "<1@x>")
+        if not t._chunking:
+            pytest.skip("this Postfix does not offer CHUNKING")
+        conn = t._conn
+        t.send("digest-test@localhost", "postmaster@localhost", MSG, "<2@x>")
+        assert t._conn is conn is not None
+    assert caught.value.code == 501
+    assert "recipient refused: 501" in str(caught.value)

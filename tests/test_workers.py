@@ -14,6 +14,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import pytest
 from celery.exceptions import Reject
 from click.testing import CliRunner
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from digest import store
 from digest.cli import cli
@@ -30,11 +31,11 @@ from digest.db import make_engine, make_sessionmaker
 from digest.editions import dispatch
 from digest.errors import ConfigError
 from digest.feeds.sanitize import clean_summary
-from digest.models import Delivery, Edition
+from digest.models import Delivery, Edition, Subscriber
 from tests.conftest import make_settings, wait_for
 from workers.base import DigestTask
 from workers.client import client_app, enqueue, queue_lengths
-from workers.config import beat_schedule, celery_config
+from workers.config import beat_schedule, celery_config, send_options
 
 LONDON, SYDNEY = "Europe/London", "Australia/Sydney"
 TICK = datetime(2026, 11, 29, 6, 0, tzinfo=UTC)  # 06:00 in London, 17:00 in Sydney
@@ -660,6 +661,55 @@ def test_an_outbox_that_cannot_be_created_is_one_line(sqlite_url, worker_env, tm
     assert "Traceback" not in result.output
 
 
+@contextmanager
+def read_only_folder(folder: Any) -> Iterator[None]:
+    """A folder no file can be written to: a read-only tmpfs mount as root (for whom
+    permissions are no obstacle), its mode otherwise."""
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o500)
+        try:
+            yield
+        finally:
+            folder.chmod(0o700)
+        return
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], capture_output=True
+    )
+    if mount.returncode:
+        pytest.skip(f"cannot mount a read-only tmpfs: {mount.stderr.decode().strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_read_only_outbox_is_one_line_and_exit_3(sqlite_url, worker_env, tmp_path) -> None:
+    """The outbox folder is there but read-only: `digest send` stops with one line and
+    exit 3 (not finished), no traceback, and the rows wait in the queue untried."""
+    seed(sqlite_url, {"a@example.com": LONDON, "b@example.com": LONDON}, [TICK])
+    outbox = tmp_path / "outbox"
+    env = worker_env(
+        sqlite_url,
+        DIGEST_NOW=(TICK + timedelta(minutes=1)).isoformat(),
+        DIGEST_OUTBOX_DIR=str(outbox),
+    )
+    del env["DIGEST_REDIS_URL"]
+    with read_only_folder(outbox):
+        result = CliRunner().invoke(cli, ["send", "morning", "--timezone", LONDON], env=env)
+    assert result.exit_code == 3, result.output
+    assert "Traceback" not in result.output
+    [error] = [line for line in result.output.splitlines() if "outbox" in line]
+    why = "Read-only file system" if os.geteuid() == 0 else "Permission denied"
+    assert error == (
+        f"Error: outbox folder {outbox} cannot be written (DIGEST_OUTBOX_DIR): {why}; "
+        "not finished, the rest waits in the queue"
+    )
+    assert delivery_counts(sqlite_url) == {"queued": 2}
+    attempts = query(sqlite_url, lambda s: s.scalar(select(func.max(Delivery.attempts))))
+    assert attempts == 0
+
+
 # --- recovery in seconds: claims renewed by live workers, lost tasks re-enqueued ---------
 
 QUICK = {
@@ -719,6 +769,46 @@ def test_a_stopped_workers_claims_come_back_in_seconds(
     bound = 2 * (1 + load_settings(env).record_group)
     assert sum(got.values()) - len(readers) <= min(bound, held)
     assert "WARNING" not in digest_cli(env, "status")
+
+
+def test_requeued_rows_go_ahead_of_the_backlog(
+    sqlite_url, smtp_server, worker_env, start_worker
+) -> None:
+    """A row a stopped worker held is swept back while a backlog of fresh batches waits:
+    it is sent among the first, not behind the whole backlog."""
+    sink, smtp_url = smtp_server
+    readers = {f"p{i:02}@example.com": LONDON for i in range(24)}
+    seed(sqlite_url, readers, [TICK - timedelta(hours=1)])
+    env = worker_env(sqlite_url, smtp_url, DIGEST_BATCH_SIZE="1")
+    settings = load_settings(env)
+    [batches] = query(
+        sqlite_url,
+        lambda s: [
+            f.batches for f in dispatch.plan_slot(s, settings, "morning", TICK, timezone=LONDON)
+        ],
+    )
+    [held] = batches.pop(0)  # the first in line, held by a worker that died: claim over
+
+    def hold(session: Any) -> str:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id == held)
+            .values(status="sending", lease_until=TICK - timedelta(minutes=1))
+        )
+        session.commit()
+        join = select(Subscriber.email).join(Delivery, Delivery.subscriber_id == Subscriber.id)
+        return str(session.scalar(join.where(Delivery.id == held)))
+
+    email = query(sqlite_url, hold)
+    # The backlog, as the plan task fans it out; then the sweep, as beat calls it.
+    calls = [([batch], {"now": TICK.isoformat()}) for batch in batches]
+    enqueue(settings, "digest.send_batch", calls, **send_options(first=False))
+    enqueue(settings, "digest.sweep", [([], {"now": TICK.isoformat()})])
+    start_worker(env, concurrency=1)
+    wait_for(lambda: len(sink.messages) == len(readers), 60, "every message")
+    order = [rcpts[0] for _, rcpts, _ in sink.messages]
+    assert order.index(email) < 3, order  # behind the backlog it would be the last
+    assert delivery_counts(sqlite_url) == {"sent": len(readers)}
 
 
 def test_queued_rows_whose_tasks_were_lost_are_enqueued_again(

@@ -30,14 +30,18 @@ def client_app(settings: Settings, *, results: bool = True) -> Celery:
 
 
 def enqueue(
-    settings: Settings, name: str, calls: Iterable[tuple[list[Any], dict[str, Any]]]
+    settings: Settings,
+    name: str,
+    calls: Iterable[tuple[list[Any], dict[str, Any]]],
+    **options: Any,
 ) -> list[str]:
-    """Send one `name` task per (args, kwargs); returns their task ids."""
+    """Send one `name` task per (args, kwargs), with apply_async `options` (a send
+    batch's priority); returns their task ids."""
     app = client_app(settings, results=False)
     try:
         with app.producer_or_acquire() as producer:
             return [
-                app.send_task(name, args=args, kwargs=kwargs, producer=producer).id
+                app.send_task(name, args=args, kwargs=kwargs, producer=producer, **options).id
                 for args, kwargs in calls
             ]
     except OperationalError as exc:

@@ -36,7 +36,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend": settings.redis_url,
         # Celery reads the visibility timeout in three places; they must agree, or the
         # shortest wins and long-delayed retries are redelivered while still waiting.
-        "broker_transport_options": dict(visibility),
+        # Priority 0 (retried and re-queued rows) is read before the backlog (6).
+        "broker_transport_options": {**visibility, "priority_steps": [FIRST, 3, BACKLOG, 9]},
         "result_backend_transport_options": {**visibility, "retry_policy": {"timeout": 5.0}},
         "visibility_timeout": settings.visibility_timeout,
         # Ack only after the task finished, and hold no more than one unstarted message
@@ -98,6 +99,20 @@ def outage_retries(outage_seconds: int, backoff_max: int) -> int:
         waited += min(backoff_max, 2**retries)
         retries += 1
     return retries
+
+
+# Send batches carry a priority (Redis lists per priority, read highest first by every
+# worker): an edition's first fan-out goes in behind whatever is there, while rows a
+# stopped worker held (the sweep), retried and handed-back rows go ahead of that
+# backlog instead of waiting behind thousands of fresh batches. kombu's Redis
+# transport reads priority 0 first.
+FIRST = 0  # sweeps, retries, hand-backs
+BACKLOG = 6  # an edition's first fan-out
+
+
+def send_options(*, first: bool) -> dict[str, Any]:
+    """apply_async options for a send batch: ahead of the backlog, or in it."""
+    return {"priority": FIRST if first else BACKLOG}
 
 
 def send_queue(settings: Settings) -> str:

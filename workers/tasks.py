@@ -18,7 +18,7 @@ from digest.feeds.ingest import ingest_all
 from digest.mail.relays import make_transport
 from workers.app import app, runtime
 from workers.client import BrokerUnavailable, queue_lengths
-from workers.config import outage_backoff_max, outage_retries
+from workers.config import outage_backoff_max, outage_retries, send_options
 
 settings = runtime.settings
 
@@ -38,12 +38,13 @@ OPTIONS = {
 }
 
 
-def fan_out(batches: Iterable[list[int]], now: str | None) -> list[str]:
+def fan_out(batches: Iterable[list[int]], now: str | None, *, first: bool = False) -> list[str]:
     """One send_batch task per batch of delivery ids, over one broker connection;
-    returns their task ids."""
+    returns their task ids. `first`: ahead of the backlog (re-queued rows)."""
+    options = send_options(first=first)
     with app.producer_or_acquire() as producer:
         return [
-            send_batch.apply_async((batch,), {"now": now}, producer=producer).id
+            send_batch.apply_async((batch,), {"now": now}, producer=producer, **options).id
             for batch in batches
         ]
 
@@ -180,7 +181,10 @@ def send_batch(self: Any, delivery_ids: list[int], now: str | None = None) -> di
             ids, countdown = sorted(set(ids) | set(report.handed_back)), pause
         # A pinned clock moves on by the delay, so the retry finds its rows due.
         later = None if now is None else (at + timedelta(seconds=countdown)).isoformat()
-        raise self.retry(args=(ids,), kwargs={"now": later}, countdown=countdown)
+        # Ahead of the backlog: these rows were due already (or held by this batch).
+        raise self.retry(
+            args=(ids,), kwargs={"now": later}, countdown=countdown, **send_options(first=True)
+        )
     return dispatch.counts(report)
 
 
@@ -213,7 +217,7 @@ def sweep(now: str | None = None) -> dict[str, Any]:
         )
     return {
         "requeued": sum(len(b) for b in batches),
-        "batches": fan_out(batches, now),
+        "batches": fan_out(batches, now, first=True),
     }
 
 

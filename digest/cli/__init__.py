@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from digest.config import Settings, check_timezone, load_settings
 from digest.db import make_engine, make_sessionmaker, upgrade, wait_for_database
 from digest.editions import dispatch
-from digest.errors import ConfigError, DigestError, InvalidInput
+from digest.errors import ConfigError, DigestError, InvalidInput, SendStopped
 
 
 class App:
@@ -45,12 +45,20 @@ class App:
         return self._now.isoformat() if self._now else None
 
 
+class Unfinished(click.ClickException):
+    """One line, and exit 3: as `digest send` ends an edition it left unfinished."""
+
+    exit_code = 3
+
+
 class Group(click.Group):
     """Turns digest's own errors and database errors into one clear line."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except SendStopped as exc:
+            raise Unfinished(f"{exc}; not finished, the rest waits in the queue") from None
         except DigestError as exc:
             raise click.ClickException(str(exc)) from None
         except SQLAlchemyError as exc:

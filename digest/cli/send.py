@@ -407,9 +407,11 @@ def _send_batches(app: App, batches: list[list[int]], inline: bool) -> None:
     settings = app.settings
     if settings.redis_url and not inline:
         from workers.client import enqueue
+        from workers.config import send_options
 
         calls = [([batch], {"now": app.pinned_now()}) for batch in batches]
-        ids = enqueue(settings, "digest.send_batch", calls)
+        # Retried and swept rows go ahead of any editions' backlog.
+        ids = enqueue(settings, "digest.send_batch", calls, **send_options(first=True))
         click.echo(f"  {len(ids)} digest.send_batch tasks enqueued")
         return
     transport, report = make_transport(settings), sending.BatchReport()

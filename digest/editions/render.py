@@ -216,5 +216,10 @@ def slot_values(
 
 
 def html_escaped(values: dict[str, str]) -> dict[str, str]:
-    """Slot values made safe for the HTML body."""
-    return {k: html.escape(v, quote=True) for k, v in values.items()}
+    """Slot values made safe for the HTML body (most, links above all, need nothing)."""
+    return {
+        k: html.escape(v, quote=True) if _HTML_SPECIAL.search(v) else v for k, v in values.items()
+    }
+
+
+_HTML_SPECIAL = re.compile("[&<>\"']")

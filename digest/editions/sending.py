@@ -30,10 +30,10 @@ from digest.errors import (
     RelayUnavailable,
     TransientSendError,
 )
-from digest.mail.message import MessageTemplate, Reader, Sender
+from digest.mail.message import EncodedSplicer, MessageTemplate, Reader, Sender
 from digest.mail.returns import envelope_sender
 from digest.mail.senders import sender_for
-from digest.mail.tokens import make_token, message_id
+from digest.mail.tokens import make_token, message_id, reader_tokens
 from digest.mail.transport import Transport
 from digest.models import EditionVariant
 
@@ -134,18 +134,24 @@ def reader_links(settings: Settings, subscriber_id: int, edition_id: int) -> dic
 def address_reader(
     settings: Settings, edition_id: int, subscriber_id: int, email: str, name: str
 ) -> Reader:
-    """One reader's slot values and ids, for the pre-encoded message template."""
-    links = reader_links(settings, subscriber_id, edition_id)
-    shared = {k: links[k] for k in ("unsubscribe_url", "preferences_url", "view_url")}
-    text_values = slot_values(name=name, for_html=False, **shared)
+    """One reader's slot values and ids, for the pre-encoded message template (the same
+    links as reader_links, its tokens signed in one go: this runs for every message)."""
+    secret, base = settings.secret_key, settings.base_url
+    unsubscribe, preferences, view = reader_tokens(secret, subscriber_id, str(edition_id))
+    unsubscribe_url = f"{base}/unsubscribe/{unsubscribe}"
+    text_values = slot_values(
+        name=name,
+        for_html=False,
+        unsubscribe_url=unsubscribe_url,
+        preferences_url=f"{base}/preferences/{preferences}",
+        view_url=f"{base}/editions/{edition_id}/{view}",
+    )
     return Reader(
         to_address=email,
         to_name=name,
-        message_id=message_id(
-            settings.secret_key, edition_id, subscriber_id, settings.sender_domain
-        ),
-        unsubscribe_url=links["unsubscribe_url"],
-        unsubscribe_token=links["unsubscribe_token"],
+        message_id=message_id(secret, edition_id, subscriber_id, settings.sender_domain),
+        unsubscribe_url=unsubscribe_url,
+        unsubscribe_token=unsubscribe,
         html_values=html_escaped(text_values),
         text_values=text_values,
     )
@@ -231,12 +237,26 @@ def send_batch(
     return report
 
 
+_ENCODED: dict[tuple[int, str], tuple[EncodedSplicer, EncodedSplicer]] = {}
+
+
+def encoded_variant(variant: EditionVariant) -> tuple[EncodedSplicer, EncodedSplicer]:
+    """A rendering's HTML and text, quoted-printable encoded between their slots, once
+    per process (variants never change; their nonce tells two databases' apart)."""
+    key = (variant.id, variant.slot_nonce)
+    found = _ENCODED.get(key)
+    if found is None:
+        prepared = prepare_variant(variant)
+        if len(_ENCODED) >= 64:
+            _ENCODED.clear()
+        found = _ENCODED[key] = (EncodedSplicer(prepared.html), EncodedSplicer(prepared.text))
+    return found
+
+
 def message_template(settings: Settings, variant: EditionVariant, now: datetime) -> MessageTemplate:
-    prepared = prepare_variant(variant)
+    html, text = encoded_variant(variant)
     key = f"{variant.edition_id}:{variant.sections}"
-    return MessageTemplate(
-        sender_of(settings), variant.subject, now, key, prepared.html, prepared.text
-    )
+    return MessageTemplate(sender_of(settings), variant.subject, now, key, html, text)
 
 
 @dataclass
@@ -260,6 +280,11 @@ class Lane:
         inside the claim, whatever the relay does (its deadline bounds it)."""
         if self.stop.is_set() or time.monotonic() + self.per_message > self.stop_at:
             return False
+        if self.record.failing is not None:
+            # Replies cannot be recorded (the database is away): what is sent now would
+            # be sent again. The lanes stop; what they sent waits in the recorder.
+            self.stop.set()
+            return False
         return self.beat.holds(self.per_message)
 
     def run(self, transport: Transport, rows: Sequence[Any]) -> None:
@@ -269,12 +294,16 @@ class Lane:
         record = self.record
         try:
             with transport:
+                statuses: dict[int, str] = {}  # the claim read every reader's status
+                read_at = time.monotonic()
                 for i, row in enumerate(rows):
                     if not self.go_on():
                         break
-                    if i % 100 == 0:
-                        # Re-read statuses as we go: an unsubscribe during the edition wins.
+                    if i % 100 == 0 and time.monotonic() - read_at >= 1.0:
+                        # Re-read statuses as we go (every 100 messages, once a second at
+                        # most): an unsubscribe during the edition wins.
                         statuses = record.statuses([r.subscriber_id for r in rows[i : i + 100]])
+                        read_at = time.monotonic()
                     if self.halt is not None and self.halt.halted(row.edition_id):
                         held.add(row.id)  # goes back untried, sent only after a resume
                         continue
@@ -292,6 +321,13 @@ class Lane:
                 if len(self.report.errors) < 100:
                     self.report.errors.append(str(exc))
             self.stop.set()  # the other lanes would only find the same
+        except Exception:
+            if self.record.failing is None:
+                self._hand_back(pending, quiet=True)
+                raise
+            # Recording failed (the database went away): stop every lane, and write what
+            # was sent once the database is back (below), so nothing is sent twice.
+            self.stop.set()
         except BaseException:
             # The error that stopped the lane is the one to report: a hand-back
             # that fails too (the database went away) must not replace it.
@@ -303,11 +339,21 @@ class Lane:
         self, pending: set[int], quiet: bool = False, held: set[int] | None = None
     ) -> None:
         held = held or set()
-        try:
+
+        def hand_back() -> None:
             if pending:
                 self.record.release(sorted(pending))
             else:
                 self.record.flush()  # this lane's replies are recorded before it ends
+
+        try:
+            if quiet:
+                hand_back()
+            else:
+                # Through an outage, for as long as the claim lasts (the rows are ours
+                # until then) and the batch may run: the replies that wait are written.
+                until = min(self.stop_at, max(self.beat.valid_until, time.monotonic() + 5))
+                self.record.outlast(hand_back, until)
         except Exception:
             if not quiet:
                 raise

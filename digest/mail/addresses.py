@@ -43,6 +43,21 @@ def normalise_address(raw: str) -> str:
 
 def fold_header_text(value: str, limit: int = 200) -> str:
     """Make free text (a name, a title) safe for a header: one line, no encoded-words."""
+    if (
+        len(value) <= limit
+        and value.isascii()
+        and value.isprintable()  # no CR, LF, tab or other control character
+        and "=?" not in value
+        and "  " not in value
+        and value[:1] != " "
+        and value[-1:] != " "
+    ):
+        return value  # already folded (as names are at import): nothing would change
+    return folded(value, limit)
+
+
+def folded(value: str, limit: int) -> str:
+    """fold_header_text the long way, whatever the text."""
     text = _BREAKS.sub(" ", value)
     text = "".join(" " if unicodedata.category(c) == "Cc" else c for c in text)
     # "=?" opens an RFC 2047 encoded-word, which a client would decode (newlines and

@@ -137,7 +137,10 @@ def list_unsubscribe(url: str, mailto: str, token: str) -> str:
     the two (RFC 2369 allows whitespace there) so lines stay short."""
     check_header_value(url)
     check_header_value(mailto)
-    value = f"<{url}>,\r\n <mailto:{mailto}?subject={quote('unsubscribe ' + token)}>"
+    # digest's own tokens are URL-safe already: only the space needs quoting then.
+    plain = token.replace(".", "").replace("-", "").replace("_", "")
+    words = f"unsubscribe%20{token}" if plain.isascii() and plain.isalnum() else None
+    value = f"<{url}>,\r\n <mailto:{mailto}?subject={words or quote('unsubscribe ' + token)}>"
     # "List-Unsubscribe: " is 18 characters: a long URL starts on a line of its own.
     return value if len(url) + 21 <= 78 else "\r\n " + value
 
@@ -197,11 +200,35 @@ class EncodedSplicer:
         ]
         self.slots = list(body.slots)
 
-    def fill(self, values: dict[str, str]) -> bytes:
+    def fill(self, values: dict[str, str], encoded: dict[str, bytes] | None = None) -> bytes:
+        """The body with these values; `encoded` keeps each distinct value's encoding
+        (a link appears several times, in both parts) for the rest of the message."""
+        cache: dict[str, bytes] = {} if encoded is None else encoded
         out = [self.parts[0]]
         for slot, part in zip(self.slots, self.parts[1:], strict=True):
-            out += (soft_break(qp(values[slot], final=False)), part)
+            value = values[slot]
+            piece = cache.get(value)
+            if piece is None:
+                piece = cache[value] = encode_value(value)
+            out += (piece, part)
         return b"".join(out)
+
+
+def encode_value(value: str) -> bytes:
+    """One slot value as a QP piece ending in a soft line break.
+
+    A short line of printable ASCII without "=" (a link, most names) is its own
+    quoted-printable encoding, as long as it does not end in a space: no encoder needed."""
+    if (
+        len(value) <= 75
+        and value.isascii()
+        and value.isprintable()
+        and "=" not in value
+        and value[-1:] != " "
+        and value != "."
+    ):
+        return value.encode("ascii") + b"=\r\n"
+    return soft_break(qp(value, final=False))
 
 
 @dataclass(frozen=True)
@@ -230,8 +257,8 @@ class MessageTemplate:
         subject: str,
         date: datetime,
         variant_key: str,
-        html: Body,
-        text: Body,
+        html: Body | EncodedSplicer,
+        text: Body | EncodedSplicer,
         *,
         campaign: str = "edition",
     ) -> None:
@@ -264,13 +291,15 @@ class MessageTemplate:
             "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
         ).encode()
         self.close = f"\r\n--{self.boundary}--\r\n".encode()
-        self.html = EncodedSplicer(html)
-        self.text = EncodedSplicer(text)
+        # Encoded once per variant when the caller keeps them (a send batch's templates).
+        self.html = html if isinstance(html, EncodedSplicer) else EncodedSplicer(html)
+        self.text = text if isinstance(text, EncodedSplicer) else EncodedSplicer(text)
 
     def render(self, reader: Reader) -> bytes:
         unsubscribe = list_unsubscribe(
             reader.unsubscribe_url, self.sender.unsubscribe_mailto, reader.unsubscribe_token
         )
+        encoded: dict[str, bytes] = {}
         per_reader = (
             f"To: {_addr(reader.to_name, reader.to_address)}\r\n"
             f"Message-ID: {check_header_value(reader.message_id)}\r\n"
@@ -281,9 +310,9 @@ class MessageTemplate:
                 per_reader,
                 self.head,
                 self.text_open,
-                self.text.fill(reader.text_values),
+                self.text.fill(reader.text_values, encoded),
                 self.html_open,
-                self.html.fill(reader.html_values),
+                self.html.fill(reader.html_values, encoded),
                 self.close,
             )
         )

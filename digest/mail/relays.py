@@ -1,13 +1,15 @@
 """Several SMTP relays as one transport: work shared by weight, failover, and the
 relays' rate limits. A layer of the transport seam, like digest/mail/ratelimit.py.
 
-Each lane sticks to one relay (its connection is reused), chosen so that the lanes of a
-process spread over the relays in proportion to their weights. A relay that cannot be
-reached, drops the connection, runs past its deadline or says 421 is taken out for
-`down_seconds` and the message goes to another one at once; one that keeps answering
-4xx (`strikes` in a row) is taken out too. With every relay out, sending raises
-RelayUnavailable: the batch hands its rows back untried and goes again when the first
-relay is due back.
+Each message goes to the relay a smooth weighted round robin picks, on one board shared
+by every lane of the process: over any run of messages the shares follow the weights
+(2:1:1 sends 50/25/25 within a message or two), whatever the number of lanes, batches
+or processes. Each lane keeps a connection per relay, so switching costs nothing. A
+relay that cannot be reached, drops the connection, runs past its deadline or says 421
+is taken out for `down_seconds` and the message goes to another one at once; one that
+keeps answering 4xx (`strikes` in a row) is taken out too. With every relay out,
+sending raises RelayUnavailable: the batch hands its rows back untried and goes again
+when the first relay is due back.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ FAILOVER_WITHIN = 0.5
 
 
 class RelayBoard:
-    """Which relays are out and until when, and how many lanes each one carries;
-    shared by the lanes of a process."""
+    """Which relays are out and until when, and whose turn it is; shared by the lanes
+    of a process."""
 
     def __init__(
         self,
@@ -44,7 +46,7 @@ class RelayBoard:
         self._lock = threading.Lock()
         self._down_until: dict[str, float] = {}
         self._strikes: dict[str, int] = {}
-        self._lanes: dict[str, int] = {}
+        self._turns: dict[str, float] = {}
 
     def is_up(self, name: str) -> bool:
         return self._down_until.get(name, 0.0) <= self.clock()
@@ -73,19 +75,21 @@ class RelayBoard:
             with self._lock:
                 self._strikes[name] = 0
 
-    def assign(self, names: Sequence[str], weights: Sequence[float]) -> int:
-        """Pick the relay (index) whose lanes are fewest for its weight."""
+    def pick(self, names: Sequence[str], weights: Sequence[float]) -> int:
+        """The relay (index) whose turn it is, by weight (smooth weighted round robin:
+        each candidate gains its weight, the one furthest ahead is chosen and pays back
+        the total). Relays left out of a pick (down, tried) neither gain nor pay."""
         with self._lock:
-            best = min(
-                range(len(names)),
-                key=lambda i: ((self._lanes.get(names[i], 0) + 1) / (weights[i] or 1e-9), i),
-            )
-            self._lanes[names[best]] = self._lanes.get(names[best], 0) + 1
+            total = 0.0
+            best, best_score = 0, float("-inf")
+            for i, (name, weight) in enumerate(zip(names, weights, strict=True)):
+                score = self._turns.get(name, 0.0) + weight
+                self._turns[name] = score
+                total += weight
+                if score > best_score:
+                    best, best_score = i, score
+            self._turns[names[best]] -= total
             return best
-
-    def release(self, name: str) -> None:
-        with self._lock:
-            self._lanes[name] = max(0, self._lanes.get(name, 0) - 1)
 
 
 class RelayPool:
@@ -102,7 +106,6 @@ class RelayPool:
         self.board = board
         self.names = [c.name for c in configs]
         self.deadline = max(c.deadline for c in configs)
-        self.current: int | None = None
 
     def describe(self) -> str:
         return "relays " + ", ".join(f"{c.name} (weight {c.weight:g})" for c in self.configs)
@@ -121,14 +124,8 @@ class RelayPool:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._leave()
         for transport in self.transports:
             transport.__exit__(exc_type, exc, tb)
-
-    def _leave(self) -> None:
-        if self.current is not None:
-            self.board.release(self.names[self.current])
-            self.current = None
 
     def _choose(self, tried: set[int]) -> int:
         up = [
@@ -141,14 +138,8 @@ class RelayPool:
                 f"{self.board.back_in(names):.0f} s",
                 max(1.0, self.board.back_in(names)),
             )
-        if self.current not in up:
-            self._leave()
-            pick = self.board.assign(
-                [self.names[i] for i in up], [self.configs[i].weight for i in up]
-            )
-            self.current = up[pick]
-        assert self.current is not None
-        return self.current
+        pick = self.board.pick([self.names[i] for i in up], [self.configs[i].weight for i in up])
+        return up[pick]
 
     def send(self, sender: str, recipient: str, message: bytes, message_id: str) -> None:
         started = time.monotonic()
@@ -185,8 +176,8 @@ class RelayPool:
                             f"every relay is out ({', '.join(self.names)}): {exc}",
                             max(1.0, self.board.back_in(self.names)),
                         ) from None
-                elif self.board.strike(name):
-                    self._leave()
+                else:
+                    self.board.strike(name)
                 raise
             self.board.ok(name)
             return

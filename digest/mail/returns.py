@@ -10,19 +10,17 @@ an edition (the sign-up email).
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import re
 
 from digest.config import Settings
+from digest.mail.tokens import mac
 
 _TAG = re.compile(r"\+(\d{1,18})\.(\d{1,18})\.([a-z2-7]{16})@")
 
 
 def _mac(secret: str, edition_id: int, subscriber_id: int) -> str:
-    digest = hmac.new(
-        secret.encode(), f"verp|{edition_id}|{subscriber_id}".encode(), hashlib.sha256
-    ).digest()
+    digest = mac(secret, f"verp|{edition_id}|{subscriber_id}".encode())
     return base64.b32encode(digest[:10]).decode("ascii").lower()
 
 

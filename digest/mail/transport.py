@@ -6,6 +6,7 @@ again later) or PermanentSendError (do not), so the pipeline never sees reply co
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import smtplib
@@ -16,7 +17,13 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from digest.config import SMTPConfig, open_private, private_folder
-from digest.errors import ConfigError, PermanentSendError, TransientSendError
+from digest.errors import (
+    ConfigError,
+    OutboxUnwritable,
+    PermanentSendError,
+    TransientSendError,
+)
+from digest.mail.wire import Closed, DeadlineExceeded, Garbled, Wire, deadline_wait
 
 # A mailbox that does not exist: enhanced status 5.1.1 (bad mailbox), 5.1.2 (bad
 # domain) or 5.1.10 (null MX) at the start of the reply. Only without an enhanced code
@@ -70,15 +77,10 @@ def _classify(code: int, reply: bytes, what: str) -> Exception:
     return PermanentSendError(text, code, unknown_mailbox=unknown)
 
 
-class DeadlineExceeded(Exception):
-    """The whole SMTP exchange for one message took longer than its deadline (not an
-    OSError: smtplib would wrap that as a disconnect)."""
-
-
 class _DeadlineReader:
-    """What smtplib reads replies from: a line reader that gives up at the connection's
-    deadline. A socket timeout alone bounds each read, so a server that drips one byte
-    at a time could hold a message (and the lane, and its claimed rows) for ever."""
+    """What smtplib reads replies from while it sets a connection up: a line reader that
+    gives up at the connection's deadline. A socket timeout alone bounds each read, so
+    a server that drips one byte at a time could hold a lane (and its rows) for ever."""
 
     def __init__(self, conn: _DeadlineMixin) -> None:
         assert conn.sock is not None
@@ -107,41 +109,24 @@ class _DeadlineReader:
 
 
 class _DeadlineMixin(smtplib.SMTP):
-    """smtplib with a total deadline over every read and write (set per message)."""
+    """smtplib with a total deadline over every read and write, for the set-up of a
+    connection (greeting, EHLO, STARTTLS, AUTH); messages go through a Wire."""
 
     def __init__(self, *args: Any, deadline: float, read_timeout: float, **kwargs: Any) -> None:
         # Set before the constructor connects: it reads the greeting under the deadline.
-        self.deadline = deadline  # a time.monotonic() value, moved on per message
+        self.deadline = deadline
         self.read_timeout = read_timeout
+        self._until = 0.0
         super().__init__(*args, **kwargs)
 
-    _timeout_until = 0.0  # time.monotonic() at which the socket's timeout would end
-
-    def remaining(self) -> float:
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise DeadlineExceeded("no complete reply before the transaction deadline")
-        return min(left, self.read_timeout)
-
     def limit_wait(self) -> None:
-        """Make the socket's next wait end by the deadline (and the per-read timeout).
-
-        Setting a socket's timeout costs two fcntl calls, and a message makes several
-        reads and writes: it is reset only when the one set would run more than a
-        little past what is left (the slack is at most a tenth of the deadline)."""
         assert self.sock is not None
-        now = time.monotonic()
-        allowed = min(self.deadline, now + self.read_timeout)
-        if now >= self.deadline:
-            raise DeadlineExceeded("no complete reply before the transaction deadline")
-        slack = min(1.0, 0.1 * max(0.0, self.deadline - now))
-        if not allowed - slack <= self._timeout_until <= allowed:
-            self.sock.settimeout(allowed - now)
-            self._timeout_until = allowed
+        self._until = deadline_wait(self.sock, self.deadline, self.read_timeout, self._until)
 
     def getreply(self) -> tuple[int, bytes]:
         if not isinstance(self.file, _DeadlineReader) or self.file.sock is not self.sock:
             self.file = _DeadlineReader(self)
+            self._until = 0.0  # a new socket (after STARTTLS): its timeout is not ours
         return super().getreply()
 
     def send(self, s: Any) -> None:
@@ -158,18 +143,47 @@ class _SMTP_SSL(_DeadlineMixin, smtplib.SMTP_SSL):
     pass
 
 
+_STEPS = (("sender refused", 250), ("recipient refused", 250))
+
+
+def _refusal(replies: list[tuple[int, bytes]], last: str, last_ok: int) -> Exception | None:
+    """The first reply of a transaction that says no, classified; None if all say yes."""
+    steps = (*_STEPS, (last, last_ok))
+    for (code, text), (what, ok) in zip(replies, steps, strict=False):
+        if code != ok and not (ok == 250 and code == 251):
+            return _classify(code, text, what)
+    return None
+
+
+def _dot_stuffed(body: bytes) -> bytes:
+    """The body for DATA: dot-stuffed (RFC 5321 4.5.2), CRLF-ended, with its end mark."""
+    stuffed = body.replace(b"\r\n.", b"\r\n..")
+    if stuffed.startswith(b"."):
+        stuffed = b"." + stuffed
+    if not stuffed.endswith(b"\r\n"):
+        stuffed += b"\r\n"
+    return stuffed + b".\r\n"
+
+
 class SMTPTransport:
     """One connection per batch, opened on first use and reopened after a drop.
 
-    Each message (with the connect, TLS and EHLO it may need) has `config.deadline`
-    seconds in all; past it the connection is dropped and the send is transient.
+    smtplib sets the connection up (greeting, EHLO, STARTTLS or implicit TLS, AUTH);
+    each message then goes through the connection's Wire: one write of MAIL, RCPT and
+    BDAT with the body when the relay offers CHUNKING and PIPELINING, two writes with
+    PIPELINING alone, a command at a time otherwise. Each message (with the connect,
+    TLS and EHLO it may need) has `config.deadline` seconds in all; past it the
+    connection is dropped and the send is transient. Every refusal keeps its reply code
+    and text, a 421 after which the server hangs up included.
     """
 
     def __init__(self, config: SMTPConfig, local_hostname: str | None = None) -> None:
         self.config = config
         self.local_hostname = local_hostname
         self._conn: _DeadlineMixin | None = None
+        self._wire: Wire | None = None
         self._pipelining = False
+        self._chunking = False
 
     def describe(self) -> str:
         return f"smtp {self.config.host}:{self.config.port} ({self.config.tls})"
@@ -205,6 +219,7 @@ class SMTPTransport:
                     conn.starttls(context=ssl.create_default_context())
             if c.username:
                 conn.login(c.username, c.password or "")
+            conn.ehlo_or_helo_if_needed()
         except smtplib.SMTPAuthenticationError as exc:
             # Wrong credentials are the operator's to fix, not the reader's fault: defer
             # (and retry with backoff) rather than fail every delivery of the batch.
@@ -213,28 +228,49 @@ class SMTPTransport:
             ) from None
         except DeadlineExceeded:
             raise
+        except smtplib.SMTPResponseException as exc:
+            # A 421 greeting ("too busy, try later"), a refused EHLO or STARTTLS: the code
+            # goes with it, so the rate limiter and the relays see what the relay said.
+            said = exc.smtp_error
+            text = said.decode("utf-8", "replace") if isinstance(said, bytes) else str(said)
+            raise TransientSendError(
+                f"cannot connect to {self.describe()}: {exc.smtp_code} {text}", exc.smtp_code
+            ) from None
         except (smtplib.SMTPException, OSError) as exc:
             raise TransientSendError(f"cannot connect to {self.describe()}: {exc}") from None
         return conn
 
+    def _open(self, deadline: float) -> Wire:
+        conn = self._connect(deadline)
+        assert conn.sock is not None
+        self._conn = conn
+        self._pipelining = conn.has_extn("pipelining")
+        self._chunking = self._pipelining and conn.has_extn("chunking")
+        self._wire = Wire(conn.sock, self.config.timeout)
+        return self._wire
+
     def send(self, sender: str, recipient: str, message: bytes, message_id: str) -> None:
         if "\r" in sender + recipient or "\n" in sender + recipient:
             raise PermanentSendError(f"refusing address with a line break: {recipient!r}")
+        try:
+            envelope = b"MAIL FROM:<%b>\r\nRCPT TO:<%b>\r\n" % (
+                sender.encode("ascii"),
+                recipient.encode("ascii"),
+            )
+        except UnicodeEncodeError:
+            raise PermanentSendError(f"refusing an address not in ASCII: {recipient!r}") from None
         deadline = time.monotonic() + self.config.deadline
         try:
-            if self._conn is None:
-                self._conn = self._connect(deadline)
-                self._conn.ehlo_or_helo_if_needed()
-                self._pipelining = self._conn.has_extn("pipelining")
-            self._conn.deadline = deadline
-            self._transaction(self._conn, sender, recipient, message)
+            wire = self._wire or self._open(deadline)
+            wire.deadline = deadline
+            self._transaction(wire, envelope, message)
         except TransientSendError as exc:
             if exc.code == 421:  # the server is closing the connection: do not reuse it
                 self._drop()
             raise
-        except (smtplib.SMTPException, OSError, DeadlineExceeded) as exc:
-            # Disconnects, timeouts, bad EHLO, the deadline: the connection is not reused
-            # (a reply may still be on its way).
+        except (OSError, DeadlineExceeded, Closed, Garbled, smtplib.SMTPException) as exc:
+            # Disconnects, timeouts, the deadline: the connection is not reused (a reply
+            # may still be on its way).
             self._drop()
             if time.monotonic() >= deadline:
                 raise TransientSendError(
@@ -243,59 +279,58 @@ class SMTPTransport:
                 ) from None
             raise TransientSendError(f"connection lost: {exc}") from None
 
-    def _transaction(self, conn: smtplib.SMTP, sender: str, recipient: str, body: bytes) -> None:
-        """MAIL, RCPT, DATA: pipelined in one write when the server offers PIPELINING
-        (RFC 2920), which saves two round trips a message; one by one otherwise."""
-        commands = (f"MAIL FROM:<{sender}>", f"RCPT TO:<{recipient}>", "DATA")
-        replies: list[tuple[int, bytes]] = []
-        if self._pipelining:
-            conn.send("".join(f"{c}\r\n" for c in commands).encode("ascii"))
-            replies = [conn.getreply() for _ in commands]
-        else:
-            for command in commands:
-                conn.send(f"{command}\r\n".encode("ascii"))
-                replies.append(conn.getreply())
-                if replies[-1][0] >= 400:
-                    break
-        failure = next(
-            (
-                (code, reply, what)
-                for (code, reply), what, ok in zip(
-                    replies,
-                    ("sender refused", "recipient refused", "DATA refused"),
-                    (250, 250, 354),
-                    strict=False,
-                )
-                if code not in (ok, 251)
-            ),
-            None,
-        )
-        if failure is not None:
-            if len(replies) == 3 and replies[2][0] == 354:
-                conn.send(b".\r\n")  # the server opened DATA anyway: close it empty
-                conn.getreply()
-            self._reset(conn)
-            raise _classify(*failure)
-        # Dot-stuffing (RFC 5321 4.5.2); messages are built with CRLF line ends already.
-        stuffed = body.replace(b"\r\n.", b"\r\n..")
-        if stuffed.startswith(b"."):
-            stuffed = b"." + stuffed
-        if not stuffed.endswith(b"\r\n"):
-            stuffed += b"\r\n"
-        conn.send(stuffed + b".\r\n")
-        code, reply = conn.getreply()
-        if code != 250:
-            self._reset(conn)
-            raise _classify(code, reply, "message refused")
-
-    def _reset(self, conn: smtplib.SMTP) -> None:
+    def _transaction(self, wire: Wire, envelope: bytes, body: bytes) -> None:
+        """MAIL, RCPT and the body (RFC 2920 pipelining, RFC 3030 BDAT when offered)."""
         try:
-            conn.rset()
-        except (smtplib.SMTPException, OSError):
-            self._drop()  # a connection that cannot even reset is not reused
+            refused = self._exchange(wire, envelope, body)
+        except Closed as exc:
+            # What the server said before it hung up (a 421 to RCPT, say) is the error.
+            said = _refusal(exc.replies, "message refused", 250)
+            if said is None:
+                raise
+            self._drop()
+            raise said from None
+        if refused is None:
+            return
+        if not (isinstance(refused, TransientSendError) and refused.code == 421):
+            self._reset(wire)
+        raise refused
+
+    def _exchange(self, wire: Wire, envelope: bytes, body: bytes) -> Exception | None:
+        """Send one message; the first refusal, classified, or None when accepted."""
+        if self._chunking:
+            wire.write(b"%bBDAT %d LAST\r\n%b" % (envelope, len(body), body))
+            return _refusal(wire.replies(3), "message refused", 250)
+        if self._pipelining:
+            wire.write(envelope + b"DATA\r\n")
+            replies = wire.replies(3)
+        else:
+            replies = []
+            for command in (*envelope.split(b"\r\n")[:2], b"DATA"):
+                wire.write(command + b"\r\n")
+                replies += wire.replies(1)
+                if _refusal(replies, "DATA refused", 354) is not None:
+                    break
+        refused = _refusal(replies, "DATA refused", 354)
+        if refused is not None:
+            if len(replies) == 3 and replies[2][0] == 354:
+                wire.write(b".\r\n")  # the server opened DATA anyway: close it empty
+                wire.replies(1)
+            return refused
+        wire.write(_dot_stuffed(body))
+        return _refusal([(250, b""), (250, b""), *wire.replies(1)], "message refused", 250)
+
+    def _reset(self, wire: Wire) -> None:
+        try:
+            wire.write(b"RSET\r\n")
+            if wire.replies(1)[0][0] == 250:
+                return
+        except (OSError, DeadlineExceeded, Closed, Garbled):
+            pass
+        self._drop()  # a connection that cannot even reset is not reused
 
     def _drop(self) -> None:
-        conn, self._conn = self._conn, None
+        conn, self._conn, self._wire = self._conn, None, None
         if conn is not None:
             try:
                 conn.close()
@@ -303,14 +338,15 @@ class SMTPTransport:
                 pass
 
     def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        conn.deadline = time.monotonic() + min(5.0, self.config.deadline)  # QUIT is a courtesy
-        try:
-            conn.quit()
-        except (smtplib.SMTPException, OSError):
-            conn.close()
+        wire = self._wire
+        if wire is not None:
+            wire.deadline = time.monotonic() + min(5.0, self.config.deadline)  # a courtesy
+            try:
+                wire.write(b"QUIT\r\n")
+                wire.replies(1)
+            except (OSError, DeadlineExceeded, Closed, Garbled):
+                pass
+        self._drop()
 
 
 class OutboxTransport:
@@ -334,7 +370,16 @@ class OutboxTransport:
                 f"outbox folder {self.folder} cannot be created (DIGEST_OUTBOX_DIR): "
                 f"{exc.strerror or exc}"
             ) from None
+        if not os.access(self.folder, os.W_OK):  # a read-only mount too, even for root
+            why = errno.EROFS if os.statvfs(self.folder).f_flag & os.ST_RDONLY else errno.EACCES
+            raise self._unwritable(OSError(why, os.strerror(why)))
         return self
+
+    def _unwritable(self, exc: OSError) -> OutboxUnwritable:
+        return OutboxUnwritable(
+            f"outbox folder {self.folder} cannot be written (DIGEST_OUTBOX_DIR): "
+            f"{exc.strerror or exc}"
+        )
 
     def __exit__(self, *exc: object) -> None:
         return None
@@ -352,7 +397,14 @@ class OutboxTransport:
                 handle.write(message)
             os.replace(tmp, path)
         except OSError as exc:
-            # A partial file on a full disk keeps it full: never leave one behind.
-            tmp.unlink(missing_ok=True)
+            # A partial file on a full disk keeps it full: never leave one behind (on a
+            # read-only folder the cleanup fails too, and there is nothing to clean).
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                # The folder, not this message: stop, and leave the rows untried.
+                raise self._unwritable(exc) from None
             raise TransientSendError(f"cannot write {path}: {exc.strerror or exc}") from None
 

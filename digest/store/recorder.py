@@ -8,14 +8,15 @@ records, renewals and hand-backs all go through one lock and one connection.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
-from sqlalchemy import bindparam, insert, select, text, update
+from sqlalchemy import insert, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -23,6 +24,7 @@ from digest.models import Delivery, ReturnedMail, Subscriber, Suppression
 from digest.store.base import insert_for
 from digest.store.subscribers import address_hash
 
+T = TypeVar("T")
 _TABLE: Any = Delivery.__table__
 _C = _TABLE.c
 
@@ -38,31 +40,36 @@ class Outcome(NamedTuple):
     retry_at: datetime | None = None
 
 
-def _finish_stmt() -> Any:
-    """Portable form: one UPDATE per outcome, all in one transaction (SQLite)."""
-    return (
-        update(_TABLE)
-        .where(
-            _C.id == bindparam("b_id"),
-            _C.status == "sending",
-            # Only the claim that holds the row may finish it: once its lease is gone
-            # the sweep may have handed the row to another sender.
-            _C.lease_until == bindparam("b_lease"),
-        )
-        .values(
-            status=bindparam("b_status"),
-            lease_until=None,
-            last_error=bindparam("b_error"),
-            sent_at=bindparam("b_at"),
-            message_id=bindparam("b_mid"),
-            next_attempt_at=bindparam("b_retry"),
-        )
-    )
+# SQLite: one UPDATE per outcome, all in one transaction, by the driver's executemany.
+# Only the claim that holds the row may finish it: once its lease is gone the sweep
+# may have handed the row to another sender.
+_FINISH_SQLITE = (
+    "UPDATE delivery SET status = ?, lease_until = NULL, last_error = ?, sent_at = ?, "
+    "message_id = ?, next_attempt_at = ? WHERE id = ? AND status = 'sending' AND lease_until = ?"
+)
 
 
-_FINISH = _finish_stmt()
+def _stored_form(dialect: Any) -> Callable[[datetime | None], Any]:
+    """A datetime as the UTC columns store it on this dialect (the type's own bind
+    processing), remembered for the few distinct instants a batch records."""
+    process = _C.sent_at.type.dialect_impl(dialect).bind_processor(dialect)
+    cache: dict[datetime, Any] = {}
 
-# PostgreSQL: every outcome of the group in one statement, the rows as arrays.
+    def stored(value: datetime | None) -> Any:
+        if value is None:
+            return None
+        found = cache.get(value)
+        if found is None:
+            found = cache[value] = process(value) if process else value
+            if len(cache) > 64:
+                cache.clear()
+        return found
+
+    return stored
+
+
+# PostgreSQL: every outcome of the group in one statement, the rows as one JSON text
+# (json.dumps and the server parse it; psycopg would dump each array element in Python).
 _FINISH_PG = text(
     """
     UPDATE delivery AS d
@@ -70,10 +77,10 @@ _FINISH_PG = text(
         sent_at = COALESCE(v.sent_at, d.sent_at),
         message_id = COALESCE(v.message_id, d.message_id),
         next_attempt_at = COALESCE(v.retry_at, d.next_attempt_at)
-    FROM unnest(
-        CAST(:ids AS bigint[]), CAST(:statuses AS text[]), CAST(:sent_at AS timestamp[]),
-        CAST(:message_ids AS text[]), CAST(:errors AS text[]), CAST(:retry_at AS timestamp[])
-    ) AS v(id, status, sent_at, message_id, error, retry_at)
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS v(
+        id bigint, status text, sent_at timestamp, message_id text, error text,
+        retry_at timestamp
+    )
     WHERE d.id = v.id AND d.id = ANY(CAST(:ids AS bigint[]))
       -- IS NOT DISTINCT FROM (the same test here) keeps the planner on the primary
       -- key: every row of a claim shares one lease_until, and an index scan on
@@ -81,6 +88,23 @@ _FINISH_PG = text(
       AND (d.status, d.lease_until) IS NOT DISTINCT FROM ('sending', CAST(:lease AS timestamp))
     """
 )
+
+
+def _cached(convert: Callable[[datetime | None], Any]) -> Callable[[datetime | None], Any]:
+    seen: dict[datetime | None, Any] = {}
+
+    def converted(value: datetime | None) -> Any:
+        if value not in seen:
+            seen[value] = convert(value)
+        return seen[value]
+
+    return converted
+
+
+def _iso(value: datetime | None) -> str | None:
+    """As the UTCDateTime columns store it (naive UTC), in JSON."""
+    naive = _naive(value)
+    return None if naive is None else naive.isoformat()
 
 
 def _naive(value: datetime | None) -> datetime | None:
@@ -119,6 +143,10 @@ class Recorder:
         self._bounces: list[tuple[int, str, datetime]] = []
         self._oldest = 0.0  # time.monotonic() of the oldest unwritten outcome
         self.written = 0
+        # The error of the last write when it failed (the database is away), None once
+        # one succeeds: lanes start no message while it is set.
+        self.failing: Exception | None = None
+        self._stored: Callable[[datetime | None], Any] | None = None
 
     def __enter__(self) -> Recorder:
         return self
@@ -135,16 +163,17 @@ class Recorder:
     # --- outcomes ------------------------------------------------------------------
 
     def _add(self, outcome: Outcome) -> None:
-        if len(self._outcomes) >= self.group - 1:
-            self.flush()  # a whole group unwritten: the writer is behind, write it here
+        # Kept before anything is written: a write that fails (the database went away)
+        # leaves it queued with the others for the next flush, never lost.
         with self._buffer:
             if not self._outcomes:
                 self._oldest = time.monotonic()
             self._outcomes.append(outcome)
-            if len(self._outcomes) * 2 >= self.group:
+            count = len(self._outcomes)
+            if count * 2 >= self.group:
                 self.wake.set()
-        if self.group == 1:
-            self.flush()
+        if count >= self.group:
+            self.flush()  # a whole group unwritten: the writer is behind, write it here
 
     def sent(self, delivery_id: int, message_id: str, now: datetime) -> None:
         self._add(Outcome(delivery_id, "sent", sent_at=now, message_id=message_id))
@@ -196,31 +225,38 @@ class Recorder:
 
     def _write_outcomes(self, conn: Any, outcomes: list[Outcome]) -> None:
         if self._pg:
+            stamp = _cached(_iso)  # a group's outcomes share a few instants
+            rows = [
+                {
+                    "id": o.id,
+                    "status": o.status,
+                    "sent_at": stamp(o.sent_at),
+                    "message_id": o.message_id,
+                    "error": o.error,
+                    "retry_at": stamp(o.retry_at),
+                }
+                for o in outcomes
+            ]
             conn.execute(
                 _FINISH_PG,
                 {
-                    "ids": [o.id for o in outcomes],
-                    "statuses": [o.status for o in outcomes],
-                    "sent_at": [_naive(o.sent_at) for o in outcomes],
-                    "message_ids": [o.message_id for o in outcomes],
-                    "errors": [o.error for o in outcomes],
-                    "retry_at": [_naive(o.retry_at) for o in outcomes],
+                    "rows": json.dumps(rows),
+                    "ids": "{" + ",".join(str(o.id) for o in outcomes) + "}",
                     "lease": _naive(self.lease_until),
                 },
             )
             return
-        conn.execute(
-            _FINISH,
+        # The values in the columns' stored form (a batch's outcomes share a few
+        # instants: each is converted once).
+        if self._stored is None:
+            self._stored = _stored_form(conn.dialect)
+        stored = self._stored
+        lease = stored(self.lease_until)
+        conn.exec_driver_sql(
+            _FINISH_SQLITE,
             [
-                {
-                    "b_id": o.id,
-                    "b_lease": self.lease_until,
-                    "b_status": o.status,
-                    "b_error": o.error,
-                    "b_at": o.sent_at,
-                    "b_mid": o.message_id,
-                    "b_retry": o.retry_at,
-                }
+                (o.status, o.error, stored(o.sent_at), o.message_id, stored(o.retry_at))
+                + (o.id, lease)
                 for o in outcomes
             ],
         )
@@ -279,28 +315,54 @@ class Recorder:
             self._transaction(lambda conn: conn.execute(stmt))
 
     def statuses(self, subscriber_ids: Sequence[int]) -> dict[int, str]:
-        stmt = select(Subscriber.id, Subscriber.status).where(Subscriber.id.in_(subscriber_ids))
+        """The status of each of these readers who is no longer active (who left, was
+        suppressed or bounced since the claim); the active ones, nearly all, are left
+        out: the query costs what the few changed rows cost."""
+        stmt = select(Subscriber.id, Subscriber.status).where(
+            Subscriber.id.in_(subscriber_ids), Subscriber.status != "active"
+        )
         with self._lock:
             return dict(self._transaction(lambda conn: list(conn.execute(stmt))))
+
+    def outlast(self, work: Callable[[], T], until: float, pause: float = 0.5) -> T:
+        """`work()`, tried again every `pause` seconds while the database is away, up to
+        time.monotonic() `until`; then its error. The outcomes waiting stay queued in
+        between, so replies that came in during an outage are written once it ends."""
+        while True:
+            try:
+                return work()
+            except DBAPIError:
+                if time.monotonic() + pause >= until:
+                    raise
+                time.sleep(pause)
 
     def _transaction(self, work: Any) -> Any:
         """Run `work(connection)` in one transaction. A connection found dropped is
         replaced and the work tried once more (every write here is guarded by the
         claim, so running it twice changes nothing)."""
         with self._lock, self._write_lock:
-            for attempt in (1, 2):
-                if self._conn is None:
-                    self._conn = self._engine.connect()  # raises while the database is away
+            try:
+                result = self._attempts(work)
+            except DBAPIError as exc:
+                self.failing = exc
+                raise
+            self.failing = None
+            return result
+
+    def _attempts(self, work: Any) -> Any:
+        for attempt in (1, 2):
+            if self._conn is None:
+                self._conn = self._engine.connect()  # raises while the database is away
+            try:
+                with self._conn.begin():
+                    return work(self._conn)
+            except DBAPIError as exc:
+                # A dropped connection leaves an invalid transaction behind, and
+                # reusing it raises PendingRollbackError over the real error.
+                broken, self._conn = self._conn, None
                 try:
-                    with self._conn.begin():
-                        return work(self._conn)
-                except DBAPIError as exc:
-                    # A dropped connection leaves an invalid transaction behind, and
-                    # reusing it raises PendingRollbackError over the real error.
-                    broken, self._conn = self._conn, None
-                    try:
-                        broken.close()
-                    except DBAPIError:
-                        pass
-                    if attempt == 2 or not exc.connection_invalidated:
-                        raise
+                    broken.close()
+                except DBAPIError:
+                    pass
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise

@@ -4,7 +4,6 @@ preview, planning and sending a cohort, retries; the overview and the health che
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
 
 from flask import Response
@@ -16,9 +15,8 @@ from digest.config import Settings, check_timezone
 from digest.editions import dispatch, guard
 from digest.editions.render import slot_values
 from digest.editions.schedule import Cohort, local_day
-from digest.editions.sending import prepare_variant, send_batch
+from digest.editions.sending import prepare_variant
 from digest.errors import ConfigError
-from digest.mail.relays import make_transport
 from digest.models import Edition
 from digest.operations import operators, overview
 from digest.operations.problems import Problem, bad_field
@@ -28,6 +26,7 @@ from digest.web.api.auth import token_name
 from digest.web.api.content import article_out
 from digest.web.api.spec import operation
 from digest.web.base import EDITION_CSP, db, runtime
+from digest.web.console.common import hand_off
 
 log = logging.getLogger(__name__)
 _EDITION = {"edition_id": "$response.body#/edition_id"}
@@ -142,33 +141,6 @@ def _plan_cohort(
     return fanout
 
 
-def _hand_off(batches: list[list[int]]) -> str:
-    """Send the batches: as Celery tasks with a broker, else on a thread of this process."""
-    rt = runtime()
-    if not batches:
-        return "nothing to send"
-    if rt.settings.redis_url:
-        from workers.client import enqueue
-
-        ids = enqueue(rt.settings, "digest.send_batch", [([b], {}) for b in batches])
-        return f"{len(ids)} send tasks enqueued"
-    worker = threading.Thread(
-        target=_send_here, args=(rt.settings, rt.sessions, rt.clock, batches), daemon=True
-    )
-    worker.start()
-    return f"sending {sum(map(len, batches))} messages from the web process"
-
-
-def _send_here(settings: Settings, sessions: Any, clock: Any, batches: list[list[int]]) -> None:
-    transport = make_transport(settings)
-    try:
-        with sessions() as session:
-            for batch in batches:
-                send_batch(session, settings, transport, batch, clock())
-    except Exception:  # a thread's error would vanish: log it, the sweep recovers the rows
-        log.exception("API send stopped; the sweep will pick up what is left")
-
-
 @operation(
     "POST", "/editions/plan", need="write", tag="editions",
     summary="Plan and send a cohort's edition", body=s.PlanIn, responses={202: s.PlanOut},
@@ -184,7 +156,7 @@ def plan_edition(body: s.PlanIn) -> Any:
     plan = fanout.plan
     assert plan is not None
     session.commit()
-    how = _hand_off(fanout.batches)
+    how = hand_off(fanout.batches)
     return s.PlanOut(
         edition_id=plan.edition_id,
         cohort=str(cohort),
@@ -207,7 +179,8 @@ def retry_edition(edition_id: int, body: s.RetryIn) -> Any:
     count, batches = dispatch.retry_edition(db(), rt.settings, edition_id, statuses, rt.clock())
     _audit("retried", f"edition {edition_id}: {count} {'/'.join(statuses)} deliveries")
     db().commit()
-    return s.RetryOut(edition_id=edition_id, requeued=count, sending=_hand_off(batches)), 202
+    how = hand_off(batches, first=True)
+    return s.RetryOut(edition_id=edition_id, requeued=count, sending=how), 202
 
 
 @operation(

@@ -38,15 +38,18 @@ def done(message: str, endpoint: str, **values: Any) -> Response:
 # --- sending from the console ---------------------------------------------------------------
 
 
-def hand_off(batches: list[list[int]]) -> str:
-    """Send the batches: as Celery tasks with a broker, else on a thread of this process."""
+def hand_off(batches: list[list[int]], *, first: bool = False) -> str:
+    """Send the batches: as Celery tasks with a broker, else on a thread of this process.
+    `first`: retried rows, ahead of any edition's backlog."""
     rt = runtime()
     if not batches:
         return "nothing to send"
     if rt.settings.redis_url:
         from workers.client import enqueue
+        from workers.config import send_options
 
-        ids = enqueue(rt.settings, "digest.send_batch", [([b], {}) for b in batches])
+        calls: list[tuple[list[Any], dict[str, Any]]] = [([b], {}) for b in batches]
+        ids = enqueue(rt.settings, "digest.send_batch", calls, **send_options(first=first))
         return f"{len(ids)} send tasks enqueued"
     worker = threading.Thread(
         target=send_here, args=(rt.settings, rt.sessions, rt.clock, batches), daemon=True

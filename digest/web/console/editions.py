@@ -90,7 +90,7 @@ def edition_retry(edition_id: int) -> Any:
     count, batches = dispatch.retry_edition(db(), rt.settings, edition_id, statuses, rt.clock())
     record_action("retried", f"edition {edition_id}: {count} {'/'.join(statuses)} deliveries")
     db().commit()
-    how = hand_off(batches)
+    how = hand_off(batches, first=True)
     return done(f"{count} deliveries re-queued; {how}.", "console.edition", edition_id=edition_id)
 
 

@@ -1,0 +1,110 @@
+"""SMTP's hot path: one message's commands written in as few writes as the relay allows,
+its replies read in bulk from one buffer.
+
+transport.py opens the connection (greeting, EHLO, STARTTLS, AUTH) with smtplib and
+hands the socket over here; from then on a message costs one `sendall` with CHUNKING
+(MAIL, RCPT, BDAT and the body together, RFC 3030 with RFC 2920), two with PIPELINING
+(MAIL, RCPT, DATA; then the body), and the replies of each write are parsed from what
+one `recv` brought, not line by line. Every wait ends by the message's deadline.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+Reply = tuple[int, bytes]  # (code, text): the text's lines joined by "\n", as smtplib does
+
+_MAX_BUFFER = 1 << 16  # a reply longer than this is no SMTP server's
+
+
+class DeadlineExceeded(Exception):
+    """The whole SMTP exchange for one message took longer than its deadline (not an
+    OSError: smtplib would wrap that as a disconnect)."""
+
+
+class Closed(Exception):
+    """The server closed the connection; `replies` are those it gave before (a 421 it
+    sent on its way out, say)."""
+
+    def __init__(self, replies: list[Reply]) -> None:
+        super().__init__("the server closed the connection")
+        self.replies = replies
+
+
+class Garbled(Exception):
+    """The server sent something that is not an SMTP reply."""
+
+
+def deadline_wait(sock: socket.socket, deadline: float, read_timeout: float, until: float) -> float:
+    """Make the socket's next wait end by `deadline` (and `read_timeout` from now), given
+    that its timeout currently runs to `until`; returns the new `until`.
+
+    Setting a socket's timeout costs two fcntl calls and a message makes several reads
+    and writes: it is reset only when the one set would run more than a little past
+    what is left (the slack is at most a tenth of what is left, and 1 s)."""
+    now = time.monotonic()
+    if now >= deadline:
+        raise DeadlineExceeded("no complete reply before the transaction deadline")
+    allowed = min(deadline, now + read_timeout)
+    slack = min(1.0, 0.1 * (deadline - now))
+    if not allowed - slack <= until <= allowed:
+        sock.settimeout(allowed - now)
+        return allowed
+    return until
+
+
+class Wire:
+    """One connection's socket after its set-up: writes, and replies read from a buffer."""
+
+    def __init__(self, sock: socket.socket, read_timeout: float) -> None:
+        self.sock = sock
+        self.read_timeout = read_timeout
+        self.deadline = 0.0  # a time.monotonic() value, set per message
+        self._until = 0.0  # when the socket's current timeout would run out
+        self._buffer = b""
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # not TCP (a test's socket pair): nothing to tune
+
+    def write(self, data: bytes) -> None:
+        self._until = deadline_wait(self.sock, self.deadline, self.read_timeout, self._until)
+        self.sock.sendall(data)  # the timeout bounds the whole write, not each chunk
+
+    def replies(self, count: int) -> list[Reply]:
+        """The next `count` replies, parsed from the buffer in one pass (a pipelined
+        group's replies usually come in one segment); Closed, with those that came, if
+        the server hangs up."""
+        got: list[Reply] = []
+        texts: list[bytes] = []  # the lines of a multi-line reply so far
+        buffer, pos = self._buffer, 0
+        while len(got) < count:
+            end = buffer.find(b"\n", pos)
+            if end < 0:
+                buffer, pos = buffer[pos:], 0
+                if len(buffer) > _MAX_BUFFER:
+                    raise Garbled("a reply line longer than 64 kB")
+                self._until = deadline_wait(
+                    self.sock, self.deadline, self.read_timeout, self._until
+                )
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    self._buffer = b""
+                    raise Closed(got)
+                buffer += chunk
+                continue
+            code = buffer[pos : pos + 3]
+            if not code.isdigit():
+                raise Garbled(f"not an SMTP reply: {buffer[pos : pos + 80]!r}")
+            texts.append(buffer[pos + 4 : end].strip(b" \t\r"))
+            last = buffer[pos + 3 : pos + 4] != b"-"  # "250 ok", or a bare "250"
+            pos = end + 1
+            if last:
+                got.append((int(code), b"\n".join(texts) if len(texts) > 1 else texts[0]))
+                texts = []
+        self._buffer = buffer[pos:]
+        return got
+
+    def clear(self) -> None:
+        self._buffer = b""
