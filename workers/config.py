@@ -80,6 +80,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "timezone": "UTC",
         "enable_utc": True,
         "beat_schedule": beat_schedule(settings),
+        # Beat's scheduler leaves a heartbeat on every tick (workers/heartbeat.py).
+        "beat_scheduler": "workers.heartbeat:HeartbeatScheduler",
         "beat_schedule_filename": str(settings.data_dir / "celerybeat-schedule"),
     }
 

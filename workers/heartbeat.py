@@ -1,0 +1,170 @@
+"""Heartbeats of beat and the workers: a row each in the database, written every few
+seconds (digest.operations.health.heartbeat_every) by a thread of the process.
+
+The process's own loop pokes the thread (beat's scheduler on every tick, a worker's
+timer, which runs in its event loop), so a loop that hangs stops the heartbeat even
+though the thread lives; a database that is slow or away never holds the loop up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from celery import bootsteps
+from celery.beat import PersistentScheduler
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+from digest.config import Settings, load_settings
+from digest.db import make_engine, make_sessionmaker, normalise_url
+from digest.operations.health import heartbeat_every
+from digest.store import heartbeats
+
+log = logging.getLogger(__name__)
+
+
+class Pulse:
+    """Writes one process's heartbeat row when poked, on a thread of its own."""
+
+    def __init__(self, settings: Settings, kind: str, name: str, every: float) -> None:
+        self.settings, self.kind, self.name, self.every = settings, kind, name, every
+        self.pid = os.getpid()
+        self.started_at = datetime.now(UTC)
+        self.last_poke = 0.0
+        self.written = 0
+        self._wanted = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._sessions: Any = None
+
+    def _session(self) -> Any:
+        if self._sessions is None:
+            # No pool: nothing is kept open across a fork, and a heartbeat a few seconds
+            # apart needs no warm connection.
+            kwargs: dict[str, Any] = {"poolclass": NullPool}
+            url = self.settings.database_url
+            if make_url(normalise_url(url)).get_backend_name() == "postgresql":
+                kwargs["connect_args"] = {"connect_timeout": 5}
+            self._sessions = make_sessionmaker(make_engine(url, **kwargs))
+        return self._sessions()
+
+    def start(self) -> None:
+        """Start the writer thread and write the first heartbeat at once."""
+        if self._thread is None:
+            self.pid = os.getpid()
+            self._thread = threading.Thread(
+                target=self._run, name=f"digest-{self.kind}-heartbeat", daemon=True
+            )
+            self._thread.start()
+        self.poke(force=True)
+
+    def poke(self, force: bool = False) -> None:
+        """The loop is alive: write a heartbeat if the last one is about `every` old."""
+        now = time.monotonic()
+        if force or now - self.last_poke >= self.every * 0.9:
+            self.last_poke = now
+            self._wanted.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wanted.wait()
+            self._wanted.clear()
+            if self._stop.is_set():
+                return
+            self._write(stopping=False)
+
+    def _write(self, *, stopping: bool) -> None:
+        now = datetime.now(UTC)
+        try:
+            with self._session() as session:
+                if stopping:
+                    heartbeats.stop_heart(session, self.kind, self.name, self.pid, now)
+                else:
+                    heartbeats.beat_heart(
+                        session, self.kind, self.name, self.pid, self.started_at, now
+                    )
+                session.commit()
+            self.written += 1
+        except Exception as exc:  # the check will say the heartbeat is late; go on
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            log.warning("%s heartbeat not written: %s", self.kind, first)
+
+    def stop(self) -> None:
+        """A clean shutdown: stop the thread and say so in the row."""
+        self._stop.set()
+        self._wanted.set()
+        if self._thread is not None and self._thread.is_alive():
+            self._thread.join(timeout=5)
+        self._write(stopping=True)
+
+
+def settings_of(app: Any) -> Settings:
+    """The settings the Celery app was made with (workers.app.make_app keeps them)."""
+    settings = getattr(app, "digest_settings", None)
+    return settings if isinstance(settings, Settings) else load_settings()
+
+
+def beat_name() -> str:
+    return socket.gethostname()
+
+
+class HeartbeatScheduler(PersistentScheduler):
+    """Celery beat's scheduler, leaving a heartbeat on every tick (at most every few
+    seconds) and waking up often enough to do so."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        settings = settings_of(self.app)
+        self.pulse = Pulse(
+            settings, "beat", beat_name(), heartbeat_every(settings.beat_stale_seconds)
+        )
+        self._pulse_started = False
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        if not self._pulse_started:
+            self.pulse.start()
+            self._pulse_started = True
+        else:
+            self.pulse.poke()
+        interval = super().tick(*args, **kwargs)
+        return min(interval, self.pulse.every)
+
+    def close(self) -> None:
+        super().close()
+        if self._pulse_started:
+            self.pulse.stop()
+
+
+class WorkerHeartbeat(bootsteps.StartStopStep):
+    """A worker's heartbeat, poked by the worker's own timer (its event loop)."""
+
+    requires = {"celery.worker.components:Timer"}
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.pulse: Pulse | None = None
+        self.tref: Any = None
+
+    def start(self, worker: Any) -> None:
+        settings = settings_of(worker.app)
+        every = heartbeat_every(settings.worker_stale_seconds)
+        self.pulse = Pulse(settings, "worker", worker.hostname, every)
+        self.pulse.start()
+        self.tref = worker.timer.call_repeatedly(every, self.pulse.poke, priority=10)
+
+    def stop(self, worker: Any) -> None:
+        if self.tref is not None:
+            self.tref.cancel()
+            self.tref = None
+        if self.pulse is not None:
+            self.pulse.stop()
+            self.pulse = None
+
+    def terminate(self, worker: Any) -> None:
+        self.stop(worker)
