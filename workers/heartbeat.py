@@ -118,9 +118,11 @@ class HeartbeatScheduler(PersistentScheduler):
     """Celery beat's scheduler, leaving a heartbeat on every tick (at most every few
     seconds) and waking up often enough to do so."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        settings = settings_of(self.app)
+    def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
+        settings = settings_of(app)
+        # The schedule file lives there; beat may start before anything else made it.
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        super().__init__(app, *args, **kwargs)
         self.pulse = Pulse(
             settings, "beat", beat_name(), heartbeat_every(settings.beat_stale_seconds)
         )
