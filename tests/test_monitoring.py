@@ -4,14 +4,23 @@ the console's banner and the alert mail."""
 
 from __future__ import annotations
 
+import base64
 import signal
 import sys
+import uuid
+from datetime import datetime, timedelta
 from typing import Any
 
 from click.testing import CliRunner
+from prometheus_client.parser import text_string_to_metric_families
 
+from digest import store
 from digest.cli import cli
-from tests.conftest import wait_for
+from digest.editions import pipeline, sending
+from digest.mail.relays import make_transport
+from digest.store import heartbeats
+from tests.conftest import FakeClock, add_articles, wait_for
+from tests.test_pipeline import AFTER, CUT, MORNING, add_reader
 
 QUICK = {
     "DIGEST_BEAT_STALE_SECONDS": "3",
@@ -84,3 +93,90 @@ def test_a_clean_stop_is_reported_at_once(sqlite_url, worker_env, start_worker, 
     code, output = check(env)
     assert code == 2, output
     assert "beat stopped " in output.splitlines()[0]
+
+
+# --- /metrics ------------------------------------------------------------------------------
+
+TOKEN = "metrics-token-0123456789"
+
+
+def seeded(session, settings) -> tuple[int, datetime]:
+    """An edition of 3 readers, 2 sent 30 s after its send time; beat and a worker seen."""
+    add_articles(session, CUT - timedelta(hours=1), [("Story", "news")])
+    for i in range(3):
+        add_reader(session, f"m{i}@example.com")
+    session.commit()
+    plan = pipeline.plan_edition(session, settings, MORNING, AFTER)
+    ids = store.delivery_ids(session, plan.edition_id)
+    sent_at = CUT + timedelta(seconds=90)
+    sending.send_batch(session, settings, make_transport(settings), ids[:2], sent_at)
+    heartbeats.beat_heart(session, "beat", "beat-host", 1, AFTER, sent_at + timedelta(seconds=10))
+    heartbeats.beat_heart(session, "worker", "celery@w1", 2, AFTER, sent_at + timedelta(seconds=20))
+    session.commit()
+    return plan.edition_id, sent_at
+
+
+def scrape(client: Any, **headers: str) -> dict[str, Any]:
+    response = client.get("/metrics", headers=headers)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.headers["Content-Type"].startswith("text/plain; version=")
+    text = response.get_data(as_text=True)
+    return {
+        family.name: {tuple(sorted(s.labels.items())): s.value for s in family.samples}
+        for family in text_string_to_metric_families(text)
+    }
+
+
+def test_metrics_are_off_without_a_token(make_app, settings) -> None:
+    assert make_app(settings).test_client().get("/metrics").status_code == 404
+
+
+def test_metrics_need_the_token(make_app, settings) -> None:
+    client = make_app(settings.with_(metrics_token=TOKEN)).test_client()
+    assert client.get("/metrics").status_code == 401
+    wrong = {"Authorization": "Bearer " + "x" * len(TOKEN)}
+    assert client.get("/metrics", headers=wrong).status_code == 401
+    basic = base64.b64encode(b"prometheus:" + TOKEN.encode()).decode()
+    assert client.get("/metrics", headers={"Authorization": f"Basic {basic}"}).status_code == 200
+    bad = base64.b64encode(b"prometheus:nope").decode()
+    assert client.get("/metrics", headers={"Authorization": f"Basic {bad}"}).status_code == 401
+
+
+def test_metrics_scraped_and_parsed(make_app, settings, session, redis_url) -> None:
+    queue = f"digest-metrics-{uuid.uuid4().hex[:8]}"
+    settings = settings.with_(metrics_token=TOKEN, redis_url=redis_url, task_queue=queue)
+    edition_id, sent_at = seeded(session, settings)
+    clock = FakeClock(sent_at + timedelta(seconds=30))
+    client = make_app(settings, clock=clock).test_client()
+    found = scrape(client, Authorization=f"Bearer {TOKEN}")
+
+    assert found["digest_database_up"] == {(): 1.0}
+    deliveries = found["digest_deliveries"]
+    assert deliveries[(("status", "sent"),)] == 2
+    assert deliveries[(("status", "queued"),)] == 1
+    assert found["digest_deliveries_waiting"][(("status", "queued"),)] == 1
+    assert found["digest_editions"] == {(("status", "sending"),): 1}
+    lag = found["digest_cohort_lag_seconds"]
+    assert lag == {(("slot", "morning"), ("timezone", "Australia/Sydney")): 90.0}
+    assert found["digest_beat_last_seen_timestamp_seconds"] == {
+        (): (sent_at + timedelta(seconds=10)).timestamp()
+    }
+    assert found["digest_workers_alive"] == {(): 1.0}
+    assert found["digest_worker_last_seen_timestamp_seconds"] == {
+        (("worker", "celery@w1"),): (sent_at + timedelta(seconds=20)).timestamp()
+    }
+    assert found["digest_readers"][(("status", "active"),)] == 3
+    assert found["digest_broker_up"] == {(): 1.0}
+    assert found["digest_queue_tasks"] == {
+        (("queue", queue),): 0.0,
+        (("queue", f"{queue}.send"),): 0.0,
+    }
+    assert found["digest_check_status"] == {(): 0.0}
+
+    # Six minutes on, nothing more sent while a row waits: the check is CRITICAL.
+    clock.advance(minutes=6)
+    found = scrape(client, Authorization=f"Bearer {TOKEN}")
+    assert found["digest_check_status"] == {(): 2.0}
+    assert found["digest_check_problems"][(("level", "critical"),)] >= 1
+    assert found["digest_workers_alive"] == {(): 0.0}
+    assert edition_id

@@ -19,7 +19,7 @@ from digest.config import Settings, load_settings
 from digest.db import make_engine, make_sessionmaker
 from digest.readers.signup_limits import SignupGuard, parse_limits, storage_uri
 from digest.web import console as _console_views  # noqa: F401 - registers the console pages
-from digest.web import readers
+from digest.web import metrics, readers
 from digest.web.auth import configure_sessions, console
 from digest.web.base import (
     EDITION_CSP,
@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     app.register_blueprint(readers.bp)
     configure_sessions(app, settings)
     app.register_blueprint(console)
+    app.register_blueprint(metrics.bp)  # /metrics, only with DIGEST_METRICS_TOKEN
     if settings.trusted_proxies:
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
