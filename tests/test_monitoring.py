@@ -18,6 +18,7 @@ from digest import store
 from digest.cli import cli
 from digest.editions import pipeline, sending
 from digest.mail.relays import make_transport
+from digest.operations import operators
 from digest.store import heartbeats
 from tests.conftest import FakeClock, add_articles, wait_for
 from tests.test_pipeline import AFTER, CUT, MORNING, add_reader
@@ -180,3 +181,39 @@ def test_metrics_scraped_and_parsed(make_app, settings, session, redis_url) -> N
     assert found["digest_check_problems"][(("level", "critical"),)] >= 1
     assert found["digest_workers_alive"] == {(): 0.0}
     assert edition_id
+
+
+# --- the console's banner --------------------------------------------------------------------
+
+PASSWORD = "correct horse battery"
+
+
+def test_the_console_shows_the_problems_on_every_page(make_app, settings, session, redis_url):
+    settings = settings.with_(redis_url=redis_url)  # beat and workers are expected
+    at = CUT + timedelta(hours=3)
+    operators.add(session, "ed", PASSWORD, at)
+    heartbeats.beat_heart(session, "beat", "beat-host", 1, at, at - timedelta(seconds=412))
+    session.commit()
+    clock = FakeClock(at)
+    client = make_app(settings, clock=clock).test_client()
+    r = client.post("/admin/login", data={"name": "ed", "password": PASSWORD})
+    assert r.status_code == 302
+    for path in ("/admin/", "/admin/editions", "/admin/readers", "/admin/feeds", "/admin/audit"):
+        page = client.get(path).get_data(as_text=True)
+        assert 'class="health health-critical" role="alert"' in page, path
+        assert "beat last seen 412 s ago on beat-host" in page
+        assert "start exactly one beat" in page
+        assert "no worker alive" in page
+    # The sign-in page shows nothing to a stranger.
+    client.post("/admin/logout", data={})
+    login = make_app(settings, clock=clock).test_client().get("/admin/login")
+    assert "beat-host" not in login.get_data(as_text=True)
+
+    # Beat and a worker back: the banner is gone.
+    heartbeats.beat_heart(session, "beat", "beat-host", 1, at, at)
+    heartbeats.beat_heart(session, "worker", "celery@w1", 2, at, at)
+    session.commit()
+    client = make_app(settings, clock=clock).test_client()
+    client.post("/admin/login", data={"name": "ed", "password": PASSWORD})
+    page = client.get("/admin/").get_data(as_text=True)
+    assert 'class="health' not in page

@@ -118,8 +118,11 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     def every(task: str, seconds: int) -> dict[str, Any]:
         return {"task": task, "schedule": float(seconds), "options": {"expires": seconds}}
 
-    return {
+    schedule = {
         "dispatch-due": every("digest.dispatch_due", settings.dispatch_every_seconds),
         "ingest-feeds": every("digest.ingest_feeds", settings.ingest_every_seconds),
         "sweep": every("digest.sweep", settings.sweep_every_seconds),
     }
+    if settings.alert_to:  # the check every minute, mailing what appeared or cleared
+        schedule["watch"] = every("digest.watch", 60)
+    return schedule

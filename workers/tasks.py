@@ -15,6 +15,7 @@ from sqlalchemy.exc import OperationalError
 from digest.editions import dispatch, sending
 from digest.feeds.ingest import ingest_all
 from digest.mail.relays import make_transport
+from digest.operations import alerts, monitor
 from workers.app import app, runtime
 from workers.client import BrokerUnavailable, queue_lengths
 from workers.config import outage_backoff_max, outage_retries
@@ -156,3 +157,18 @@ def sweep(now: str | None = None) -> dict[str, Any]:
         "requeued": sum(len(b) for b in batches),
         "batches": fan_out(batches, now),
     }
+
+
+@app.task(name="digest.watch", **OPTIONS)
+def watch(now: str | None = None) -> dict[str, Any]:
+    """The monitoring check; mails DIGEST_ALERT_TO the CRITICAL conditions that appeared
+    or cleared (beat runs it every minute when DIGEST_ALERT_TO is set)."""
+    try:
+        queues, broker_error = queue_lengths(settings), ""
+    except BrokerUnavailable as exc:
+        queues, broker_error = None, str(exc)
+    at = dispatch.parse_now(now)
+    with runtime.session() as session:
+        health = monitor.check(session, settings, at, queues, broker_error)
+        said = alerts.alert(session, settings, make_transport(settings), health, at)
+    return {"level": health.name, "problems": len(health.problems), "mails": len(said)}

@@ -13,7 +13,18 @@ import logging
 import threading
 from typing import Any
 
-from flask import Response, abort, flash, jsonify, redirect, render_template, request, url_for
+from flask import (
+    Response,
+    abort,
+    flash,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from sqlalchemy.exc import SQLAlchemyError
 
 from digest import store
 from digest.config import SLOTS, Settings, check_timezone
@@ -25,7 +36,7 @@ from digest.errors import ConfigError, DigestError, InvalidInput
 from digest.feeds import ingest
 from digest.mail.addresses import normalise_address
 from digest.mail.relays import make_transport
-from digest.operations import operators, overview
+from digest.operations import monitor, operators, overview
 from digest.readers import accounts, reader_admin
 from digest.store import overview as q
 from digest.store.articles import latest_articles
@@ -79,6 +90,23 @@ def _send_here(settings: Settings, sessions: Any, clock: Any, batches: list[list
                 send_batch(session, settings, transport, batch, clock())
     except Exception:  # a thread's error would vanish: log it, the sweep recovers the rows
         log.exception("console send stopped; the sweep will pick up what is left")
+
+
+# --- the health banner on every page ---------------------------------------------------------
+
+
+@console.app_context_processor
+def _health_banner() -> dict[str, Any]:
+    """The monitoring check's problems, for the banner in templates/admin/_health.html
+    (from the database alone: a page never waits on the broker)."""
+    if request.blueprint != "console" or not g.get("operator"):
+        return {}
+    rt = runtime()
+    try:
+        return {"health": monitor.check(db(), rt.settings, rt.clock())}
+    except SQLAlchemyError:
+        log.exception("health banner: the check could not read the database")
+        return {"health": None}
 
 
 # --- overview --------------------------------------------------------------------------------
