@@ -295,6 +295,7 @@ P = Problem(CRITICAL, "beat", "beat last seen 412 s ago", "start beat")
         ({}, {"beat": P}, 0, [("beat", True)]),  # new: mailed
         ({"beat": Known("beat", "x", True, s(3600))}, {"beat": P}, 0, []),  # still on: quiet
         ({"beat": Known("beat", "x", True, s(3600))}, {}, 0, [("beat", False)]),  # cleared
+        ({"beat": Known("beat", "x", True, s(60))}, {}, 0, [("beat", False)]),  # at once
         ({"beat": Known("beat", "x", False, None)}, {}, 0, []),  # never mailed, gone: quiet
         # it flaps: back within REPEAT_GAP of the clear mail, nothing; after it, a mail
         ({"beat": Known("beat", "x", False, s(60))}, {"beat": P}, 0, []),

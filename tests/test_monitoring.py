@@ -16,12 +16,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from digest import store
 from digest.cli import cli
+from digest.config import load_settings
+from digest.db import make_engine, make_sessionmaker
 from digest.editions import pipeline, sending
 from digest.mail.relays import make_transport
 from digest.operations import operators
 from digest.store import heartbeats
 from tests.conftest import FakeClock, add_articles, wait_for
 from tests.test_pipeline import AFTER, CUT, MORNING, add_reader
+from workers.client import client_app
 
 QUICK = {
     "DIGEST_BEAT_STALE_SECONDS": "3",
@@ -85,8 +88,12 @@ def test_the_check_goes_critical_when_the_worker_and_then_beat_stop(
     assert down.splitlines()[0].startswith("DIGEST CRITICAL - beat last seen ")
 
 
-def test_a_clean_stop_is_reported_at_once(sqlite_url, worker_env, start_worker, spawn) -> None:
-    env = worker_env(sqlite_url, **{**QUICK, "DIGEST_BEAT_STALE_SECONDS": "600"})
+def test_a_clean_stop_is_reported_at_once_and_the_watch_task_mails_it(
+    sqlite_url, worker_env, start_worker, spawn, smtp_server
+) -> None:
+    sink, smtp_url = smtp_server
+    quick = {**QUICK, "DIGEST_BEAT_STALE_SECONDS": "600", "DIGEST_ALERT_TO": "ops@example.com"}
+    env = worker_env(sqlite_url, smtp_url, **quick)
     beat = start_beat(spawn, env)
     start_worker(env, concurrency=1)
     until(env, 0, "DIGEST OK", timeout=20)
@@ -94,6 +101,16 @@ def test_a_clean_stop_is_reported_at_once(sqlite_url, worker_env, start_worker, 
     code, output = check(env)
     assert code == 2, output
     assert "beat stopped " in output.splitlines()[0]
+
+    # The task beat runs every minute when DIGEST_ALERT_TO is set, run by the worker.
+    app = client_app(load_settings(env))
+    try:
+        result = app.send_task("digest.watch").get(timeout=30)
+    finally:
+        app.close()
+    assert result == {"level": "CRITICAL", "problems": 1, "mails": 1}
+    assert [rcpts for _, rcpts, _ in sink.messages] == [["ops@example.com"]]
+    assert sink.parsed()[0]["Subject"].startswith("[digest CRITICAL] beat stopped ")
 
 
 # --- /metrics ------------------------------------------------------------------------------
@@ -217,3 +234,104 @@ def test_the_console_shows_the_problems_on_every_page(make_app, settings, sessio
     client.post("/admin/login", data={"name": "ed", "password": PASSWORD})
     page = client.get("/admin/").get_data(as_text=True)
     assert 'class="health' not in page
+
+
+# --- alert mail ------------------------------------------------------------------------------
+
+
+def test_alert_mail_once_per_new_critical_and_once_when_it_clears(
+    sqlite_url, smtp_server, redis_url, tmp_path
+) -> None:
+    sink, smtp_url = smtp_server
+    env = {
+        "DIGEST_DATA_DIR": str(tmp_path / "data"),
+        "DIGEST_DATABASE_URL": sqlite_url,
+        "DIGEST_SECRET_KEY": "test-secret-key",
+        "DIGEST_BASE_URL": "https://news.example.com",
+        "DIGEST_REDIS_URL": redis_url,
+        "DIGEST_TASK_QUEUE": f"digest-alert-{uuid.uuid4().hex[:8]}",
+        "DIGEST_SMTP_URL": smtp_url,
+        "DIGEST_ALERT_TO": "ops@example.com, oncall@example.com",
+    }
+
+    def run(now: datetime) -> str:
+        result = CliRunner().invoke(
+            cli, ["--now", now.isoformat(), "status", "--check", "--alert"], env=env
+        )
+        assert result.exit_code in (0, 1, 2), result.output
+        return result.output
+
+    at = CUT + timedelta(hours=2)
+    output = run(at)
+    assert "DIGEST CRITICAL - beat has never run" in output
+    assert (
+        "alert mail sent to ops@example.com, oncall@example.com (raised: beat has never run"
+        in output
+    )
+    assert sorted(r for _, rcpts, _ in sink.messages for r in rcpts) == [
+        "oncall@example.com",
+        "ops@example.com",
+    ]
+    mail = sink.parsed()[0]
+    assert mail["Subject"] == "[digest CRITICAL] beat has never run (no heartbeat)"
+    assert mail["From"] and mail["Message-ID"] and mail["Date"]
+    text = mail.get_body(("plain",)).get_content()
+    assert "What to do: start exactly one beat" in text
+    assert "The check now says:" in text and "DIGEST CRITICAL - beat has never run" in text
+
+    # Still down a minute later: nothing new is mailed.
+    run(at + timedelta(minutes=1))
+    assert len(sink.messages) == 2
+
+    # Beat and a worker are back: one "cleared" mail.
+    engine = make_engine(sqlite_url)
+    with make_sessionmaker(engine)() as session:
+        later = at + timedelta(minutes=2)
+        heartbeats.beat_heart(session, "beat", "beat-host", 1, later, later)
+        heartbeats.beat_heart(session, "worker", "celery@w1", 2, later, later)
+        session.commit()
+    engine.dispose()
+    output = run(at + timedelta(minutes=2))
+    assert output.startswith("DIGEST OK")
+    assert "(cleared: beat has never run" in output
+    assert len(sink.messages) == 4
+    assert sink.parsed()[-1]["Subject"] == "[digest cleared] beat has never run (no heartbeat)"
+    run(at + timedelta(minutes=3))
+    assert len(sink.messages) == 4
+
+
+def test_alert_mail_is_rate_limited_per_hour(sqlite_url, smtp_server, redis_url, tmp_path):
+    sink, smtp_url = smtp_server
+    env = {
+        "DIGEST_DATA_DIR": str(tmp_path / "data"),
+        "DIGEST_DATABASE_URL": sqlite_url,
+        "DIGEST_SECRET_KEY": "test-secret-key",
+        "DIGEST_REDIS_URL": redis_url,
+        "DIGEST_TASK_QUEUE": f"digest-alert-{uuid.uuid4().hex[:8]}",
+        "DIGEST_SMTP_URL": smtp_url,
+        "DIGEST_ALERT_TO": "ops@example.com",
+        "DIGEST_ALERT_PER_HOUR": "1",
+    }
+    at = CUT + timedelta(hours=2)
+    args = ["--now", at.isoformat(), "status", "--check", "--alert"]
+    output = CliRunner().invoke(cli, args, env=env).output
+    assert "beat has never run" in output and len(sink.messages) == 1
+    # A second CRITICAL condition 20 minutes on: a due cohort nobody planned.
+    engine = make_engine(sqlite_url)
+    with make_sessionmaker(engine)() as session:
+        add_articles(session, CUT - timedelta(hours=1), [("Story", "news")])
+        add_reader(session, "late@example.com")
+        session.commit()
+    engine.dispose()
+    later = at + timedelta(minutes=20)
+    args = ["--now", later.isoformat(), "status", "--check", "--alert"]
+    output = CliRunner().invoke(cli, args, env=env).output
+    assert "morning 2026-11-30 Australia/Sydney due 140 min ago and not planned" in output
+    assert "alert mail" not in output
+    # One mail an hour: the second condition waits for the next hour.
+    assert len(sink.messages) == 1
+    later = at + timedelta(minutes=61)
+    args = ["--now", later.isoformat(), "status", "--check", "--alert"]
+    output = CliRunner().invoke(cli, args, env=env).output
+    assert "(raised: morning 2026-11-30 Australia/Sydney due" in output
+    assert len(sink.messages) == 2

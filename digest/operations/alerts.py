@@ -3,8 +3,9 @@ one when it clears, through the same transport and message builder as every edit
 
 What was last said about each condition is kept in the database (alert_state), so the
 beat task and `digest status --check --alert` (cron) share it and never both mail.
-A condition that flaps is mailed about at most once per REPEAT_GAP, and at most
-DIGEST_ALERT_PER_HOUR conditions are mailed about per hour.
+A clear is mailed at once; a condition that comes back within REPEAT_GAP of its clear
+mail (it flaps) is not mailed again until then. At most DIGEST_ALERT_PER_HOUR conditions
+are mailed about per hour.
 """
 
 from __future__ import annotations
@@ -58,8 +59,9 @@ def decide(
     mailed_last_hour: int,
     per_hour: int,
 ) -> list[Mail]:
-    """The mails to send now: a condition whose state differs from what the last mail
-    said, unless that mail is under REPEAT_GAP old or the hour's budget is spent."""
+    """The mails to send now: each condition whose state differs from what the last mail
+    said, unless it is back within REPEAT_GAP of its clear mail or the hour's budget is
+    spent."""
     budget = per_hour - mailed_last_hour
     mails: list[Mail] = []
     # Raised conditions first: when the budget is short, news of trouble goes first.
@@ -70,8 +72,8 @@ def decide(
         mailed_at = row.mailed_at if row else None
         if raised == notified:
             continue
-        if mailed_at is not None and now - mailed_at < REPEAT_GAP:
-            continue
+        if raised and mailed_at is not None and now - mailed_at < REPEAT_GAP:
+            continue  # it cleared moments ago and is back: a flapping condition
         if budget <= 0:
             break
         problem = criticals.get(key)
