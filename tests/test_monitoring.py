@@ -5,8 +5,10 @@ the console's banner and the alert mail."""
 from __future__ import annotations
 
 import base64
+import os
 import signal
 import sys
+import time
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -335,3 +337,49 @@ def test_alert_mail_is_rate_limited_per_hour(sqlite_url, smtp_server, redis_url,
     output = CliRunner().invoke(cli, args, env=env).output
     assert "(raised: morning 2026-11-30 Australia/Sydney due" in output
     assert len(sink.messages) == 2
+
+
+# --- digest status says it too ----------------------------------------------------------------
+
+
+def test_digest_status_ends_with_the_checks_verdict(sqlite_url, redis_url, tmp_path) -> None:
+    env = {
+        "DIGEST_DATA_DIR": str(tmp_path / "data"),
+        "DIGEST_DATABASE_URL": sqlite_url,
+        "DIGEST_SECRET_KEY": "test-secret-key",
+        "DIGEST_REDIS_URL": redis_url,
+        "DIGEST_TASK_QUEUE": f"digest-status-{uuid.uuid4().hex[:8]}",
+    }
+    result = CliRunner().invoke(cli, ["status"], env=env)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    health = lines.index(
+        "Health: DIGEST CRITICAL - beat has never run (no heartbeat); no worker alive"
+    )
+    assert lines[health + 1].startswith(
+        "  beat has never run (no heartbeat): start exactly one beat"
+    )
+    result = CliRunner().invoke(cli, ["status", "--alert"], env=env)
+    assert result.exit_code == 2 and "--alert and --every go with --check" in result.output
+
+
+def test_the_check_can_run_for_ever(sqlite_url, tmp_path) -> None:
+    """`--every` (the compose monitor) prints the summary line when it changes."""
+    import subprocess
+
+    env = {
+        "PATH": os.environ["PATH"],
+        "DIGEST_DATA_DIR": str(tmp_path / "data"),
+        "DIGEST_DATABASE_URL": sqlite_url,
+        "DIGEST_SECRET_KEY": "test-secret-key",
+    }
+    argv = [sys.executable, "-m", "digest.cli", "status", "--check", "--every", "1"]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline() if proc.stdout else ""
+        time.sleep(2.5)  # two more rounds, the same verdict: nothing more printed
+    finally:
+        proc.terminate()
+        rest = proc.communicate(timeout=10)[0]
+    assert first.split(" ", 2)[2].startswith("DIGEST OK - no broker")
+    assert rest == ""
