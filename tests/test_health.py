@@ -318,3 +318,35 @@ P = Problem(CRITICAL, "beat", "beat last seen 412 s ago", "start beat")
 def test_alert_decisions(known, criticals, spent, mails) -> None:
     found = decide(known, criticals, NOW, spent, 10)
     assert [(m.key, m.raised) for m in found] == mails
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("DIGEST_BEAT_STALE_SECONDS", "0", "DIGEST_BEAT_STALE_SECONDS must be at least 1, got 0"),
+        ("DIGEST_WORKER_STALE_SECONDS", "soon", "DIGEST_WORKER_STALE_SECONDS must be a whole"),
+        ("DIGEST_ALERT_TO", "ops@example.com, nobody", "DIGEST_ALERT_TO: 'nobody' is not an"),
+        ("DIGEST_ALERT_TO", "ops@example.com\r\nBcc: x@y.z", "DIGEST_ALERT_TO: "),
+        ("DIGEST_METRICS_TOKEN", "short", "DIGEST_METRICS_TOKEN must be at least 16"),
+    ],
+)
+def test_bad_monitoring_settings_name_the_variable(name: str, value: str, message: str) -> None:
+    from digest.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"DIGEST_DATA_DIR": "/tmp/unused", "DIGEST_SECRET_KEY": "k", name: value})
+    assert str(caught.value).startswith(message)
+
+
+def test_monitoring_settings_are_read() -> None:
+    env = {
+        "DIGEST_DATA_DIR": "/tmp/unused",
+        "DIGEST_SECRET_KEY": "k",
+        "DIGEST_ALERT_TO": "ops@example.com, oncall@example.com",
+        "DIGEST_METRICS_TOKEN": "m" * 20,
+        "DIGEST_BEAT_STALE_SECONDS": "30",
+    }
+    settings = load_settings(env)
+    assert settings.alert_to == ("ops@example.com", "oncall@example.com")
+    assert settings.beat_stale_seconds == 30 and settings.worker_stale_seconds == 120
+    assert "m" * 20 not in repr(settings)

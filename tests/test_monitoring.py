@@ -383,3 +383,19 @@ def test_the_check_can_run_for_ever(sqlite_url, tmp_path) -> None:
         rest = proc.communicate(timeout=10)[0]
     assert first.split(" ", 2)[2].startswith("DIGEST OK - no broker")
     assert rest == ""
+
+
+def test_the_check_is_unknown_when_it_cannot_read_the_database(tmp_path) -> None:
+    env = {
+        "DIGEST_DATA_DIR": str(tmp_path / "data"),
+        "DIGEST_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
+        "DIGEST_SECRET_KEY": "test-secret-key",
+    }
+    result = CliRunner().invoke(cli, ["status", "--check"], env=env)
+    assert result.exit_code == 3
+    lines = result.output.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("DIGEST UNKNOWN - cannot read the database: ")
+    # A database without digest's tables is no better.
+    env["DIGEST_DATABASE_URL"] = f"sqlite:///{tmp_path / 'empty.db'}"
+    result = CliRunner().invoke(cli, ["status", "--check"], env=env)
+    assert result.exit_code == 3 and "no such table" in result.output

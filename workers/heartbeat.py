@@ -13,7 +13,7 @@ import os
 import socket
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import bootsteps
@@ -27,6 +27,7 @@ from digest.operations.health import heartbeat_every
 from digest.store import heartbeats
 
 log = logging.getLogger(__name__)
+FORGET_HEARTS = timedelta(days=7)
 
 
 class Pulse:
@@ -89,6 +90,8 @@ class Pulse:
                     heartbeats.beat_heart(
                         session, self.kind, self.name, self.pid, self.started_at, now
                     )
+                    if self.kind == "beat":  # workers long gone (re-created containers)
+                        heartbeats.forget_hearts(session, now - FORGET_HEARTS)
                 session.commit()
             self.written += 1
         except Exception as exc:  # the check will say the heartbeat is late; go on

@@ -44,7 +44,7 @@ def check_once(app: App, alert: bool) -> tuple[Health, list[str]]:
                 said = alerts.alert(session, settings, make_transport(settings), health, now)
     except SQLAlchemyError as exc:
         first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        return unknown(f"DIGEST UNKNOWN - database unreachable: {first}"), said
+        return unknown(f"DIGEST UNKNOWN - cannot read the database: {first}"), said
     except (DigestError, OSError) as exc:
         return unknown(f"DIGEST UNKNOWN - {str(exc).splitlines()[0]}"), said
     return health, said

@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 
 from digest.config import Settings
+from digest.models import DELIVERY_STATUSES, SUBSCRIBER_STATUSES
 from digest.operations import monitor
 from digest.operations.health import WARNING, assess
 from digest.store import count_subscribers
@@ -98,7 +99,7 @@ class DigestCollector(Collector):
             "Deliveries of the editions planned in the last 24 hours, by status.",
             labels=["status"],
         )
-        for status in ("queued", "sending", "sent", "deferred", "failed", "suppressed"):
+        for status in sorted(set(DELIVERY_STATUSES) | set(facts.last_24h)):
             deliveries.add_metric([status], facts.last_24h.get(status, 0))
         yield deliveries
         waiting = _gauge(
@@ -175,7 +176,7 @@ class DigestCollector(Collector):
             "Readers by status (bounced and complained readers are suppressed for good).",
             labels=["status"],
         )
-        for status in ("pending", "active", "unsubscribed", "bounced", "complained"):
+        for status in sorted(set(SUBSCRIBER_STATUSES) | set(readers)):
             people.add_metric([status], readers.get(status, 0))
         yield people
         suppressed = _gauge(
