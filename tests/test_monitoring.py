@@ -399,3 +399,69 @@ def test_the_check_is_unknown_when_it_cannot_read_the_database(tmp_path) -> None
     env["DIGEST_DATABASE_URL"] = f"sqlite:///{tmp_path / 'empty.db'}"
     result = CliRunner().invoke(cli, ["status", "--check"], env=env)
     assert result.exit_code == 3 and "no such table" in result.output
+
+
+# --- the issue's "Seen", reproduced -------------------------------------------------------------
+
+
+def signed_in(make_app: Any, settings: Any, session: Any, clock: Any) -> Any:
+    operators.add(session, "ed", PASSWORD, clock())
+    session.commit()
+    client = make_app(settings, clock=clock).test_client()
+    assert client.post("/admin/login", data={"name": "ed", "password": PASSWORD}).status_code == 302
+    return client
+
+
+def test_seen_only_the_web_app_running(make_app, settings, session, worker_env) -> None:
+    """Seen: with only the web app running, the overview said "due now" and nothing was
+    ever sent. It still says "due now", under a banner that says why nothing goes."""
+    settings = load_settings(worker_env(settings.database_url))
+    add_articles(session, CUT - timedelta(hours=1), [("Story", "news")])
+    for i in range(2):
+        add_reader(session, f"s{i}@example.com")
+    session.commit()
+    client = signed_in(make_app, settings, session, FakeClock(CUT + timedelta(minutes=10)))
+    page = client.get("/admin/").get_data(as_text=True)
+    assert "due now" in page
+    banner = page[page.index('class="health') : page.index("</section>")]
+    assert "CRITICAL" in banner and "beat has never run" in banner
+    assert "morning 2026-11-30 Australia/Sydney due 10 min ago and not planned (2 readers)" in banner
+    assert "`digest send morning --timezone Australia/Sydney` plans it by hand" in banner
+
+
+def test_seen_send_now_with_the_worker_stopped(make_app, settings, session, worker_env) -> None:
+    """Seen: with the worker stopped, Send now said "1 send tasks enqueued", the edition
+    stayed at "sending 0 of 4" and `digest status` said only "1 tasks waiting". Now the
+    banner and `digest status` say that no worker is alive, and then that the edition
+    has not moved."""
+    env = worker_env(settings.database_url)
+    settings = load_settings(env)
+    add_articles(session, CUT - timedelta(hours=1), [("Story", "news")])
+    for i in range(4):
+        add_reader(session, f"w{i}@example.com")
+    at = CUT + timedelta(minutes=5)
+    heartbeats.beat_heart(session, "beat", "beat-host", 1, at, at)  # beat runs; no worker
+    session.commit()
+    clock = FakeClock(at)
+    client = signed_in(make_app, settings, session, clock)
+    page = client.get("/admin/trigger").get_data(as_text=True)
+    token = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    form = {"slot": "morning", "timezone": "Australia/Sydney", "csrf": token}
+    r = client.post("/admin/trigger", data=form, follow_redirects=True)
+    page = r.get_data(as_text=True)
+    assert "1 send tasks enqueued" in page
+    assert "no worker alive, 4 deliveries queued" in page
+
+    status = CliRunner().invoke(cli, ["--now", at.isoformat(), "status"], env=env).output
+    assert (
+        "Health: DIGEST CRITICAL - no worker alive, 1 tasks waiting, 4 deliveries queued" in status
+    )
+
+    clock.advance(minutes=6)
+    heartbeats.beat_heart(session, "beat", "beat-host", 1, at, clock())
+    session.commit()
+    page = client.get("/admin/").get_data(as_text=True)
+    assert "Australia/Sydney): nothing sent yet for 360 s" in page
+    assert "4 deliveries waiting" in page
+    code, output = check({**env, "DIGEST_NOW": clock().isoformat()})
+    assert code == 2 and "nothing sent yet for 360 s, 4 deliveries waiting" in output

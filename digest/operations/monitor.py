@@ -25,20 +25,22 @@ def unplanned_cohorts(session: Session, settings: Settings, now: datetime) -> li
     readers = readers_per_cohort(session, settings.default_timezone)
     zones = {zone for zone, _ in readers} | {settings.default_timezone}
     catchup = timedelta(minutes=settings.catchup_minutes)
+    due = due_cohorts(now, zones, settings.send_times, catchup)
+    if not due:
+        return []
+    planned = facts_q.cohorts_from(session, min(d.cohort.local_day for d in due))
     found = []
-    for due in due_cohorts(now, zones, settings.send_times, catchup):
-        count = readers.get((due.cohort.timezone, due.cohort.slot), 0)
-        if not count or store.find_edition(session, due.cohort) is not None:
+    for d in due:
+        count = readers.get((d.cohort.timezone, d.cohort.slot), 0)
+        if not count or (d.cohort.slot, d.cohort.local_day, d.cohort.timezone) in planned:
             continue
-        if due.missed and not cohort_readers_confirmed_by(
-            session, due.cohort, settings.default_timezone, due.send_at
+        if d.missed and not cohort_readers_confirmed_by(
+            session, d.cohort, settings.default_timezone, d.send_at
         ):
             continue  # its send time came before any of its readers: nothing to plan
-        cohort = due.cohort
+        cohort = d.cohort
         found.append(
-            LateCohort(
-                cohort.slot, cohort.local_day.isoformat(), cohort.timezone, due.send_at, count
-            )
+            LateCohort(cohort.slot, cohort.local_day.isoformat(), cohort.timezone, d.send_at, count)
         )
     return found
 

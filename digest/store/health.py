@@ -46,6 +46,14 @@ def waiting_counts(session: Session) -> dict[str, int]:
     return found
 
 
+def cohorts_from(session: Session, first_day: date) -> set[tuple[str, date, str]]:
+    """(slot, local day, timezone) of every edition from `first_day` on, in one query."""
+    stmt = select(Edition.slot, Edition.local_day, Edition.timezone).where(
+        Edition.local_day >= first_day
+    )
+    return {(slot, day, zone) for slot, day, zone in session.execute(stmt)}
+
+
 def edition_status_counts(session: Session) -> dict[str, int]:
     stmt = select(Edition.status, func.count()).group_by(Edition.status)
     return {status: int(n) for status, n in session.execute(stmt)}
