@@ -1,9 +1,12 @@
 """Heartbeats of beat and the workers: a row each in the database, written every few
-seconds (digest.operations.health.heartbeat_every) by a thread of the process.
+seconds (digest.operations.health.heartbeat_every) by the process's own loop: beat's
+scheduler on its ticks, a worker's timer in its event loop. A loop that hangs stops
+its heartbeat.
 
-The process's own loop pokes the thread (beat's scheduler on every tick, a worker's
-timer, which runs in its event loop), so a loop that hangs stops the heartbeat even
-though the thread lives; a database that is slow or away never holds the loop up.
+The write happens on that loop's thread, never on a thread of its own: a worker's main
+process forks its pool children from the same loop, and a fork while another thread
+held a lock (an import, a connection being made) would leave the child stuck on it.
+Each write waits at most a few seconds for the database.
 """
 
 from __future__ import annotations
@@ -11,13 +14,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import bootsteps
 from celery.beat import PersistentScheduler
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
@@ -28,56 +31,44 @@ from digest.store import heartbeats
 
 log = logging.getLogger(__name__)
 FORGET_HEARTS = timedelta(days=7)
+WAIT_SECONDS = 3  # the longest a heartbeat waits for the database
 
 
 class Pulse:
-    """Writes one process's heartbeat row when poked, on a thread of its own."""
+    """Writes one process's heartbeat row when its loop says it is alive."""
 
     def __init__(self, settings: Settings, kind: str, name: str, every: float) -> None:
         self.settings, self.kind, self.name, self.every = settings, kind, name, every
         self.pid = os.getpid()
         self.started_at = datetime.now(UTC)
-        self.last_poke = 0.0
+        self.last = 0.0
         self.written = 0
-        self._wanted = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._sessions: Any = None
 
     def _session(self) -> Any:
         if self._sessions is None:
-            # No pool: nothing is kept open across a fork, and a heartbeat a few seconds
-            # apart needs no warm connection.
+            # No pool: nothing stays open across a fork, and a write every few seconds
+            # needs no warm connection.
             kwargs: dict[str, Any] = {"poolclass": NullPool}
             url = self.settings.database_url
-            if make_url(normalise_url(url)).get_backend_name() == "postgresql":
-                kwargs["connect_args"] = {"connect_timeout": 5}
-            self._sessions = make_sessionmaker(make_engine(url, **kwargs))
+            postgres = make_url(normalise_url(url)).get_backend_name() == "postgresql"
+            if postgres:
+                kwargs["connect_args"] = {"connect_timeout": WAIT_SECONDS}
+            engine = make_engine(url, **kwargs)
+            if not postgres:
+
+                @event.listens_for(engine, "connect")
+                def _short_wait(dbapi_conn: Any, _record: Any) -> None:
+                    dbapi_conn.execute(f"PRAGMA busy_timeout={WAIT_SECONDS * 1000}")
+
+            self._sessions = make_sessionmaker(engine)
         return self._sessions()
 
-    def start(self) -> None:
-        """Start the writer thread and write the first heartbeat at once."""
-        if self._thread is None:
-            self.pid = os.getpid()
-            self._thread = threading.Thread(
-                target=self._run, name=f"digest-{self.kind}-heartbeat", daemon=True
-            )
-            self._thread.start()
-        self.poke(force=True)
-
-    def poke(self, force: bool = False) -> None:
-        """The loop is alive: write a heartbeat if the last one is about `every` old."""
+    def beat(self, force: bool = False) -> None:
+        """The loop is alive: write the heartbeat if the last one is about `every` old."""
         now = time.monotonic()
-        if force or now - self.last_poke >= self.every * 0.9:
-            self.last_poke = now
-            self._wanted.set()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wanted.wait()
-            self._wanted.clear()
-            if self._stop.is_set():
-                return
+        if force or now - self.last >= self.every * 0.9:
+            self.last = now
             self._write(stopping=False)
 
     def _write(self, *, stopping: bool) -> None:
@@ -99,11 +90,7 @@ class Pulse:
             log.warning("%s heartbeat not written: %s", self.kind, first)
 
     def stop(self) -> None:
-        """A clean shutdown: stop the thread and say so in the row."""
-        self._stop.set()
-        self._wanted.set()
-        if self._thread is not None and self._thread.is_alive():
-            self._thread.join(timeout=5)
+        """A clean shutdown: the row says when it stopped."""
         self._write(stopping=True)
 
 
@@ -132,11 +119,8 @@ class HeartbeatScheduler(PersistentScheduler):
         self._pulse_started = False
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
-        if not self._pulse_started:
-            self.pulse.start()
-            self._pulse_started = True
-        else:
-            self.pulse.poke()
+        self.pulse.beat(force=not self._pulse_started)
+        self._pulse_started = True
         interval = super().tick(*args, **kwargs)
         return min(interval, self.pulse.every)
 
@@ -160,8 +144,8 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
         settings = settings_of(worker.app)
         every = heartbeat_every(settings.worker_stale_seconds)
         self.pulse = Pulse(settings, "worker", worker.hostname, every)
-        self.pulse.start()
-        self.tref = worker.timer.call_repeatedly(every, self.pulse.poke, priority=10)
+        self.pulse.beat(force=True)
+        self.tref = worker.timer.call_repeatedly(every, self.pulse.beat, priority=10)
 
     def stop(self, worker: Any) -> None:
         if self.tref is not None:
