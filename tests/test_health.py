@@ -350,3 +350,15 @@ def test_monitoring_settings_are_read() -> None:
     assert settings.alert_to == ("ops@example.com", "oncall@example.com")
     assert settings.beat_stale_seconds == 30 and settings.worker_stale_seconds == 120
     assert "m" * 20 not in repr(settings)
+
+
+def test_a_cohort_past_its_catch_up_says_it_will_be_missed() -> None:
+    late = LateCohort("evening", "2026-12-05", "Europe/London", s(13 * 3600), 4)
+    (problem,) = assess(replace(HEALTHY, unplanned=(late,)), SETTINGS, NOW).problems
+    assert problem.level == CRITICAL
+    assert (
+        problem.text == "evening 2026-12-05 Europe/London due 13 h ago and not planned (4 readers)"
+    )
+    assert problem.todo.startswith(
+        "it is past DIGEST_CATCHUP_MINUTES: beat will record it as missed"
+    )

@@ -426,7 +426,7 @@ def test_seen_only_the_web_app_running(make_app, settings, session, worker_env) 
     banner = page[page.index('class="health') : page.index("</section>")]
     assert "CRITICAL" in banner and "beat has never run" in banner
     assert "morning 2026-11-30 Australia/Sydney due 10 min ago and not planned (2 readers)" in banner
-    assert "`digest send morning --timezone Australia/Sydney` plans it by hand" in banner
+    assert "<code>digest send morning --timezone Australia/Sydney</code> plans it by hand" in banner
 
 
 def test_seen_send_now_with_the_worker_stopped(make_app, settings, session, worker_env) -> None:

@@ -217,18 +217,22 @@ def _processes(facts: Facts, settings: Settings, now: datetime) -> tuple[list[Pr
 def _sending(facts: Facts, settings: Settings, now: datetime) -> list[Problem]:
     problems: list[Problem] = []
     stall = timedelta(seconds=settings.stall_seconds)
+    catchup = timedelta(minutes=settings.catchup_minutes)
     for late in facts.unplanned:
-        if now - late.send_at >= stall:
-            problems.append(
-                Problem(
-                    CRITICAL,
-                    f"unplanned {late}",
-                    f"{late} due {ago(late.send_at, now)} ago and not planned "
-                    f"({late.readers} readers)",
-                    "beat plans due cohorts every minute: check beat and the workers; "
-                    f"`digest send {late.slot} --timezone {late.timezone}` plans it by hand",
-                )
+        if now - late.send_at < stall:
+            continue
+        said = f"{late} due {ago(late.send_at, now)} ago and not planned ({late.readers} readers)"
+        if now - late.send_at > catchup:
+            todo = (
+                "it is past DIGEST_CATCHUP_MINUTES: beat will record it as missed, not send "
+                "it; find out why beat or the workers were down"
             )
+        else:
+            todo = (
+                "beat plans due cohorts every minute: check beat and the workers; "
+                f"`digest send {late.slot} --timezone {late.timezone}` plans it by hand"
+            )
+        problems.append(Problem(CRITICAL, f"unplanned {late}", said, todo))
     recent = [e.last_sent for e in facts.editions if e.last_sent is not None]
     anything_sent = bool(recent) and now - max(recent) < stall
     for e in facts.editions:
