@@ -399,6 +399,13 @@ def test_the_check_is_unknown_when_it_cannot_read_the_database(tmp_path) -> None
     env["DIGEST_DATABASE_URL"] = f"sqlite:///{tmp_path / 'empty.db'}"
     result = CliRunner().invoke(cli, ["status", "--check"], env=env)
     assert result.exit_code == 3 and "no such table" in result.output
+    # Nor are settings it cannot read.
+    env["DIGEST_WORKER_STALE_SECONDS"] = "0"
+    result = CliRunner().invoke(cli, ["status", "--check"], env=env)
+    assert result.exit_code == 3
+    assert (
+        result.output == "DIGEST UNKNOWN - DIGEST_WORKER_STALE_SECONDS must be at least 1, got 0\n"
+    )
 
 
 # --- the issue's "Seen", reproduced -------------------------------------------------------------
@@ -425,7 +432,9 @@ def test_seen_only_the_web_app_running(make_app, settings, session, worker_env) 
     assert "due now" in page
     banner = page[page.index('class="health') : page.index("</section>")]
     assert "CRITICAL" in banner and "beat has never run" in banner
-    assert "morning 2026-11-30 Australia/Sydney due 10 min ago and not planned (2 readers)" in banner
+    assert (
+        "morning 2026-11-30 Australia/Sydney due 10 min ago and not planned (2 readers)" in banner
+    )
     assert "<code>digest send morning --timezone Australia/Sydney</code> plans it by hand" in banner
 
 

@@ -53,6 +53,13 @@ def check_once(app: App, alert: bool) -> tuple[Health, list[str]]:
 def run_check(app: App, alert: bool, every: float | None) -> None:
     """Print the check and exit with its level; with `every`, repeat for ever, printing
     the summary line whenever it changes."""
+    try:
+        settings = app.settings
+    except DigestError as exc:  # a bad setting: the check cannot look
+        click.echo(f"DIGEST UNKNOWN - {exc}")
+        raise click.exceptions.Exit(UNKNOWN) from None
+    if alert and not settings.alert_to:
+        click.echo("alert mail is off: DIGEST_ALERT_TO is not set", err=True)
     if every is None:
         health, said = check_once(app, alert)
         lines = health.lines() if health.level != UNKNOWN else list(health.details)

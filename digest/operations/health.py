@@ -221,7 +221,8 @@ def _sending(facts: Facts, settings: Settings, now: datetime) -> list[Problem]:
     for late in facts.unplanned:
         if now - late.send_at < stall:
             continue
-        said = f"{late} due {ago(late.send_at, now)} ago and not planned ({late.readers} readers)"
+        readers = f"{late.readers} reader{'' if late.readers == 1 else 's'}"
+        said = f"{late} due {ago(late.send_at, now)} ago and not planned ({readers})"
         if now - late.send_at > catchup:
             todo = (
                 "it is past DIGEST_CATCHUP_MINUTES: beat will record it as missed, not send "
