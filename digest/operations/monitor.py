@@ -16,7 +16,7 @@ from digest.store import heartbeats
 from digest.store.overview import delivery_counts_since, readers_per_cohort
 from digest.store.subscribers import cohort_readers_confirmed_by
 
-HEART_MEMORY = timedelta(days=1)  # heartbeats older than this are not shown (beat drops them at 7 days)
+HEART_MEMORY = timedelta(days=1)  # older heartbeats are not shown (beat drops them at 7 days)
 
 
 def unplanned_cohorts(session: Session, settings: Settings, now: datetime) -> list[LateCohort]:
