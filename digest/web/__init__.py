@@ -1,5 +1,6 @@
-"""The web app: readers' pages (readers.py) and the operator console (console.py), on
-what base.py shares. `create_app()` is the factory gunicorn runs:
+"""The web app: readers' pages (readers.py), the operator console (console.py) and
+Prometheus metrics (metrics.py), on what base.py shares. `create_app()` is the factory
+gunicorn runs:
 
     gunicorn --config python:digest.gunicorn_conf 'digest.web:create_app()'
 
