@@ -140,6 +140,21 @@ class Settings:
     # A bounce mailbox read over IMAP by beat (digest/readers/mailbox.py), and how often.
     inbound_imap_url: str = field(default="", repr=False)
     inbound_imap_every_seconds: int = 300
+    # Monitoring (digest/operations/health.py): when beat and a worker count as down
+    # (their heartbeats are older than this), how late a due cohort or a stalled edition
+    # turns CRITICAL, and the WARNING thresholds.
+    beat_stale_seconds: int = 180
+    worker_stale_seconds: int = 120
+    stall_seconds: int = 300
+    failure_warn_percent: int = 5
+    deferred_warn: int = 100
+    feed_warn_hours: int = 6
+    # Alert mail: who gets one message per new CRITICAL condition (and when it clears),
+    # and at most how many conditions are mailed per hour.
+    alert_to: tuple[str, ...] = ()
+    alert_per_hour: int = 10
+    # /metrics of the web app is served only with a token (Bearer, or basic auth's password).
+    metrics_token: str = field(default="", repr=False)
 
     @property
     def database_url_safe(self) -> str:
@@ -490,6 +505,35 @@ def _origins(value: str) -> tuple[str, ...]:
     return origins
 
 
+def _positive(env: dict[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if value < 1:
+        raise ConfigError(f"{name} must be at least 1, got {value}")
+    return value
+
+
+_ALERT_ADDRESS = re.compile(r"[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+")
+
+
+def _alert_to(env: dict[str, str]) -> tuple[str, ...]:
+    """DIGEST_ALERT_TO: addresses separated by commas."""
+    given = [a.strip() for a in (env.get("DIGEST_ALERT_TO") or "").split(",") if a.strip()]
+    for address in given:
+        if not _ALERT_ADDRESS.fullmatch(address) or _LINE_BREAKS.search(address):
+            raise ConfigError(f"DIGEST_ALERT_TO: {address[:80]!r} is not an email address")
+    return tuple(given)
+
+
+def _metrics_token(env: dict[str, str]) -> str:
+    token = env.get("DIGEST_METRICS_TOKEN") or ""
+    if token and (len(token) < 16 or _LINE_BREAKS.search(token) or " " in token):
+        raise ConfigError(
+            "DIGEST_METRICS_TOKEN must be at least 16 characters without spaces "
+            "(e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return token
+
+
 def load_settings(env: dict[str, str] | None = None, *, create_secret: bool = True) -> Settings:
     """Build Settings from DIGEST_* variables, with embedded defaults for the rest.
 
@@ -587,6 +631,21 @@ def load_settings(env: dict[str, str] | None = None, *, create_secret: bool = Tr
         api_client_header=_header_name(env.get("DIGEST_API_CLIENT_HEADER") or ""),
         api_cors_origins=_origins(env.get("DIGEST_API_CORS_ORIGINS") or ""),
         **returned_mail_settings(env, defaults),
+        beat_stale_seconds=_positive(
+            env, "DIGEST_BEAT_STALE_SECONDS", defaults.beat_stale_seconds
+        ),
+        worker_stale_seconds=_positive(
+            env, "DIGEST_WORKER_STALE_SECONDS", defaults.worker_stale_seconds
+        ),
+        stall_seconds=_positive(env, "DIGEST_STALL_SECONDS", defaults.stall_seconds),
+        failure_warn_percent=_positive(
+            env, "DIGEST_FAILURE_WARN_PERCENT", defaults.failure_warn_percent
+        ),
+        deferred_warn=_positive(env, "DIGEST_DEFERRED_WARN", defaults.deferred_warn),
+        feed_warn_hours=_positive(env, "DIGEST_FEED_WARN_HOURS", defaults.feed_warn_hours),
+        alert_to=_alert_to(env),
+        alert_per_hour=_positive(env, "DIGEST_ALERT_PER_HOUR", defaults.alert_per_hour),
+        metrics_token=_metrics_token(env),
     )
     return check_header_settings(settings)
 

@@ -234,6 +234,8 @@ class Delivery(Base):
         Index("ix_delivery_edition_status", "edition_id", "status"),
         Index("ix_delivery_status_lease", "status", "lease_until"),
         Index("ix_delivery_subscriber_sent", "subscriber_id", "sent_at"),
+        # An edition's first and last message at once (monitoring: lag, stalls, rate).
+        Index("ix_delivery_edition_sent", "edition_id", "sent_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -280,6 +282,8 @@ class ApiJob(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # The report as JSON text: counts and one entry per row that was not imported.
     report: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+
+
 class ReturnedMail(Base):
     """One bounce, complaint or unsubscribe that came back for a reader, by any path
     (the MTA pipe, an IMAP mailbox, an ESP's webhook). Soft bounces are counted here."""
@@ -304,3 +308,31 @@ class WebhookSeen(Base):
 
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class Heartbeat(Base):
+    """The last sign of life of beat or of one worker, written every few seconds."""
+
+    __tablename__ = "heartbeat"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # "beat" or "worker"
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)  # host or node name
+    pid: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Set by a clean shutdown; a process that was killed just stops writing.
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class AlertState(Base):
+    """One CRITICAL condition the alert mail knows about, and what it last said of it."""
+
+    __tablename__ = "alert_state"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    summary: Mapped[str] = mapped_column(Text, default="")
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # What the last mail about it said (raised or not) and when it went.
+    notified: Mapped[bool] = mapped_column(Boolean, default=False)
+    mailed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -16,7 +16,7 @@ from digest.config import load_settings
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 CHECK = Path(sys.executable).parent / "check-jsonschema"
-DIGEST_SERVICES = ("migrate", "web", "worker", "beat", "flower")
+DIGEST_SERVICES = ("migrate", "web", "worker", "beat", "monitor", "flower")
 
 
 def validate(path: Path) -> subprocess.CompletedProcess[str]:
@@ -108,6 +108,15 @@ def test_the_worker_is_healthy_soon_after_it_starts(compose: dict[str, Any]) -> 
     check = compose["services"]["worker"]["healthcheck"]
     seconds = {k: int(check[k].rstrip("s")) for k in ("interval", "start_period")}
     assert seconds["interval"] <= 15 and seconds["start_period"] >= 30
+
+
+def test_the_monitor_runs_the_check_and_is_healthy_only_when_it_passes(
+    compose: dict[str, Any],
+) -> None:
+    monitor = compose["services"]["monitor"]
+    assert monitor["command"] == ["digest", "status", "--check", "--alert", "--every", "60"]
+    assert monitor["healthcheck"]["test"] == ["CMD", "digest", "status", "--check"]
+    assert monitor["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
 
 
 def test_flower_has_basic_auth_and_persistent_state(compose: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ from digest.config import Settings, load_settings
 from digest.db import make_engine, make_sessionmaker
 from workers.base import DigestTask
 from workers.config import celery_config
+from workers.heartbeat import WorkerHeartbeat
 
 
 class Runtime:
@@ -38,8 +39,11 @@ class Runtime:
 
 def make_app(settings: Settings) -> Celery:
     app = Celery("digest", task_cls=DigestTask)
+    app.digest_settings = settings  # for the heartbeats (workers/heartbeat.py)
     if settings.redis_url:  # without one, worker and beat stop at start (below)
         app.conf.update(celery_config(settings))
+    # Every worker leaves a heartbeat (beat's comes from its scheduler, workers.config).
+    app.steps["worker"].add(WorkerHeartbeat)
     return app
 
 

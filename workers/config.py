@@ -81,6 +81,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "timezone": "UTC",
         "enable_utc": True,
         "beat_schedule": beat_schedule(settings),
+        # Beat's scheduler leaves a heartbeat on every tick (workers/heartbeat.py).
+        "beat_scheduler": "workers.heartbeat:HeartbeatScheduler",
         "beat_schedule_filename": str(settings.data_dir / "celerybeat-schedule"),
     }
 
@@ -140,4 +142,6 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         schedule["bounce-mailbox"] = every(
             "digest.read_bounce_mailbox", settings.inbound_imap_every_seconds
         )
+    if settings.alert_to:  # the check every minute, mailing what appeared or cleared
+        schedule["watch"] = every("digest.watch", 60)
     return schedule

@@ -16,6 +16,7 @@ from digest.editions import control, dispatch, guard, sending
 from digest.errors import ConfigError, DigestError
 from digest.feeds.ingest import ingest_all
 from digest.mail.relays import make_transport
+from digest.operations import alerts, monitor
 from workers.app import app, runtime
 from workers.client import BrokerUnavailable, queue_lengths
 from workers.config import outage_backoff_max, outage_retries, send_options
@@ -228,3 +229,18 @@ def read_bounce_mailbox(now: str | None = None) -> dict[str, int]:
 
     tally = read(settings, runtime.session, settings.inbound_imap_url, dispatch.parse_now(now))
     return {"read": tally.seen, "processed": tally.processed, "left": tally.left}
+
+
+@app.task(name="digest.watch", **OPTIONS)
+def watch(now: str | None = None) -> dict[str, Any]:
+    """The monitoring check; mails DIGEST_ALERT_TO the CRITICAL conditions that appeared
+    or cleared (beat runs it every minute when DIGEST_ALERT_TO is set)."""
+    try:
+        queues, broker_error = queue_lengths(settings), ""
+    except BrokerUnavailable as exc:
+        queues, broker_error = None, str(exc)
+    at = dispatch.parse_now(now)
+    with runtime.session() as session:
+        health = monitor.check(session, settings, at, queues, broker_error)
+        said = alerts.alert(session, settings, make_transport(settings), health, at)
+    return {"level": health.name, "problems": len(health.problems), "mails": len(said)}

@@ -37,6 +37,12 @@ class App:
     def session(self) -> Session:
         return self.sessions()
 
+    def close(self) -> None:
+        """Close the database connections this command opened (the process may go on:
+        tests, `digest status --check --every`)."""
+        if "sessions" in self.__dict__:
+            self.sessions.kw["bind"].dispose()
+
     def now(self) -> datetime:
         return self._now or datetime.now(UTC)
 
@@ -91,6 +97,7 @@ def parse_now(_ctx: click.Context, _param: click.Parameter, value: str | None) -
 def cli(ctx: click.Context, now: datetime | None) -> None:
     """digest: twice-daily email digests from your feeds."""
     ctx.obj = App(now)
+    ctx.call_on_close(ctx.obj.close)
 
 
 @cli.command()

@@ -19,11 +19,35 @@ RECENT = 12  # past editions shown without --all
 @cli.command()
 @click.argument("edition_id", required=False, type=int)
 @click.option("--all", "show_all", is_flag=True, help="Every edition, not only the current ones.")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Monitoring check: one summary line, exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.",
+)
+@click.option("--alert", is_flag=True, help="With --check: mail DIGEST_ALERT_TO what changed.")
+@click.option(
+    "--every",
+    type=click.FloatRange(min=1),
+    help="With --check: run for ever, every this many seconds (the compose monitor).",
+)
 @pass_app
-def status(app: App, edition_id: int | None, show_all: bool) -> None:
+def status(
+    app: App,
+    edition_id: int | None,
+    show_all: bool,
+    check: bool,
+    alert: bool,
+    every: float | None,
+) -> None:
     """Next sends, editions being sent, recent editions, feeds and readers; and what no
     worker is carrying (rows without a task, claims of stopped workers).
-    With EDITION_ID: that edition's counts and note."""
+    With EDITION_ID: that edition's counts and note. With --check: the monitoring check."""
+    if check:
+        from digest.cli.monitor import run_check
+
+        run_check(app, alert, every)
+    if alert or every:
+        raise click.UsageError("--alert and --every go with --check")
     settings, now = app.settings, app.now()
     lengths: dict[str, int] | None = None
     broker_error = None
@@ -57,6 +81,18 @@ def status(app: App, edition_id: int | None, show_all: bool) -> None:
         click.echo(broker_error)
     for queue, count in (lengths or {}).items():
         click.echo(f"queue {queue}: {count} tasks waiting")
+    _health_lines(app, lengths, broker_error or "")
+
+
+def _health_lines(app: App, lengths: dict[str, int] | None, broker_error: str) -> None:
+    """The monitoring check's verdict, so that `digest status` says loudly what stopped."""
+    from digest.operations import monitor
+
+    with app.session() as session:
+        health = monitor.check(session, app.settings, app.now(), lengths, broker_error)
+    click.echo(f"Health: {health.summary().split(' | ', 1)[0]}")
+    for p in sorted(health.problems, key=lambda p: -p.level):
+        click.echo(f"  {p.text}: {p.todo}")
 
 
 def _current_editions(session: Any) -> list[Any]:

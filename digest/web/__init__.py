@@ -1,6 +1,6 @@
-"""The web app: readers' pages (readers.py), the operator console (console/),
-the ESP webhooks (webhooks.py) and the JSON API
-(api/), on what base.py shares. `create_app()` is the factory gunicorn runs:
+"""The web app: readers' pages (readers.py), the operator console (console/), the ESP
+webhooks (webhooks.py), the JSON API (api/) and Prometheus metrics (metrics.py), on what
+base.py shares. `create_app()` is the factory gunicorn runs:
 
     gunicorn --config python:digest.gunicorn_conf 'digest.web:create_app()'
 
@@ -19,7 +19,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from digest.config import Settings, load_settings
 from digest.db import make_engine, make_sessionmaker
 from digest.readers.signup_limits import SignupGuard, parse_limits, storage_uri
-from digest.web import api, readers, webhooks
+from digest.web import api, metrics, readers, webhooks
 from digest.web import console as _console_views  # noqa: F401 - registers the console pages
 from digest.web.auth import configure_sessions, console
 from digest.web.base import (
@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     configure_sessions(app, settings)
     app.register_blueprint(console)
     app.register_blueprint(webhooks.bp)
+    app.register_blueprint(metrics.bp)  # /metrics, only with DIGEST_METRICS_TOKEN
     if settings.trusted_proxies:
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]

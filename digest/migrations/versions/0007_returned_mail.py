@@ -1,7 +1,7 @@
 """returned_mail (bounces, complaints, unsubscribes by any path) and webhook_seen (replays)
 
 Revision ID: 0007
-Revises: 0004
+Revises: 0006
 Create Date: 2026-12-06
 """
 
@@ -11,7 +11,7 @@ from alembic import op
 import digest.models
 
 revision = "0007"
-down_revision = "0004"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

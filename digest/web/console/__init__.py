@@ -1,7 +1,8 @@
 """The operator console's pages (/admin), one module per page family: overview,
 editions (with sending a slot now and test copies), readers (list, export;
 bulk_actions.py; imports.py: CSV import), content (feeds and
-articles), returned mail, API tokens, the audit log; common.py holds what they share.
+articles), returned mail, API tokens, the audit log, the health banner on every
+page; common.py holds what they share.
 
 Views are thin: they call digest/ functions, write the action to the audit log in the
 same transaction, and redirect (POST) or render templates/admin/ (GET). Sends started
@@ -15,6 +16,7 @@ from digest.web.console import (
     bulk_actions,
     content,
     editions,
+    health_banner,
     imports,
     overview,
     readers,
@@ -27,6 +29,7 @@ __all__ = [
     "bulk_actions",
     "content",
     "editions",
+    "health_banner",
     "imports",
     "overview",
     "readers",
