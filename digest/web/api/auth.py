@@ -8,7 +8,7 @@ import hashlib
 from flask import g, request
 
 from digest.models import ApiToken
-from digest.operations import api_tokens
+from digest.operations import api_tokens, operators
 from digest.operations.problems import Problem
 from digest.web.base import client_key, db, runtime
 
@@ -41,6 +41,11 @@ def token_name() -> str:
     """The calling token's name, as the audit log shows it."""
     token: ApiToken = g.api_token
     return api_tokens.audit_name(token.name)
+
+
+def audit(action: str, detail: str) -> None:
+    """Write one API change to the audit log under the calling token's name."""
+    operators.record(db(), token_name(), action, detail, runtime().clock())
 
 
 def rate_key() -> str:

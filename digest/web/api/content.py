@@ -8,17 +8,12 @@ from typing import Any
 from digest import store
 from digest.feeds import ingest
 from digest.models import Article, Feed
-from digest.operations import operators
 from digest.operations.problems import Problem, bad_field
 from digest.store.articles import latest_articles
 from digest.web.api import schemas as s
-from digest.web.api.auth import token_name
+from digest.web.api.auth import audit
 from digest.web.api.spec import operation
 from digest.web.base import db, runtime
-
-
-def _audit(action: str, detail: str) -> None:
-    operators.record(db(), token_name(), action, detail, runtime().clock())
 
 
 def article_out(a: Article) -> s.Article:
@@ -61,7 +56,7 @@ def push_articles(body: s.ArticlesPush) -> Any:
     records = [a.model_dump(exclude_none=True) for a in body.articles]
     articles, errors = ingest.parse_article_records(records, now)
     added = store.insert_articles(db(), articles)
-    _audit("pushed articles", f"{added} new of {len(records)}")
+    audit("pushed articles", f"{added} new of {len(records)}")
     db().commit()
     report = []
     for error in errors:
@@ -92,7 +87,7 @@ def update_article(article_id: int, body: s.ArticleUpdate) -> Any:
         article.hidden = body.hidden
     if body.priority is not None:
         article.priority = body.priority
-    _audit("changed article", f"{article.title[:120]} (priority {article.priority}, "
+    audit("changed article", f"{article.title[:120]} (priority {article.priority}, "
            f"{'hidden' if article.hidden else 'shown'})")
     db().commit()
     return article_out(article)
@@ -127,7 +122,7 @@ def add_feed(body: s.FeedIn) -> Any:
     if not section:
         raise bad_field("section", "a section needs a name")
     feed = store.add_feed(db(), url, section)
-    _audit("added feed", f"{url} ({section})")
+    audit("added feed", f"{url} ({section})")
     db().commit()
     return feed_out(feed), 201
 
@@ -139,7 +134,7 @@ def add_feed(body: s.FeedIn) -> Any:
 def update_feed(feed_id: int, body: s.FeedUpdate) -> Any:
     feed = _feed(feed_id)
     feed.paused = body.paused
-    _audit("feed pause" if body.paused else "feed resume", feed.url)
+    audit("feed pause" if body.paused else "feed resume", feed.url)
     db().commit()
     return feed_out(feed)
 
@@ -153,7 +148,7 @@ def poll_feed(feed_id: int) -> Any:
     rt = runtime()
     feed = _feed(feed_id)
     report = ingest.ingest_feed(db(), rt.settings, feed, rt.clock())
-    _audit("feed poll", feed.url)
+    audit("feed poll", feed.url)
     db().commit()
     return s.PollResult(
         feed=feed_out(feed),

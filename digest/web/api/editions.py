@@ -18,11 +18,11 @@ from digest.editions.schedule import Cohort, local_day
 from digest.editions.sending import prepare_variant
 from digest.errors import ConfigError
 from digest.models import Edition
-from digest.operations import operators, overview
+from digest.operations import overview
 from digest.operations.problems import Problem, bad_field
 from digest.store import overview as q
 from digest.web.api import schemas as s
-from digest.web.api.auth import token_name
+from digest.web.api.auth import audit, token_name
 from digest.web.api.content import article_out
 from digest.web.api.spec import operation
 from digest.web.base import EDITION_CSP, db, runtime
@@ -31,9 +31,6 @@ from digest.web.console.common import hand_off
 log = logging.getLogger(__name__)
 _EDITION = {"edition_id": "$response.body#/edition_id"}
 
-
-def _audit(action: str, detail: str) -> None:
-    operators.record(db(), token_name(), action, detail, runtime().clock())
 
 
 def edition_out(e: Edition, counts: dict[str, int]) -> s.Edition:
@@ -177,7 +174,7 @@ def retry_edition(edition_id: int, body: s.RetryIn) -> Any:
     store.get_edition(db(), edition_id)
     statuses = sorted(set(body.statuses))
     count, batches = dispatch.retry_edition(db(), rt.settings, edition_id, statuses, rt.clock())
-    _audit("retried", f"edition {edition_id}: {count} {'/'.join(statuses)} deliveries")
+    audit("retried", f"edition {edition_id}: {count} {'/'.join(statuses)} deliveries")
     db().commit()
     how = hand_off(batches, first=True)
     return s.RetryOut(edition_id=edition_id, requeued=count, sending=how), 202

@@ -16,13 +16,13 @@ from digest import store
 from digest.errors import Duplicate, InvalidInput, SendError
 from digest.mail.relays import make_transport
 from digest.models import Subscriber
-from digest.operations import api_jobs, operators
+from digest.operations import api_jobs
 from digest.operations.problems import Problem, bad_field, field_errors
 from digest.readers import accounts, reader_admin
 from digest.readers.subscribers import editions_label
 from digest.store import api as store_api
 from digest.web.api import schemas as s
-from digest.web.api.auth import token_name
+from digest.web.api.auth import audit, token_name
 from digest.web.api.spec import operation
 from digest.web.base import db, runtime
 
@@ -36,9 +36,6 @@ _LINKS = {
     "ExportReader": {"operationId": "export_reader", "parameters": _READER},
 }
 
-
-def _audit(action: str, detail: str) -> None:
-    operators.record(db(), token_name(), action, detail, runtime().clock())
 
 
 def reader_out(r: Subscriber) -> s.Reader:
@@ -127,7 +124,7 @@ def create_reader(body: s.ReaderCreate) -> Any:
         notice = accounts.request_subscription(
             session, rt.settings, fields, now, source=body.source or "api"
         )
-        _audit("asked reader to confirm", f"reader {notice.subscriber_id}")
+        audit("asked reader to confirm", f"reader {notice.subscriber_id}")
         session.commit()
         _send_notice(session, notice)
         return s.Accepted(
@@ -152,7 +149,7 @@ def create_reader(body: s.ReaderCreate) -> Any:
         )
     except InvalidInput as exc:
         raise Problem(409, str(exc)) from None
-    _audit("added reader", f"reader {reader.id} (active)")
+    audit("added reader", f"reader {reader.id} (active)")
     session.commit()
     return reader_out(reader), 201
 
@@ -189,7 +186,7 @@ def update_reader(reader_id: int, body: s.ReaderUpdate) -> Any:
     if reader.status in accounts.LEFT:
         raise Problem(422, f"reader {reader_id} is {reader.status}; they must sign up again")
     accounts.update_preferences(session, reader_id, fields)
-    _audit("changed reader", f"reader {reader_id}: settings")
+    audit("changed reader", f"reader {reader_id}: settings")
     session.commit()
     return reader_out(reader)
 
@@ -198,7 +195,7 @@ def _act(reader_id: int, act: Any, word: str) -> Any:
     session = db()
     reader = accounts.reader(session, reader_id)  # erased readers are gone for the API
     act(session, reader_id, runtime().clock())
-    _audit(word, f"reader {reader_id}")
+    audit(word, f"reader {reader_id}")
     session.commit()
     return reader_out(reader)
 
@@ -239,7 +236,7 @@ def export_reader(reader_id: int) -> Any:
     rt = runtime()
     accounts.reader(db(), reader_id)
     data = reader_admin.export_person(db(), reader_id, rt.settings.default_timezone)
-    _audit("exported", f"reader {reader_id}")
+    audit("exported", f"reader {reader_id}")
     db().commit()
     return data
 
@@ -283,7 +280,7 @@ def import_readers(query: s.ImportQuery) -> Any:
     rt = runtime()
     session = db()
     job = api_jobs.start_import(session, token_name(), rt.clock())
-    _audit("started import", f"job {job.id} ({fmt}, {len(text)} characters)")
+    audit("started import", f"job {job.id} ({fmt}, {len(text)} characters)")
     session.commit()
     worker = threading.Thread(
         target=api_jobs.run_import,
