@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from digest import store
 from digest.config import Settings
+from digest.editions import clicks
 from digest.editions.render import (
     ArticleView,
     EditionView,
@@ -102,19 +103,25 @@ def render_variant(
     cohort: Cohort,
     snapshot: Sequence[Candidate],
     sections: str,
+    edition_id: int | None = None,
 ) -> tuple[Rendered, int] | None:
-    """Render what readers with this section choice get; None if nothing is in it."""
+    """Render what readers with this section choice get; None if nothing is in it.
+    A planned edition's article links go through the click counter when it is on."""
     picked = pick_for_sections(snapshot, sections, settings.max_articles)
     if not picked:
         return None
+    articles = article_views(session, picked)
+    if edition_id is not None:
+        articles = clicks.wrap_articles(settings, edition_id, [c.id for c in picked], articles)
     view = EditionView(
         slot=cohort.slot,
         local_day=cohort.local_day,
         timezone=cohort.timezone,
-        articles=article_views(session, picked),
+        articles=articles,
         sender_name=settings.from_name,
         postal_address=settings.postal_address,
         editions_label=f"{cohort.slot} edition",
+        pixel_url=clicks.pixel_url(settings, edition_id) if edition_id is not None else "",
     )
     return render_edition(view, settings.templates_dir), len(picked)
 
@@ -170,7 +177,7 @@ def plan_edition(
     store.add_edition_articles(session, edition.id, [c.id for c in snapshot])
     empty_choices = []
     for sections in store.cohort_section_choices(session, cohort, settings.default_timezone):
-        rendered = render_variant(session, settings, cohort, snapshot, sections)
+        rendered = render_variant(session, settings, cohort, snapshot, sections, edition.id)
         if rendered is None:
             empty_choices.append(sections)
             continue
@@ -184,6 +191,7 @@ def plan_edition(
             text=page.text,
             slot_nonce=page.slot_nonce,
             article_count=count,
+            click_tracking=settings.click_tracking,
         )
     queued = store.queue_deliveries(session, edition, settings.default_timezone, now)
     edition.status = "sending" if queued else "done"

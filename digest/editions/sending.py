@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from digest import store
 from digest.config import Settings
+from digest.editions.clicks import reader_part
 from digest.editions.heartbeat import MARGIN, Heartbeat
 from digest.editions.render import SlotMarks, Splicer, html_escaped, slot_values
 from digest.errors import (
@@ -132,7 +133,8 @@ def address_reader(
     """One reader's slot values and ids, for the pre-encoded message template."""
     links = reader_links(settings, subscriber_id, edition_id)
     shared = {k: links[k] for k in ("unsubscribe_url", "preferences_url", "view_url")}
-    text_values = slot_values(name=name, for_html=False, **shared)
+    click_reader = reader_part(settings, edition_id, subscriber_id)
+    text_values = slot_values(name=name, for_html=False, click_reader=click_reader, **shared)
     return Reader(
         to_address=email,
         to_name=name,

@@ -17,6 +17,7 @@ from digest.errors import InvalidInput, NotFound
 from digest.mail.addresses import mailbox_of
 from digest.models import Subscriber
 from digest.readers import accounts
+from digest.store.clicks import forget_reader_clicks
 from digest.store.people import forget_delivery_errors, reader_deliveries, search_subscribers
 
 # Suppressed by an operator (a spam trap, a legal request): like a bounce, no sign-up
@@ -142,6 +143,7 @@ def erase(session: Session, subscriber_id: int, now: datetime) -> Subscriber:
         accounts.unsubscribe(session, subscriber_id, now)
     store.suppress(session, subscriber.email, ERASED, now)  # kept if already suppressed
     forget_delivery_errors(session, subscriber_id)
+    forget_reader_clicks(session, subscriber_id)  # reader mode's clicks and sunset notice
     subscriber.email = f"erased-{subscriber.id}@erased.invalid"
     subscriber.name = ""
     subscriber.timezone = None
