@@ -196,7 +196,7 @@ class ClickBuffer:
         self.dropped = 0
         self._thread: threading.Thread | None = None
         self._pid = 0
-        self._last_purge = 0.0
+        self.last_purge: float | None = None  # time.monotonic() of the last purge
 
     def add(self, click: Click) -> None:
         with self.lock:
@@ -259,7 +259,7 @@ class ClickBuffer:
         return len(ready)
 
     def write(self, batch: Batch, now: datetime) -> None:
-        purge = time.monotonic() - self._last_purge > 3600
+        purge = self.last_purge is None or time.monotonic() - self.last_purge > 3600
         if batch.empty and not purge:
             return
         with self.sessions() as session:
@@ -271,7 +271,7 @@ class ClickBuffer:
                 click_store.purge_reader_clicks(session, now - retention)
             session.commit()
         if purge:
-            self._last_purge = time.monotonic()
+            self.last_purge = time.monotonic()
 
 
 # --- where a link goes ---------------------------------------------------------------------
@@ -304,6 +304,7 @@ class LinkTargets:
             with self.sessions() as session:
                 found = click_store.edition_links(session, edition_id)
         except Exception as exc:
+            log.debug("edition links not read", exc_info=True)
             remembered = self._from_redis(edition_id) or (hit[1:] if hit else None)
             if remembered is None:
                 raise LookupError(f"edition {edition_id}: {type(exc).__name__}") from exc

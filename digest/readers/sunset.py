@@ -159,6 +159,7 @@ def run(session: Session, settings: Settings, transport: Transport, now: datetim
                     continue
                 session.commit()
                 report.asked += 1
+    session.commit()  # end the last page's read
     return report
 
 
