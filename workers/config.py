@@ -116,8 +116,12 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     def every(task: str, seconds: int) -> dict[str, Any]:
         return {"task": task, "schedule": float(seconds), "options": {"expires": seconds}}
 
-    return {
+    schedule = {
         "dispatch-due": every("digest.dispatch_due", settings.dispatch_every_seconds),
         "ingest-feeds": every("digest.ingest_feeds", settings.ingest_every_seconds),
         "sweep": every("digest.sweep", settings.sweep_every_seconds),
     }
+    if settings.click_tracking == "reader":
+        # Reader clicks past their retention go, and the sunset asks or ends, hourly.
+        schedule["click-upkeep"] = every("digest.click_upkeep", 3600)
+    return schedule

@@ -15,6 +15,7 @@ from sqlalchemy.exc import OperationalError
 from digest.editions import dispatch, sending
 from digest.feeds.ingest import ingest_all
 from digest.mail.relays import make_transport
+from digest.readers import sunset as upkeep
 from workers.app import app, runtime
 from workers.client import BrokerUnavailable, queue_lengths
 from workers.config import outage_backoff_max, outage_retries
@@ -156,3 +157,13 @@ def sweep(now: str | None = None) -> dict[str, Any]:
         "requeued": sum(len(b) for b in batches),
         "batches": fan_out(batches, now),
     }
+
+
+@app.task(name="digest.click_upkeep", **OPTIONS)
+def click_upkeep(now: str | None = None) -> dict[str, Any]:
+    """Reader mode: delete reader clicks past DIGEST_CLICK_RETENTION_DAYS, run the sunset."""
+    with runtime.session() as session:
+        report = upkeep.click_upkeep(
+            session, settings, make_transport(settings), dispatch.parse_now(now)
+        )
+    return report

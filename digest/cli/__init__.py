@@ -122,6 +122,7 @@ def main() -> None:
 # Registers the commands of each group on `cli` (they import it from here).
 from digest.cli import (  # noqa: E402,F401
     check,
+    clicks,
     content,
     inbound,
     operators,

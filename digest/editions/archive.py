@@ -80,4 +80,4 @@ def edition_page(
     if not rows:
         raise NotFound("no such edition in the archive")
     variant = store.get_variant(session, best_variant(rows)[0])
-    return pages.public_html(settings, variant, banner)
+    return pages.public_html(settings, variant, banner, session=session, now=now)

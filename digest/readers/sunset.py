@@ -175,3 +175,19 @@ def keep(session: Session, subscriber_id: int, now: datetime) -> bool:
 def asked_at(session: Session, subscriber_id: int) -> datetime | None:
     notice = click_store.sunset_notices(session, [subscriber_id]).get(subscriber_id)
     return None if notice is None else notice.asked_at
+
+
+def click_upkeep(
+    session: Session, settings: Settings, transport: Transport, now: datetime
+) -> dict[str, int | list[str]]:
+    """What runs hourly in reader mode: the retention purge, then the sunset."""
+    retention = timedelta(days=settings.click_retention_days)
+    purged = click_store.purge_reader_clicks(session, now - retention)
+    session.commit()
+    report = run(session, settings, transport, now)
+    return {
+        "purged": purged,
+        "asked": report.asked,
+        "ended": report.ended,
+        "errors": report.errors[:20],
+    }

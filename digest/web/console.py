@@ -25,7 +25,7 @@ from digest.errors import ConfigError, DigestError, InvalidInput
 from digest.feeds import ingest
 from digest.mail.addresses import normalise_address
 from digest.mail.relays import make_transport
-from digest.operations import operators, overview
+from digest.operations import engagement, operators, overview
 from digest.readers import accounts, reader_admin
 from digest.store import overview as q
 from digest.store.articles import latest_articles
@@ -131,6 +131,8 @@ def edition(edition_id: int) -> Any:
         errors=q.edition_errors(session, found.id),
         variants=store.variants(session, found.id),
         progress=overview.progress(session, runtime().clock(), [found.id])[0],
+        clicks=engagement.edition_clicks(session, found.id),
+        tracking=runtime().settings.click_tracking,
     )
 
 
@@ -392,6 +394,7 @@ def articles() -> Any:
         latest=latest,
         slots=SLOTS,
         slot=slot,
+        most_read=engagement.most_read(db(), now),
     )
 
 
