@@ -399,18 +399,28 @@ def test_redirects_while_the_database_is_away(
     is then lost, not the redirect."""
     sink, url = smtp_server
     s = tracked(settings, url, "aggregate", redis_url=redis_url)
-    redis_client(redis_url).delete(*[f"digest:links:{i}" for i in range(1, 20)])
+    plain = redis_client(redis_url)
+    plain.delete(*[f"digest:links:{i}" for i in range(1, 20)])
+    plain.close()
     send(session, s, MORNING, SENT)
     path = urlsplit(click_links(sink.to("ana@example.com")[0], s.base_url)[0]).path
     clock.now = SENT + timedelta(hours=1)
-    first = make_app(s, clock=clock).test_client().get(path, headers=BROWSER)
+    warm = make_app(s, clock=clock)
+    first = warm.test_client().get(path, headers=BROWSER)
     assert first.status_code == 302
     gone = s.with_(database_url=f"sqlite:///{tmp_path}/missing/nothing.db")
     app = make_app(gone, clock=clock)
-    second = app.test_client().get(path, headers=BROWSER)
-    assert second.status_code == 302
-    assert second.headers["Location"] == first.headers["Location"]
-    assert flush(app, clock.now + timedelta(seconds=5)) == 0  # lost, quietly
+    try:
+        second = app.test_client().get(path, headers=BROWSER)
+        assert second.status_code == 302
+        assert second.headers["Location"] == first.headers["Location"]
+        assert flush(app, clock.now + timedelta(seconds=5)) == 0  # lost, quietly
+        # Without Redis either, a link never seen says "try again", not a traceback.
+        cold = make_app(gone.with_(redis_url=None), clock=clock)
+        assert cold.test_client().get(path, headers=BROWSER).status_code == 503
+    finally:
+        for each in (warm, app):
+            each.extensions["digest.clicks"].targets.close()
 
 
 # --- the sunset -----------------------------------------------------------------------------
@@ -479,3 +489,172 @@ def test_sunset_end_to_end(session, settings, smtp_server, make_app, clock) -> N
     assert [a.action for a in audit] == ["keep", "unsubscribe-inactive"]
     assert "inactive" in audit[1].detail and str(readers["cy"].id) in audit[1].detail
     assert click_store.inactive_unsubscribes(session, asked_at) == 1
+
+
+# --- what operators see ---------------------------------------------------------------------
+
+
+def counted_edition(session: Any, s: Settings, sink: Any, make_app: Any, clock: Any) -> int:
+    """An aggregate edition whose first article got two reader clicks and whose every
+    article got a scanner's burst."""
+    edition_id = send(session, s, MORNING, SENT)
+    paths = [urlsplit(u).path for u in click_links(sink.to("ana@example.com")[0], s.base_url)]
+    first = store.edition_article_ids(session, edition_id)[0]
+    session.commit()
+    app = make_app(s, clock=clock)
+    client = app.test_client()
+    clock.now = SENT + timedelta(minutes=1)  # within the scanner window
+    for path in paths:
+        client.get(path, headers=BROWSER, environ_base={"REMOTE_ADDR": "203.0.113.9"})
+    clock.now = SENT + timedelta(hours=3)
+    mine = [p for p in paths if read_click(SECRET, p[3:])[1] == first][0]
+    for n in range(2):
+        client.get(mine, headers=BROWSER, environ_base={"REMOTE_ADDR": f"192.0.2.{n}"})
+        clock.advance(minutes=5)
+    flush(app, clock.now + timedelta(seconds=5))
+    return edition_id
+
+
+def test_console_shows_clicks_per_article_section_and_hour(
+    session, settings, smtp_server, make_app, clock, news
+) -> None:
+    from digest.operations import operators
+
+    sink, url = smtp_server
+    s = tracked(settings, url, "aggregate")
+    edition_id = counted_edition(session, s, sink, make_app, clock)
+    operators.add(session, "ed", "correct horse battery", NOW)
+    session.commit()
+    console = make_app(s, clock=clock).test_client()
+    r = console.post("/admin/login", data={"name": "ed", "password": "correct horse battery"})
+    assert r.status_code == 302
+    page = console.get(f"/admin/editions/{edition_id}").get_data(as_text=True)
+    # 2 human clicks of 2 delivered: 1000 per thousand; 3 machine.
+    assert "<strong>2</strong> human clicks, 1000.0 per thousand delivered" in page
+    assert "3 machine" in page
+    assert "<svg" in page and "hour 4: 2 human" in page and "hour 1: 3 machine" in page
+    assert "<script" not in page.split("<svg", 1)[1].split("</svg>", 1)[0]
+    first_title = "Ferry timetable changes"
+    row = re.search(
+        re.escape(first_title) + r'</td><td>news</td><td class="num">(\d+)</td>'
+        r'<td class="num">(\d+)</td>',
+        page,
+    )
+    assert row and row.groups() == ("2", "1")
+    assert re.search(r'<td>news</td><td class="num">2</td><td class="num">2</td>', page)
+    articles = console.get("/admin/articles").get_data(as_text=True)
+    read = articles.split("Most read, last 7 days", 1)[1].split("</table>", 1)[0]
+    assert first_title in read
+
+
+def test_status_prints_a_line_per_article(
+    session, settings, smtp_server, make_app, clock, news, tmp_path
+) -> None:
+    from click.testing import CliRunner
+
+    from digest.cli import cli
+
+    if not settings.database_url.startswith("sqlite"):
+        # The command's engine lives as long as its process; one dialect is enough here.
+        pytest.skip("runs on SQLite only")
+    sink, url = smtp_server
+    s = tracked(settings, url, "aggregate")
+    edition_id = counted_edition(session, s, sink, make_app, clock)
+    env = {
+        "DIGEST_DATA_DIR": str(s.data_dir),
+        "DIGEST_DATABASE_URL": s.database_url,
+        "DIGEST_SECRET_KEY": SECRET,
+        "DIGEST_REDIS_URL": "",
+        "DIGEST_SMTP_URL": "",
+    }
+    result = CliRunner(env=env).invoke(cli, ["status", str(edition_id)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    lines = [line.strip() for line in result.output.splitlines() if "clicks:" in line]
+    assert lines[0] == "Ferry timetable changes  clicks: 2 human, 1 machine"
+    assert lines[1].endswith("clicks: 0 human, 1 machine")
+    assert lines[-1] == "clicks: 2 human, 3 machine  (1000 per thousand delivered)"
+
+
+def test_rank_by_clicks_orders_the_web_version_within_sections(
+    session, settings, smtp_server, make_app, clock, news
+) -> None:
+    sink, url = smtp_server
+    s = tracked(settings, url, "aggregate", rank_by_clicks=True, public_archive=True)
+    edition_id = send(session, s, MORNING, SENT)
+    ids = store.edition_article_ids(session, edition_id)
+    titles = {a.id: a.title for a in store.articles_by_id(session, ids).values()}
+    variant = store.variants(session, edition_id)[0]
+    as_sent = pages.public_html(s.with_(rank_by_clicks=False), variant)
+
+    def order(page: str) -> list[str]:
+        found = re.findall(r"<h2[^>]*><a[^>]*>([^<]+)</a></h2>", page)
+        return [t for t in found if t in titles.values()]
+
+    news_titles = [t for t in order(as_sent) if t in ("Ferry timetable changes", "Gardens")]
+    assert news_titles == ["Ferry timetable changes", "Gardens"]
+    gardens = [i for i, t in titles.items() if t == "Gardens"][0]
+    session.add(
+        ClickCount(
+            edition_id=edition_id,
+            article_id=gardens,
+            hour=SENT.replace(minute=0),
+            human=5,
+            machine=0,
+        )
+    )
+    session.commit()
+    now = SENT + timedelta(hours=2)
+    ranked = pages.public_html(s, variant, session=session, now=now)
+    assert [t for t in order(ranked) if t in news_titles] == ["Gardens", "Ferry timetable changes"]
+    assert sorted(order(ranked)) == sorted(order(as_sent))  # the same articles
+    # The links are still the edition's click links; the archive shows the same order.
+    assert set(re.findall(r"/r/[^\"]+", ranked)) == set(re.findall(r"/r/[^\"]+", as_sent))
+    session.commit()
+    clock.now = now
+    archived = make_app(s, clock=clock).test_client().get(f"/archive/{edition_id}")
+    assert archived.status_code == 200
+    assert [t for t in order(archived.get_data(as_text=True)) if t in news_titles] == [
+        "Gardens",
+        "Ferry timetable changes",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"DIGEST_CLICK_TRACKING": "everything"}, "DIGEST_CLICK_TRACKING must be one of"),
+        ({"DIGEST_CLICK_RETENTION_DAYS": "0"}, "DIGEST_CLICK_RETENTION_DAYS must be at least 1"),
+        ({"DIGEST_SCANNER_WINDOW_SECONDS": "soon"}, "DIGEST_SCANNER_WINDOW_SECONDS must be"),
+        ({"DIGEST_SUNSET_EDITIONS": "6"}, "DIGEST_SUNSET_EDITIONS needs DIGEST_CLICK_TRACKING"),
+        ({"DIGEST_OPEN_TRACKING": "maybe"}, "DIGEST_OPEN_TRACKING must be 1 or 0"),
+    ],
+)
+def test_bad_click_settings_name_the_variable(tmp_path, env: dict[str, str], message: str) -> None:
+    from digest.config import load_settings
+    from digest.errors import ConfigError
+
+    base = {"DIGEST_DATA_DIR": str(tmp_path), "DIGEST_SECRET_KEY": "k"}
+    with pytest.raises(ConfigError, match=message):
+        load_settings({**base, **env})
+
+
+def test_click_settings_default_to_off(tmp_path) -> None:
+    from digest.config import load_settings
+
+    s = load_settings({"DIGEST_DATA_DIR": str(tmp_path), "DIGEST_SECRET_KEY": "k"})
+    assert (s.click_tracking, s.open_tracking, s.rank_by_clicks, s.sunset_editions) == (
+        "off",
+        False,
+        False,
+        0,
+    )
+    assert s.scanner_window_seconds == 120
+
+
+def test_off_mode_links_go_straight_to_the_article(session, settings, smtp_server, news) -> None:
+    sink, url = smtp_server
+    s = settings.with_(smtp=parse_smtp_url(url))
+    send(session, s, MORNING, SENT)
+    links = links_in(sink.to("ana@example.com")[0])
+    assert not [u for u in links if "/r/" in u]
+    assert "https://news.example.com/a/0" in links

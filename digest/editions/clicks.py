@@ -319,6 +319,12 @@ class LinkTargets:
             self._to_redis(edition_id, *found)
         return found
 
+    def close(self) -> None:
+        """Let go of the Redis connection (tests; a process that ends needs not)."""
+        if self._redis is not None:
+            self._redis.close()
+            self._redis = None
+
     def _client(self) -> Any:
         if self._redis is None and self.redis_url:
             import redis
