@@ -41,8 +41,10 @@ EDITION_CSP = (
     "form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
 )
 # Repeated slashes too: werkzeug answers //preferences//<token> (with a redirect).
+# /r/<token>: in reader mode a click link names its reader.
 _TOKEN_PATH = re.compile(
-    r"(/+(?:unsubscribe|confirm|preferences|editions/+[^/?#\s]+)/+)[^/?#\s]+", re.IGNORECASE
+    r"(/+(?:unsubscribe|confirm|preferences|keep|r|editions/+[^/?#\s]+)/+)[^/?#\s]+",
+    re.IGNORECASE,
 )
 # The console's reader search puts an address in the query string.
 _SEARCH = re.compile(r"([?&]q=)[^&#\s]*")
@@ -105,7 +107,11 @@ class RedactingRequestHandler(WSGIRequestHandler):
 def client_key() -> str:
     """Who is asking, for rate limits: the client's address, an IPv6 client's /64 (one
     host usually holds a whole /64, and could otherwise rotate through it)."""
-    addr = request.remote_addr or ""
+    return address_key(request.remote_addr or "")
+
+
+def address_key(addr: str) -> str:
+    """client_key of an address (also for code that runs outside a Flask request)."""
     try:
         ip = ipaddress.ip_address(addr)
     except ValueError:
