@@ -362,8 +362,11 @@ def test_reader_mode_names_the_reader_in_a_slot_and_erase_deletes_it(
     assert sorted(rows) == sorted([ana.id, ben.id])
     session.commit()
 
+    exported = reader_admin.export_person(session, ana.id, s.default_timezone)
+    assert [c["edition_id"] for c in exported["clicks"]] == [edition_id]
     reader_admin.erase(session, ana.id, clock.now)
     session.commit()
+    assert reader_admin.export_person(session, ana.id, s.default_timezone)["clicks"] == []
     rows = session.execute(select(ReaderClick.subscriber_id)).scalars().all()
     assert rows == [ben.id]
     session.commit()
@@ -658,3 +661,70 @@ def test_off_mode_links_go_straight_to_the_article(session, settings, smtp_serve
     links = links_in(sink.to("ana@example.com")[0])
     assert not [u for u in links if "/r/" in u]
     assert "https://news.example.com/a/0" in links
+
+
+def test_opens_are_counted_per_edition_only_when_asked(
+    session, settings, smtp_server, make_app, clock, news
+) -> None:
+    from digest.models import OpenCount
+
+    sink, url = smtp_server
+    s = tracked(settings, url, "aggregate", open_tracking=True)
+    edition_id = send(session, s, MORNING, SENT)
+    html = sink.to("ana@example.com")[0].get_body(("html",)).get_content()  # type: ignore[union-attr]
+    pixels = re.findall(r'<img src="([^"]+/o/[^"]+\.gif)"', html)
+    assert len(pixels) == 1 and pixels[0].startswith(s.base_url + "/o/")
+    assert pixels[0] in sink.to("ben@example.com")[0].get_body(("html",)).get_content()  # type: ignore[union-attr]
+    assert "/o/" not in pages.public_html(s, store.variants(session, edition_id)[0])
+    session.commit()
+    app = make_app(s, clock=clock)
+    clock.now = SENT + timedelta(hours=1)
+    apple = {"User-Agent": "Mozilla/5.0"}  # a proxy fetching for Mail Privacy Protection
+    r = app.test_client().get(urlsplit(pixels[0]).path, headers=apple)
+    assert r.status_code == 200 and r.mimetype == "image/gif"
+    flush(app, clock.now + timedelta(seconds=5))
+    assert click_store.opens_total(session, edition_id) == (1, 0)
+    assert session.scalar(select(func.count()).select_from(OpenCount)) == 1
+    session.commit()
+    # Off (the default): the image still answers, and nothing is counted.
+    quiet = make_app(s.with_(open_tracking=False), clock=clock)
+    quiet.test_client().get(urlsplit(pixels[0]).path, headers=apple)
+    flush(quiet, clock.now + timedelta(seconds=5))
+    assert click_store.opens_total(session, edition_id) == (1, 0)
+    add_articles(session, SENT + timedelta(hours=9), [("Later", "news")], prefix="late")
+    session.commit()
+    send(session, settings.with_(smtp=parse_smtp_url(url)), EVENING, SENT + timedelta(hours=11))
+    assert "/o/" not in sink.messages[-1][2].decode()
+
+
+def test_a_non_ascii_article_url_leaves_as_a_valid_location(
+    session, settings, smtp_server, make_app, clock
+) -> None:
+    sink, url = smtp_server
+    store.insert_articles(
+        session,
+        [
+            {
+                "guid": "unicode",
+                "url": "https://news.example.com/été/café",
+                "title": "Café",
+                "summary_html": "",
+                "section": "news",
+                "priority": 0,
+                "published_at": SENT - timedelta(hours=1),
+                "seen_at": SENT - timedelta(hours=1),
+                "image_url": None,
+                "feed_id": None,
+            }
+        ],
+    )
+    add_reader(session, "ana@example.com")
+    session.commit()
+    s = tracked(settings, url, "aggregate")
+    send(session, s, MORNING, SENT)
+    link = click_links(sink.to("ana@example.com")[0], s.base_url)[0]
+    response = make_app(s, clock=clock).test_client().get(urlsplit(link).path, headers=BROWSER)
+    assert response.status_code == 302
+    assert response.headers["Location"] == "https://news.example.com/%C3%A9t%C3%A9/caf%C3%A9"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["Referrer-Policy"] == "same-origin"

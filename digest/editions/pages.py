@@ -61,6 +61,8 @@ def public_page(settings: Settings, prepared: sending.PreparedVariant, banner: s
         name="", for_html=True, **sending.public_links(settings, WEB_VIEW_SELF)
     )
     html = _SELF_LINK.sub("", prepared.html.fill(values))
+    if "/o/" in html:  # the tracking pixel: a web page read is no email opened
+        html = re.sub(r'<img src="' + re.escape(settings.base_url) + r'/o/[^"]*"[^>]*>', "", html)
     body = _BODY.search(html)
     end = html.rfind("</body>")
     if body is None or end < body.end():

@@ -17,7 +17,7 @@ from digest.errors import InvalidInput, NotFound
 from digest.mail.addresses import mailbox_of
 from digest.models import Subscriber
 from digest.readers import accounts
-from digest.store.clicks import forget_reader_clicks
+from digest.store.clicks import forget_reader_clicks, reader_clicks
 from digest.store.people import forget_delivery_errors, reader_deliveries, search_subscribers
 
 # Suppressed by an operator (a spam trap, a legal request): like a bounce, no sign-up
@@ -103,6 +103,11 @@ def export_person(session: Session, subscriber_id: int, default_timezone: str) -
         "deliveries": [
             {**d, "sent_at": iso(d["sent_at"]), "local_day": d["local_day"].isoformat()}
             for d in v.deliveries
+        ],
+        # Reader mode's clicks (DIGEST_CLICK_TRACKING=reader); empty in the other modes.
+        "clicks": [
+            {"edition_id": e, "article_id": a, "clicked_at": iso(at)}
+            for e, a, at in reader_clicks(session, subscriber_id)
         ],
     }
 

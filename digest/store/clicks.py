@@ -117,6 +117,16 @@ def forget_reader_clicks(session: Session, subscriber_id: int) -> None:
     session.execute(delete(SunsetNotice).where(SunsetNotice.subscriber_id == subscriber_id))
 
 
+def reader_clicks(session: Session, subscriber_id: int) -> list[tuple[int, int, datetime]]:
+    """One reader's clicks on file: (edition, article, time), oldest first."""
+    stmt = (
+        select(ReaderClick.edition_id, ReaderClick.article_id, ReaderClick.clicked_at)
+        .where(ReaderClick.subscriber_id == subscriber_id)
+        .order_by(ReaderClick.clicked_at, ReaderClick.id)
+    )
+    return [(e, a, at) for e, a, at in session.execute(stmt)]
+
+
 def purge_reader_clicks(session: Session, before: datetime) -> int:
     """Delete reader clicks older than `before` (DIGEST_CLICK_RETENTION_DAYS)."""
     result = session.execute(delete(ReaderClick).where(ReaderClick.clicked_at < before))
