@@ -439,7 +439,8 @@ def test_sunset_end_to_end(session, settings, smtp_server, make_app, clock) -> N
         [("Evening story", "news")],
         prefix="e",
     )
-    readers = {n: add_reader(session, f"{n}@example.com") for n in ("ana", "ben", "cy")}
+    names = ("ana", "ben", "cy", "dee")
+    readers = {n: add_reader(session, f"{n}@example.com") for n in names}
     session.commit()
     send(session, s, MORNING, SENT)
     evening_sent = datetime(2026, 11, 30, 6, 1, tzinfo=NOW.tzinfo)
@@ -460,9 +461,13 @@ def test_sunset_end_to_end(session, settings, smtp_server, make_app, clock) -> N
 
     asked_at = clock.now + timedelta(hours=1)
     report = sunset.run(session, s, SMTPTransport(s.smtp), asked_at)
-    assert (report.asked, report.ended) == (2, 0)
+    assert (report.asked, report.ended) == (3, 0)
     questions = sink.messages[before:]
-    assert sorted(m[1][0] for m in questions) == ["ana@example.com", "cy@example.com"]
+    assert sorted(m[1][0] for m in questions) == [
+        "ana@example.com",
+        "cy@example.com",
+        "dee@example.com",
+    ]
     # Asked once: a second pass sends nothing more.
     assert sunset.run(session, s, SMTPTransport(s.smtp), asked_at).asked == 0
 
@@ -482,16 +487,30 @@ def test_sunset_end_to_end(session, settings, smtp_server, make_app, clock) -> N
     assert kept.status_code == 200 and b"staying" in kept.data
     session.expire_all()
 
+    # Dee unsubscribes herself meanwhile: that is not the sunset's doing.
+    from digest.readers import accounts
+
+    accounts.unsubscribe(session, readers["dee"].id, asked_at + timedelta(days=1))
+    session.commit()
     # Seven days on, Cy, who never answered, is unsubscribed as inactive.
     report = sunset.run(session, s, SMTPTransport(s.smtp), asked_at + timedelta(days=7, hours=1))
     assert (report.asked, report.ended) == (0, 1)
     session.expire_all()
     statuses = {n: store.get_subscriber(session, r.id).status for n, r in readers.items()}
-    assert statuses == {"ana": "active", "ben": "active", "cy": "unsubscribed"}
+    assert statuses == {
+        "ana": "active",
+        "ben": "active",
+        "cy": "unsubscribed",
+        "dee": "unsubscribed",
+    }
     audit = session.scalars(select(AuditEntry).where(AuditEntry.operator == "sunset")).all()
     assert [a.action for a in audit] == ["keep", "unsubscribe-inactive"]
     assert "inactive" in audit[1].detail and str(readers["cy"].id) in audit[1].detail
     assert click_store.inactive_unsubscribes(session, asked_at) == 1
+    from digest.operations.overview import sunset_counts
+
+    later = asked_at + timedelta(days=8)
+    assert sunset_counts(session, s, later) == (1, 0)  # the overview's line
 
 
 # --- what operators see ---------------------------------------------------------------------
@@ -728,3 +747,21 @@ def test_a_non_ascii_article_url_leaves_as_a_valid_location(
     assert response.headers["Location"] == "https://news.example.com/%C3%A9t%C3%A9/caf%C3%A9"
     assert response.headers["Cache-Control"] == "no-store"
     assert response.headers["Referrer-Policy"] == "same-origin"
+
+
+def test_sunset_command_needs_reader_mode(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from digest.cli import cli
+
+    env = {
+        "DIGEST_DATA_DIR": str(tmp_path / "data"),
+        "DIGEST_DATABASE_URL": "",
+        "DIGEST_SECRET_KEY": SECRET,
+        "DIGEST_CLICK_TRACKING": "aggregate",
+        "DIGEST_REDIS_URL": "",
+    }
+    result = CliRunner(env=env).invoke(cli, ["sunset"])
+    assert result.exit_code == 1
+    assert "needs DIGEST_CLICK_TRACKING=reader" in result.output
+    assert "Traceback" not in result.output

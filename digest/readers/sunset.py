@@ -135,7 +135,9 @@ def end_unanswered(session: Session, settings: Settings, now: datetime) -> int:
                 now,
             )
             ended += 1
-        click_store.end_sunset(session, sid, now)
+            click_store.end_sunset(session, sid, now)
+        else:  # they left (or were erased) meanwhile: not the sunset's doing
+            click_store.forget_sunset(session, sid)
         session.commit()
     return ended
 

@@ -300,6 +300,10 @@ def end_sunset(session: Session, subscriber_id: int, now: datetime) -> None:
     )
 
 
+def forget_sunset(session: Session, subscriber_id: int) -> None:
+    session.execute(delete(SunsetNotice).where(SunsetNotice.subscriber_id == subscriber_id))
+
+
 def inactive_unsubscribes(session: Session, since: datetime) -> int:
     """Readers the sunset unsubscribed since `since` (the overview's count)."""
     stmt = select(func.count()).where(SunsetNotice.ended_at >= since)
