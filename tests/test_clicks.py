@@ -765,3 +765,38 @@ def test_sunset_command_needs_reader_mode(tmp_path) -> None:
     assert result.exit_code == 1
     assert "needs DIGEST_CLICK_TRACKING=reader" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_served_app_writes_clicks_on_its_own(session, settings, smtp_server, live_server) -> None:
+    """Over real HTTP, with the flushing thread the app starts itself (not in tests
+    that flush by hand): the count reaches the database a few seconds later."""
+    import http.client
+
+    from digest.web import create_app
+    from tests.conftest import wait_for
+
+    add_articles(session, SENT - timedelta(hours=2), [("Served", "news")], prefix="s")
+    add_reader(session, "ana@example.com")
+    session.commit()
+    sink, url = smtp_server
+    s = tracked(settings, url, "aggregate")
+    send(session, s, MORNING, SENT)
+    path = urlsplit(click_links(sink.to("ana@example.com")[0], s.base_url)[0]).path
+    app = create_app(s)  # the real clock: long after the edition's scanner window
+    try:
+        base = urlsplit(live_server(app))
+        conn = http.client.HTTPConnection(base.hostname or "", base.port, timeout=10)
+        conn.request("GET", path, headers=BROWSER)
+        response = conn.getresponse()
+        assert response.status == 302
+        assert response.getheader("Location") == "https://news.example.com/s/0"
+        conn.close()
+
+        def written() -> int:
+            session.rollback()
+            return int(session.scalar(select(func.sum(ClickCount.human))) or 0)
+
+        wait_for(written, 15, "the click to be written by the app's own thread")
+    finally:
+        app.extensions["digest.clicks"].buffer.stop()
+        app.extensions["digest"].engine.dispose()

@@ -196,6 +196,7 @@ class ClickBuffer:
         self.dropped = 0
         self._thread: threading.Thread | None = None
         self._pid = 0
+        self._stopping = threading.Event()
         self.last_purge: float | None = None  # time.monotonic() of the last purge
 
     def add(self, click: Click) -> None:
@@ -221,9 +222,14 @@ class ClickBuffer:
 
         atexit.register(self.flush, final=True)
 
+    def stop(self) -> None:
+        """End the flushing thread (tests; a process that ends flushes at exit)."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
     def _run(self) -> None:
-        while True:
-            time.sleep(FLUSH_EVERY)
+        while not self._stopping.wait(FLUSH_EVERY):
             try:
                 self.flush()
             except Exception:  # a thread that dies stops counting; log and go on
