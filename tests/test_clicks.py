@@ -800,3 +800,12 @@ def test_a_served_app_writes_clicks_on_its_own(session, settings, smtp_server, l
     finally:
         app.extensions["digest.clicks"].buffer.stop()
         app.extensions["digest"].engine.dispose()
+
+
+def test_click_and_keep_tokens_stay_out_of_logs() -> None:
+    from digest.web.base import redact_path
+
+    token = click_token(SECRET, 12, 345) + click_reader_part(SECRET, 12, 678)
+    assert redact_path(f"GET /r/{token} HTTP/1.1") == "GET /r/<token> HTTP/1.1"
+    assert redact_path("/keep/abc.def.ghi") == "/keep/<token>"
+    assert redact_path("/admin/readers/5") == "/admin/readers/5"
