@@ -7,7 +7,7 @@ Python load generator of several processes. Prints requests per second and laten
 percentiles as the tool measured them, then checks that the clicks were counted:
 every request is appended to the worker's buffer and written by its flush thread.
 
-    .venv/bin/python bench/redirect.py [--seconds 10] [--connections 16] [--workers 2]
+    .venv/bin/python bench/redirect.py [--seconds 10] [--connections 4] [--workers 2]
         [--database-url postgresql://...] [--python]
 """
 
@@ -175,7 +175,7 @@ def run_python(base: str, paths: list[str], seconds: int, processes: int) -> str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
     parser.add_argument("--articles", type=int, default=12)
     parser.add_argument("--database-url", default="")
