@@ -793,8 +793,9 @@ def test_a_served_app_writes_clicks_on_its_own(session, settings, smtp_server, l
         conn.close()
 
         def written() -> int:
-            session.rollback()
-            return int(session.scalar(select(func.sum(ClickCount.human))) or 0)
+            value = int(session.scalar(select(func.sum(ClickCount.human))) or 0)
+            session.rollback()  # SQLite: never hold the write lock while waiting
+            return value
 
         wait_for(written, 15, "the click to be written by the app's own thread")
     finally:
