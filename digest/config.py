@@ -155,6 +155,18 @@ class Settings:
     alert_per_hour: int = 10
     # /metrics of the web app is served only with a token (Bearer, or basic auth's password).
     metrics_token: str = field(default="", repr=False)
+    # Click counts (digest/editions/clicks.py): off, aggregate (per edition, article and
+    # hour, nothing about the reader) or reader (also who clicked, for the sunset).
+    click_tracking: str = "off"
+    click_retention_days: int = 90
+    # Clicks this soon after an edition's first message are a mail filter's scan.
+    scanner_window_seconds: int = 120
+    open_tracking: bool = False
+    rank_by_clicks: bool = False
+    # The sunset (reader mode only): readers with no click in their last N editions get
+    # one "still want this?" email; no answer in D days unsubscribes them. 0: off.
+    sunset_editions: int = 0
+    sunset_days: int = 14
 
     @property
     def database_url_safe(self) -> str:
@@ -646,6 +658,7 @@ def load_settings(env: dict[str, str] | None = None, *, create_secret: bool = Tr
         alert_to=_alert_to(env),
         alert_per_hour=_positive(env, "DIGEST_ALERT_PER_HOUR", defaults.alert_per_hour),
         metrics_token=_metrics_token(env),
+        **_click_settings(env, defaults),
     )
     return check_header_settings(settings)
 
@@ -684,4 +697,51 @@ def returned_mail_settings(env: dict[str, str], defaults: Settings) -> dict[str,
         "postmark_webhook_auth": postmark,
         "inbound_imap_url": imap,
         "inbound_imap_every_seconds": max(10, every),
+    }
+
+
+CLICK_MODES = ("off", "aggregate", "reader")
+
+
+def _flag(env: dict[str, str], name: str) -> bool:
+    value = (env.get(name) or "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"{name} must be 1 or 0, got {value!r}")
+
+
+def _at_least(env: dict[str, str], name: str, default: int, low: int) -> int:
+    value = _int(env, name, default)
+    if value < low:
+        raise ConfigError(f"{name} must be at least {low}, got {value}")
+    return value
+
+
+def _click_settings(env: dict[str, str], defaults: Settings) -> dict[str, Any]:
+    """DIGEST_CLICK_TRACKING and what goes with it, checked together."""
+    mode = (env.get("DIGEST_CLICK_TRACKING") or defaults.click_tracking).strip().lower()
+    if mode not in CLICK_MODES:
+        raise ConfigError(
+            f"DIGEST_CLICK_TRACKING must be one of {', '.join(CLICK_MODES)}, got {mode!r}"
+        )
+    sunset = _at_least(env, "DIGEST_SUNSET_EDITIONS", defaults.sunset_editions, 0)
+    if sunset and mode != "reader":
+        raise ConfigError(
+            "DIGEST_SUNSET_EDITIONS needs DIGEST_CLICK_TRACKING=reader: without knowing "
+            "who clicked, every reader would look inactive"
+        )
+    return {
+        "click_tracking": mode,
+        "click_retention_days": _at_least(
+            env, "DIGEST_CLICK_RETENTION_DAYS", defaults.click_retention_days, 1
+        ),
+        "scanner_window_seconds": _at_least(
+            env, "DIGEST_SCANNER_WINDOW_SECONDS", defaults.scanner_window_seconds, 0
+        ),
+        "open_tracking": _flag(env, "DIGEST_OPEN_TRACKING"),
+        "rank_by_clicks": _flag(env, "DIGEST_RANK_BY_CLICKS"),
+        "sunset_editions": sunset,
+        "sunset_days": _at_least(env, "DIGEST_SUNSET_DAYS", defaults.sunset_days, 1),
     }

@@ -225,6 +225,9 @@ class EditionVariant(Base):
     # The random value in this rendering's slot markers (digest.editions.render.SlotMarks): feed
     # text never sees it, so no feed can write a marker.
     slot_nonce: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    # DIGEST_CLICK_TRACKING when it was rendered: "reader" renderings carry each reader's
+    # part of the click links, so only their editions count towards the sunset.
+    click_tracking: Mapped[str] = mapped_column(String(16), default="off", server_default="off")
 
 
 class Delivery(Base):
@@ -336,3 +339,64 @@ class AlertState(Base):
     notified: Mapped[bool] = mapped_column(Boolean, default=False)
     mailed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     changed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ClickCount(Base):
+    """Clicks on one article of one edition in one hour: nothing about who clicked.
+
+    `machine` counts what the scanner filter set aside (HEAD requests, known scanner
+    agents, clicks right after sending, one client fetching many links at once).
+    """
+
+    __tablename__ = "click_count"
+
+    edition_id: Mapped[int] = mapped_column(
+        ForeignKey("edition.id", ondelete="CASCADE"), primary_key=True
+    )
+    article_id: Mapped[int] = mapped_column(
+        ForeignKey("article.id", ondelete="CASCADE"), primary_key=True
+    )
+    hour: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    human: Mapped[int] = mapped_column(Integer, default=0)
+    machine: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class OpenCount(Base):
+    """Tracking-pixel fetches of one edition in one hour (DIGEST_OPEN_TRACKING)."""
+
+    __tablename__ = "open_count"
+
+    edition_id: Mapped[int] = mapped_column(
+        ForeignKey("edition.id", ondelete="CASCADE"), primary_key=True
+    )
+    hour: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    human: Mapped[int] = mapped_column(Integer, default=0)
+    machine: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ReaderClick(Base):
+    """One reader's human click (DIGEST_CLICK_TRACKING=reader only): deleted when the
+    reader is erased, and after DIGEST_CLICK_RETENTION_DAYS."""
+
+    __tablename__ = "reader_click"
+    __table_args__ = (Index("ix_reader_click_subscriber_at", "subscriber_id", "clicked_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscriber.id", ondelete="CASCADE"))
+    edition_id: Mapped[int] = mapped_column(ForeignKey("edition.id", ondelete="CASCADE"))
+    article_id: Mapped[int] = mapped_column(ForeignKey("article.id", ondelete="CASCADE"))
+    clicked_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class SunsetNotice(Base):
+    """A "still want this?" email sent to a reader who stopped clicking, and its end:
+    kept (they answered or clicked) or ended (unsubscribed as inactive)."""
+
+    __tablename__ = "sunset_notice"
+
+    subscriber_id: Mapped[int] = mapped_column(
+        ForeignKey("subscriber.id", ondelete="CASCADE"), primary_key=True
+    )
+    asked_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    kept_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)

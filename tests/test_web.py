@@ -593,6 +593,7 @@ def test_ten_thousand_forged_tokens_change_nothing(make_app, sqlite_url, tmp_pat
             f"/preferences/{t}", data=b"editions=morning&timezone=UTC", content_type=form
         ),
         "view": lambda t: client.get(f"/editions/{plan.edition_id}/{t}"),
+        "keep": lambda t: client.post(f"/keep/{t}"),  # the sunset's answer
     }
     queries = []
 

@@ -144,4 +144,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         )
     if settings.alert_to:  # the check every minute, mailing what appeared or cleared
         schedule["watch"] = every("digest.watch", 60)
+    if settings.click_tracking == "reader":
+        # Reader clicks past their retention go, and the sunset asks or ends, hourly.
+        schedule["click-upkeep"] = every("digest.click_upkeep", 3600)
     return schedule

@@ -17,6 +17,7 @@ from digest.errors import ConfigError, DigestError
 from digest.feeds.ingest import ingest_all
 from digest.mail.relays import make_transport
 from digest.operations import alerts, monitor
+from digest.readers import sunset as upkeep
 from workers.app import app, runtime
 from workers.client import BrokerUnavailable, queue_lengths
 from workers.config import outage_backoff_max, outage_retries, send_options
@@ -244,3 +245,13 @@ def watch(now: str | None = None) -> dict[str, Any]:
         health = monitor.check(session, settings, at, queues, broker_error)
         said = alerts.alert(session, settings, make_transport(settings), health, at)
     return {"level": health.name, "problems": len(health.problems), "mails": len(said)}
+
+
+@app.task(name="digest.click_upkeep", **OPTIONS)
+def click_upkeep(now: str | None = None) -> dict[str, Any]:
+    """Reader mode: delete reader clicks past DIGEST_CLICK_RETENTION_DAYS, run the sunset."""
+    with runtime.session() as session:
+        report = upkeep.click_upkeep(
+            session, settings, make_transport(settings), dispatch.parse_now(now)
+        )
+    return report

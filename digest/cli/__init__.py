@@ -138,6 +138,7 @@ def main() -> None:
 from digest.cli import (  # noqa: E402,F401
     api_tokens,
     check,
+    clicks,
     content,
     inbound,
     operators,

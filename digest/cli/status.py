@@ -9,7 +9,7 @@ import click
 
 from digest import store
 from digest.cli import App, cli, pass_app
-from digest.operations import overview
+from digest.operations import engagement, overview
 from digest.readers.inbound import count_kept, kept_folder
 from digest.store import overview as q
 
@@ -61,6 +61,8 @@ def status(
     with app.session() as session:
         if edition_id:
             _edition_lines(session, [store.get_edition(session, edition_id)], notes=True)
+            for line in engagement.status_lines(engagement.edition_clicks(session, edition_id)):
+                click.echo(line)
         else:
             data = overview.overview(session, settings, now)
             _overview_lines(data)

@@ -6,6 +6,7 @@ may be planned now: every entry point asks it), `pipeline` (plan an edition and 
 deliveries), `sending`, `heartbeat` and `halt` (send batches over a transport, recording
 each reply, stopping when the edition is paused), `control` (pause, resume, cancel,
 replan), `dispatch` (what the Celery tasks decide), `pages` and `archive` (a sent
-edition as a web page with nothing personal in it).
+edition as a web page with nothing personal in it), `clicks` (click links per rendering,
+the scanner filter, the web process's click buffer).
 May import: the top level, `digest.store`, `digest.feeds` and `digest.mail`.
 """

@@ -93,4 +93,4 @@ def edition_page(
             raise NotFound("no such edition in the archive")
         return pages.public_page(settings, prepared, banner)
     variant = store.get_variant(session, best_variant(rows)[0])
-    return pages.public_html(settings, variant, banner)
+    return pages.public_html(settings, variant, banner, session=session, now=now)

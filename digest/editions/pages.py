@@ -25,11 +25,23 @@ _SELF_LINK = re.compile(r'<a\b[^>]*href="' + WEB_VIEW_SELF + r'"[^>]*>.*?</a>', 
 _BODY = re.compile(r"<body\b[^>]*>", re.I)
 
 
-def public_html(settings: Settings, variant: EditionVariant, banner: str = "") -> str:
+def public_html(
+    settings: Settings,
+    variant: EditionVariant,
+    banner: str = "",
+    *,
+    session: Session | None = None,
+    now: datetime | None = None,
+) -> str:
     """A sent rendering as a web page with nothing personal in it (the web version, the
     public archive): no name, account links to pages that ask for the reader's own
     email's links, no link to itself, the content in a main landmark. `banner` is
-    trusted markup shown above it."""
+    trusted markup shown above it. With DIGEST_RANK_BY_CLICKS (and a session), each
+    section's articles come in the order of their recent clicks."""
+    if settings.rank_by_clicks and session is not None and now is not None:
+        return public_page(
+            settings, pipeline.ranked_rendering(session, settings, variant, now), banner
+        )
     return public_page(settings, sending.prepare_variant(variant), banner)
 
 
@@ -48,7 +60,10 @@ def public_page(settings: Settings, prepared: sending.PreparedVariant, banner: s
     values = slot_values(
         name="", for_html=True, **sending.public_links(settings, WEB_VIEW_SELF)
     )
-    return as_page(_SELF_LINK.sub("", prepared.html.fill(values)), banner)
+    html = _SELF_LINK.sub("", prepared.html.fill(values))
+    if "/o/" in html:  # the tracking pixel: a web page read is no email opened
+        html = re.sub(r'<img src="' + re.escape(settings.base_url) + r'/o/[^"]*"[^>]*>', "", html)
+    return as_page(html, banner)
 
 
 def as_page(html: str, banner: str = "") -> str:

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from digest import store
 from digest.config import Settings
-from digest.editions import guard
+from digest.editions import clicks, guard
 from digest.editions.render import (
     ArticleView,
     EditionView,
@@ -36,7 +36,8 @@ from digest.mail.message import Envelope, build_message
 from digest.mail.returns import envelope_sender
 from digest.mail.tokens import seal, single_message_id
 from digest.mail.transport import Transport
-from digest.models import Article, Edition
+from digest.models import Article, Edition, EditionVariant
+from digest.store.clicks import recent_clicks
 from digest.store.overview import readers_per_cohort
 from digest.store.subscribers import cohort_readers_confirmed_by
 
@@ -115,19 +116,25 @@ def render_variant(
     cohort: Cohort,
     snapshot: Sequence[Candidate],
     sections: str,
+    edition_id: int | None = None,
 ) -> tuple[Rendered, int] | None:
-    """Render what readers with this section choice get; None if nothing is in it."""
+    """Render what readers with this section choice get; None if nothing is in it.
+    A planned edition's article links go through the click counter when it is on."""
     picked = pick_for_sections(snapshot, sections, settings.max_articles)
     if not picked:
         return None
+    articles = article_views(session, picked)
+    if edition_id is not None:
+        articles = clicks.wrap_articles(settings, edition_id, [c.id for c in picked], articles)
     view = EditionView(
         slot=cohort.slot,
         local_day=cohort.local_day,
         timezone=cohort.timezone,
-        articles=article_views(session, picked),
+        articles=articles,
         sender_name=settings.from_name,
         postal_address=settings.postal_address,
         editions_label=f"{cohort.slot} edition",
+        pixel_url=clicks.pixel_url(settings, edition_id) if edition_id is not None else "",
     )
     return render_edition(view, settings.templates_dir), len(picked)
 
@@ -228,7 +235,7 @@ def render_variants(
     empty_choices = []
     stored = {v.sections: v for v in store.variants(session, edition_id)}
     for sections in store.cohort_section_choices(session, cohort, settings.default_timezone):
-        rendered = render_variant(session, settings, cohort, snapshot, sections)
+        rendered = render_variant(session, settings, cohort, snapshot, sections, edition_id)
         if rendered is None:
             empty_choices.append(sections)
             continue
@@ -239,6 +246,7 @@ def render_variants(
             "text": page.text,
             "slot_nonce": page.slot_nonce,
             "article_count": count,
+            "click_tracking": settings.click_tracking,
         }
         if sections in stored:
             for name, value in fields.items():
@@ -390,12 +398,71 @@ def rendering_without_hidden(
         if a is not None and not a.hidden
     ]
     cohort = Cohort(edition.slot, edition.local_day, edition.timezone)
-    rendered = render_variant(session, settings, cohort, kept, "")
+    rendered = render_variant(session, settings, cohort, kept, "", edition.id)
     if rendered is None:
         return None
     page = rendered[0]
     marks = SlotMarks(page.slot_nonce)
     return PreparedVariant(Splicer.of(page.html, marks), Splicer.of(page.text, marks), page.subject)
+
+
+# --- ranked by clicks (DIGEST_RANK_BY_CLICKS) -------------------------------------------
+
+RANK_HOURS = 48  # "recent": the clicks of the last two days, every edition's
+_RANKED: dict[tuple[int, tuple[int, ...]], PreparedVariant] = {}
+
+
+def rank_within_sections(picked: Sequence[Candidate], counts: dict[int, int]) -> list[Candidate]:
+    """The same articles, sections where they were, each section's articles ordered by
+    clicks (most first; ties keep the edition's order)."""
+    runs: list[list[Candidate]] = []
+    for c in picked:
+        if runs and runs[-1][0].section == c.section:
+            runs[-1].append(c)
+        else:
+            runs.append([c])
+    return [c for run in runs for c in sorted(run, key=lambda c: -counts.get(c.id, 0))]
+
+
+def ranked_rendering(
+    session: Session, settings: Settings, variant: EditionVariant, now: datetime
+) -> PreparedVariant:
+    """A rendering for the web version and the archive with each section's articles
+    ordered by recent clicks (every reader's, never one reader's own). Rendered again
+    only when the order changes (kept per process)."""
+    edition = store.get_edition(session, variant.edition_id)
+    rows = store.articles_by_id(session, store.edition_article_ids(session, edition.id))
+    snapshot = [
+        Candidate(a.id, a.section, a.priority, a.published_at, a.seen_at) for a in rows.values()
+    ]
+    picked = pick_for_sections(snapshot, variant.sections, settings.max_articles)
+    since = now - timedelta(hours=RANK_HOURS)
+    order = rank_within_sections(picked, recent_clicks(session, since, [c.id for c in picked]))
+    key = (variant.id, tuple(c.id for c in order))
+    if key in _RANKED:
+        return _RANKED[key]
+    as_sent = settings.with_(click_tracking=variant.click_tracking)
+    articles = clicks.wrap_articles(
+        as_sent, edition.id, [c.id for c in order], article_views(session, order)
+    )
+    view = EditionView(
+        slot=edition.slot,
+        local_day=edition.local_day,
+        timezone=edition.timezone,
+        articles=articles,
+        sender_name=settings.from_name,
+        postal_address=settings.postal_address,
+        editions_label=f"{edition.slot} edition",
+    )
+    page = render_edition(view, settings.templates_dir)
+    marks = SlotMarks(page.slot_nonce)
+    prepared = PreparedVariant(
+        Splicer.of(page.html, marks), Splicer.of(page.text, marks), page.subject
+    )
+    if len(_RANKED) > 64:
+        _RANKED.clear()
+    _RANKED[key] = prepared
+    return prepared
 
 
 # --- schedule and repair -----------------------------------------------------------------

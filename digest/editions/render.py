@@ -25,7 +25,9 @@ from digest.editions.budget import (
 )
 from digest.mail.addresses import fold_header_text
 
-SLOT_NAMES = ("name_suffix", "unsubscribe_url", "preferences_url", "view_url")
+# click_reader: reader mode's part of the click links (digest/editions/clicks.py); empty
+# in every rendering anyone may see.
+SLOT_NAMES = ("name_suffix", "unsubscribe_url", "preferences_url", "view_url", "click_reader")
 _NONCE = re.compile(r"[0-9a-f]{32,64}")
 
 
@@ -70,6 +72,8 @@ class ArticleView:
     summary_text: str = ""
     image_url: str | None = None
     published_at: datetime | None = None
+    # The url is a click link whose reader part is a slot (DIGEST_CLICK_TRACKING=reader).
+    click_slot: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,7 @@ class EditionView:
     sender_name: str
     postal_address: str
     editions_label: str = "morning and evening editions"
+    pixel_url: str = ""  # DIGEST_OPEN_TRACKING's image, when on
 
 
 @dataclass(frozen=True)
@@ -179,6 +184,7 @@ def _render(view: EditionView, templates_dir: Path) -> Rendered:
         "postal_address": view.postal_address,
         "editions_label": view.editions_label,
         "slots": marks.by_name,
+        "pixel_url": view.pixel_url,
     }
     raw_html = html_env.get_template("email/edition.html").render(context)
     text = text_env.get_template("email/edition.txt").render(context)
@@ -202,7 +208,13 @@ def inline_css(raw_html: str) -> str:
 
 
 def slot_values(
-    *, name: str, unsubscribe_url: str, preferences_url: str, view_url: str, for_html: bool
+    *,
+    name: str,
+    unsubscribe_url: str,
+    preferences_url: str,
+    view_url: str,
+    for_html: bool,
+    click_reader: str = "",
 ) -> dict[str, str]:
     """What fills a reader's slots; HTML gets escaped values, text gets plain ones."""
     clean_name = fold_header_text(name, limit=80)
@@ -211,6 +223,7 @@ def slot_values(
         "unsubscribe_url": unsubscribe_url,
         "preferences_url": preferences_url,
         "view_url": view_url,
+        "click_reader": click_reader,
     }
     return html_escaped(values) if for_html else values
 

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from digest import store
 from digest.config import Settings
+from digest.editions.clicks import reader_part
 from digest.editions.halt import HaltWatch
 from digest.editions.heartbeat import MARGIN, Heartbeat
 from digest.editions.render import SlotMarks, Splicer, html_escaped, slot_values
@@ -145,6 +146,7 @@ def address_reader(
         unsubscribe_url=unsubscribe_url,
         preferences_url=f"{base}/preferences/{preferences}",
         view_url=f"{base}/editions/{edition_id}/{view}",
+        click_reader=reader_part(settings, edition_id, subscriber_id),
     )
     return Reader(
         to_address=email,

@@ -14,7 +14,7 @@ from typing import Any
 
 from digest.errors import InvalidToken
 
-PURPOSES = ("unsubscribe", "confirm", "preferences", "view")
+PURPOSES = ("unsubscribe", "confirm", "preferences", "view", "keep")
 
 
 def _b36(n: int) -> str:
@@ -161,6 +161,61 @@ def unseal(
     if (now or datetime.now(UTC)).timestamp() > expires:
         raise InvalidToken("this link has expired")
     return subscriber_id, data
+
+
+def click_token(secret: str, edition_id: int, article_id: int) -> str:
+    """The part of a click link fixed per rendering: it names an edition and an article
+    of it, nothing else (aggregate mode: nothing ties a click to a reader)."""
+    e, a = _b36(edition_id), _b36(article_id)
+    return f"{e}.{a}.{sign(secret, f'click|{e}|{a}')}"
+
+
+def click_reader_part(secret: str, edition_id: int, subscriber_id: int) -> str:
+    """What reader mode appends to every click link of one message: the reader, signed
+    with the edition (so one value serves all of the message's links)."""
+    e, s = _b36(edition_id), _b36(subscriber_id)
+    return f".{s}.{sign(secret, f'clickr|{e}|{s}')}"
+
+
+def read_click(secret: str, token: str) -> tuple[int, int, int | None]:
+    """(edition, article, reader or None) a click token names, or InvalidToken."""
+    parts = token.split(".") if isinstance(token, str) and len(token) < 120 else []
+    if len(parts) not in (3, 5):
+        raise InvalidToken("this link is malformed")
+    e, a, mac = parts[:3]
+    if not hmac.compare_digest(mac.encode(), sign(secret, f"click|{e}|{a}").encode()):
+        raise InvalidToken("this link is not valid")
+    reader: int | None = None
+    if len(parts) == 5:
+        s, rmac = parts[3:]
+        if not hmac.compare_digest(rmac.encode(), sign(secret, f"clickr|{e}|{s}").encode()):
+            raise InvalidToken("this link is not valid")
+        reader = _int36(s)
+    return _int36(e), _int36(a), reader
+
+
+def open_token(secret: str, edition_id: int) -> str:
+    """The tracking pixel's name: the edition only."""
+    e = _b36(edition_id)
+    return f"{e}.{sign(secret, f'open|{e}')}"
+
+
+def read_open(secret: str, token: str) -> int:
+    """The edition an open token names, or InvalidToken."""
+    e, _, mac = token.partition(".") if isinstance(token, str) and len(token) < 60 else ("", "", "")
+    if not e or not hmac.compare_digest(mac.encode(), sign(secret, f"open|{e}").encode()):
+        raise InvalidToken("this link is not valid")
+    return _int36(e)
+
+
+def _int36(text: str) -> int:
+    try:
+        value = int(text, 36)
+    except ValueError:
+        raise InvalidToken("this link is malformed") from None
+    if not 0 < value < 2**31:
+        raise InvalidToken("this link is malformed")
+    return value
 
 
 def message_id(secret: str, edition_id: int, subscriber_id: int, domain: str) -> str:

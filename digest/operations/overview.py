@@ -18,6 +18,7 @@ from digest import store
 from digest.config import SLOTS, Settings
 from digest.editions.schedule import Cohort, local_day, send_at
 from digest.models import Feed
+from digest.store import clicks
 from digest.store import overview as q
 
 RATE_WINDOW = timedelta(seconds=30)
@@ -63,6 +64,8 @@ class Overview:
     feeds: list[Feed]
     readers: dict[str, int]
     chart: list[tuple[date, int, int]]
+    # The sunset (reader mode): unsubscribed as inactive in 30 days, asked and waiting.
+    sunset: tuple[int, int] | None = None
 
 
 def next_sends(session: Session, settings: Settings, now: datetime) -> list[NextSend]:
@@ -143,4 +146,13 @@ def overview(session: Session, settings: Settings, now: datetime) -> Overview:
         feeds=store.list_feeds(session),
         readers=store.count_subscribers(session),
         chart=chart(session, now),
+        sunset=sunset_counts(session, settings, now),
     )
+
+
+def sunset_counts(session: Session, settings: Settings, now: datetime) -> tuple[int, int] | None:
+    """(unsubscribed as inactive in the last 30 days, questions open); None when off."""
+    if not settings.sunset_editions:
+        return None
+    since = now - timedelta(days=30)
+    return clicks.inactive_unsubscribes(session, since), clicks.pending_sunsets(session)

@@ -458,7 +458,8 @@ def edition_html(
     edition = store.get_edition(session, edition_id)
     if now - edition.send_at > timedelta(days=settings.view_ttl_days):
         raise InvalidToken("this link has expired")
-    return pages.public_html(settings, store.get_variant(session, delivery.variant_id))
+    variant = store.get_variant(session, delivery.variant_id)
+    return pages.public_html(settings, variant, session=session, now=now)
 
 
 # --- the sign-up email -------------------------------------------------------------------

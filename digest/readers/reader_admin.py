@@ -17,6 +17,7 @@ from digest.errors import InvalidInput, NotFound
 from digest.mail.addresses import mailbox_of
 from digest.models import Subscriber
 from digest.readers import accounts
+from digest.store.clicks import forget_reader_clicks, reader_clicks
 from digest.store.people import forget_delivery_errors, reader_deliveries, search_subscribers
 
 # Suppressed by an operator (a spam trap, a legal request): like a bounce, no sign-up
@@ -113,6 +114,11 @@ def export_person(session: Session, subscriber_id: int, default_timezone: str) -
             {**d, "sent_at": iso(d["sent_at"]), "local_day": d["local_day"].isoformat()}
             for d in v.deliveries
         ],
+        # Reader mode's clicks (DIGEST_CLICK_TRACKING=reader); empty in the other modes.
+        "clicks": [
+            {"edition_id": e, "article_id": a, "clicked_at": iso(at)}
+            for e, a, at in reader_clicks(session, subscriber_id)
+        ],
     }
 
 
@@ -174,6 +180,7 @@ def erase(session: Session, subscriber_id: int, now: datetime) -> Subscriber:
     store.suppress(session, subscriber.email, ERASED, now)  # kept if already suppressed
     forget_delivery_errors(session, subscriber_id)
     store.forget_returned(session, subscriber_id)
+    forget_reader_clicks(session, subscriber_id)  # reader mode's clicks and sunset notice
     subscriber.email = f"erased-{subscriber.id}@erased.invalid"
     subscriber.name = ""
     subscriber.timezone = None

@@ -19,7 +19,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from digest.config import Settings, load_settings
 from digest.db import make_engine, make_sessionmaker
 from digest.readers.signup_limits import SignupGuard, parse_limits, storage_uri
-from digest.web import api, metrics, readers, webhooks
+from digest.web import api, clicks, metrics, readers, webhooks
 from digest.web import console as _console_views  # noqa: F401 - registers the console pages
 from digest.web.auth import configure_sessions, console
 from digest.web.base import (
@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     app.extensions["digest"] = Runtime(settings, engine, sessions, clock or utcnow, guard, signin)
     app.register_blueprint(common)
     app.register_blueprint(readers.bp)
+    clicks.install(app, app.extensions["digest"])
     configure_sessions(app, settings)
     app.register_blueprint(console)
     app.register_blueprint(webhooks.bp)

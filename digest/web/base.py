@@ -42,8 +42,10 @@ EDITION_CSP = (
     "form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
 )
 # Repeated slashes too: werkzeug answers //preferences//<token> (with a redirect).
+# /r/<token>: in reader mode a click link names its reader.
 _TOKEN_PATH = re.compile(
-    r"(/+(?:unsubscribe|confirm|preferences|editions/+[^/?#\s]+)/+)[^/?#\s]+", re.IGNORECASE
+    r"(/+(?:unsubscribe|confirm|preferences|keep|r|editions/+[^/?#\s]+)/+)[^/?#\s]+",
+    re.IGNORECASE,
 )
 # The console's reader search puts an address in the query string; a sign-up link from
 # a reader's email carries their token there.
@@ -149,7 +151,7 @@ def client_key() -> str:
 
 
 def address_key(addr: str) -> str:
-    """An address as the rate limits count it (see client_key)."""
+    """client_key of an address (also for code that runs outside a Flask request)."""
     try:
         ip = ipaddress.ip_address(addr)
     except ValueError:

@@ -12,7 +12,7 @@ from digest.editions import pipeline
 from digest.editions.schedule import Cohort, local_day
 from digest.errors import DigestError
 from digest.feeds import ingest
-from digest.operations import overview
+from digest.operations import engagement, overview
 from digest.store.articles import latest_articles
 from digest.web.auth import console
 from digest.web.base import db, runtime
@@ -121,6 +121,7 @@ def articles() -> Any:
         latest=latest,
         slots=SLOTS,
         slot=slot,
+        most_read=engagement.most_read(db(), now),
     )
 
 

@@ -16,7 +16,7 @@ from digest.editions.sending import prepare_variant
 from digest.errors import ConfigError, DigestError, InvalidInput
 from digest.mail.addresses import normalise_address
 from digest.mail.relays import make_transport
-from digest.operations import overview
+from digest.operations import engagement, overview
 from digest.readers import accounts
 from digest.store import overview as q
 from digest.web.auth import console, operator_name
@@ -60,6 +60,8 @@ def edition(edition_id: int) -> Any:
         errors=q.edition_errors(session, found.id),
         variants=store.variants(session, found.id),
         progress=overview.progress(session, runtime().clock(), [found.id])[0],
+        clicks=engagement.edition_clicks(session, found.id),
+        tracking=runtime().settings.click_tracking,
     )
 
 
