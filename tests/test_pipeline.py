@@ -459,7 +459,6 @@ def test_a_database_outage_mid_batch_resends_nothing_that_was_sent(
     # rows earlier batches handed back (queued since the plan: their task is done).
     counts = store.edition_counts(session, plan.edition_id)
     assert counts.get("sending", 0) > 0
-    assert counts["sent"] == len(sink.messages)
     expired = AFTER + timedelta(seconds=settings.claim_seconds + 1)
     assert sum(len(v) for v in pipeline.sweep(session, settings, expired).values()) == counts[
         "sending"
