@@ -26,15 +26,20 @@ def read_bounce_mailbox(
     propagates with the message it was on left untouched."""
     target = parse_imap_url(url)
     rule = SoftRule.of(settings)
-    with sessions() as session:
-        installation = store.installation_id(session)
-        session.commit()
+    installation: list[str] = []  # read once, when a Message-ID first asks for it
+
+    def ours(part: str) -> bool:
+        if not installation:
+            with sessions() as session:
+                installation.append(store.installation_id(session))
+                session.commit()
+        return part == installation[0]
 
     def handle(raw: bytes) -> tuple[bool, str]:
         found = classify(raw, settings.secret_key, now)
         if found.kind not in ACTED or found.subscriber_id is None:
             return False, f"left: {clean(found.detail)}"
-        if found.installation and found.installation != installation:
+        if found.installation and not ours(found.installation):
             # A mailbox shared with another installation: its bounces are its own.
             return False, f"left: {clean(found.detail)}, of another installation"
         with sessions() as session:
