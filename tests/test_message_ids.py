@@ -205,3 +205,25 @@ def test_signup_mail_and_test_copies_carry_the_installation_id(
     signup, test_copy = (wire_message_id(m[2]) for m in sink.messages[1:])
     assert signup.startswith(f"<signup.{installation}.")
     assert test_copy.startswith(f"<test.{installation}.")
+
+
+def test_a_long_message_id_goes_on_a_line_of_its_own() -> None:
+    from email import message_from_bytes, policy
+
+    from digest.mail.message import Envelope, Sender, build_message
+    from digest.mail.tokens import message_id
+
+    domain = "mail.a-rather-long-publisher-name.example.co.uk"
+    sender = Sender("news@gazette.example", "Gazette", "daily.gazette.example", "Gazette", "")
+    for mid in (
+        message_id("k", "k3x9q2ab", 1, 2, "short.example"),
+        message_id("k", "k3x9q2ab", 2_000_000, 9_000_000, domain),
+    ):
+        env = Envelope("r@example.org", "", mid, "https://x.example/u", "t", "text", "<p>x</p>")
+        raw = build_message(sender, "Subject", AFTER, env)
+        head = raw.split(b"\r\n\r\n", 1)[0].decode("ascii").split("\r\n")
+        assert wire_message_id(raw) == mid
+        assert all(len(line) <= 78 for line in head if not line.startswith(" <https://"))
+        parsed = message_from_bytes(raw, policy=policy.default)
+        assert str(parsed["Message-ID"]).strip() == mid
+    assert f"Message-ID:\r\n {mid}\r\n".encode() in raw
