@@ -213,7 +213,7 @@ def test_a_long_message_id_goes_on_a_line_of_its_own() -> None:
     from digest.mail.message import Envelope, Sender, build_message
     from digest.mail.tokens import message_id
 
-    domain = "mail.a-rather-long-publisher-name.example.co.uk"
+    domain = "news.longer-gazette.co.uk"  # too long for "Message-ID: ", not for a line
     sender = Sender("news@gazette.example", "Gazette", "daily.gazette.example", "Gazette", "")
     for mid in (
         message_id("k", "k3x9q2ab", 1, 2, "short.example"),
