@@ -113,7 +113,9 @@ def message_size(settings: Settings) -> int:
         assert edition is not None
         variant = store.variants(session, edition.id)[0]
         template = sending.message_template(settings, variant, NOW)
-        reader = sending.address_reader(settings, edition.id, 1, "reader1@example.com", "R 1")
+        reader = sending.address_reader(
+            settings, store.installation_id(session), edition.id, 1, "reader1@example.com", "R 1"
+        )
         return len(template.render(reader))
 
 
@@ -268,11 +270,12 @@ def per_message_costs(settings: Settings, samples: int) -> tuple[list[float], li
         )
         cohort = Cohort("morning", DAY, TZ)
         _, snapshot = pipeline.select_snapshot(session, settings, cohort, edition.window_end)
+        installation = store.installation_id(session)
         ours = []
         for i in range(samples * 20):
             t = time.perf_counter()
             reader = sending.address_reader(
-                settings, edition.id, i, f"r{i}@example.com", f"Reader {i}"
+                settings, installation, edition.id, i, f"r{i}@example.com", f"Reader {i}"
             )
             template.render(reader)
             ours.append(time.perf_counter() - t)
@@ -311,6 +314,7 @@ def dkim_cost(settings: Settings, samples: int = 400) -> tuple[float, float, int
         variant = store.variants(session, edition.id)[0]
         prepared = sending.prepare_variant(variant)
         sender = sending.sender_of(settings)
+        installation = store.installation_id(session)
         timings = []
         for signer in (sender, replace(sender, dkim=key)):
             template = MessageTemplate(
@@ -318,7 +322,9 @@ def dkim_cost(settings: Settings, samples: int = 400) -> tuple[float, float, int
             )
             runs = []
             for i in range(samples):
-                reader = sending.address_reader(settings, edition.id, i, f"r{i}@x.com", "R")
+                reader = sending.address_reader(
+                    settings, installation, edition.id, i, f"r{i}@x.com", "R"
+                )
                 t = time.perf_counter()
                 size = len(template.render(reader))
                 runs.append(time.perf_counter() - t)

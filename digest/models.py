@@ -400,3 +400,13 @@ class SunsetNotice(Base):
     asked_at: Mapped[datetime] = mapped_column(UTCDateTime)
     kept_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+
+
+class Installation(Base):
+    """This database's installation id (one row, made by migration 0011): a random part
+    in every Message-ID, so databases that share a secret key never mint the same one."""
+
+    __tablename__ = "installation"
+
+    id: Mapped[int] = mapped_column(primary_key=True)  # always 1
+    installation_id: Mapped[str] = mapped_column(String(16))

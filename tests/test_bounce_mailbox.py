@@ -259,3 +259,43 @@ def test_a_mailbox_that_refuses_the_login_is_exit_75(dovecot, tmp_path) -> None:
 def test_bad_imap_urls_name_the_problem(url) -> None:
     with pytest.raises(ConfigError):
         parse_imap_url(url)
+
+
+def test_a_bounce_of_another_installation_is_left_in_a_shared_mailbox(
+    dovecot, tmp_path, sqlite_url
+) -> None:
+    from email.message import EmailMessage
+
+    from digest.db import make_engine, make_sessionmaker
+    from digest.mail.tokens import message_id
+    from tests.test_inbound import dsn as quoting_dsn
+
+    env_file = tmp_path / "digest.env"
+    env_file.write_text(
+        f"DIGEST_DATA_DIR={tmp_path / 'data'}\nDIGEST_DATABASE_URL={sqlite_url}\n"
+        f"DIGEST_SECRET_KEY={SECRET}\nDIGEST_BOUNCE_ADDRESS={BASE}\n"
+    )
+    engine = make_engine(sqlite_url)
+    sessions = make_sessionmaker(engine)
+    with sessions() as session:
+        ana = store.add_subscriber(session, "ana@example.org", NOW, status="active").id
+        installation = store.installation_id(session)
+        session.commit()
+    other = "zzzzzzzz" if installation != "zzzzzzzz" else "yyyyyyyy"
+    for subject, part in (("ours", installation), ("another installation's", other)):
+        original = EmailMessage()
+        original["To"] = "ana@example.org"
+        original["Message-ID"] = message_id(SECRET, part, 0, ana, "digest.test")
+        original.set_content("x")
+        raw = quoting_dsn(original).replace(
+            b"Subject: Undelivered Mail Returned to Sender", f"Subject: {subject}".encode()
+        )
+        append(dovecot, "INBOX", raw)
+    url = f"{dovecot}/INBOX?move=Processed"
+    result = CliRunner().invoke(cli, ["inbound", "--env-file", str(env_file), "--imap", url])
+    assert result.exit_code == 0 and "2 read, 1 acted on" in result.output, result.output
+    assert subjects(dovecot, "INBOX") == ["another installation's"]
+    assert subjects(dovecot, "Processed") == ["ours"]
+    with sessions() as session:
+        assert store.get_subscriber(session, ana).status == "bounced"
+    engine.dispose()

@@ -147,8 +147,9 @@ def test_forged_reports_change_nothing(session, sent) -> None:
     assert ben is not None
     other = ben.id
     forged["Message-ID"] = re.sub(
-        r"\.(\d+)\.(\w+)@", f".{other}.AAAAAAAAAA@", str(original["Message-ID"])
+        r"\.(\d+)\.(\w+)\.(\w+)@", rf".{other}.AAAAAAAAAA.\3@", str(original["Message-ID"])
     )
+    assert forged["Message-ID"] != original["Message-ID"]
     forged.set_content("x")
     for raw in (dsn(forged), arf(forged)):
         found = inbound.classify(raw, settings.secret_key, AFTER)

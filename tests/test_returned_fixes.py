@@ -40,7 +40,7 @@ def single(campaign: str, url: str) -> bytes:
     env = Envelope(
         "reader@example.org",
         "",
-        single_message_id(campaign, "gazette.example.net"),
+        single_message_id(campaign, "k3x9q2ab", "gazette.example.net"),
         url,
         "test-copy" if campaign == "test" else "t." + "k" * 40,
         "text",

@@ -231,7 +231,10 @@ def test_variants_keep_their_nonce_and_it_is_never_sent(settings, session) -> No
     (variant,) = store.variants(session, plan.edition_id)
     assert len(variant.slot_nonce) == 32 and variant.slot_nonce in variant.html
     prepared = sending.prepare_variant(variant)
-    reader = sending.address_reader(settings, plan.edition_id, 1, "a@example.com", "A")
+    installation = store.installation_id(session)
+    reader = sending.address_reader(
+        settings, installation, plan.edition_id, 1, "a@example.com", "A"
+    )
     html = prepared.html.fill(reader.html_values)
     text = prepared.text.fill(reader.text_values)
     assert variant.slot_nonce not in html and variant.slot_nonce not in text

@@ -1,11 +1,20 @@
 """Signed tokens: bound to purpose, subscriber and expiry; forgeries change nothing."""
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from digest.errors import InvalidToken
-from digest.mail.tokens import make_token, message_id, read_token
+from digest.mail.tokens import (
+    OurMessageId,
+    make_token,
+    message_id,
+    read_message_id,
+    read_token,
+    sign,
+    single_message_id,
+)
 
 SECRET = "s3cret"
 NOW = datetime(2026, 11, 29, tzinfo=UTC)
@@ -49,10 +58,33 @@ def test_expiry() -> None:
 
 
 def test_message_id_is_deterministic_and_distinct() -> None:
-    a = message_id(SECRET, 1, 2, "example.com")
-    assert a == message_id(SECRET, 1, 2, "example.com")
-    assert a != message_id(SECRET, 1, 3, "example.com")
-    assert a.startswith("<") and a.endswith("@example.com>")
+    a = message_id(SECRET, "k3x9q2ab", 1, 2, "example.com")
+    assert a == message_id(SECRET, "k3x9q2ab", 1, 2, "example.com")
+    assert a != message_id(SECRET, "k3x9q2ab", 1, 3, "example.com")
+    assert a != message_id(SECRET, "m7p4r2cd", 1, 2, "example.com")
+    assert a.startswith("<digest.1.2.") and a.endswith(".k3x9q2ab@example.com>")
+
+
+def test_a_message_id_is_read_back_with_its_installation() -> None:
+    a = message_id(SECRET, "k3x9q2ab", 12, 345, "example.com")
+    assert read_message_id(SECRET, f"  {a} ") == OurMessageId(12, 345, "k3x9q2ab")
+    assert read_message_id("another key", a) is None
+    other = message_id(SECRET, "m7p4r2cd", 12, 345, "example.com")
+    # Moving one installation's tag under another's id breaks the tag.
+    swapped = other.replace(".m7p4r2cd@", ".k3x9q2ab@")
+    assert read_message_id(SECRET, swapped) is None
+    assert read_message_id(SECRET, a.replace("<digest.12.", "<digest.13.")) is None
+
+
+def test_a_message_id_of_before_installation_ids_is_still_read() -> None:
+    tag = sign(SECRET, "msgid|1|2")[:10].replace("-", "x").replace("_", "y")
+    assert read_message_id(SECRET, f"<digest.1.2.{tag}@example.com>") == OurMessageId(1, 2, "")
+
+
+def test_single_message_ids_carry_the_installation() -> None:
+    a = single_message_id("signup", "k3x9q2ab", "example.com")
+    assert re.fullmatch(r"<signup\.k3x9q2ab\.[0-9a-f]{16}@example\.com>", a)
+    assert a != single_message_id("signup", "k3x9q2ab", "example.com")
 
 
 @pytest.mark.parametrize("secret", ["k", "a-much-longer-secret-" * 5, "clé"])

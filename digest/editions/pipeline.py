@@ -352,7 +352,9 @@ def test_send(
     env = Envelope(
         to_address=to,
         to_name="",
-        message_id=single_message_id("test", settings.sender_domain),
+        message_id=single_message_id(
+            "test", store.installation_id(session), settings.sender_domain
+        ),
         unsubscribe_url=links["unsubscribe_url"],
         unsubscribe_token="test-copy",
         html=prepared.html.fill(html_escaped(text)),

@@ -133,10 +133,16 @@ def reader_links(settings: Settings, subscriber_id: int, edition_id: int) -> dic
 
 
 def address_reader(
-    settings: Settings, edition_id: int, subscriber_id: int, email: str, name: str
+    settings: Settings,
+    installation: str,
+    edition_id: int,
+    subscriber_id: int,
+    email: str,
+    name: str,
 ) -> Reader:
     """One reader's slot values and ids, for the pre-encoded message template (the same
-    links as reader_links, its tokens signed in one go: this runs for every message)."""
+    links as reader_links, its tokens signed in one go: this runs for every message).
+    `installation` is the database's id (store.installation_id), read once per batch."""
     secret, base = settings.secret_key, settings.base_url
     unsubscribe, preferences, view = reader_tokens(secret, subscriber_id, str(edition_id))
     unsubscribe_url = f"{base}/unsubscribe/{unsubscribe}"
@@ -151,7 +157,9 @@ def address_reader(
     return Reader(
         to_address=email,
         to_name=name,
-        message_id=message_id(secret, edition_id, subscriber_id, settings.sender_domain),
+        message_id=message_id(
+            secret, installation, edition_id, subscriber_id, settings.sender_domain
+        ),
         unsubscribe_url=unsubscribe_url,
         unsubscribe_token=unsubscribe,
         html_values=html_escaped(text_values),
@@ -194,6 +202,7 @@ def send_batch(
         vid: message_template(settings, store.get_variant(session, vid), now)
         for vid in {r.variant_id for r in rows}
     }
+    installation = store.installation_id(session)  # once per batch, for the Message-IDs
     session.commit()  # the lanes below use their own connections
     lanes = max(1, min(settings.smtp_connections, len(rows) // 20))
     shares = [rows[i::lanes] for i in range(lanes)]
@@ -210,7 +219,9 @@ def send_batch(
     ):
         # Stop well inside the batch's time limit (the task's, which ends its process).
         stop_at = started + 0.9 * settings.lease_seconds
-        lane = Lane(settings, templates, now, report, record, beat, stop_at, per_message)
+        lane = Lane(
+            settings, templates, now, report, record, beat, stop_at, per_message, installation
+        )
         lane.halt = HaltWatch(session.get_bind(), {row.edition_id for row in rows})
         if lanes == 1:
             lane.run(transport, shares[0])
@@ -273,6 +284,7 @@ class Lane:
     beat: Heartbeat
     stop_at: float  # time.monotonic() after which no message may still be under way
     per_message: float  # the longest one message may take (its SMTP deadline)
+    installation: str  # the database's installation id, part of every Message-ID
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
     halt: HaltWatch | None = None  # an operator paused or cancelled the edition
@@ -310,7 +322,14 @@ class Lane:
                         held.add(row.id)  # goes back untried, sent only after a resume
                         continue
                     outcome, error = _send_one(
-                        self.settings, transport, record, row, statuses, self.templates, self.now
+                        self.settings,
+                        self.installation,
+                        transport,
+                        record,
+                        row,
+                        statuses,
+                        self.templates,
+                        self.now,
                     )
                     pending.discard(row.id)
                     with self.lock:
@@ -387,6 +406,7 @@ def message_deadline(settings: Settings) -> float:
 
 def _send_one(
     settings: Settings,
+    installation: str,
     transport: Transport,
     record: store.Recorder,
     r: Any,
@@ -399,7 +419,7 @@ def _send_one(
     if status != "active":
         record.suppressed(r.id, f"subscriber is {status}")
         return "suppressed", None
-    reader = address_reader(settings, r.edition_id, r.subscriber_id, r.email, r.name)
+    reader = address_reader(settings, installation, r.edition_id, r.subscriber_id, r.email, r.name)
     try:
         message = templates[r.variant_id].render(reader)
         transport.send(

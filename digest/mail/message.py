@@ -300,9 +300,12 @@ class MessageTemplate:
             reader.unsubscribe_url, self.sender.unsubscribe_mailto, reader.unsubscribe_token
         )
         encoded: dict[str, bytes] = {}
+        mid = check_header_value(reader.message_id)
+        # Folded before the id when the line would pass 78 characters (a long domain).
+        mid = " " + mid if len(mid) <= 66 else "\r\n " + mid
         per_reader = (
             f"To: {_addr(reader.to_name, reader.to_address)}\r\n"
-            f"Message-ID: {check_header_value(reader.message_id)}\r\n"
+            f"Message-ID:{mid}\r\n"
             f"List-Unsubscribe: {unsubscribe}\r\n"
         ).encode("ascii")
         message = b"".join(

@@ -7,7 +7,9 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 import secrets
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -218,15 +220,64 @@ def _int36(text: str) -> int:
     return value
 
 
-def message_id(secret: str, edition_id: int, subscriber_id: int, domain: str) -> str:
-    """The same Message-ID every time this edition goes to this subscriber."""
-    tag = (
-        sign(secret, f"msgid|{edition_id}|{subscriber_id}")[:10].replace("-", "x").replace("_", "y")
-    )
+def _message_tag(secret: str, fields: str) -> str:
+    return sign(secret, f"msgid|{fields}")[:10].replace("-", "x").replace("_", "y")
+
+
+def message_id(
+    secret: str, installation: str, edition_id: int, subscriber_id: int, domain: str
+) -> str:
+    """The same Message-ID every time this installation sends this edition to this
+    subscriber: `<digest.EDITION.SUBSCRIBER.TAG.INSTALLATION@domain>`. The installation
+    id (one per database) keeps databases that share a secret key from minting the same
+    one; the tag, an HMAC over all three, lets a bounce that quotes it name the reader."""
+    tag = _message_tag(secret, f"{installation}|{edition_id}|{subscriber_id}")
+    return f"<digest.{edition_id}.{subscriber_id}.{tag}.{installation}@{domain}>"
+
+
+def _legacy_message_id(secret: str, edition_id: int, subscriber_id: int, domain: str) -> str:
+    """The Message-ID minted before installation ids (`<digest.E.S.TAG@domain>`): still
+    recognised when a late bounce quotes one."""
+    tag = _message_tag(secret, f"{edition_id}|{subscriber_id}")
     return f"<digest.{edition_id}.{subscriber_id}.{tag}@{domain}>"
 
 
-def single_message_id(kind: str, domain: str) -> str:
-    """A short, random Message-ID for a message sent once (sign-up email, test copy):
-    `<kind.16 hex@domain>`, so that the header stays within 78 characters."""
-    return f"<{kind}.{secrets.token_hex(8)}@{domain}>"
+_OUR_ID = re.compile(
+    r"<digest\.(\d{1,18})\.(\d{1,18})\.[A-Za-z0-9]{1,20}(?:\.([a-z0-9]{4,16}))?"
+    r"@([^>\s]{1,255})>"
+)
+
+
+@dataclass(frozen=True)
+class OurMessageId:
+    """What a Message-ID of ours names; `installation` is "" for one minted before
+    installation ids (it cannot say which database sent it)."""
+
+    edition_id: int
+    subscriber_id: int
+    installation: str
+
+
+def read_message_id(secret: str, value: str) -> OurMessageId | None:
+    """The edition, subscriber and installation a Message-ID of ours names, if its HMAC
+    tag holds (under this key, whichever installation minted it)."""
+    found = _OUR_ID.search(value or "")
+    if found is None:
+        return None
+    edition_id, subscriber_id = int(found.group(1)), int(found.group(2))
+    installation, domain = found.group(3) or "", found.group(4)
+    expected = (
+        message_id(secret, installation, edition_id, subscriber_id, domain)
+        if installation
+        else _legacy_message_id(secret, edition_id, subscriber_id, domain)
+    )
+    if not hmac.compare_digest(expected.encode(), found.group(0).encode()):
+        return None
+    return OurMessageId(edition_id, subscriber_id, installation)
+
+
+def single_message_id(kind: str, installation: str, domain: str) -> str:
+    """A random Message-ID for a message sent once (sign-up email, test copy):
+    `<kind.INSTALLATION.16 hex@domain>` (a long domain puts it on a line of its own)."""
+    middle = f"{installation}." if installation else ""
+    return f"<{kind}.{middle}{secrets.token_hex(8)}@{domain}>"

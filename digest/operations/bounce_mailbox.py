@@ -8,6 +8,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
+from digest import store
 from digest.config import Settings
 from digest.readers.inbound import apply, classify
 from digest.readers.mailbox import Tally, parse_imap_url, read_mailbox
@@ -25,11 +26,22 @@ def read_bounce_mailbox(
     propagates with the message it was on left untouched."""
     target = parse_imap_url(url)
     rule = SoftRule.of(settings)
+    installation: list[str] = []  # read once, when a Message-ID first asks for it
+
+    def ours(part: str) -> bool:
+        if not installation:
+            with sessions() as session:
+                installation.append(store.installation_id(session))
+                session.commit()
+        return part == installation[0]
 
     def handle(raw: bytes) -> tuple[bool, str]:
         found = classify(raw, settings.secret_key, now)
         if found.kind not in ACTED or found.subscriber_id is None:
             return False, f"left: {clean(found.detail)}"
+        if found.installation and not ours(found.installation):
+            # A mailbox shared with another installation: its bounces are its own.
+            return False, f"left: {clean(found.detail)}, of another installation"
         with sessions() as session:
             line = apply(session, found, now, rule, source="imap")
             session.commit()

@@ -226,6 +226,7 @@ class Notice:
     subscriber_id: int
     email: str
     request: dict[str, str] = field(default_factory=dict)
+    installation: str = ""  # the database's id, part of the sign-up email's Message-ID
 
 
 # Addresses that bounced or complained get no mail from a web form, ever: a sign-up
@@ -286,7 +287,8 @@ def request_subscription(
     else:
         subscriber.last_notice_at = now
     session.flush()
-    return Notice(kind, subscriber.id, subscriber.email, _request_of(fields, source, now))
+    request = _request_of(fields, source, now)
+    return Notice(kind, subscriber.id, subscriber.email, request, store.installation_id(session))
 
 
 def _never_mail(session: Session, email: str) -> bool:
@@ -494,7 +496,7 @@ def compose_notice(settings: Settings, notice: Notice, now: datetime) -> tuple[b
     envelope = Envelope(
         to_address=notice.email,
         to_name="",  # nothing the requester typed goes into a sign-up email
-        message_id=single_message_id("signup", settings.sender_domain),
+        message_id=single_message_id("signup", notice.installation, settings.sender_domain),
         unsubscribe_url=links["unsubscribe_url"],
         unsubscribe_token=links["unsubscribe_token"],
         text=text_env.get_template("email/signup.txt").render(context),

@@ -28,14 +28,13 @@ from sqlalchemy.orm import Session
 from digest import store
 from digest.errors import InvalidToken, NotFound
 from digest.mail.returns import read_verp
-from digest.mail.tokens import message_id, read_token
+from digest.mail.tokens import OurMessageId, read_message_id, read_token
 from digest.readers import accounts
 from digest.readers.returned import SoftRule, act, clean
 
 _UNSUBSCRIBE = re.compile(
     r"unsubscribe\s+([0-9a-z]{1,20}\.[0-9a-z]{0,20}\.[A-Za-z0-9_-]{1,40})", re.I
 )
-_OUR_ID = re.compile(r"<digest\.(\d{1,18})\.(\d{1,18})\.[A-Za-z0-9]{1,20}@[^>\s]{1,255}>")
 _ADDRESS = re.compile(r"[^\s<>;:\"]+@[^\s<>;\"]+")
 # Statuses that say the address itself is gone; other permanent failures (policy,
 # blocklists, a full mailbox) fail that one message but keep the reader.
@@ -64,6 +63,9 @@ class Inbound:
     recipient: str | None = None  # the address the report names, checked against the reader
     by_envelope: bool = False  # matched by its signed VERP address, which alone names the reader
     failed: tuple[Failed, ...] = ()  # a bounce's verdict for each recipient it names
+    # The installation part of the Message-ID it was matched by ("" for VERP, or an id
+    # minted before installation ids): `apply` refuses another installation's.
+    installation: str = ""
 
 
 def classify(raw: bytes, secret: str, now: datetime, recipient: str = "") -> Inbound:
@@ -191,35 +193,28 @@ def _quoted(part: Message) -> Message | None:
     return None
 
 
-def _ours(report: Message, secret: str) -> tuple[int, int, Message] | None:
-    """(edition, subscriber, quoted message) of a message of ours the report quotes at
-    its top level (not in some attachment further down), if its HMAC tag holds."""
+def _ours(report: Message, secret: str) -> tuple[OurMessageId, Message] | None:
+    """What the Message-ID of a message of ours the report quotes at its top level (not
+    in some attachment further down) names, and that message, if its HMAC tag holds."""
     for part in report.get_payload() if report.is_multipart() else []:
         if not isinstance(part, Message):
             continue
         quoted = _quoted(part)
         if quoted is None:
             continue
-        found = _OUR_ID.search(str(quoted.get("Message-ID", "")))
-        if found is None:
-            continue
-        edition_id, subscriber_id = int(found.group(1)), int(found.group(2))
-        domain = found.group(0).rsplit("@", 1)[1].rstrip(">")
-        if message_id(secret, edition_id, subscriber_id, domain) == found.group(0):
-            return edition_id, subscriber_id, quoted
+        found = read_message_id(secret, str(quoted.get("Message-ID", "")))
+        if found is not None:
+            return found, quoted
     return None
 
 
-def ours_by_message_id(secret: str, value: str) -> tuple[int, int] | None:
-    """(edition, subscriber) a Message-ID of ours names, if its HMAC tag holds."""
-    found = _OUR_ID.search(value or "")
-    if found is None:
+def ours_by_message_id(secret: str, installation: str, value: str) -> tuple[int, int] | None:
+    """(edition, subscriber) a Message-ID of this installation names, if its HMAC tag
+    holds; one minted before installation ids counts, another installation's does not."""
+    found = read_message_id(secret, value)
+    if found is None or found.installation not in ("", installation):
         return None
-    edition_id, subscriber_id = int(found.group(1)), int(found.group(2))
-    domain = found.group(0).rsplit("@", 1)[1].rstrip(">")
-    if message_id(secret, edition_id, subscriber_id, domain) != found.group(0):
-        return None
-    return edition_id, subscriber_id
+    return found.edition_id, found.subscriber_id
 
 
 def _address(value: object) -> str | None:
@@ -313,9 +308,17 @@ def _bounce(
     ours = _ours(report, secret)
     if ours is None:
         return Inbound("ignored", "bounce that does not quote a message of ours")
-    edition_id, subscriber_id, _ = ours
+    mid = ours[0]
     detail = f"bounced: {first.reason} (matched by its Message-ID)"
-    return Inbound(kind, detail, subscriber_id, edition_id, recipient, failed=failed)
+    return Inbound(
+        kind,
+        detail,
+        mid.subscriber_id,
+        mid.edition_id,
+        recipient,
+        failed=failed,
+        installation=mid.installation,
+    )
 
 
 def _complaint(report: Message, secret: str) -> Inbound:
@@ -357,10 +360,17 @@ def _complaint(report: Message, secret: str) -> Inbound:
     ours = _ours(report, secret)
     if ours is None:
         return Inbound("ignored", "complaint that does not quote a message of ours")
-    edition_id, subscriber_id, quoted = ours
+    mid, quoted = ours
     recipient = recipient or _address(quoted.get("To"))
     detail += " (matched by its Message-ID)"
-    return Inbound("complaint", detail, subscriber_id, edition_id, recipient)
+    return Inbound(
+        "complaint",
+        detail,
+        mid.subscriber_id,
+        mid.edition_id,
+        recipient,
+        installation=mid.installation,
+    )
 
 
 def _redacted(address: str | None) -> bool:
@@ -392,6 +402,9 @@ def apply(
         return f"ignored: {found.detail}"
     if found.subscriber_id is None or found.kind == "ignored":
         return f"ignored: {found.detail}"
+    if found.installation and found.installation != store.installation_id(session):
+        # The same key, another database: its reader ids are not ours.
+        return f"ignored: {found.detail}, but of another installation of digest"
     try:
         subscriber = accounts.reader(session, found.subscriber_id)
     except NotFound:

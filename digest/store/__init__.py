@@ -65,6 +65,7 @@ from digest.store.editions import (
     set_edition_status,
     variants,
 )
+from digest.store.installation import installation_id
 from digest.store.recorder import Recorder
 from digest.store.returned import (
     ReturnedRow,
@@ -108,6 +109,7 @@ __all__ = [
     "replace_edition_articles",
     "sent_article_ids",
     "set_edition_status",
+    "installation_id",
     "Recorder",
     "ReturnedRow",
     "add_returned",

@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from digest import store
 from digest.config import Settings
 from digest.errors import DigestError
 from digest.readers.inbound import ours_by_message_id
@@ -65,13 +66,14 @@ def act_on_events(
 ) -> list[str]:
     """Act on each event; returns one line per event (unknown addresses are logged only)."""
     rule = SoftRule.of(settings)
+    installation = store.installation_id(session)
     lines = []
     for event in events:
         if not event.kind:
             lines.append(f"ignored: {clean(event.reason)}")
             continue
         edition_id = None
-        ours = ours_by_message_id(settings.secret_key, event.message_id)
+        ours = ours_by_message_id(settings.secret_key, installation, event.message_id)
         if ours is not None:
             reader = find_reader(session, event.address)
             if reader is not None and reader.id == ours[1]:
