@@ -145,3 +145,22 @@ def test_every_subpackage_says_what_it_may_import() -> None:
     for init in sorted((ROOT / "digest").glob("*/__init__.py")):
         doc = ast.get_docstring(ast.parse(init.read_text())) or ""
         assert doc, f"{init.parent.name}/__init__.py has no docstring"
+
+
+def test_the_wheel_ships_every_package() -> None:
+    """The image installs digest as a wheel: a subpackage missing from it is an app that
+    cannot start (it happened when web/console became a package)."""
+    import tomllib
+
+    from setuptools import find_namespace_packages
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = config["packages"]
+    assert isinstance(found, dict), "list packages with packages.find, not by hand"
+    shipped = set(find_namespace_packages(str(ROOT), **found["find"]))
+    wanted = {
+        module_name(init.parent / "x.py").rpartition(".")[0]
+        for top in ("digest", "workers")
+        for init in (ROOT / top).rglob("__init__.py")
+    }
+    assert wanted <= shipped, sorted(wanted - shipped)
