@@ -10,7 +10,7 @@ import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_origin
 
 from flask import Blueprint, Response, g, jsonify, request
 from pydantic import BaseModel, ValidationError
@@ -84,8 +84,14 @@ def _check_query_names(model: type[BaseModel] | None) -> None:
 
 
 def _query(model: type[BaseModel]) -> BaseModel:
+    """The query string as the model: a list field takes every value of a repeated
+    parameter (`?status=a&status=b`), any other field the first."""
+    values: dict[str, Any] = request.args.to_dict()
+    for name, info in model.model_fields.items():
+        if name in request.args and get_origin(info.annotation) is list:
+            values[name] = request.args.getlist(name)
     try:
-        return model.model_validate(request.args.to_dict())
+        return model.model_validate(values)
     except ValidationError as exc:
         raise _problem_of(exc, "query") from None
 
@@ -181,9 +187,12 @@ def _parameters(op: Operation, schemas: dict[Any, Any]) -> list[dict[str, Any]]:
             prop = dict(prop)
             description = prop.pop("description", None)
             prop.pop("title", None)
+            deprecated = prop.pop("deprecated", False)
             param = {"name": name, "in": "query", "required": name in required, "schema": prop}
             if description:
                 param["description"] = description
+            if deprecated:
+                param["deprecated"] = True
             params.append(param)
     return params
 
