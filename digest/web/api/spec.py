@@ -66,7 +66,9 @@ class ProblemDetails(BaseModel):
 def _problem_of(exc: ValidationError, where: str) -> Problem:
     errors = []
     for error in exc.errors(include_url=False, include_input=False):
-        loc = ".".join(str(p) for p in error["loc"]) or where
+        # A query parameter is named alone (`status`, not `status.0` for a repeated one).
+        path = error["loc"][:1] if where == "query" else error["loc"]
+        loc = ".".join(str(p) for p in path) or where
         errors.append({"field": loc, "message": str(error["msg"])})
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
     return Problem(400, detail or f"{where}: not valid", errors)
