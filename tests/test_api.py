@@ -297,6 +297,7 @@ def test_readers_pages_stay_put_while_readers_sign_up(
         ("edition=morning&editions=evening", "edition"),
         ("sort=created&after=999999", "after"),
         ("after=-1", "after"),
+        ("email=a@example.com&email=b@example.com", "email"),  # which one?
     ],
 )
 def test_a_bad_reader_filter_is_a_400_naming_it(

@@ -87,11 +87,16 @@ def _check_query_names(model: type[BaseModel] | None) -> None:
 
 def _query(model: type[BaseModel]) -> BaseModel:
     """The query string as the model: a list field takes every value of a repeated
-    parameter (`?status=a&status=b`), any other field the first."""
+    parameter (`?status=a&status=b`); any other field given twice is a 400."""
     values: dict[str, Any] = request.args.to_dict()
     for name, info in model.model_fields.items():
-        if name in request.args and get_origin(info.annotation) is list:
-            values[name] = request.args.getlist(name)
+        given = request.args.getlist(name)
+        if get_origin(info.annotation) is list:
+            if given:
+                values[name] = given
+        elif len(given) > 1:
+            message = "give it once"
+            raise Problem(400, f"{name}: {message}", [{"field": name, "message": message}])
     try:
         return model.model_validate(values)
     except ValidationError as exc:
