@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,10 @@ from openapi_spec_validator import validate
 
 from digest import store
 from digest.cli import cli
+from digest.models import Delivery, Edition
 from digest.operations import api_tokens
 from digest.operations.operators import recent
+from digest.store import readers_query
 from tests.conftest import make_settings
 
 
@@ -147,6 +150,183 @@ def test_readers_list_pages_by_keyset_and_filters(client: Any, tokens: dict[str,
     assert [r["email"] for r in one] == ["r3@example.com"]
     evening = client.get("/api/v1/readers?edition=evening", headers=h).get_json()["items"]
     assert {r["email"] for r in evening} == {"r0@example.com", "r2@example.com", "r4@example.com"}
+
+
+def _seed_readers(session: Any, now: Any) -> dict[str, int]:
+    """Four readers who differ in every way the console's filters look at."""
+    days = timedelta(days=1)
+    rows = [
+        ("ana@example.com", "Ana Lima", "active", "Europe/London", (True, False), "sport",
+         "web form, requested 2026-11-26, confirmed 2026-11-26", now - 10 * days),
+        ("bo@example.com", "Bo", "pending", None, (True, True), "", "cli", now - 5 * days),
+        ("cy@example.com", "Cy", "unsubscribed", "Europe/London", (False, True), "news",
+         "api via t-write, 2026-12-05T12:00Z", now - days),
+        ("di@example.com", "Di", "bounced", None, (True, True), "", "import list.csv", now),
+    ]
+    ids = {}
+    for email, name, status, tz, (morning, evening), sections, consent, at in rows:
+        reader = store.add_subscriber(
+            session, email, at, name=name, status=status, timezone=tz, morning=morning,
+            evening=evening, sections=sections, consent=consent,
+        )
+        ids[email.split("@")[0]] = reader.id
+    for slot, status, sent in (("morning", "sent", True), ("evening", "failed", False)):
+        edition = Edition(
+            slot=slot, local_day=(now - 3 * days).date(), timezone="UTC", status="done",
+            send_at=now, window_start=now, window_end=now, created_at=now,
+        )
+        session.add(edition)
+        session.flush()
+        session.add(Delivery(edition_id=edition.id, subscriber_id=ids["ana"], status=status,
+                             queued_at=now, sent_at=now - 3 * days if sent else None))
+        session.add(Delivery(edition_id=edition.id, subscriber_id=ids["bo"], status="failed",
+                             queued_at=now))
+    session.commit()
+    return ids
+
+
+def test_readers_list_has_the_consoles_filters(
+    client: Any, tokens: dict[str, str], session: Any, now: Any
+) -> None:
+    _seed_readers(session, now)
+    h = auth(tokens["read"])
+
+    def names(query: str) -> tuple[list[str], int]:
+        response = client.get(f"/api/v1/readers?{query}", headers=h)
+        assert response.status_code == 200, response.get_data(as_text=True)
+        body = response.get_json()
+        return [r["email"].split("@")[0] for r in body["items"]], body["total"]
+
+    def day(ago: int) -> str:
+        return (now - timedelta(days=ago)).date().isoformat()
+
+    cases = {
+        "": (["ana", "bo", "cy", "di"], 4),
+        "status=active,pending": (["ana", "bo"], 2),
+        "status=active&status=unsubscribed": (["ana", "cy"], 2),
+        "timezone=Europe/London": (["ana", "cy"], 2),
+        "timezone=default": (["bo", "di"], 2),
+        "editions=morning": (["ana", "bo", "di"], 3),
+        "editions=both": (["bo", "di"], 2),
+        "edition=evening": (["bo", "cy", "di"], 3),  # the older name still works
+        "section=Sport": (["ana", "bo", "di"], 3),  # "all sections" readers get sport too
+        "source=api": (["cy"], 1),
+        "source=cli": (["bo"], 1),
+        f"signed_up_from={day(5)}&signed_up_to={day(1)}": (["bo", "cy"], 2),
+        f"signed_up_from={day(0)}": (["di"], 1),
+        "last_delivery=7d": (["ana"], 1),
+        "last_delivery=never": (["bo", "cy", "di"], 3),
+        "min_failures=2": (["bo"], 1),
+        "min_failures=1&status=active": (["ana"], 1),
+        "q=LIMA": (["ana"], 1),  # the name, any case
+        "q=y@exa": (["cy"], 1),
+        "email=Ana@Example.com": (["ana"], 1),
+        "email=ana@example.co": ([], 0),  # exactly, not "contains"
+        "sort=email&order=desc": (["di", "cy", "bo", "ana"], 4),
+        "sort=created&order=desc&limit=2": (["di", "cy"], 4),
+        "sort=created&status=active,bounced": (["ana", "di"], 2),
+        "status=erased": ([], 0),
+    }
+    for query, expected in cases.items():
+        assert names(query) == expected, query
+
+
+def test_readers_list_lists_erased_readers_only_when_asked(
+    client: Any, tokens: dict[str, str], session: Any, now: Any
+) -> None:
+    ids = _seed_readers(session, now)
+    h = auth(tokens["write"])
+    assert client.post(f"/api/v1/readers/{ids['di']}/erase", headers=h).status_code == 200
+    every = client.get("/api/v1/readers", headers=h).get_json()
+    assert every["total"] == 3 and ids["di"] not in [r["id"] for r in every["items"]]
+    erased = client.get("/api/v1/readers?status=erased", headers=h).get_json()
+    assert [r["id"] for r in erased["items"]] == [ids["di"]]
+
+
+@pytest.mark.parametrize(
+    "order", ["", "sort=created&order=desc", "sort=email", "sort=email&order=desc"]
+)
+def test_readers_pages_stay_put_while_readers_sign_up(
+    client: Any, tokens: dict[str, str], session: Any, now: Any, order: str
+) -> None:
+    for i in range(7):
+        store.add_subscriber(session, f"m{i}@example.com", now + timedelta(minutes=i))
+    session.commit()
+    h = auth(tokens["read"])
+    first = client.get(f"/api/v1/readers?limit=3&{order}", headers=h).get_json()
+    assert first["total"] == 7 and len(first["items"]) == 3
+    seen = [r["email"] for r in first["items"]]
+    after, added = first["next_after"], 0
+    while after is not None:
+        # Before each page, readers sign up who sort first (a…) and last (z…, newest).
+        for prefix in ("a", "z"):
+            store.add_subscriber(
+                session, f"{prefix}{added}@example.com", now + timedelta(hours=1, minutes=added)
+            )
+            added += 1
+        session.commit()
+        page = client.get(f"/api/v1/readers?limit=3&after={after}&{order}", headers=h).get_json()
+        assert page["total"] == 7 + added
+        seen += [r["email"] for r in page["items"]]
+        after = page["next_after"]
+    assert len(seen) == len(set(seen))  # no reader twice
+    assert {f"m{i}@example.com" for i in range(7)} <= set(seen)  # and none skipped
+    originals = [e for e in seen if e.startswith("m")]
+    ascending = [f"m{i}@example.com" for i in range(7)]
+    assert originals == (ascending[::-1] if "desc" in order else ascending)
+    if not order:  # by id: those who signed up meanwhile come at the end, in order
+        assert seen[:7] == [f"m{i}@example.com" for i in range(7)]
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("status=gone", "status"),
+        ("status=active&status=active,gone", "status"),
+        ("editions=noon", "editions"),
+        ("signed_up_from=2026-02-30", "signed_up_from"),  # the shape passes, parse_filter not
+        ("signed_up_from=30/11/2026", "signed_up_from"),
+        ("signed_up_from=2026-12-02&signed_up_to=2026-12-01", "signed_up_from"),
+        ("timezone=Europe/London'", "timezone"),
+        ("min_failures=-1", "min_failures"),
+        ("min_failures=two", "min_failures"),
+        ("source=fax", "source"),
+        ("last_delivery=yesterday", "last_delivery"),
+        ("sort=name", "sort"),
+        ("order=up", "order"),
+        ("edition=morning&editions=evening", "edition"),
+        ("sort=created&after=999999", "after"),
+        ("after=-1", "after"),
+        ("email=a@example.com&email=b@example.com", "email"),  # which one?
+    ],
+)
+def test_a_bad_reader_filter_is_a_400_naming_it(
+    client: Any, tokens: dict[str, str], query: str, field: str
+) -> None:
+    response = client.get(f"/api/v1/readers?{query}", headers=auth(tokens["read"]))
+    assert response.status_code == 400 and response.mimetype == "application/problem+json"
+    problem = response.get_json()
+    assert problem["errors"][0]["field"] == field, problem
+    assert field in problem["detail"]
+
+
+def test_the_documented_reader_filters_are_the_consoles(client: Any) -> None:
+    """The OpenAPI document offers exactly the values readers_query accepts."""
+    doc = client.get("/api/v1/openapi.json").get_json()
+    params = {p["name"]: p for p in doc["paths"]["/readers"]["get"]["parameters"]}
+
+    def enum(name: str) -> set[str]:
+        schema = params[name]["schema"]
+        options = [s for s in schema.get("anyOf", [schema]) if "enum" in s]
+        return set(options[0]["enum"])
+
+    assert enum("source") == set(readers_query.SOURCES)
+    assert enum("last_delivery") == set(readers_query.LAST_DELIVERY)
+    assert enum("editions") == set(readers_query.EDITIONS)
+    assert enum("sort") == set(readers_query.SORTS)
+    pattern = params["status"]["schema"]["items"]["pattern"]
+    assert all(status in pattern for status in readers_query.STATUSES)
+    assert params["edition"]["deprecated"] is True
 
 
 def _limited_app(make_app: Any, tmp_path: Path, database_url: str, clock: Any, **env: str) -> Any:

@@ -12,6 +12,7 @@ from digest import store
 from digest.errors import InvalidInput
 from digest.models import Delivery, Edition
 from digest.store.readers_query import (
+    BadFilter,
     ReaderFilter,
     count_readers,
     describe,
@@ -34,6 +35,8 @@ NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
             ReaderFilter(status=("active", "bounced")),
         ),
         ({"q": "  Ana@Example.com "}, ReaderFilter(text="ana@example.com")),
+        ({"email": " Ana@Example.com"}, ReaderFilter(email="ana@example.com")),
+        ({"source": "api", "status": ["erased"]}, ReaderFilter(source="api", status=("erased",))),
         (
             {"timezone": "Europe/London", "editions": "morning", "section": "Sport"},
             ReaderFilter(timezone="Europe/London", editions="morning", section="sport"),
@@ -66,13 +69,17 @@ def test_parse_filter_reads_a_query_string(values, expected) -> None:
     ],
 )
 def test_parse_filter_names_the_bad_field(values, field: str) -> None:
-    with pytest.raises(InvalidInput, match=field):
+    with pytest.raises(InvalidInput, match=field) as raised:
         parse_filter(values)
+    assert isinstance(raised.value, BadFilter) and raised.value.field == field
 
 
 def test_describe_never_repeats_the_searched_text() -> None:
-    said = describe(ReaderFilter(status=("active",), text="ana@example.com", section="sport"))
+    said = describe(
+        ReaderFilter(status=("active",), text="ana@example.com", section="sport", email="bo@x.org")
+    )
     assert "ana" not in said and "status active" in said and "section sport" in said
+    assert "bo@" not in said and "one address" in said
     assert describe(ReaderFilter()) == "every reader"
 
 
@@ -103,6 +110,11 @@ def test_filters_combine(session) -> None:
         for i in found
     )
     assert count_readers(session, ReaderFilter(text="reader 1"), NOW) == 11  # 1, 10..19
+    assert count_readers(session, ReaderFilter(text="r01@example.com"), NOW) == 1
+    assert count_readers(session, ReaderFilter(email="r01@example.co"), NOW) == 0  # exactly
+    assert [r.id for r in list_readers(session, ReaderFilter(email="r01@example.com")).rows] == [
+        ids[1]
+    ]
     sport = list_readers(session, ReaderFilter(section="sport", status=("active",)), now=NOW)
     # "all sections" readers get sport too
     assert len(sport.rows) == count_readers(session, ReaderFilter(status=("active",)), NOW)
@@ -121,6 +133,10 @@ def test_pages_are_stable_while_readers_sign_up(session) -> None:
         session.commit()
         second = list_readers(session, flt, after=first.next_after, limit=10, now=NOW)
         assert not {r.id for r in first.rows} & {r.id for r in second.rows}
+        unplaced = list_readers(session, flt, after=first.next_after, limit=10, now=NOW,
+                                locate=False)  # the API's: no count of the rows ahead
+        assert unplaced.rows == second.rows and unplaced.first == 0 < second.first
+        assert unplaced.next_after == second.next_after
         back = list_readers(session, flt, before=second.prev_before, limit=10, now=NOW)
         assert [r.id for r in back.rows] == [r.id for r in first.rows]
         pages, after = [first], first.next_after

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import literal, or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from digest.errors import Duplicate
-from digest.models import ApiJob, ApiToken, Subscriber
+from digest.models import ApiJob, ApiToken
 from digest.store.base import get_or_raise
 
 
@@ -47,39 +47,3 @@ def add_job(session: Session, kind: str, token_name: str, now: datetime) -> ApiJ
 def get_job(session: Session, job_id: int) -> ApiJob:
     return get_or_raise(session, ApiJob, job_id, "job")
 
-
-def reader_page(
-    session: Session,
-    *,
-    status: str | None = None,
-    email: str | None = None,
-    contains: str | None = None,
-    timezone: str | None = None,
-    section: str | None = None,
-    edition: str | None = None,
-    after: int = 0,
-    limit: int = 100,
-) -> list[Subscriber]:
-    """Readers with ids above `after`, in id order (keyset pagination), filtered."""
-    stmt = select(Subscriber).where(Subscriber.id > after)
-    if status:
-        stmt = stmt.where(Subscriber.status == status)
-    if email:
-        stmt = stmt.where(Subscriber.email == email)
-    if contains:
-        escaped = contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        stmt = stmt.where(Subscriber.email.like(f"%{escaped}%", escape="\\"))
-    if timezone:
-        stmt = stmt.where(Subscriber.timezone == timezone)
-    if section:
-        # "" is every section; otherwise the sorted, comma-joined list names it.
-        padded = literal(",") + Subscriber.sections + literal(",")
-        escaped = section.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        stmt = stmt.where(
-            or_(Subscriber.sections == "", padded.like(f"%,{escaped},%", escape="\\"))
-        )
-    if edition == "morning":
-        stmt = stmt.where(Subscriber.morning.is_(True))
-    elif edition == "evening":
-        stmt = stmt.where(Subscriber.evening.is_(True))
-    return list(session.scalars(stmt.order_by(Subscriber.id).limit(limit)))

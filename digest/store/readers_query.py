@@ -25,7 +25,9 @@ from digest.store.subscribers import address_hash
 STATUSES = (*SUBSCRIBER_STATUSES, "erased")
 SORTS = ("created", "email", "id")
 EDITIONS = ("morning", "evening", "both")
-SOURCES = ("web form", "cli", "import", "console import")
+# How readers signed up: the start of their consent record ("api" is every way in
+# through the JSON API: its readers, sign-ups and imports with their default source).
+SOURCES = ("web form", "cli", "import", "console import", "api")
 LAST_DELIVERY = ("never", "7d", "30d", "over30d")
 PAGE_SIZES = (25, 50, 100, 200)
 MAX_TEXT = 320
@@ -41,7 +43,8 @@ class ReaderFilter:
     source: how they signed up (the start of their consent record); signed_up_from/to:
     local dates, inclusive, in UTC; last_delivery: never, within 7 or 30 days, or not
     for 30 days; min_failures: at least this many failed deliveries (hard bounces and
-    refusals); text: in the address or the name, any case.
+    refusals); text: in the address or the name, any case; email: exactly this address
+    (lower-cased, as addresses are stored).
     """
 
     status: tuple[str, ...] = ()
@@ -54,6 +57,7 @@ class ReaderFilter:
     last_delivery: str = ""
     min_failures: int = 0
     text: str = ""
+    email: str = ""
     sort: str = "created"
     descending: bool = True
 
@@ -100,6 +104,14 @@ class ReaderPage:
 # --- reading a filter ----------------------------------------------------------------------
 
 
+class BadFilter(InvalidInput):
+    """A filter value that cannot be used; `field` is the query parameter's name."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 def _date(name: str, value: str) -> date | None:
     if not value:
         return None
@@ -107,18 +119,20 @@ def _date(name: str, value: str) -> date | None:
         return date.fromisoformat(value)
     except ValueError:
         shown = repr(value[:20])
-        raise InvalidInput(f"{name} must be a date such as 2026-11-30, got {shown}") from None
+        raise BadFilter(name, f"{name} must be a date such as 2026-11-30, got {shown}") from None
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
     if value and value not in allowed:
-        raise InvalidInput(f"{name} must be one of {', '.join(allowed)}, got {value[:40]!r}")
+        shown = repr(value[:40])
+        raise BadFilter(name, f"{name} must be one of {', '.join(allowed)}, got {shown}")
     return value
 
 
 def parse_filter(values: Mapping[str, Any]) -> ReaderFilter:
     """A ReaderFilter from query-string values (a dict, or a MultiDict whose `status`
-    may repeat); InvalidInput names the first field that is wrong. Pure: no I/O."""
+    may repeat); BadFilter (an InvalidInput) names the first field that is wrong. Pure:
+    no I/O."""
     getlist = getattr(values, "getlist", None)
     raw_status = getlist("status") if getlist else values.get("status", "")
     if isinstance(raw_status, str):
@@ -134,10 +148,11 @@ def parse_filter(values: Mapping[str, Any]) -> ReaderFilter:
 
     failures = one("min_failures", 6)
     if failures and not (failures.isascii() and failures.isdigit()):
-        raise InvalidInput(f"min_failures must be a whole number, got {failures!r}")
+        raise BadFilter("min_failures", f"min_failures must be a whole number, got {failures!r}")
     timezone = one("timezone", 64)
     if timezone and timezone != "default" and not all(c.isalnum() or c in "/_+-" for c in timezone):
-        raise InvalidInput(f"timezone must be an IANA name or 'default', got {timezone!r}")
+        shown = repr(timezone)
+        raise BadFilter("timezone", f"timezone must be an IANA name or 'default', got {shown}")
     section = one("section", 64).lower()
     order = one("order", 4) or "desc"
     found = ReaderFilter(
@@ -151,11 +166,12 @@ def parse_filter(values: Mapping[str, Any]) -> ReaderFilter:
         last_delivery=_choice("last_delivery", one("last_delivery"), LAST_DELIVERY),
         min_failures=int(failures or 0),
         text=one("q", MAX_TEXT).lower(),
+        email=one("email", MAX_TEXT).lower(),
         sort=_choice("sort", one("sort") or "created", SORTS),
         descending=_choice("order", order, ("asc", "desc")) == "desc",
     )
     if found.signed_up_from and found.signed_up_to and found.signed_up_from > found.signed_up_to:
-        raise InvalidInput("signed_up_from must not be after signed_up_to")
+        raise BadFilter("signed_up_from", "signed_up_from must not be after signed_up_to")
     return found
 
 
@@ -175,6 +191,8 @@ def to_query(flt: ReaderFilter) -> dict[str, str]:
         out["min_failures"] = str(flt.min_failures)
     if flt.text:
         out["q"] = flt.text
+    if flt.email:
+        out["email"] = flt.email
     if flt.sort != "created":
         out["sort"] = flt.sort
     if not flt.descending:
@@ -184,7 +202,7 @@ def to_query(flt: ReaderFilter) -> dict[str, str]:
 
 def describe(flt: ReaderFilter) -> str:
     """The filter in words, for the audit log and confirmations (the text searched for
-    is not repeated: it may be an address)."""
+    and the address are not repeated)."""
     said = []
     for f in fields(ReaderFilter):
         value = getattr(flt, f.name)
@@ -192,6 +210,8 @@ def describe(flt: ReaderFilter) -> str:
             continue
         if f.name == "text":
             said.append("a text search")
+        elif f.name == "email":
+            said.append("one address")
         elif f.name == "status":
             said.append("status " + " or ".join(value))
         else:
@@ -248,6 +268,8 @@ def conditions(flt: ReaderFilter, now: datetime) -> list[ColumnElement[bool]]:
             .scalar_subquery()
         )
         where.append(failed >= flt.min_failures)
+    if flt.email:
+        where.append(Subscriber.email == flt.email)
     if flt.text:
         where.append(
             or_(
@@ -287,12 +309,15 @@ def list_readers(
     before: int | None = None,
     now: datetime | None = None,
     start: int | None = None,
+    locate: bool = True,
 ) -> ReaderPage:
     """One page of matching readers in the filter's order: the first page, the one after
     reader `after`, or the one before reader `before` (ids of rows of the last page).
 
     `start` is the position of the page's first row when the caller knows it (the page
-    before said so): it saves counting the rows ahead."""
+    before said so): it saves counting the rows ahead. Without `locate` (the API, which
+    pages forward only and shows no position) `first` is 0 after the first page and the
+    rows ahead are not counted."""
     now = now or datetime.now(UTC)
     limit = max(1, min(limit, 500))
     where = conditions(flt, now)
@@ -315,7 +340,7 @@ def list_readers(
         first = 1
     elif rows and start is not None and 0 < start <= total:
         first = start
-    elif rows:
+    elif rows and locate:
         ahead = select(func.count()).select_from(Subscriber)
         ahead = ahead.where(*where, _beyond(flt, ids[0], forward=False))
         first = int(session.scalar(ahead) or 0) + 1

@@ -21,6 +21,8 @@ from digest.operations.problems import Problem, bad_field, field_errors
 from digest.readers import accounts, reader_admin
 from digest.readers.subscribers import editions_label
 from digest.store import api as store_api
+from digest.store import readers_query
+from digest.store.readers_query import ReaderFilter
 from digest.web.api import schemas as s
 from digest.web.api.auth import audit, token_name
 from digest.web.api.spec import operation
@@ -54,20 +56,30 @@ def reader_out(r: Subscriber) -> s.Reader:
     )
 
 
-def _list_readers(session: Session, query: s.ReaderQuery) -> list[Subscriber]:
-    """The one place the API's reader list is queried: the seam where the console's
-    own filters and keyset pagination (when there are) can take over."""
-    return store_api.reader_page(
-        session,
-        status=query.status,
-        email=query.email.strip().lower() if query.email else None,
-        contains=query.q.strip().lower() if query.q else None,
-        timezone=query.timezone,
-        section=query.section.strip().lower() if query.section else None,
-        edition=query.edition,
-        after=query.after,
-        limit=query.limit,
-    )
+def _filter(query: s.ReaderQuery) -> ReaderFilter:
+    """The console's filter from the API's query: the same names, read by the same
+    parse_filter; a bad value is a 400 naming its parameter."""
+    if query.edition and query.editions and query.edition != query.editions:
+        raise bad_field("edition", "give `editions` (or the older `edition`), not both")
+    values = {
+        "status": query.status,
+        "email": query.email,
+        "q": query.q,
+        "timezone": query.timezone,
+        "editions": query.editions or query.edition,
+        "section": query.section,
+        "source": query.source,
+        "signed_up_from": query.signed_up_from,
+        "signed_up_to": query.signed_up_to,
+        "last_delivery": query.last_delivery,
+        "min_failures": None if query.min_failures is None else str(query.min_failures),
+        "sort": query.sort,
+        "order": query.order,
+    }
+    try:
+        return readers_query.parse_filter(values)
+    except readers_query.BadFilter as exc:
+        raise Problem(400, str(exc), [{"field": exc.field, "message": str(exc)}]) from None
 
 
 @operation(
@@ -75,10 +87,24 @@ def _list_readers(session: Session, query: s.ReaderQuery) -> list[Subscriber]:
     query=s.ReaderQuery, responses={200: s.ReaderPage},
 )
 def list_readers(query: s.ReaderQuery) -> Any:
-    """Readers in id order, filtered; page with `after` = the last page's `next_after`."""
-    found = _list_readers(db(), query)
-    after = found[-1].id if len(found) == query.limit else None
-    return s.ReaderPage(items=[reader_out(r) for r in found], next_after=after)
+    """Readers matching every filter given, a page at a time (by default in id order),
+    with how many match in all. Pages are keyed, not counted: ask for the next one with
+    `after` = this page's `next_after` and the same filters and order; readers who sign
+    up meanwhile do not shift it."""
+    session = db()
+    flt = _filter(query)
+    after = query.after or None
+    if after is not None and flt.sort != "id" and session.get(Subscriber, after) is None:
+        raise bad_field("after", f"no reader {after}: pass the `next_after` of a page")
+    page = readers_query.list_readers(
+        session, flt, after=after, limit=query.limit, now=runtime().clock(), locate=False
+    )
+    found = {r.id: r for r in readers_query.readers_by_id(session, [r.id for r in page.rows])}
+    return s.ReaderPage(
+        items=[reader_out(found[r.id]) for r in page.rows if r.id in found],
+        total=page.total,
+        next_after=page.next_after,
+    )
 
 
 @operation(

@@ -4,7 +4,7 @@ and, through digest/web/api/spec.py, are the OpenAPI document's schemas."""
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -46,19 +46,73 @@ class Reader(BaseModel):
 
 class ReaderPage(BaseModel):
     items: list[Reader]
+    total: int = Field(description="how many readers match the filters (on every page)")
     next_after: int | None = Field(
-        description="pass as `after` for the next page; null on the last page"
+        description="pass as `after` (with the same filters and order) for the next page; "
+        "null on the last page"
     )
 
 
+_STATUS = "(pending|active|unsubscribed|bounced|complained|erased)"
+StatusList = Annotated[str, Field(pattern=f"^{_STATUS}(,{_STATUS})*$", max_length=80)]
+ReaderSource = Literal["web form", "cli", "import", "console import", "api"]
+Day = Annotated[
+    str, Field(pattern="^[0-9]{4}-[0-9]{2}-[0-9]{2}$", json_schema_extra={"format": "date"})
+]
+
+
 class ReaderQuery(Query):
-    status: ReaderStatus | None = None
+    """The console's reader filters, under the names of its query string (a filtered
+    console URL's query works here too), read by the same code: digest/store/
+    readers_query.py. The API's own defaults: `sort=id`, `order=asc`."""
+
+    status: list[StatusList] = Field(
+        default_factory=list,
+        max_length=12,
+        description="any of these statuses: repeat the parameter or separate with commas; "
+        "erased readers are listed only when asked for",
+    )
     email: str | None = Field(None, max_length=320, description="exactly this address")
-    q: str | None = Field(None, max_length=320, description="address contains this")
-    timezone: str | None = Field(None, max_length=64)
-    section: str | None = Field(None, max_length=64, description="readers who get this section")
-    edition: Slot | None = Field(None, description="readers who get this edition")
-    after: int = Field(0, ge=0, le=MAX_ID, description="keyset cursor: ids above this")
+    q: str | None = Field(
+        None, max_length=320, description="text in the address or the name, any case"
+    )
+    timezone: str | None = Field(
+        None,
+        max_length=64,
+        pattern="^[A-Za-z0-9/_+-]*$",
+        description="this IANA timezone, or `default` for readers on the list's default",
+    )
+    editions: Editions | None = Field(
+        None, description="readers who get the morning, the evening, or both"
+    )
+    edition: Slot | None = Field(
+        None,
+        json_schema_extra={"deprecated": True},  # a document note; no warning when read
+        description="the same as `editions` with morning or evening",
+    )
+    section: str | None = Field(
+        None, max_length=64, description="readers who get this section (all-section readers do)"
+    )
+    source: ReaderSource | None = Field(
+        None, description="how they signed up: the start of their consent record"
+    )
+    signed_up_from: Day | None = Field(None, description="signed up on or after this day (UTC)")
+    signed_up_to: Day | None = Field(None, description="signed up on or before this day (UTC)")
+    last_delivery: Literal["never", "7d", "30d", "over30d"] | None = Field(
+        None, description="never sent anything, sent something in the last 7 or 30 days, or "
+        "nothing for 30 days"
+    )
+    min_failures: int | None = Field(
+        None, ge=0, le=999_999, description="at least this many failed deliveries"
+    )
+    sort: Literal["id", "created", "email"] = Field(
+        "id", description="by id, sign-up time or address"
+    )
+    order: Literal["asc", "desc"] = Field("asc", description="asc: smallest first")
+    after: int = Field(
+        0, ge=0, le=MAX_ID,
+        description="keyset cursor: the `next_after` of the page before; 0: the first page",
+    )
     limit: int = Field(100, ge=1, le=500)
 
 

@@ -10,7 +10,7 @@ import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_origin
 
 from flask import Blueprint, Response, g, jsonify, request
 from pydantic import BaseModel, ValidationError
@@ -66,7 +66,9 @@ class ProblemDetails(BaseModel):
 def _problem_of(exc: ValidationError, where: str) -> Problem:
     errors = []
     for error in exc.errors(include_url=False, include_input=False):
-        loc = ".".join(str(p) for p in error["loc"]) or where
+        # A query parameter is named alone (`status`, not `status.0` for a repeated one).
+        path = error["loc"][:1] if where == "query" else error["loc"]
+        loc = ".".join(str(p) for p in path) or where
         errors.append({"field": loc, "message": str(error["msg"])})
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
     return Problem(400, detail or f"{where}: not valid", errors)
@@ -84,8 +86,19 @@ def _check_query_names(model: type[BaseModel] | None) -> None:
 
 
 def _query(model: type[BaseModel]) -> BaseModel:
+    """The query string as the model: a list field takes every value of a repeated
+    parameter (`?status=a&status=b`); any other field given twice is a 400."""
+    values: dict[str, Any] = request.args.to_dict()
+    for name, info in model.model_fields.items():
+        given = request.args.getlist(name)
+        if get_origin(info.annotation) is list:
+            if given:
+                values[name] = given
+        elif len(given) > 1:
+            message = "give it once"
+            raise Problem(400, f"{name}: {message}", [{"field": name, "message": message}])
     try:
-        return model.model_validate(request.args.to_dict())
+        return model.model_validate(values)
     except ValidationError as exc:
         raise _problem_of(exc, "query") from None
 
@@ -181,9 +194,12 @@ def _parameters(op: Operation, schemas: dict[Any, Any]) -> list[dict[str, Any]]:
             prop = dict(prop)
             description = prop.pop("description", None)
             prop.pop("title", None)
+            deprecated = prop.pop("deprecated", False)
             param = {"name": name, "in": "query", "required": name in required, "schema": prop}
             if description:
                 param["description"] = description
+            if deprecated:
+                param["deprecated"] = True
             params.append(param)
     return params
 
