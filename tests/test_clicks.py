@@ -4,6 +4,8 @@ each mode stores, erasure, and the sunset end to end (real SMTP sink, real datab
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from datetime import date, datetime, timedelta
 from email.message import EmailMessage
 from typing import Any
@@ -810,3 +812,38 @@ def test_click_and_keep_tokens_stay_out_of_logs() -> None:
     assert redact_path(f"GET /r/{token} HTTP/1.1") == "GET /r/<token> HTTP/1.1"
     assert redact_path("/keep/abc.def.ghi") == "/keep/<token>"
     assert redact_path("/admin/readers/5") == "/admin/readers/5"
+
+
+SPAMASSASSIN = shutil.which("spamassassin")
+
+
+def spam_score(raw: bytes) -> tuple[float, str]:
+    """SpamAssassin's score of a message as it left digest, local rules only (-L: no
+    network tests, which this machine cannot reach), with the report to explain it."""
+    done = subprocess.run(
+        [SPAMASSASSIN, "-L", "-t"], input=raw, capture_output=True, timeout=120, check=False
+    )
+    report = done.stdout.decode("utf-8", "replace")
+    found = re.search(r"^X-Spam-Status: \w+, score=(-?[\d.]+)", report, re.M)
+    assert found, report[-2000:]
+    return float(found.group(1)), report[report.find("Content analysis details") :]
+
+
+@pytest.mark.skipif(
+    SPAMASSASSIN is None, reason="SpamAssassin is not installed (apt-get install spamassassin)"
+)
+@pytest.mark.parametrize("mode", ["off", "aggregate", "reader"])
+def test_wrapped_links_leave_the_spam_score_where_it_was(
+    session, settings, smtp_server, news, mode: str
+) -> None:
+    """Deliverability stays as it is: the bytes on the wire of an edition whose article
+    links go through /r/ score as low as one whose links do not (0.0-0.5)."""
+    sink, url = smtp_server
+    s = settings.with_(
+        smtp=parse_smtp_url(url), click_tracking=mode, base_url="https://news.example.com"
+    )
+    send(session, s, MORNING, SENT)
+    raw = next(data for _, rcpts, data in sink.messages if "ana@example.com" in rcpts)
+    assert (b"/r/" in raw) == (mode != "off")
+    score, report = spam_score(raw)
+    assert score <= 0.5, report
