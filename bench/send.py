@@ -38,7 +38,6 @@ from digest.editions.render import inline_css  # noqa: E402
 from digest.editions.schedule import Cohort  # noqa: E402
 from digest.mail.message import Envelope, MessageTemplate, build_message  # noqa: E402
 from digest.mail.transport import SMTPTransport  # noqa: E402
-from digest.models import Candidate  # noqa: E402
 
 TZ = "Australia/Sydney"
 DAY = date(2026, 11, 30)
@@ -271,11 +270,7 @@ def per_message_costs(settings: Settings, samples: int) -> tuple[list[float], li
         )
         cohort = Cohort("morning", DAY, TZ)
         # The edition's own articles (selecting again would find none: they were sent).
-        rows = store.articles_by_id(session, store.edition_article_ids(session, edition.id))
-        snapshot = [
-            Candidate(a.id, a.section, a.priority, a.published_at, a.seen_at)
-            for a in rows.values()
-        ]
+        snapshot = [c for c, _ in pipeline.edition_articles(session, edition.id)]
         installation = store.installation_id(session)
         ours = []
         for i in range(samples * 20):

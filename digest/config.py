@@ -272,6 +272,22 @@ def _int(env: dict[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
 
 
+def _at_least(env: dict[str, str], name: str, default: int, low: int = 1) -> int:
+    value = _int(env, name, default)
+    if value < low:
+        raise ConfigError(f"{name} must be at least {low}, got {value}")
+    return value
+
+
+def _flag(env: dict[str, str], name: str) -> bool:
+    value = (env.get(name) or "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"{name} must be 1 or 0, got {value!r}")
+
+
 def _secret_key(env: dict[str, str], data_dir: Path, create: bool = True) -> str:
     if env.get("DIGEST_SECRET_KEY"):
         return env["DIGEST_SECRET_KEY"]
@@ -517,13 +533,6 @@ def _origins(value: str) -> tuple[str, ...]:
     return origins
 
 
-def _positive(env: dict[str, str], name: str, default: int) -> int:
-    value = _int(env, name, default)
-    if value < 1:
-        raise ConfigError(f"{name} must be at least 1, got {value}")
-    return value
-
-
 _ALERT_ADDRESS = re.compile(r"[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+")
 
 
@@ -619,8 +628,7 @@ def load_settings(env: dict[str, str] | None = None, *, create_secret: bool = Tr
         record_group=max(1, _int(env, "DIGEST_RECORD_GROUP", defaults.record_group)),
         record_window=_int(env, "DIGEST_RECORD_WINDOW_MS", int(defaults.record_window * 1000))
         / 1000,
-        allow_private_feeds=env.get("DIGEST_ALLOW_PRIVATE_FEEDS", "").lower()
-        in ("1", "true", "yes"),
+        allow_private_feeds=_flag(env, "DIGEST_ALLOW_PRIVATE_FEEDS"),
         feed_timeout=float(env.get("DIGEST_FEED_TIMEOUT") or defaults.feed_timeout),
         feed_max_bytes=_int(env, "DIGEST_FEED_MAX_BYTES", defaults.feed_max_bytes),
         confirm_ttl_hours=_int(env, "DIGEST_CONFIRM_TTL_HOURS", defaults.confirm_ttl_hours),
@@ -631,7 +639,7 @@ def load_settings(env: dict[str, str] | None = None, *, create_secret: bool = Tr
         dkim_domain=env.get("DIGEST_DKIM_DOMAIN") or "",
         dkim_key_file=_path(env, "DIGEST_DKIM_KEY_FILE"),
         view_ttl_days=_int(env, "DIGEST_VIEW_TTL_DAYS", defaults.view_ttl_days),
-        public_archive=env.get("DIGEST_PUBLIC_ARCHIVE", "").lower() in ("1", "true", "yes"),
+        public_archive=_flag(env, "DIGEST_PUBLIC_ARCHIVE"),
         signup_client_limit=env.get("DIGEST_SIGNUP_CLIENT_LIMIT") or defaults.signup_client_limit,
         signup_mailbox_limit=env.get("DIGEST_SIGNUP_MAILBOX_LIMIT")
         or defaults.signup_mailbox_limit,
@@ -643,20 +651,18 @@ def load_settings(env: dict[str, str] | None = None, *, create_secret: bool = Tr
         api_client_header=_header_name(env.get("DIGEST_API_CLIENT_HEADER") or ""),
         api_cors_origins=_origins(env.get("DIGEST_API_CORS_ORIGINS") or ""),
         **returned_mail_settings(env, defaults),
-        beat_stale_seconds=_positive(
-            env, "DIGEST_BEAT_STALE_SECONDS", defaults.beat_stale_seconds
-        ),
-        worker_stale_seconds=_positive(
+        beat_stale_seconds=_at_least(env, "DIGEST_BEAT_STALE_SECONDS", defaults.beat_stale_seconds),
+        worker_stale_seconds=_at_least(
             env, "DIGEST_WORKER_STALE_SECONDS", defaults.worker_stale_seconds
         ),
-        stall_seconds=_positive(env, "DIGEST_STALL_SECONDS", defaults.stall_seconds),
-        failure_warn_percent=_positive(
+        stall_seconds=_at_least(env, "DIGEST_STALL_SECONDS", defaults.stall_seconds),
+        failure_warn_percent=_at_least(
             env, "DIGEST_FAILURE_WARN_PERCENT", defaults.failure_warn_percent
         ),
-        deferred_warn=_positive(env, "DIGEST_DEFERRED_WARN", defaults.deferred_warn),
-        feed_warn_hours=_positive(env, "DIGEST_FEED_WARN_HOURS", defaults.feed_warn_hours),
+        deferred_warn=_at_least(env, "DIGEST_DEFERRED_WARN", defaults.deferred_warn),
+        feed_warn_hours=_at_least(env, "DIGEST_FEED_WARN_HOURS", defaults.feed_warn_hours),
         alert_to=_alert_to(env),
-        alert_per_hour=_positive(env, "DIGEST_ALERT_PER_HOUR", defaults.alert_per_hour),
+        alert_per_hour=_at_least(env, "DIGEST_ALERT_PER_HOUR", defaults.alert_per_hour),
         metrics_token=_metrics_token(env),
         **_click_settings(env, defaults),
     )
@@ -665,12 +671,8 @@ def load_settings(env: dict[str, str] | None = None, *, create_secret: bool = Tr
 
 def returned_mail_settings(env: dict[str, str], defaults: Settings) -> dict[str, Any]:
     """The soft-bounce rule, the ESP webhooks' secrets and the bounce mailbox, checked."""
-    limit = _int(env, "DIGEST_SOFT_BOUNCE_LIMIT", defaults.soft_bounce_limit)
-    if limit < 1:
-        raise ConfigError(f"DIGEST_SOFT_BOUNCE_LIMIT must be 1 or more, got {limit}")
-    days = _int(env, "DIGEST_SOFT_BOUNCE_DAYS", defaults.soft_bounce_days)
-    if days < 1:
-        raise ConfigError(f"DIGEST_SOFT_BOUNCE_DAYS must be 1 or more, got {days}")
+    limit = _at_least(env, "DIGEST_SOFT_BOUNCE_LIMIT", defaults.soft_bounce_limit)
+    days = _at_least(env, "DIGEST_SOFT_BOUNCE_DAYS", defaults.soft_bounce_days)
     arns = tuple(a.strip() for a in env.get("DIGEST_SES_TOPIC_ARNS", "").split(",") if a.strip())
     for arn in arns:
         if not re.fullmatch(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_.-]{1,256}", arn):
@@ -703,22 +705,6 @@ def returned_mail_settings(env: dict[str, str], defaults: Settings) -> dict[str,
 CLICK_MODES = ("off", "aggregate", "reader")
 
 
-def _flag(env: dict[str, str], name: str) -> bool:
-    value = (env.get(name) or "").strip().lower()
-    if value in ("", "0", "false", "no", "off"):
-        return False
-    if value in ("1", "true", "yes", "on"):
-        return True
-    raise ConfigError(f"{name} must be 1 or 0, got {value!r}")
-
-
-def _at_least(env: dict[str, str], name: str, default: int, low: int) -> int:
-    value = _int(env, name, default)
-    if value < low:
-        raise ConfigError(f"{name} must be at least {low}, got {value}")
-    return value
-
-
 def _click_settings(env: dict[str, str], defaults: Settings) -> dict[str, Any]:
     """DIGEST_CLICK_TRACKING and what goes with it, checked together."""
     mode = (env.get("DIGEST_CLICK_TRACKING") or defaults.click_tracking).strip().lower()
@@ -743,5 +729,5 @@ def _click_settings(env: dict[str, str], defaults: Settings) -> dict[str, Any]:
         "open_tracking": _flag(env, "DIGEST_OPEN_TRACKING"),
         "rank_by_clicks": _flag(env, "DIGEST_RANK_BY_CLICKS"),
         "sunset_editions": sunset,
-        "sunset_days": _at_least(env, "DIGEST_SUNSET_DAYS", defaults.sunset_days, 1),
+        "sunset_days": _at_least(env, "DIGEST_SUNSET_DAYS", defaults.sunset_days),
     }

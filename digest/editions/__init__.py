@@ -7,6 +7,7 @@ deliveries), `sending`, `heartbeat` and `halt` (send batches over a transport, r
 each reply, stopping when the edition is paused), `control` (pause, resume, cancel,
 replan), `dispatch` (what the Celery tasks decide), `pages` and `archive` (a sent
 edition as a web page with nothing personal in it), `clicks` (click links per rendering,
-the scanner filter, the web process's click buffer).
+the scanner filter, the web process's click buffer), `ranking` (the web version ordered by
+recent clicks).
 May import: the top level, `digest.store`, `digest.feeds` and `digest.mail`.
 """

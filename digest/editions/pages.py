@@ -10,7 +10,7 @@ from datetime import date, datetime
 from sqlalchemy.orm import Session
 
 from digest.config import Settings
-from digest.editions import pipeline, sending
+from digest.editions import pipeline, ranking, sending
 from digest.editions.render import slot_values
 from digest.editions.schedule import Cohort
 from digest.errors import NotFound
@@ -40,7 +40,7 @@ def public_html(
     section's articles come in the order of their recent clicks."""
     if settings.rank_by_clicks and session is not None and now is not None:
         return public_page(
-            settings, pipeline.ranked_rendering(session, settings, variant, now), banner
+            settings, ranking.ranked_rendering(session, settings, variant, now), banner
         )
     return public_page(settings, sending.prepare_variant(variant), banner)
 

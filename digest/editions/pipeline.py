@@ -21,23 +21,26 @@ from digest.editions.render import (
     ArticleView,
     EditionView,
     Rendered,
-    SlotMarks,
-    Splicer,
     html_escaped,
     render_edition,
     slot_values,
 )
 from digest.editions.schedule import Cohort, due_cohorts, local_day, send_at
 from digest.editions.selection import Candidate, pick_for_sections, select_articles
-from digest.editions.sending import PreparedVariant, prepare_variant, public_links, sender_of
+from digest.editions.sending import (
+    PreparedVariant,
+    prepare_rendering,
+    prepare_variant,
+    public_links,
+    sender_of,
+)
 from digest.errors import NothingToSend
 from digest.feeds.sanitize import html_to_text
 from digest.mail.message import Envelope, build_message
 from digest.mail.returns import envelope_sender
 from digest.mail.tokens import seal, single_message_id
 from digest.mail.transport import Transport
-from digest.models import Article, Edition, EditionVariant
-from digest.store.clicks import recent_clicks
+from digest.models import Article, Edition
 from digest.store.overview import readers_per_cohort
 from digest.store.subscribers import cohort_readers_confirmed_by
 
@@ -126,7 +129,15 @@ def render_variant(
     articles = article_views(session, picked)
     if edition_id is not None:
         articles = clicks.wrap_articles(settings, edition_id, [c.id for c in picked], articles)
-    view = EditionView(
+    pixel = clicks.pixel_url(settings, edition_id) if edition_id is not None else ""
+    view = edition_view(settings, cohort, articles, pixel)
+    return render_edition(view, settings.templates_dir), len(picked)
+
+
+def edition_view(
+    settings: Settings, cohort: Cohort, articles: list[ArticleView], pixel_url: str = ""
+) -> EditionView:
+    return EditionView(
         slot=cohort.slot,
         local_day=cohort.local_day,
         timezone=cohort.timezone,
@@ -134,9 +145,8 @@ def render_variant(
         sender_name=settings.from_name,
         postal_address=settings.postal_address,
         editions_label=f"{cohort.slot} edition",
-        pixel_url=clicks.pixel_url(settings, edition_id) if edition_id is not None else "",
+        pixel_url=pixel_url,
     )
-    return render_edition(view, settings.templates_dir), len(picked)
 
 
 # --- planning ----------------------------------------------------------------------
@@ -381,10 +391,19 @@ def preview(
     rendered = render_variant(session, settings, cohort, snapshot, sections)
     if rendered is None:
         return None
-    page = rendered[0]
-    marks = SlotMarks(page.slot_nonce)
-    html, text = Splicer.of(page.html, marks), Splicer.of(page.text, marks)
-    return page, PreparedVariant(html, text, page.subject)
+    return rendered[0], prepare_rendering(rendered[0])
+
+
+def edition_articles(session: Session, edition_id: int) -> list[tuple[Candidate, bool]]:
+    """The articles an edition was planned with, in its order, each with whether an
+    operator has hidden it since."""
+    ids = store.edition_article_ids(session, edition_id)
+    rows = store.articles_by_id(session, ids)
+    return [
+        (Candidate(a.id, a.section, a.priority, a.published_at, a.seen_at), a.hidden)
+        for a in (rows.get(i) for i in ids)
+        if a is not None
+    ]
 
 
 def rendering_without_hidden(
@@ -392,79 +411,12 @@ def rendering_without_hidden(
 ) -> PreparedVariant | None:
     """The edition with every section, rendered again without the articles an operator
     has hidden since it went out (the public archive's takedown); None if none is left."""
-    ids = store.edition_article_ids(session, edition.id)
-    rows = store.articles_by_id(session, ids)
-    kept = [
-        Candidate(a.id, a.section, a.priority, a.published_at, a.seen_at)
-        for a in (rows.get(i) for i in ids)
-        if a is not None and not a.hidden
-    ]
+    kept = [c for c, hidden in edition_articles(session, edition.id) if not hidden]
     cohort = Cohort(edition.slot, edition.local_day, edition.timezone)
     rendered = render_variant(session, settings, cohort, kept, "", edition.id)
     if rendered is None:
         return None
-    page = rendered[0]
-    marks = SlotMarks(page.slot_nonce)
-    return PreparedVariant(Splicer.of(page.html, marks), Splicer.of(page.text, marks), page.subject)
-
-
-# --- ranked by clicks (DIGEST_RANK_BY_CLICKS) -------------------------------------------
-
-RANK_HOURS = 48  # "recent": the clicks of the last two days, every edition's
-_RANKED: dict[tuple[int, tuple[int, ...]], PreparedVariant] = {}
-
-
-def rank_within_sections(picked: Sequence[Candidate], counts: dict[int, int]) -> list[Candidate]:
-    """The same articles, sections where they were, each section's articles ordered by
-    clicks (most first; ties keep the edition's order)."""
-    runs: list[list[Candidate]] = []
-    for c in picked:
-        if runs and runs[-1][0].section == c.section:
-            runs[-1].append(c)
-        else:
-            runs.append([c])
-    return [c for run in runs for c in sorted(run, key=lambda c: -counts.get(c.id, 0))]
-
-
-def ranked_rendering(
-    session: Session, settings: Settings, variant: EditionVariant, now: datetime
-) -> PreparedVariant:
-    """A rendering for the web version and the archive with each section's articles
-    ordered by recent clicks (every reader's, never one reader's own). Rendered again
-    only when the order changes (kept per process)."""
-    edition = store.get_edition(session, variant.edition_id)
-    rows = store.articles_by_id(session, store.edition_article_ids(session, edition.id))
-    snapshot = [
-        Candidate(a.id, a.section, a.priority, a.published_at, a.seen_at) for a in rows.values()
-    ]
-    picked = pick_for_sections(snapshot, variant.sections, settings.max_articles)
-    since = now - timedelta(hours=RANK_HOURS)
-    order = rank_within_sections(picked, recent_clicks(session, since, [c.id for c in picked]))
-    key = (variant.id, tuple(c.id for c in order))
-    if key in _RANKED:
-        return _RANKED[key]
-    as_sent = settings.with_(click_tracking=variant.click_tracking)
-    articles = clicks.wrap_articles(
-        as_sent, edition.id, [c.id for c in order], article_views(session, order)
-    )
-    view = EditionView(
-        slot=edition.slot,
-        local_day=edition.local_day,
-        timezone=edition.timezone,
-        articles=articles,
-        sender_name=settings.from_name,
-        postal_address=settings.postal_address,
-        editions_label=f"{edition.slot} edition",
-    )
-    page = render_edition(view, settings.templates_dir)
-    marks = SlotMarks(page.slot_nonce)
-    prepared = PreparedVariant(
-        Splicer.of(page.html, marks), Splicer.of(page.text, marks), page.subject
-    )
-    if len(_RANKED) > 64:
-        _RANKED.clear()
-    _RANKED[key] = prepared
-    return prepared
+    return prepare_rendering(rendered[0])
 
 
 # --- schedule and repair -----------------------------------------------------------------

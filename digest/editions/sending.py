@@ -23,7 +23,7 @@ from digest.config import Settings
 from digest.editions.clicks import reader_part
 from digest.editions.halt import HaltWatch
 from digest.editions.heartbeat import MARGIN, Heartbeat
-from digest.editions.render import SlotMarks, Splicer, html_escaped, slot_values
+from digest.editions.render import Rendered, SlotMarks, Splicer, html_escaped, slot_values
 from digest.errors import (
     ConfigError,
     HeaderInjection,
@@ -83,10 +83,19 @@ class PreparedVariant:
     subject: str
 
 
-@lru_cache(maxsize=64)
-def _splicers(variant_id: int, html: str, text: str, subject: str, nonce: str) -> PreparedVariant:
+def prepare_rendering(page: Rendered) -> PreparedVariant:
+    """Cut a fresh rendering (not stored, or not as sent) at its slots."""
+    return _cut(page.html, page.text, page.subject, page.slot_nonce)
+
+
+def _cut(html: str, text: str, subject: str, nonce: str) -> PreparedVariant:
     marks = SlotMarks(nonce)
     return PreparedVariant(Splicer.of(html, marks), Splicer.of(text, marks), subject)
+
+
+@lru_cache(maxsize=64)
+def _splicers(variant_id: int, html: str, text: str, subject: str, nonce: str) -> PreparedVariant:
+    return _cut(html, text, subject, nonce)
 
 
 def prepare_variant(variant: EditionVariant) -> PreparedVariant:
