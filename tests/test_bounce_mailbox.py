@@ -299,3 +299,18 @@ def test_a_bounce_of_another_installation_is_left_in_a_shared_mailbox(
     with sessions() as session:
         assert store.get_subscriber(session, ana).status == "bounced"
     engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("pop3://u:p@host/INBOX", "must start with imap:// or imaps://"),
+        ("imaps://host/INBOX", "imap[s]://user:password@host/FOLDER"),
+    ],
+)
+def test_a_wrong_imap_url_is_the_operators_to_fix_not_a_retry(url: str, said: str) -> None:
+    """Exit 75 tells an MTA or cron "try again later"; a URL that can never work is a
+    usage error: one line naming what is wrong, exit 2, nothing read."""
+    result = CliRunner().invoke(cli, ["inbound", "--imap", url])
+    assert result.exit_code == 2
+    assert said in result.output and "Traceback" not in result.output

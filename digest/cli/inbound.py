@@ -121,6 +121,13 @@ def inbound(
     the bounce, unsubscribe and reply addresses into; exit 75 means "try again later".
     With --imap, every message of a bounce mailbox instead (processed ones are moved or
     flagged, the rest left alone)."""
+    if imap_url is not None:
+        from digest.readers.mailbox import parse_imap_url
+
+        try:
+            parse_imap_url(imap_url)  # a wrong URL is the operator's to fix, not a retry
+        except DigestError as exc:
+            raise click.UsageError(str(exc)) from None
     try:
         if imap_url is not None:
             run_imap(app, env_file, imap_url)
