@@ -168,7 +168,31 @@ def qp(text: str, final: bool = True) -> bytes:
         # binascii does not count the =20 it writes for trailing whitespace against the
         # 76-character limit; the stdlib encoder does (slower, and rarely needed).
         encoded = quoprimime.body_encode(data.decode("latin-1"), 76, "\n").encode("ascii")
+    if encoded[:1] == b"." or b"\n." in encoded:
+        encoded = _no_leading_dots(encoded)
     return encoded.replace(b"\n", b"\r\n")
+
+
+def _no_leading_dots(encoded: bytes) -> bytes:
+    """QP lines that begin with "." begin with its escape "=2E" instead, so a message
+    never holds a line an SMTP DATA transfer would have to dot-stuff (RFC 5321 4.5.2):
+    the transport sends the body as it is. A line the escape makes too long is split
+    with a soft line break (which decodes to nothing)."""
+    lines = encoded.split(b"\n")
+    for i, line in enumerate(lines):
+        if line[:1] != b".":
+            continue
+        line = b"=2E" + line[1:]
+        pieces = []
+        while len(line) > 76:
+            cut = 75
+            # Never split an =XX escape, nor leave a dot first on the next line.
+            while b"=" in line[cut - 2 : cut] or line[cut : cut + 1] == b".":
+                cut -= 1
+            pieces.append(line[:cut] + b"=")
+            line = line[cut:]
+        lines[i] = b"\n".join([*pieces, line])
+    return b"\n".join(lines)
 
 
 def soft_break(encoded: bytes) -> bytes:
@@ -179,7 +203,9 @@ def soft_break(encoded: bytes) -> bytes:
     if len(last) <= 75:
         return encoded + b"=\r\n"
     cut = 75
-    while b"=" in last[cut - 2 : cut]:  # "=" only ever opens an escape in QP output
+    # "=" only ever opens an escape in QP output: never split one, nor leave a dot
+    # first on the new line.
+    while b"=" in last[cut - 2 : cut] or last[cut : cut + 1] == b".":
         cut -= 1
     return encoded[:start] + last[:cut] + b"=\r\n" + last[cut:] + b"=\r\n"
 
@@ -218,17 +244,26 @@ def encode_value(value: str) -> bytes:
     """One slot value as a QP piece ending in a soft line break.
 
     A short line of printable ASCII without "=" (a link, most names) is its own
-    quoted-printable encoding, as long as it does not end in a space: no encoder needed."""
+    quoted-printable encoding, as long as it does not end in a space or start with a
+    dot (a line of its own that DATA would have to dot-stuff): no encoder needed."""
     if (
         len(value) <= 75
         and value.isascii()
         and value.isprintable()
         and "=" not in value
         and value[-1:] != " "
-        and value != "."
+        and value[:1] != "."
     ):
         return value.encode("ascii") + b"=\r\n"
     return soft_break(qp(value, final=False))
+
+
+class DotSafe(bytes):
+    """A message no line of which begins with a dot (qp escapes one as =2E, and no
+    header line starts with one): SMTP DATA sends it as it is, without the scan and the
+    copy dot-stuffing costs. Any change to the bytes gives plain bytes again."""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True)
@@ -320,8 +355,8 @@ class MessageTemplate:
             )
         )
         if self.sender.dkim is not None:
-            return dkim_header(self.sender.dkim, message) + message
-        return message
+            return DotSafe(dkim_header(self.sender.dkim, message) + message)
+        return DotSafe(message)
 
 
 def build_message(

@@ -23,6 +23,7 @@ from digest.errors import (
     PermanentSendError,
     TransientSendError,
 )
+from digest.mail.message import DotSafe
 from digest.mail.wire import Closed, DeadlineExceeded, Garbled, Wire, deadline_wait
 
 # A mailbox that does not exist: enhanced status 5.1.1 (bad mailbox), 5.1.2 (bad
@@ -155,14 +156,30 @@ def _refusal(replies: list[tuple[int, bytes]], last: str, last_ok: int) -> Excep
     return None
 
 
-def _dot_stuffed(body: bytes) -> bytes:
-    """The body for DATA: dot-stuffed (RFC 5321 4.5.2), CRLF-ended, with its end mark."""
-    stuffed = body.replace(b"\r\n.", b"\r\n..")
-    if stuffed.startswith(b"."):
-        stuffed = b"." + stuffed
-    if not stuffed.endswith(b"\r\n"):
-        stuffed += b"\r\n"
-    return stuffed + b".\r\n"
+def _dot_stuffed(body: bytes) -> list[bytes]:
+    """The body for DATA: dot-stuffed (RFC 5321 4.5.2), CRLF-ended, with its end mark.
+
+    digest's own messages (DotSafe) have no line that starts with a dot: they go out
+    as they are, neither scanned nor copied."""
+    if not isinstance(body, DotSafe) and (body[:1] == b"." or b"\n." in body):
+        body = body.replace(b"\r\n.", b"\r\n..")
+        if body.startswith(b"."):
+            body = b"." + body
+    return [body, b".\r\n" if body.endswith(b"\r\n") else b"\r\n.\r\n"]
+
+
+def _envelope(sender: str, recipient: str) -> bytes:
+    """MAIL and RCPT for these addresses; PermanentSendError for one that cannot go
+    into a command."""
+    if "\r" in sender + recipient or "\n" in sender + recipient:
+        raise PermanentSendError(f"refusing address with a line break: {recipient!r}")
+    try:
+        return b"MAIL FROM:<%b>\r\nRCPT TO:<%b>\r\n" % (
+            sender.encode("ascii"),
+            recipient.encode("ascii"),
+        )
+    except UnicodeEncodeError:
+        raise PermanentSendError(f"refusing an address not in ASCII: {recipient!r}") from None
 
 
 class SMTPTransport:
@@ -184,6 +201,9 @@ class SMTPTransport:
         self._wire: Wire | None = None
         self._pipelining = False
         self._chunking = False
+        self._next: bytes | None = None  # the envelope prepare() announced
+        # An envelope whose commands went out with the last body, and their replies.
+        self._opened: tuple[bytes, list[tuple[int, bytes]]] | None = None
 
     def describe(self) -> str:
         return f"smtp {self.config.host}:{self.config.port} ({self.config.tls})"
@@ -249,21 +269,27 @@ class SMTPTransport:
         self._wire = Wire(conn.sock, self.config.timeout)
         return self._wire
 
-    def send(self, sender: str, recipient: str, message: bytes, message_id: str) -> None:
-        if "\r" in sender + recipient or "\n" in sender + recipient:
-            raise PermanentSendError(f"refusing address with a line break: {recipient!r}")
+    def prepare(self, sender: str, recipient: str) -> None:
+        """The next message goes to this envelope: its MAIL and RCPT (and DATA) may go
+        out with this message's body, so that each message costs one round trip
+        (RFC 2920: the message content may open a group). A next send to another
+        envelope, or none at all, abandons it: a reset, or a dropped connection when
+        DATA was open (the server discards what it never got the end of)."""
         try:
-            envelope = b"MAIL FROM:<%b>\r\nRCPT TO:<%b>\r\n" % (
-                sender.encode("ascii"),
-                recipient.encode("ascii"),
-            )
-        except UnicodeEncodeError:
-            raise PermanentSendError(f"refusing an address not in ASCII: {recipient!r}") from None
+            self._next = _envelope(sender, recipient)
+        except PermanentSendError:
+            self._next = None  # its send will say why
+
+    def send(self, sender: str, recipient: str, message: bytes, message_id: str) -> None:
+        envelope = _envelope(sender, recipient)
+        ahead, self._next = self._next, None
         deadline = time.monotonic() + self.config.deadline
         try:
+            if self._opened is not None and self._opened[0] != envelope:
+                self._abandon()
             wire = self._wire or self._open(deadline)
             wire.deadline = deadline
-            self._transaction(wire, envelope, message)
+            self._transaction(wire, envelope, message, ahead)
         except TransientSendError as exc:
             if exc.code == 421:  # the server is closing the connection: do not reuse it
                 self._drop()
@@ -279,10 +305,10 @@ class SMTPTransport:
                 ) from None
             raise TransientSendError(f"connection lost: {exc}") from None
 
-    def _transaction(self, wire: Wire, envelope: bytes, body: bytes) -> None:
+    def _transaction(self, wire: Wire, envelope: bytes, body: bytes, ahead: bytes | None) -> None:
         """MAIL, RCPT and the body (RFC 2920 pipelining, RFC 3030 BDAT when offered)."""
         try:
-            refused = self._exchange(wire, envelope, body)
+            refused = self._exchange(wire, envelope, body, ahead)
         except Closed as exc:
             # What the server said before it hung up (a 421 to RCPT, say) is the error.
             said = _refusal(exc.replies, "message refused", 250)
@@ -292,16 +318,42 @@ class SMTPTransport:
             raise said from None
         if refused is None:
             return
-        if not (isinstance(refused, TransientSendError) and refused.code == 421):
+        if self._opened is not None:
+            # The next envelope went out with a refused message: not to be relied on.
+            self._abandon()  # which resets the transaction, or drops the connection
+        elif not (isinstance(refused, TransientSendError) and refused.code == 421):
             self._reset(wire)
         raise refused
 
-    def _exchange(self, wire: Wire, envelope: bytes, body: bytes) -> Exception | None:
-        """Send one message; the first refusal, classified, or None when accepted."""
+    def _exchange(
+        self, wire: Wire, envelope: bytes, body: bytes, ahead: bytes | None
+    ) -> Exception | None:
+        """Send one message; the first refusal, classified, or None when accepted.
+
+        `ahead` is the next message's envelope: with PIPELINING its commands follow
+        this body in the same write, and their replies wait in `_opened` for it."""
+        opened, self._opened = self._opened, None
+        if not self._pipelining:
+            ahead = None
         if self._chunking:
-            wire.write(b"%bBDAT %d LAST\r\n%b" % (envelope, len(body), body))
-            return _refusal(wire.replies(3), "message refused", 250)
-        if self._pipelining:
+            if opened is not None:
+                replies = opened[1]  # MAIL and RCPT went with the last message
+                refused = _refusal(replies, "message refused", 250)
+                if refused is not None:
+                    return refused
+                pieces = [b"BDAT %d LAST\r\n" % len(body), body]
+            else:
+                replies = []
+                pieces = [b"%bBDAT %d LAST\r\n" % (envelope, len(body)), body]
+            if ahead is not None:
+                pieces.append(ahead)
+            wire.write_all(pieces)
+            replies = replies + wire.replies(3 - len(replies))
+            self._read_ahead(wire, ahead, 2)
+            return _refusal(replies, "message refused", 250)
+        if opened is not None:
+            replies = opened[1]  # MAIL, RCPT and DATA went with the last message
+        elif self._pipelining:
             wire.write(envelope + b"DATA\r\n")
             replies = wire.replies(3)
         else:
@@ -317,8 +369,34 @@ class SMTPTransport:
                 wire.write(b".\r\n")  # the server opened DATA anyway: close it empty
                 wire.replies(1)
             return refused
-        wire.write(_dot_stuffed(body))
-        return _refusal([(250, b""), (250, b""), *wire.replies(1)], "message refused", 250)
+        pieces = _dot_stuffed(body)
+        if ahead is not None:
+            pieces.append(ahead + b"DATA\r\n")
+        wire.write_all(pieces)
+        replies = [(250, b""), (250, b""), *wire.replies(1)]
+        self._read_ahead(wire, ahead, 3)
+        return _refusal(replies, "message refused", 250)
+
+    def _read_ahead(self, wire: Wire, ahead: bytes | None, count: int) -> None:
+        """The replies to the envelope that went ahead, once this message's own are in:
+        whatever goes wrong now is the next message's, so the connection is dropped
+        and that message starts again on a new one."""
+        if ahead is None:
+            return
+        try:
+            self._opened = (ahead, wire.replies(count))
+        except (OSError, DeadlineExceeded, Closed, Garbled):
+            self._drop()
+
+    def _abandon(self) -> None:
+        """Take back the envelope that went ahead (see prepare)."""
+        opened, self._opened = self._opened, None
+        if opened is None or self._wire is None:
+            return
+        if any(code == 354 for code, _ in opened[1]):
+            self._drop()  # DATA is open: only hanging up ends it without a message
+        else:
+            self._reset(self._wire)
 
     def _reset(self, wire: Wire) -> None:
         try:
@@ -330,6 +408,7 @@ class SMTPTransport:
         self._drop()  # a connection that cannot even reset is not reused
 
     def _drop(self) -> None:
+        self._opened = None
         conn, self._conn, self._wire = self._conn, None, None
         if conn is not None:
             try:
@@ -341,6 +420,9 @@ class SMTPTransport:
         wire = self._wire
         if wire is not None:
             wire.deadline = time.monotonic() + min(5.0, self.config.deadline)  # a courtesy
+            self._abandon()
+        wire = self._wire
+        if wire is not None:
             try:
                 wire.write(b"QUIT\r\n")
                 wire.replies(1)

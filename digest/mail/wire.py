@@ -11,6 +11,7 @@ one `recv` brought, not line by line. Every wait ends by the message's deadline.
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 
 Reply = tuple[int, bytes]  # (code, text): the text's lines joined by "\n", as smtplib does
@@ -63,6 +64,7 @@ class Wire:
         self.deadline = 0.0  # a time.monotonic() value, set per message
         self._until = 0.0  # when the socket's current timeout would run out
         self._buffer = b""
+        self._gather = not isinstance(sock, ssl.SSLSocket)  # sendmsg: plain sockets only
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
@@ -71,6 +73,21 @@ class Wire:
     def write(self, data: bytes) -> None:
         self._until = deadline_wait(self.sock, self.deadline, self.read_timeout, self._until)
         self.sock.sendall(data)  # the timeout bounds the whole write, not each chunk
+
+    def write_all(self, pieces: list[bytes]) -> None:
+        """Several pieces in one write (sendmsg's gather: a 20 kB body is not copied
+        to join it to its commands); TLS has no gather, so there they are joined."""
+        if not self._gather:
+            self.write(b"".join(pieces))
+            return
+        views: list[bytes | memoryview] = list(pieces)
+        while views:
+            self._until = deadline_wait(self.sock, self.deadline, self.read_timeout, self._until)
+            sent = self.sock.sendmsg(views)
+            while views and sent >= len(views[0]):
+                sent -= len(views.pop(0))
+            if sent:
+                views[0] = memoryview(views[0])[sent:]
 
     def replies(self, count: int) -> list[Reply]:
         """The next `count` replies, parsed from the buffer in one pass (a pipelined
