@@ -23,12 +23,25 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 SUBSCRIBER_STATUSES = ("pending", "active", "unsubscribed", "bounced", "complained")
 # `cancelled`: the edition was cancelled before this reader's message went out.
 DELIVERY_STATUSES = (
-    "queued", "sending", "sent", "deferred", "failed", "suppressed", "cancelled",
+    "queued",
+    "sending",
+    "sent",
+    "deferred",
+    "failed",
+    "suppressed",
+    "cancelled",
 )
 # `superseded`: an edition of the timezone covered its window first (no mail);
 # `paused` and `cancelled`: an operator stopped it while it was being sent.
 EDITION_STATUSES = (
-    "planned", "sending", "done", "empty", "missed", "superseded", "paused", "cancelled",
+    "planned",
+    "sending",
+    "done",
+    "empty",
+    "missed",
+    "superseded",
+    "paused",
+    "cancelled",
 )
 
 

@@ -158,8 +158,10 @@ class ScriptedServer:
         greeting: str = "220 scripted ESMTP",
         keywords: tuple[str, ...] = ("PIPELINING",),
         replies: dict[str, str] | None = None,
+        refuse: dict[str, str] | None = None,
     ) -> None:
         self.greeting = greeting
+        self.refuse = refuse or {}  # RCPT replies by address
         self.keywords = keywords
         self.replies = replies or {}
         self.stop = threading.Event()
@@ -207,7 +209,10 @@ class ScriptedServer:
                             for i, text in enumerate(lines)
                         )
                     elif verb in ("MAIL", "RCPT"):
+                        address = line.split(b"<", 1)[-1].split(b">", 1)[0].decode()
                         reply = self.replies.get(verb, "250 ok")
+                        if verb == "RCPT" and address in self.refuse:
+                            reply = self.refuse[address]
                         refused = (refused and verb == "RCPT") or not reply.startswith("250")
                     elif verb == "DATA":
                         reply = self.replies.get("DATA", "354 go ahead")
@@ -216,7 +221,9 @@ class ScriptedServer:
                         if reply.startswith("354"):
                             conn.sendall(reply.encode() + b"\r\n")
                             body = b""
-                            while (chunk := reader.readline()) not in (b".\r\n", b""):
+                            while (chunk := reader.readline()) != b".\r\n":
+                                if not chunk:
+                                    return  # hung up inside DATA: no message, as any server
                                 body += chunk
                             reply = self.replies.get(".", "250 queued")
                             if reply.startswith("250"):

@@ -68,9 +68,7 @@ def status(
             _overview_lines(data)
             click.echo("Editions" + ("" if show_all else " (sending, then the latest; --all)"))
             shown = (
-                q.editions_page(session, limit=10_000)
-                if show_all
-                else _current_editions(session)
+                q.editions_page(session, limit=10_000) if show_all else _current_editions(session)
             )
             _edition_lines(session, shown, notes=False)
         orphan = now - timedelta(seconds=settings.claim_seconds)
@@ -191,5 +189,3 @@ def waiting_lines(
             f"{due} deferred deliveries due for a retry, the oldest since {age(oldest, now)} ago"
         )
     return lines
-
-

@@ -151,8 +151,7 @@ def task_now(value: str | None) -> datetime:
     when = parse_now(value)
     if when > datetime.now(UTC) + timedelta(minutes=1):
         raise InvalidInput(
-            f"now={value} is ahead of the clock: a task may not plan as if a later time "
-            "had come"
+            f"now={value} is ahead of the clock: a task may not plan as if a later time had come"
         )
     return when
 

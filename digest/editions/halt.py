@@ -38,9 +38,10 @@ class HaltWatch:
             try:
                 # A read on its own: no transaction (on SQLite every transaction would
                 # take the write lock, which the other senders' records need).
-                with self.engine.connect().execution_options(
-                    isolation_level="AUTOCOMMIT"
-                ) as conn, Session(conn) as session:
+                with (
+                    self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn,
+                    Session(conn) as session,
+                ):
                     self._halted = store.halted_editions(session, self.edition_ids)
             except Exception as exc:  # the lanes meet a lost database on their own
                 log.warning("halt check: %s", str(exc).splitlines()[0] if str(exc) else exc)

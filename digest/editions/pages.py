@@ -57,9 +57,7 @@ def preview_html(
 
 def public_page(settings: Settings, prepared: sending.PreparedVariant, banner: str = "") -> str:
     """A rendering cut at its slots, filled with nothing personal (see public_html)."""
-    values = slot_values(
-        name="", for_html=True, **sending.public_links(settings, WEB_VIEW_SELF)
-    )
+    values = slot_values(name="", for_html=True, **sending.public_links(settings, WEB_VIEW_SELF))
     html = _SELF_LINK.sub("", prepared.html.fill(values))
     if "/o/" in html:  # the tracking pixel: a web page read is no email opened
         html = re.sub(r'<img src="' + re.escape(settings.base_url) + r'/o/[^"]*"[^>]*>', "", html)

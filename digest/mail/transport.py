@@ -489,4 +489,3 @@ class OutboxTransport:
                 # The folder, not this message: stop, and leave the rows untried.
                 raise self._unwritable(exc) from None
             raise TransientSendError(f"cannot write {path}: {exc.strerror or exc}") from None
-

@@ -17,9 +17,7 @@ def add_token(
 ) -> ApiToken:
     if find_token(session, name) is not None:
         raise Duplicate(f"an API token called {name!r} exists already (even if revoked)")
-    token = ApiToken(
-        name=name, scope=scope, token_hash=token_hash, prefix=prefix, created_at=now
-    )
+    token = ApiToken(name=name, scope=scope, token_hash=token_hash, prefix=prefix, created_at=now)
     session.add(token)
     session.flush()
     return token
@@ -46,4 +44,3 @@ def add_job(session: Session, kind: str, token_name: str, now: datetime) -> ApiJ
 
 def get_job(session: Session, job_id: int) -> ApiJob:
     return get_or_raise(session, ApiJob, job_id, "job")
-

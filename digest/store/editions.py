@@ -143,9 +143,7 @@ def sent_article_ids(
     return set(session.scalars(stmt))
 
 
-def replace_edition_articles(
-    session: Session, edition_id: int, article_ids: Sequence[int]
-) -> None:
+def replace_edition_articles(session: Session, edition_id: int, article_ids: Sequence[int]) -> None:
     """A corrected snapshot (a cancelled edition planned again)."""
     session.execute(delete(EditionArticle).where(EditionArticle.edition_id == edition_id))
     add_edition_articles(session, edition_id, article_ids)

@@ -28,9 +28,7 @@ def add_audit(session: Session, operator: str, action: str, detail: str, now: da
     session.add(AuditEntry(at=now, operator=operator, action=action, detail=detail[:2000]))
 
 
-def recent_audit(
-    session: Session, limit: int = 100, before: int | None = None
-) -> list[AuditEntry]:
+def recent_audit(session: Session, limit: int = 100, before: int | None = None) -> list[AuditEntry]:
     """The newest entries (older than entry `before` when given), newest first."""
     stmt = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
     if before is not None:

@@ -79,11 +79,15 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         key_prefix="digest-web",
     )
     parse_limits("DIGEST_SIGNUP_CLIENT_LIMIT", settings.signup_client_limit)  # fail early
+
     # One count per client for the form and the API's sign-ups alike.
     def signup_limit(key_func: Any) -> Any:
         return limiter.shared_limit(
-            settings.signup_client_limit, scope="signup-client", methods=["POST"],
-            key_func=key_func, override_defaults=False,  # the API's per-token limit stays
+            settings.signup_client_limit,
+            scope="signup-client",
+            methods=["POST"],
+            key_func=key_func,
+            override_defaults=False,  # the API's per-token limit stays
         )
 
     _limit(app, "digest.subscribe", signup_limit(client_key))

@@ -147,14 +147,15 @@ def login() -> Any:
         if refusal is not None:
             if refusal.first_in_window:
                 operators.record(
-                    db(), _audit_name(name), "sign-in refused",
+                    db(),
+                    _audit_name(name),
+                    "sign-in refused",
                     f"too many failed sign-ins from {client}; told to wait "
-                    f"{_wait_text(refusal.retry_after)}", now,
+                    f"{_wait_text(refusal.retry_after)}",
+                    now,
                 )
                 db().commit()
-            page = render_template(
-                "admin/locked.html", wait_text=_wait_text(refusal.retry_after)
-            )
+            page = render_template("admin/locked.html", wait_text=_wait_text(refusal.retry_after))
             return page, 429, {"Retry-After": str(refusal.retry_after)}
         rt.sleep(rt.signin.delay(name))  # slows guessing at one name; never locks it
         operator = operators.authenticate(db(), name, password, now)

@@ -45,8 +45,14 @@ def feed_out(f: Feed) -> s.Feed:
 
 
 @operation(
-    "POST", "/articles", need="write", tag="articles", summary="Push articles",
-    body=s.ArticlesPush, responses={200: s.PushResult}, max_bytes=8 * 2**20,
+    "POST",
+    "/articles",
+    need="write",
+    tag="articles",
+    summary="Push articles",
+    body=s.ArticlesPush,
+    responses={200: s.PushResult},
+    max_bytes=8 * 2**20,
 )
 def push_articles(body: s.ArticlesPush) -> Any:
     """Articles with the fields of `digest articles import`, stored once: an article whose
@@ -66,16 +72,25 @@ def push_articles(body: s.ArticlesPush) -> Any:
 
 
 @operation(
-    "GET", "/articles", need="read", tag="articles", summary="The latest articles",
-    query=s.ArticleQuery, responses={200: s.ArticleList},
+    "GET",
+    "/articles",
+    need="read",
+    tag="articles",
+    summary="The latest articles",
+    query=s.ArticleQuery,
+    responses={200: s.ArticleList},
 )
 def list_articles(query: s.ArticleQuery) -> Any:
     return s.ArticleList(items=[article_out(a) for a in latest_articles(db(), query.limit)])
 
 
 @operation(
-    "PATCH", "/articles/{article_id}", need="write", tag="articles",
-    summary="Hide an article or change its priority", body=s.ArticleUpdate,
+    "PATCH",
+    "/articles/{article_id}",
+    need="write",
+    tag="articles",
+    summary="Hide an article or change its priority",
+    body=s.ArticleUpdate,
     responses={200: s.Article},
 )
 def update_article(article_id: int, body: s.ArticleUpdate) -> Any:
@@ -87,14 +102,21 @@ def update_article(article_id: int, body: s.ArticleUpdate) -> Any:
         article.hidden = body.hidden
     if body.priority is not None:
         article.priority = body.priority
-    audit("changed article", f"{article.title[:120]} (priority {article.priority}, "
-           f"{'hidden' if article.hidden else 'shown'})")
+    audit(
+        "changed article",
+        f"{article.title[:120]} (priority {article.priority}, "
+        f"{'hidden' if article.hidden else 'shown'})",
+    )
     db().commit()
     return article_out(article)
 
 
 @operation(
-    "GET", "/feeds", need="read", tag="feeds", summary="Feeds and their health",
+    "GET",
+    "/feeds",
+    need="read",
+    tag="feeds",
+    summary="Feeds and their health",
     responses={200: s.FeedList},
 )
 def list_feeds() -> Any:
@@ -109,10 +131,22 @@ def _feed(feed_id: int) -> Feed:
 
 
 @operation(
-    "POST", "/feeds", need="write", tag="feeds", summary="Add a feed", body=s.FeedIn,
-    responses={201: s.Feed}, errors=(409,),
-    links={201: {"PollFeed": {"operationId": "poll_feed",
-                              "parameters": {"feed_id": "$response.body#/id"}}}},
+    "POST",
+    "/feeds",
+    need="write",
+    tag="feeds",
+    summary="Add a feed",
+    body=s.FeedIn,
+    responses={201: s.Feed},
+    errors=(409,),
+    links={
+        201: {
+            "PollFeed": {
+                "operationId": "poll_feed",
+                "parameters": {"feed_id": "$response.body#/id"},
+            }
+        }
+    },
 )
 def add_feed(body: s.FeedIn) -> Any:
     url = body.url.strip()
@@ -128,8 +162,13 @@ def add_feed(body: s.FeedIn) -> Any:
 
 
 @operation(
-    "PATCH", "/feeds/{feed_id}", need="write", tag="feeds", summary="Pause or resume a feed",
-    body=s.FeedUpdate, responses={200: s.Feed},
+    "PATCH",
+    "/feeds/{feed_id}",
+    need="write",
+    tag="feeds",
+    summary="Pause or resume a feed",
+    body=s.FeedUpdate,
+    responses={200: s.Feed},
 )
 def update_feed(feed_id: int, body: s.FeedUpdate) -> Any:
     feed = _feed(feed_id)
@@ -140,7 +179,11 @@ def update_feed(feed_id: int, body: s.FeedUpdate) -> Any:
 
 
 @operation(
-    "POST", "/feeds/{feed_id}/poll", need="write", tag="feeds", summary="Poll a feed now",
+    "POST",
+    "/feeds/{feed_id}/poll",
+    need="write",
+    tag="feeds",
+    summary="Poll a feed now",
     responses={200: s.PollResult},
 )
 def poll_feed(feed_id: int) -> Any:

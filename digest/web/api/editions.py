@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 _EDITION = {"edition_id": "$response.body#/edition_id"}
 
 
-
 def edition_out(e: Edition, counts: dict[str, int]) -> s.Edition:
     return s.Edition(
         id=e.id,
@@ -47,8 +46,13 @@ def edition_out(e: Edition, counts: dict[str, int]) -> s.Edition:
 
 
 @operation(
-    "GET", "/editions", need="read", tag="editions", summary="Editions, newest first",
-    query=s.EditionQuery, responses={200: s.EditionList},
+    "GET",
+    "/editions",
+    need="read",
+    tag="editions",
+    summary="Editions, newest first",
+    query=s.EditionQuery,
+    responses={200: s.EditionList},
 )
 def list_editions(query: s.EditionQuery) -> Any:
     rows = q.editions_page(db(), limit=query.limit, offset=query.offset)
@@ -57,8 +61,12 @@ def list_editions(query: s.EditionQuery) -> Any:
 
 
 @operation(
-    "GET", "/editions/{edition_id}", need="read", tag="editions",
-    summary="One edition: articles, counts by status, errors", responses={200: s.EditionDetail},
+    "GET",
+    "/editions/{edition_id}",
+    need="read",
+    tag="editions",
+    summary="One edition: articles, counts by status, errors",
+    responses={200: s.EditionDetail},
 )
 def get_edition(edition_id: int) -> Any:
     session = db()
@@ -83,8 +91,12 @@ def get_edition(edition_id: int) -> Any:
 
 
 @operation(
-    "GET", "/editions/{edition_id}/preview", need="read", tag="editions",
-    summary="An edition as a reader gets it (HTML)", query=s.PreviewQuery,
+    "GET",
+    "/editions/{edition_id}/preview",
+    need="read",
+    tag="editions",
+    summary="An edition as a reader gets it (HTML)",
+    query=s.PreviewQuery,
     responses={200: "text/html"},
 )
 def preview_edition(edition_id: int, query: s.PreviewQuery) -> Any:
@@ -94,7 +106,10 @@ def preview_edition(edition_id: int, query: s.PreviewQuery) -> Any:
     for variant in store.variants(db(), edition_id):
         if variant.sections == query.sections:
             values = slot_values(
-                name="Reader", unsubscribe_url="#", preferences_url="#", view_url="#",
+                name="Reader",
+                unsubscribe_url="#",
+                preferences_url="#",
+                view_url="#",
                 for_html=True,
             )
             response = Response(prepare_variant(variant).html.fill(values), mimetype="text/html")
@@ -139,8 +154,13 @@ def _plan_cohort(
 
 
 @operation(
-    "POST", "/editions/plan", need="write", tag="editions",
-    summary="Plan and send a cohort's edition", body=s.PlanIn, responses={202: s.PlanOut},
+    "POST",
+    "/editions/plan",
+    need="write",
+    tag="editions",
+    summary="Plan and send a cohort's edition",
+    body=s.PlanIn,
+    responses={202: s.PlanOut},
     links={202: {"GetEdition": {"operationId": "get_edition", "parameters": _EDITION}}},
 )
 def plan_edition(body: s.PlanIn) -> Any:
@@ -166,8 +186,13 @@ def plan_edition(body: s.PlanIn) -> Any:
 
 
 @operation(
-    "POST", "/editions/{edition_id}/retry", need="write", tag="editions",
-    summary="Re-send failed or deferred deliveries", body=s.RetryIn, responses={202: s.RetryOut},
+    "POST",
+    "/editions/{edition_id}/retry",
+    need="write",
+    tag="editions",
+    summary="Re-send failed or deferred deliveries",
+    body=s.RetryIn,
+    responses={202: s.RetryOut},
 )
 def retry_edition(edition_id: int, body: s.RetryIn) -> Any:
     rt = runtime()
@@ -181,7 +206,11 @@ def retry_edition(edition_id: int, body: s.RetryIn) -> Any:
 
 
 @operation(
-    "GET", "/status", need="read", tag="status", summary="The overview",
+    "GET",
+    "/status",
+    need="read",
+    tag="status",
+    summary="The overview",
     responses={200: s.Status},
 )
 def status() -> Any:
@@ -194,7 +223,10 @@ def status() -> Any:
         last_24h=data.last_24h,
         feeds=[
             s.FeedHealth(
-                id=f.id, url=f.url, paused=f.paused, last_ok_at=f.last_ok_at,
+                id=f.id,
+                url=f.url,
+                paused=f.paused,
+                last_ok_at=f.last_ok_at,
                 last_error=f.last_error,
             )
             for f in data.feeds
@@ -204,7 +236,11 @@ def status() -> Any:
 
 
 @operation(
-    "GET", "/health", need="read", tag="status", summary="The health check",
+    "GET",
+    "/health",
+    need="read",
+    tag="status",
+    summary="The health check",
     responses={200: s.Health, 503: s.Health},
 )
 def health() -> Any:

@@ -39,7 +39,6 @@ _LINKS = {
 }
 
 
-
 def reader_out(r: Subscriber) -> s.Reader:
     return s.Reader(
         id=r.id,
@@ -83,8 +82,13 @@ def _filter(query: s.ReaderQuery) -> ReaderFilter:
 
 
 @operation(
-    "GET", "/readers", need="read", tag="readers", summary="List readers",
-    query=s.ReaderQuery, responses={200: s.ReaderPage},
+    "GET",
+    "/readers",
+    need="read",
+    tag="readers",
+    summary="List readers",
+    query=s.ReaderQuery,
+    responses={200: s.ReaderPage},
 )
 def list_readers(query: s.ReaderQuery) -> Any:
     """Readers matching every filter given, a page at a time (by default in id order),
@@ -108,7 +112,11 @@ def list_readers(query: s.ReaderQuery) -> Any:
 
 
 @operation(
-    "GET", "/readers/{reader_id}", need="read", tag="readers", summary="One reader",
+    "GET",
+    "/readers/{reader_id}",
+    need="read",
+    tag="readers",
+    summary="One reader",
     responses={200: s.Reader},
 )
 def get_reader(reader_id: int) -> Any:
@@ -135,8 +143,14 @@ def _checked(form: accounts.Form, *, email: str | None = None) -> dict[str, Any]
 
 
 @operation(
-    "POST", "/readers", need="write", tag="readers", summary="Add a reader",
-    body=s.ReaderCreate, responses={201: s.Reader, 202: s.Accepted}, errors=(409, 503),
+    "POST",
+    "/readers",
+    need="write",
+    tag="readers",
+    summary="Add a reader",
+    body=s.ReaderCreate,
+    responses={201: s.Reader, 202: s.Accepted},
+    errors=(409, 503),
     links={201: _LINKS},
 )
 def create_reader(body: s.ReaderCreate) -> Any:
@@ -192,8 +206,13 @@ def _send_notice(session: Session, notice: accounts.Notice) -> None:
 
 
 @operation(
-    "PATCH", "/readers/{reader_id}", need="write", tag="readers",
-    summary="Change a reader's settings", body=s.ReaderUpdate, responses={200: s.Reader},
+    "PATCH",
+    "/readers/{reader_id}",
+    need="write",
+    tag="readers",
+    summary="Change a reader's settings",
+    body=s.ReaderUpdate,
+    responses={200: s.Reader},
 )
 def update_reader(reader_id: int, body: s.ReaderUpdate) -> Any:
     """Only the fields sent change; checked like the preferences form."""
@@ -227,8 +246,12 @@ def _act(reader_id: int, act: Any, word: str) -> Any:
 
 
 @operation(
-    "POST", "/readers/{reader_id}/unsubscribe", need="write", tag="readers",
-    summary="Unsubscribe a reader", responses={200: s.Reader},
+    "POST",
+    "/readers/{reader_id}/unsubscribe",
+    need="write",
+    tag="readers",
+    summary="Unsubscribe a reader",
+    responses={200: s.Reader},
 )
 def unsubscribe_reader(reader_id: int) -> Any:
     """As their own unsubscribe link would: no more mail, an edition being sent included."""
@@ -236,8 +259,12 @@ def unsubscribe_reader(reader_id: int) -> Any:
 
 
 @operation(
-    "POST", "/readers/{reader_id}/suppress", need="write", tag="readers",
-    summary="Suppress a reader for good", responses={200: s.Reader},
+    "POST",
+    "/readers/{reader_id}/suppress",
+    need="write",
+    tag="readers",
+    summary="Suppress a reader for good",
+    responses={200: s.Reader},
 )
 def suppress_reader(reader_id: int) -> Any:
     """No more mail, and no sign-up may mail the address again."""
@@ -245,8 +272,12 @@ def suppress_reader(reader_id: int) -> Any:
 
 
 @operation(
-    "POST", "/readers/{reader_id}/erase", need="write", tag="readers",
-    summary="Erase a reader's data", responses={200: s.Reader},
+    "POST",
+    "/readers/{reader_id}/erase",
+    need="write",
+    tag="readers",
+    summary="Erase a reader's data",
+    responses={200: s.Reader},
 )
 def erase_reader(reader_id: int) -> Any:
     """GDPR erasure: the address is kept only as a hash, so it is never mailed again."""
@@ -254,8 +285,12 @@ def erase_reader(reader_id: int) -> Any:
 
 
 @operation(
-    "GET", "/readers/{reader_id}/export", need="read", tag="readers",
-    summary="Everything kept about a reader", responses={200: s.ReaderExport},
+    "GET",
+    "/readers/{reader_id}/export",
+    need="read",
+    tag="readers",
+    summary="Everything kept about a reader",
+    responses={200: s.ReaderExport},
 )
 def export_reader(reader_id: int) -> Any:
     """A data-subject access request's answer (written to the audit log)."""
@@ -286,11 +321,23 @@ def job_out(job: Any) -> s.Job:
 
 
 @operation(
-    "POST", "/readers/imports", need="write", tag="readers",
-    summary="Import readers (CSV or JSON lines)", query=s.ImportQuery,
-    raw_body=tuple(_FORMATS), responses={202: s.Job}, max_bytes=IMPORT_MAX_BYTES,
-    links={202: {"GetImport": {"operationId": "get_import",
-                               "parameters": {"job_id": "$response.body#/id"}}}},
+    "POST",
+    "/readers/imports",
+    need="write",
+    tag="readers",
+    summary="Import readers (CSV or JSON lines)",
+    query=s.ImportQuery,
+    raw_body=tuple(_FORMATS),
+    responses={202: s.Job},
+    max_bytes=IMPORT_MAX_BYTES,
+    links={
+        202: {
+            "GetImport": {
+                "operationId": "get_import",
+                "parameters": {"job_id": "$response.body#/id"},
+            }
+        }
+    },
 )
 def import_readers(query: s.ImportQuery) -> Any:
     """The columns of `digest subscribers import`: email, name, timezone, editions,
@@ -319,8 +366,12 @@ def import_readers(query: s.ImportQuery) -> Any:
 
 
 @operation(
-    "GET", "/readers/imports/{job_id}", need="read", tag="readers",
-    summary="An import job and its report", responses={200: s.Job},
+    "GET",
+    "/readers/imports/{job_id}",
+    need="read",
+    tag="readers",
+    summary="An import job and its report",
+    responses={200: s.Job},
 )
 def get_import(job_id: int) -> Any:
     return job_out(store_api.get_job(db(), job_id))
@@ -330,8 +381,14 @@ def get_import(job_id: int) -> Any:
 
 
 @operation(
-    "POST", "/signups", need="signup", tag="signups", summary="Start a double opt-in sign-up",
-    body=s.Signup, responses={202: s.Accepted}, errors=(503,),
+    "POST",
+    "/signups",
+    need="signup",
+    tag="signups",
+    summary="Start a double opt-in sign-up",
+    body=s.Signup,
+    responses={202: s.Accepted},
+    errors=(503,),
 )
 def create_signup(body: s.Signup) -> Any:
     """What the sign-up form does: the address gets a confirmation email, and nothing
@@ -358,4 +415,3 @@ def create_signup(body: s.Signup) -> Any:
     return s.Accepted(
         status="accepted", detail="if the address can be mailed, a confirmation email is on its way"
     ), 202
-

@@ -99,8 +99,9 @@ class ReaderQuery(Query):
     signed_up_from: Day | None = Field(None, description="signed up on or after this day (UTC)")
     signed_up_to: Day | None = Field(None, description="signed up on or before this day (UTC)")
     last_delivery: Literal["never", "7d", "30d", "over30d"] | None = Field(
-        None, description="never sent anything, sent something in the last 7 or 30 days, or "
-        "nothing for 30 days"
+        None,
+        description="never sent anything, sent something in the last 7 or 30 days, or "
+        "nothing for 30 days",
     )
     min_failures: int | None = Field(
         None, ge=0, le=999_999, description="at least this many failed deliveries"
@@ -110,7 +111,9 @@ class ReaderQuery(Query):
     )
     order: Literal["asc", "desc"] = Field("asc", description="asc: smallest first")
     after: int = Field(
-        0, ge=0, le=MAX_ID,
+        0,
+        ge=0,
+        le=MAX_ID,
         description="keyset cursor: the `next_after` of the page before; 0: the first page",
     )
     limit: int = Field(100, ge=1, le=500)

@@ -80,9 +80,11 @@ def _check_query_names(model: type[BaseModel] | None) -> None:
     unknown = sorted(set(request.args) - known)
     if unknown:
         name = unknown[0][:40]
-        raise Problem(400, f"{name}: no such query parameter", [
-            {"field": name, "message": "no such query parameter"}
-        ])
+        raise Problem(
+            400,
+            f"{name}: no such query parameter",
+            [{"field": name, "message": "no such query parameter"}],
+        )
 
 
 def _query(model: type[BaseModel]) -> BaseModel:

@@ -218,5 +218,3 @@ def _send_notices(notices: list[accounts.Notice]) -> int:
             accounts.forget_notice(db(), notice)
     db().commit()
     return sent
-
-

@@ -72,7 +72,10 @@ def edition_preview(edition_id: int) -> Any:
     for variant in store.variants(db(), checked_id(edition_id)):
         if variant.sections == sections:
             values = slot_values(
-                name="Reader", unsubscribe_url="#", preferences_url="#", view_url="#",
+                name="Reader",
+                unsubscribe_url="#",
+                preferences_url="#",
+                view_url="#",
                 for_html=True,
             )
             html = pages.as_page(prepare_variant(variant).html.fill(values))
@@ -104,8 +107,10 @@ def edition_publish(edition_id: int, action: str) -> Any:
     found = store.get_edition(db(), checked_id(edition_id))
     found.unpublished = action == "unpublish"
     word = "taken off the public archive" if found.unpublished else "put back in the archive"
-    record_action(f"edition {action}ed", f"edition {found.id} ({found.slot} {found.local_day} "
-           f"{found.timezone}): {word}")
+    record_action(
+        f"edition {action}ed",
+        f"edition {found.id} ({found.slot} {found.local_day} {found.timezone}): {word}",
+    )
     db().commit()
     return done(f"Edition {found.id}: {word}.", "console.edition", edition_id=found.id)
 
