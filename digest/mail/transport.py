@@ -12,6 +12,7 @@ import re
 import smtplib
 import ssl
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
@@ -204,6 +205,10 @@ class SMTPTransport:
         self._next: bytes | None = None  # the envelope prepare() announced
         # An envelope whose commands went out with the last body, and their replies.
         self._opened: tuple[bytes, list[tuple[int, bytes]]] | None = None
+        # A message begun and not yet ended: the replies known, how many more to read,
+        # and the envelope that went ahead with it.
+        self._waiting: tuple[list[tuple[int, bytes]], int, bytes | None] | None = None
+        self._deadline = 0.0  # the message under way's, a time.monotonic() value
 
     def describe(self) -> str:
         return f"smtp {self.config.host}:{self.config.port} ({self.config.tls})"
@@ -281,15 +286,59 @@ class SMTPTransport:
             self._next = None  # its send will say why
 
     def send(self, sender: str, recipient: str, message: bytes, message_id: str) -> None:
+        self.begin(sender, recipient, message)
+        self.end()
+
+    def begin(self, sender: str, recipient: str, message: bytes) -> None:
+        """The first half of a send: everything up to the body's write. What the server
+        says to the body is end()'s to read, so a caller may begin a message on each of
+        several connections before it waits for any (one thread, several lanes)."""
+        assert self._waiting is None, "end() the message under way first"
         envelope = _envelope(sender, recipient)
         ahead, self._next = self._next, None
-        deadline = time.monotonic() + self.config.deadline
-        try:
+        deadline = self._deadline = time.monotonic() + self.config.deadline
+
+        def start() -> Exception | None:
             if self._opened is not None and self._opened[0] != envelope:
                 self._abandon()
             wire = self._wire or self._open(deadline)
             wire.deadline = deadline
-            self._transaction(wire, envelope, message, ahead)
+            return self._start(wire, envelope, message, ahead)
+
+        self._guarded(start)
+
+    def end(self) -> None:
+        """The second half of a send: the server's answer to the body begin() wrote
+        (nothing to do when begin raised)."""
+        if self._waiting is not None:
+            try:
+                self._guarded(self._finish)
+            finally:
+                self._waiting = None
+
+    def _guarded(self, step: Callable[[], Exception | None]) -> None:
+        """Run a step of the transaction; a refusal it returns is raised (the transaction
+        reset first), and what goes wrong on the way becomes a TransientSendError."""
+        try:
+            try:
+                refused = step()
+            except Closed as exc:
+                # What the server said before it hung up (a 421 to RCPT, say) is the error.
+                said = _refusal(exc.replies, "message refused", 250)
+                if said is None:
+                    raise
+                self._drop()
+                raise said from None
+            if refused is None:
+                return
+            if self._opened is not None:
+                # The next envelope went out with a refused message: not to be relied on.
+                self._abandon()  # which resets the transaction, or drops the connection
+            elif self._wire is not None and not (
+                isinstance(refused, TransientSendError) and refused.code == 421
+            ):
+                self._reset(self._wire)
+            raise refused
         except TransientSendError as exc:
             if exc.code == 421:  # the server is closing the connection: do not reuse it
                 self._drop()
@@ -298,37 +347,18 @@ class SMTPTransport:
             # Disconnects, timeouts, the deadline: the connection is not reused (a reply
             # may still be on its way).
             self._drop()
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= self._deadline:
                 raise TransientSendError(
                     f"{self.describe()} took longer than {self.config.deadline:g} s over one "
                     "message (deadline)"
                 ) from None
             raise TransientSendError(f"connection lost: {exc}") from None
 
-    def _transaction(self, wire: Wire, envelope: bytes, body: bytes, ahead: bytes | None) -> None:
-        """MAIL, RCPT and the body (RFC 2920 pipelining, RFC 3030 BDAT when offered)."""
-        try:
-            refused = self._exchange(wire, envelope, body, ahead)
-        except Closed as exc:
-            # What the server said before it hung up (a 421 to RCPT, say) is the error.
-            said = _refusal(exc.replies, "message refused", 250)
-            if said is None:
-                raise
-            self._drop()
-            raise said from None
-        if refused is None:
-            return
-        if self._opened is not None:
-            # The next envelope went out with a refused message: not to be relied on.
-            self._abandon()  # which resets the transaction, or drops the connection
-        elif not (isinstance(refused, TransientSendError) and refused.code == 421):
-            self._reset(wire)
-        raise refused
-
-    def _exchange(
+    def _start(
         self, wire: Wire, envelope: bytes, body: bytes, ahead: bytes | None
     ) -> Exception | None:
-        """Send one message; the first refusal, classified, or None when accepted.
+        """Write one message, MAIL and RCPT first unless they went ahead with the last
+        one; the first refusal, classified, or None once the body is on its way.
 
         `ahead` is the next message's envelope: with PIPELINING its commands follow
         this body in the same write, and their replies wait in `_opened` for it."""
@@ -337,20 +367,19 @@ class SMTPTransport:
             ahead = None
         if self._chunking:
             if opened is not None:
-                replies = opened[1]  # MAIL and RCPT went with the last message
-                refused = _refusal(replies, "message refused", 250)
+                known = opened[1]  # MAIL and RCPT went with the last message
+                refused = _refusal(known, "message refused", 250)
                 if refused is not None:
                     return refused
                 pieces = [b"BDAT %d LAST\r\n" % len(body), body]
             else:
-                replies = []
+                known = []
                 pieces = [b"%bBDAT %d LAST\r\n" % (envelope, len(body)), body]
             if ahead is not None:
                 pieces.append(ahead)
             wire.write_all(pieces)
-            replies = replies + wire.replies(3 - len(replies))
-            self._read_ahead(wire, ahead, 2)
-            return _refusal(replies, "message refused", 250)
+            self._waiting = (known, 3 - len(known), ahead)
+            return None
         if opened is not None:
             replies = opened[1]  # MAIL, RCPT and DATA went with the last message
         elif self._pipelining:
@@ -373,8 +402,17 @@ class SMTPTransport:
         if ahead is not None:
             pieces.append(ahead + b"DATA\r\n")
         wire.write_all(pieces)
-        replies = [(250, b""), (250, b""), *wire.replies(1)]
-        self._read_ahead(wire, ahead, 3)
+        self._waiting = ([(250, b""), (250, b"")], 1, ahead)
+        return None
+
+    def _finish(self) -> Exception | None:
+        """Read the server's answer to the body _start wrote (and to the envelope that
+        went ahead with it); the refusal, classified, or None when accepted."""
+        assert self._waiting is not None and self._wire is not None
+        known, count, ahead = self._waiting
+        wire = self._wire
+        replies = known + wire.replies(count)
+        self._read_ahead(wire, ahead, 2 if self._chunking else 3)
         return _refusal(replies, "message refused", 250)
 
     def _read_ahead(self, wire: Wire, ahead: bytes | None, count: int) -> None:
@@ -408,7 +446,7 @@ class SMTPTransport:
         self._drop()  # a connection that cannot even reset is not reused
 
     def _drop(self) -> None:
-        self._opened = None
+        self._opened = self._waiting = None
         conn, self._conn, self._wire = self._conn, None, None
         if conn is not None:
             try:
