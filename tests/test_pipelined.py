@@ -190,3 +190,28 @@ def test_an_edition_message_is_dot_safe_and_goes_out_unstuffed(smtp_server: Any)
     with SMTPTransport(parse_smtp_url(url)) as t:
         t.send("news@example.com", "r@example.com", message, "<1@x>")
     assert sink.messages[0][2].replace(b"\r\n", b"\n") == message.replace(b"\r\n", b"\n")
+
+
+def test_replies_are_read_in_bulk_whatever_their_shape() -> None:
+    """One-line replies in one segment, a multi-line one, a bare code, a reply split over
+    two segments, and a hang-up that keeps the replies that came before it."""
+    import time
+
+    from digest.mail.wire import Closed, Wire
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        wire = Wire(ours, read_timeout=5)
+        wire.deadline = time.monotonic() + 5
+        theirs.sendall(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 go on\r\n250 left over\r\n")
+        assert wire.replies(3) == [(250, b"2.1.0 Ok"), (250, b"2.1.5 Ok"), (354, b"go on")]
+        theirs.sendall(b"250-first\r\n250-second\r\n250 last\r\n250\r\n")
+        assert wire.replies(3) == [(250, b"left over"), (250, b"first\nsecond\nlast"), (250, b"")]
+        theirs.sendall(b"452 4.3.1 out")
+        threading.Timer(0.2, theirs.sendall, args=(b" of space\r\n",)).start()
+        assert wire.replies(1) == [(452, b"4.3.1 out of space")]
+        theirs.sendall(b"250 ok\r\n421 4.7.0 closing\r\n")
+        theirs.shutdown(socket.SHUT_WR)
+        with pytest.raises(Closed) as caught:
+            wire.replies(3)
+        assert caught.value.replies == [(250, b"ok"), (421, b"4.7.0 closing")]

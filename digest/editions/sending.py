@@ -522,7 +522,8 @@ class Flight:
 def _nth_active(rows: Sequence[Any], i: int, n: int, statuses: dict[int, str]) -> Any:
     """The n-th row after rows[i] whose reader is active: the next message on the same
     connection as rows[i] when the rows go round n connections in turn."""
-    for after in rows[i + 1 :]:
+    for j in range(i + 1, len(rows)):
+        after = rows[j]
         if statuses.get(after.subscriber_id, after.status) == "active":
             n -= 1
             if n == 0:

@@ -93,23 +93,35 @@ class Wire:
         """The next `count` replies, parsed from the buffer in one pass (a pipelined
         group's replies usually come in one segment); Closed, with those that came, if
         the server hangs up."""
+        while self._buffer.count(b"\n") < count and self._fill():
+            pass  # too few lines yet for that many replies
+        lines = self._buffer.split(b"\n", count)
+        if len(lines) > count:
+            # The usual case, one line each ("250 2.1.0 Ok"): no reply spans lines.
+            got: list[Reply] = []
+            for line in lines[:count]:
+                code = line[:3]
+                if line[3:4] == b"-" or not code.isdigit():
+                    break
+                got.append((int(code), line[4:].strip(b" \t\r")))
+            else:
+                self._buffer = lines[count]
+                return got
+        return self._parse(count)
+
+    def _parse(self, count: int) -> list[Reply]:
+        """replies(), line by line: multi-line replies, a hang-up, something not SMTP."""
         got: list[Reply] = []
         texts: list[bytes] = []  # the lines of a multi-line reply so far
-        buffer, pos = self._buffer, 0
+        pos = 0
         while len(got) < count:
+            buffer = self._buffer
             end = buffer.find(b"\n", pos)
             if end < 0:
-                buffer, pos = buffer[pos:], 0
-                if len(buffer) > _MAX_BUFFER:
-                    raise Garbled("a reply line longer than 64 kB")
-                self._until = deadline_wait(
-                    self.sock, self.deadline, self.read_timeout, self._until
-                )
-                chunk = self.sock.recv(65536)
-                if not chunk:
+                self._buffer, pos = buffer[pos:], 0
+                if not self._fill():
                     self._buffer = b""
                     raise Closed(got)
-                buffer += chunk
                 continue
             code = buffer[pos : pos + 3]
             if not code.isdigit():
@@ -120,8 +132,20 @@ class Wire:
             if last:
                 got.append((int(code), b"\n".join(texts) if len(texts) > 1 else texts[0]))
                 texts = []
-        self._buffer = buffer[pos:]
+        self._buffer = self._buffer[pos:]
         return got
+
+    def _fill(self) -> bool:
+        """Read what has come (waiting at most until the deadline); False when the
+        server has closed the connection."""
+        if len(self._buffer) > _MAX_BUFFER:
+            raise Garbled("a reply line longer than 64 kB")
+        self._until = deadline_wait(self.sock, self.deadline, self.read_timeout, self._until)
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            return False
+        self._buffer += chunk
+        return True
 
     def clear(self) -> None:
         self._buffer = b""
