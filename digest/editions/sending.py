@@ -438,6 +438,7 @@ class Flight:
         # Per connection, the message begun on it and not yet landed: (row, Message-ID).
         self.aloft: list[tuple[Any, str] | None] = [None] * len(transports)
         self.begun = 0
+        self.senders: dict[int, str] = {}  # MAIL FROM of the rows announced ahead, by id
         # A transport that can send the next envelope with this body (SMTP) is told whose
         # it is; a relay pool or the outbox has nothing to gain from knowing.
         self.prepares = [getattr(t, "prepare", None) for t in transports]
@@ -459,13 +460,16 @@ class Flight:
             after = _nth_active(rows, i, slots, statuses)
             if after is not None:
                 sender = envelope_sender(settings, after.edition_id, after.subscriber_id)
+                self.senders[after.id] = sender  # its own begin takes it from here
                 prepare(sender, after.email)
         reader = address_reader(
             settings, lane.installation, row.edition_id, row.subscriber_id, row.email, row.name
         )
         try:
             message = lane.templates[row.variant_id].render(reader)
-            sender = envelope_sender(settings, row.edition_id, row.subscriber_id)
+            sender = self.senders.pop(row.id, "") or envelope_sender(
+                settings, row.edition_id, row.subscriber_id
+            )
             if prepare is None:
                 transport.send(sender, row.email, message, reader.message_id)
             else:
