@@ -45,8 +45,10 @@ class DripServer:
         self.thread.join(timeout=5)
 
     def _handle(self, conn: socket.socket) -> None:
+        self.connections += 1
         with conn:
             try:
+                rcpt = ""
                 conn.sendall(b"220 drip ESMTP\r\n")
                 reader = conn.makefile("rb")
                 while not self.stop.is_set():
@@ -169,6 +171,8 @@ class ScriptedServer:
         self.port = self.listener.getsockname()[1]
         self.url = f"smtp://127.0.0.1:{self.port}"
         self.accepted: list[bytes] = []  # the message bodies it said 250 to
+        self.recipients: list[str] = []  # whose message each accepted body was
+        self.connections = 0
         self.thread = threading.Thread(
             target=_serve, args=(self.listener, self._handle, self.stop), daemon=True
         )
@@ -188,8 +192,10 @@ class ScriptedServer:
         return True
 
     def _handle(self, conn: socket.socket) -> None:
+        self.connections += 1
         with conn:
             try:
+                rcpt = ""
                 if not self._say(conn, self.greeting):
                     return
                 reader = conn.makefile("rb")
@@ -213,6 +219,8 @@ class ScriptedServer:
                         reply = self.replies.get(verb, "250 ok")
                         if verb == "RCPT" and address in self.refuse:
                             reply = self.refuse[address]
+                        if verb == "RCPT":
+                            rcpt = address
                         refused = (refused and verb == "RCPT") or not reply.startswith("250")
                     elif verb == "DATA":
                         reply = self.replies.get("DATA", "354 go ahead")
@@ -228,6 +236,7 @@ class ScriptedServer:
                             reply = self.replies.get(".", "250 queued")
                             if reply.startswith("250"):
                                 self.accepted.append(body)
+                                self.recipients.append(rcpt)
                     else:
                         reply = "250 ok"
                         refused = False

@@ -67,13 +67,24 @@ def test_the_docs_page_is_served_from_here(client: Any) -> None:
         ("subscribe", "post", "/api/v1/signups", {"email": "a@example.com"}, 202),
         ("read", "get", "/api/v1/readers", None, 200),
         ("read", "post", "/api/v1/readers", {"email": "a@example.com", "confirmed": True}, 403),
-        ("read", "post", "/api/v1/articles", {"articles": [{"title": "t", "url": "https://x.example.com/"}]}, 403),  # noqa: E501
+        (
+            "read",
+            "post",
+            "/api/v1/articles",
+            {"articles": [{"title": "t", "url": "https://x.example.com/"}]},
+            403,
+        ),  # noqa: E501
         ("read", "post", "/api/v1/signups", {"email": "a@example.com"}, 403),
         ("write", "post", "/api/v1/readers", {"email": "a@example.com", "confirmed": True}, 201),
     ],
 )
 def test_scopes(
-    client: Any, tokens: dict[str, str], scope: str, method: str, path: str, body: Any,
+    client: Any,
+    tokens: dict[str, str],
+    scope: str,
+    method: str,
+    path: str,
+    body: Any,
     status: int,
 ) -> None:
     response = getattr(client, method)(path, json=body, headers=auth(tokens[scope]))
@@ -111,8 +122,12 @@ def test_errors_are_problem_details_naming_the_field(client: Any, tokens: dict[s
     assert bad.get_json()["errors"][0]["field"] == "email"
     typed = client.post("/api/v1/readers", json={"email": 5}, headers=h)
     assert typed.status_code == 400 and typed.get_json()["errors"][0]["field"] == "email"
-    assert client.post("/api/v1/readers", data="{", headers=h,
-                       content_type="application/json").status_code == 400
+    assert (
+        client.post(
+            "/api/v1/readers", data="{", headers=h, content_type="application/json"
+        ).status_code
+        == 400
+    )
     assert client.post("/api/v1/readers", data="x", headers=h).status_code == 415
     typo = client.get("/api/v1/readers?limt=5", headers=h).get_json()
     assert typo["errors"][0]["field"] == "limt"
@@ -128,8 +143,9 @@ def test_writes_are_audited_under_the_tokens_name(
     client: Any, tokens: dict[str, str], session: Any
 ) -> None:
     h = auth(tokens["write"])
-    made = client.post("/api/v1/readers", json={"email": "c@example.com", "confirmed": True},
-                       headers=h).get_json()
+    made = client.post(
+        "/api/v1/readers", json={"email": "c@example.com", "confirmed": True}, headers=h
+    ).get_json()
     assert client.post(f"/api/v1/readers/{made['id']}/unsubscribe", headers=h).status_code == 200
     entries = [(e.operator, e.action) for e in recent(session, 10)]
     assert ("api:t-write", "added reader") in entries
@@ -139,8 +155,11 @@ def test_writes_are_audited_under_the_tokens_name(
 def test_readers_list_pages_by_keyset_and_filters(client: Any, tokens: dict[str, str]) -> None:
     h = auth(tokens["write"])
     for i in range(5):
-        body = {"email": f"r{i}@example.com", "confirmed": True,
-                "editions": "morning" if i % 2 else "both"}
+        body = {
+            "email": f"r{i}@example.com",
+            "confirmed": True,
+            "editions": "morning" if i % 2 else "both",
+        }
         client.post("/api/v1/readers", json=body, headers=h)
     first = client.get("/api/v1/readers?limit=2", headers=h).get_json()
     assert len(first["items"]) == 2 and first["next_after"] == first["items"][-1]["id"]
@@ -156,31 +175,69 @@ def _seed_readers(session: Any, now: Any) -> dict[str, int]:
     """Four readers who differ in every way the console's filters look at."""
     days = timedelta(days=1)
     rows = [
-        ("ana@example.com", "Ana Lima", "active", "Europe/London", (True, False), "sport",
-         "web form, requested 2026-11-26, confirmed 2026-11-26", now - 10 * days),
+        (
+            "ana@example.com",
+            "Ana Lima",
+            "active",
+            "Europe/London",
+            (True, False),
+            "sport",
+            "web form, requested 2026-11-26, confirmed 2026-11-26",
+            now - 10 * days,
+        ),
         ("bo@example.com", "Bo", "pending", None, (True, True), "", "cli", now - 5 * days),
-        ("cy@example.com", "Cy", "unsubscribed", "Europe/London", (False, True), "news",
-         "api via t-write, 2026-12-05T12:00Z", now - days),
+        (
+            "cy@example.com",
+            "Cy",
+            "unsubscribed",
+            "Europe/London",
+            (False, True),
+            "news",
+            "api via t-write, 2026-12-05T12:00Z",
+            now - days,
+        ),
         ("di@example.com", "Di", "bounced", None, (True, True), "", "import list.csv", now),
     ]
     ids = {}
     for email, name, status, tz, (morning, evening), sections, consent, at in rows:
         reader = store.add_subscriber(
-            session, email, at, name=name, status=status, timezone=tz, morning=morning,
-            evening=evening, sections=sections, consent=consent,
+            session,
+            email,
+            at,
+            name=name,
+            status=status,
+            timezone=tz,
+            morning=morning,
+            evening=evening,
+            sections=sections,
+            consent=consent,
         )
         ids[email.split("@")[0]] = reader.id
     for slot, status, sent in (("morning", "sent", True), ("evening", "failed", False)):
         edition = Edition(
-            slot=slot, local_day=(now - 3 * days).date(), timezone="UTC", status="done",
-            send_at=now, window_start=now, window_end=now, created_at=now,
+            slot=slot,
+            local_day=(now - 3 * days).date(),
+            timezone="UTC",
+            status="done",
+            send_at=now,
+            window_start=now,
+            window_end=now,
+            created_at=now,
         )
         session.add(edition)
         session.flush()
-        session.add(Delivery(edition_id=edition.id, subscriber_id=ids["ana"], status=status,
-                             queued_at=now, sent_at=now - 3 * days if sent else None))
-        session.add(Delivery(edition_id=edition.id, subscriber_id=ids["bo"], status="failed",
-                             queued_at=now))
+        session.add(
+            Delivery(
+                edition_id=edition.id,
+                subscriber_id=ids["ana"],
+                status=status,
+                queued_at=now,
+                sent_at=now - 3 * days if sent else None,
+            )
+        )
+        session.add(
+            Delivery(edition_id=edition.id, subscriber_id=ids["bo"], status="failed", queued_at=now)
+        )
     session.commit()
     return ids
 
@@ -338,8 +395,12 @@ def test_signup_limits_per_end_client_through_the_api(
     make_app: Any, tmp_path: Path, sqlite_url: str, clock: Any
 ) -> None:
     app, settings = _limited_app(
-        make_app, tmp_path, sqlite_url, clock,
-        DIGEST_SIGNUP_CLIENT_LIMIT="2 per hour", DIGEST_API_CLIENT_HEADER="X-Client-IP",
+        make_app,
+        tmp_path,
+        sqlite_url,
+        clock,
+        DIGEST_SIGNUP_CLIENT_LIMIT="2 per hour",
+        DIGEST_API_CLIENT_HEADER="X-Client-IP",
     )
     with app.extensions["digest"].sessions() as session:
         sub = _token(session, "site", "subscribe", clock())
@@ -348,12 +409,18 @@ def test_signup_limits_per_end_client_through_the_api(
 
     def signup(n: int, client_ip: str, raw: str = sub) -> int:
         headers = {**auth(raw), "X-Client-IP": client_ip}
-        return int(c.post("/api/v1/signups", json={"email": f"s{n}@example.com"},
-                          headers=headers).status_code)
+        return int(
+            c.post(
+                "/api/v1/signups", json={"email": f"s{n}@example.com"}, headers=headers
+            ).status_code
+        )
 
     assert [signup(1, "203.0.113.5"), signup(2, "203.0.113.5")] == [202, 202]
-    limited = c.post("/api/v1/signups", json={"email": "s3@example.com"},
-                     headers={**auth(sub), "X-Client-IP": "203.0.113.5"})
+    limited = c.post(
+        "/api/v1/signups",
+        json={"email": "s3@example.com"},
+        headers={**auth(sub), "X-Client-IP": "203.0.113.5"},
+    )
     assert limited.status_code == 429 and limited.mimetype == "application/problem+json"
     assert signup(4, "198.51.100.7") == 202  # another visitor of the same site
     # Only a subscribe token's header is believed: a write token counts as its caller.
@@ -365,8 +432,12 @@ def test_signup_mailbox_limit_and_budget_through_the_api(
     make_app: Any, tmp_path: Path, sqlite_url: str, clock: Any
 ) -> None:
     app, settings = _limited_app(
-        make_app, tmp_path, sqlite_url, clock,
-        DIGEST_SIGNUP_MAILBOX_LIMIT="1 per day", DIGEST_SIGNUP_MAILS_PER_HOUR="2",
+        make_app,
+        tmp_path,
+        sqlite_url,
+        clock,
+        DIGEST_SIGNUP_MAILBOX_LIMIT="1 per day",
+        DIGEST_SIGNUP_MAILS_PER_HOUR="2",
     )
     with app.extensions["digest"].sessions() as session:
         sub = _token(session, "site", "subscribe", clock())
@@ -376,11 +447,17 @@ def test_signup_mailbox_limit_and_budget_through_the_api(
     def sent() -> int:
         return len(list(outbox.glob("*.eml"))) if outbox.exists() else 0
 
-    assert c.post("/api/v1/signups", json={"email": "m@example.com"}, headers=auth(sub)).status_code == 202  # noqa: E501
+    assert (
+        c.post("/api/v1/signups", json={"email": "m@example.com"}, headers=auth(sub)).status_code
+        == 202
+    )  # noqa: E501
     clock.advance(minutes=20)
     again = c.post("/api/v1/signups", json={"email": "M+x@example.com"}, headers=auth(sub))
     assert again.status_code == 202 and sent() == 1  # same answer, no second email
-    assert c.post("/api/v1/signups", json={"email": "n@example.com"}, headers=auth(sub)).status_code == 202  # noqa: E501
+    assert (
+        c.post("/api/v1/signups", json={"email": "n@example.com"}, headers=auth(sub)).status_code
+        == 202
+    )  # noqa: E501
     assert sent() == 2
     over = c.post("/api/v1/signups", json={"email": "o@example.com"}, headers=auth(sub))
     assert over.status_code == 429 and sent() == 2
@@ -389,8 +466,9 @@ def test_signup_mailbox_limit_and_budget_through_the_api(
 def test_cors_only_for_signups_from_listed_origins(
     make_app: Any, tmp_path: Path, sqlite_url: str, clock: Any
 ) -> None:
-    app, _ = _limited_app(make_app, tmp_path, sqlite_url, clock,
-                          DIGEST_API_CORS_ORIGINS="https://www.example.com")
+    app, _ = _limited_app(
+        make_app, tmp_path, sqlite_url, clock, DIGEST_API_CORS_ORIGINS="https://www.example.com"
+    )
     c = app.test_client()
     ok = c.options("/api/v1/signups", headers={"Origin": "https://www.example.com"})
     assert ok.headers["Access-Control-Allow-Origin"] == "https://www.example.com"
@@ -405,12 +483,16 @@ def test_cors_is_off_by_default(client: Any) -> None:
     assert "Access-Control-Allow-Origin" not in pre.headers
 
 
-def test_articles_push_is_idempotent_on_guid(client: Any, tokens: dict[str, str], session: Any) -> None:  # noqa: E501
+def test_articles_push_is_idempotent_on_guid(
+    client: Any, tokens: dict[str, str], session: Any
+) -> None:  # noqa: E501
     h = auth(tokens["write"])
-    body = {"articles": [
-        {"title": "Storm", "url": "https://news.example.com/storm", "guid": "cms-1"},
-        {"title": "", "url": "https://news.example.com/empty"},
-    ]}
+    body = {
+        "articles": [
+            {"title": "Storm", "url": "https://news.example.com/storm", "guid": "cms-1"},
+            {"title": "", "url": "https://news.example.com/empty"},
+        ]
+    }
     first = client.post("/api/v1/articles", json=body, headers=h).get_json()
     assert first["added"] == 1 and first["errors"][0]["index"] == 2
     body["articles"][0]["url"] = "https://news.example.com/storm-moved"
@@ -418,8 +500,9 @@ def test_articles_push_is_idempotent_on_guid(client: Any, tokens: dict[str, str]
     assert again["added"] == 0 and again["existing"] == 1
     listed = client.get("/api/v1/articles", headers=h).get_json()["items"]
     article = next(a for a in listed if a["guid"] == "cms-1")
-    hidden = client.patch(f"/api/v1/articles/{article['id']}", json={"hidden": True, "priority": 5},
-                          headers=h).get_json()
+    hidden = client.patch(
+        f"/api/v1/articles/{article['id']}", json={"hidden": True, "priority": 5}, headers=h
+    ).get_json()
     assert hidden["hidden"] is True and hidden["priority"] == 5
 
 
@@ -429,8 +512,12 @@ def test_an_import_of_10000_rows_reports_the_bad_row(
     lines = ["email,name"] + [f"reader{i}@example.com,Reader {i}" for i in range(10_000)]
     lines[5001] = "not-an-address,Bad Row"
     body = "\n".join(lines) + "\n"
-    started = client.post("/api/v1/readers/imports?confirmed=true", data=body,
-                          content_type="text/csv", headers=auth(tokens["write"]))
+    started = client.post(
+        "/api/v1/readers/imports?confirmed=true",
+        data=body,
+        content_type="text/csv",
+        headers=auth(tokens["write"]),
+    )
     assert started.status_code == 202, started.get_data(as_text=True)
     job_id = started.get_json()["id"]
     deadline = time.monotonic() + 60
@@ -443,22 +530,30 @@ def test_an_import_of_10000_rows_reports_the_bad_row(
     assert job["status"] == "done", job
     report = job["report"]
     assert report["added"] == 9_999
-    assert report["errors"] == [{"line": 5002, "error": "address 'not-an-address' must contain "
-                                 "exactly one @"}]
+    assert report["errors"] == [
+        {"line": 5002, "error": "address 'not-an-address' must contain exactly one @"}
+    ]
     assert store.count_subscribers(session).get("active") == 9_999
 
 
 def test_a_jsonl_import_reports_each_bad_line(client: Any, tokens: dict[str, str]) -> None:
-    body = "\n".join([
-        json.dumps({"email": "j1@example.com", "sections": ["world"]}),
-        "{broken",
-        json.dumps({"email": "j2@example.com", "name": 5}),
-    ])
-    started = client.post("/api/v1/readers/imports", data=body, headers=auth(tokens["write"]),
-                          content_type="application/x-ndjson").get_json()
+    body = "\n".join(
+        [
+            json.dumps({"email": "j1@example.com", "sections": ["world"]}),
+            "{broken",
+            json.dumps({"email": "j2@example.com", "name": 5}),
+        ]
+    )
+    started = client.post(
+        "/api/v1/readers/imports",
+        data=body,
+        headers=auth(tokens["write"]),
+        content_type="application/x-ndjson",
+    ).get_json()
     for _ in range(100):
-        job = client.get(f"/api/v1/readers/imports/{started['id']}",
-                         headers=auth(tokens["write"])).get_json()
+        job = client.get(
+            f"/api/v1/readers/imports/{started['id']}", headers=auth(tokens["write"])
+        ).get_json()
         if job["status"] == "done":
             break
         time.sleep(0.05)
@@ -513,13 +608,16 @@ def test_console_makes_lists_and_revokes_tokens(
     session.commit()
     app = make_app(settings, clock=clock)
     c = app.test_client()
-    assert c.post("/admin/login", data={"name": "ed", "password": "correct horse battery"}
-                  ).status_code == 302
+    assert (
+        c.post("/admin/login", data={"name": "ed", "password": "correct horse battery"}).status_code
+        == 302
+    )
     page = c.get("/admin/api-tokens").get_data(as_text=True)
     token = re.search(r'name="csrf" value="([^"]+)"', page)
     assert token
-    made = c.post("/admin/api-tokens", data={"csrf": token.group(1), "name": "website",
-                                             "scope": "subscribe"})
+    made = c.post(
+        "/admin/api-tokens", data={"csrf": token.group(1), "name": "website", "scope": "subscribe"}
+    )
     raw = re.search(r'<code id="new-token">([^<]+)</code>', made.get_data(as_text=True))
     assert made.status_code == 200 and raw
     api = app.test_client()
@@ -537,10 +635,14 @@ def test_console_makes_lists_and_revokes_tokens(
 def test_requests_are_limited_per_token(
     make_app: Any, tmp_path: Path, sqlite_url: str, clock: Any
 ) -> None:
-    app, _ = _limited_app(make_app, tmp_path, sqlite_url, clock,
-                          DIGEST_API_RATE_LIMIT="3 per minute")
+    app, _ = _limited_app(
+        make_app, tmp_path, sqlite_url, clock, DIGEST_API_RATE_LIMIT="3 per minute"
+    )
     with app.extensions["digest"].sessions() as session:
-        busy, other = _token(session, "busy", "read", clock()), _token(session, "calm", "read", clock())  # noqa: E501
+        busy, other = (
+            _token(session, "busy", "read", clock()),
+            _token(session, "calm", "read", clock()),
+        )  # noqa: E501
     c = app.test_client()
     codes = [c.get("/api/v1/feeds", headers=auth(busy)).status_code for _ in range(4)]
     assert codes == [200, 200, 200, 429]
@@ -555,7 +657,9 @@ def test_a_large_push_fits_but_a_huge_one_is_a_413(client: Any, tokens: dict[str
         {"title": f"Story {i}", "url": f"https://news.example.com/{i}", "summary": "x" * 400}
         for i in range(400)
     ]
-    assert client.post("/api/v1/articles", json={"articles": articles}, headers=h).status_code == 200  # noqa: E501
+    assert (
+        client.post("/api/v1/articles", json={"articles": articles}, headers=h).status_code == 200
+    )  # noqa: E501
     huge = '{"articles": [{"title": "t", "url": "' + "u" * (9 * 2**20) + '"}]}'
     too_big = client.post("/api/v1/articles", data=huge, content_type="application/json", headers=h)
     assert too_big.status_code == 413 and too_big.mimetype == "application/problem+json"
@@ -564,14 +668,16 @@ def test_a_large_push_fits_but_a_huge_one_is_a_413(client: Any, tokens: dict[str
 def test_signups_count_against_the_token_limit_too(
     make_app: Any, tmp_path: Path, sqlite_url: str, clock: Any
 ) -> None:
-    app, _ = _limited_app(make_app, tmp_path, sqlite_url, clock,
-                          DIGEST_API_RATE_LIMIT="2 per minute")
+    app, _ = _limited_app(
+        make_app, tmp_path, sqlite_url, clock, DIGEST_API_RATE_LIMIT="2 per minute"
+    )
     with app.extensions["digest"].sessions() as session:
         sub = _token(session, "site", "subscribe", clock())
     c = app.test_client()
     codes = [
-        c.post("/api/v1/signups", json={"email": f"t{i}@example.com"}, headers=auth(sub))
-        .status_code
+        c.post(
+            "/api/v1/signups", json={"email": f"t{i}@example.com"}, headers=auth(sub)
+        ).status_code
         for i in range(3)
     ]
     assert codes == [202, 202, 429]
@@ -608,17 +714,22 @@ def test_planning_through_the_api_obeys_the_guard_and_is_audited(
     force (only the CLI and the console may force one), and both the refusal and a plan
     are in the audit log under the token's name with the origin "api"."""
     h = auth(tokens["write"])
-    client.post("/api/v1/readers", json={"email": "p@example.com", "confirmed": True,
-                                         "timezone": "Australia/Sydney"}, headers=h)
-    ahead = {"slot": "morning", "timezone": "Australia/Sydney", "day": "2026-12-25",
-             "force": True}
+    client.post(
+        "/api/v1/readers",
+        json={"email": "p@example.com", "confirmed": True, "timezone": "Australia/Sydney"},
+        headers=h,
+    )
+    ahead = {"slot": "morning", "timezone": "Australia/Sydney", "day": "2026-12-25", "force": True}
     refused = client.post("/api/v1/editions/plan", json=ahead, headers=h)
     assert refused.status_code == 422, refused.get_json()
     assert refused.headers["Content-Type"].startswith("application/problem+json")
     assert store.find_edition(session, store_cohort("morning", "2026-12-25")) is None
     entries = [(e.operator, e.action, e.detail) for e in recent(session, 10)]
-    assert any(op == "t-write" or op == "api:t-write" for op, action, _ in entries
-               if action == "plan refused")
+    assert any(
+        op == "t-write" or op == "api:t-write"
+        for op, action, _ in entries
+        if action == "plan refused"
+    )
     assert any("[api]" in detail for _, action, detail in entries if action == "plan refused")
 
 

@@ -87,10 +87,15 @@ def api_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     import requests
 
     headers = {"Authorization": f"Bearer {raw}"}
-    requests.post(f"{base}/api/v1/readers", json={"email": "ana@example.com", "confirmed": True},
-                  headers=headers, timeout=10)
-    requests.post(f"{base}/api/v1/editions/plan", json={"slot": "morning"}, headers=headers,
-                  timeout=10)
+    requests.post(
+        f"{base}/api/v1/readers",
+        json={"email": "ana@example.com", "confirmed": True},
+        headers=headers,
+        timeout=10,
+    )
+    requests.post(
+        f"{base}/api/v1/editions/plan", json={"slot": "morning"}, headers=headers, timeout=10
+    )
     yield base
     httpd.shutdown()
     httpd.server_close()
@@ -149,8 +154,6 @@ def test_links_as_a_state_machine(api_schema: Any) -> None:
             seen.append(case.operation.label)
             case.validate_response(response, checks=CHECKS[:4])
 
-    Workflow.run(
-        settings=settings(FUZZ, max_examples=15, stateful_step_count=6)
-    )
+    Workflow.run(settings=settings(FUZZ, max_examples=15, stateful_step_count=6))
     # Steps went from a created resource to an operation on it, through a link.
     assert any("{" in label for label in seen), sorted(set(seen))

@@ -111,8 +111,10 @@ def test_sign_in_sets_a_strict_cookie_for_the_console_only(
     for flag in ("HttpOnly", "Secure", "SameSite=Strict", "Path=/admin"):
         assert flag in cookie
     http = make_settings(tmp_path, database_url, DIGEST_BASE_URL="http://localhost:8000")
-    r = make_app(http, clock=Clock()).test_client().post(
-        "/admin/login", data={"name": "ed", "password": PASSWORD}
+    r = (
+        make_app(http, clock=Clock())
+        .test_client()
+        .post("/admin/login", data={"name": "ed", "password": PASSWORD})
     )
     assert "Secure" not in r.headers["Set-Cookie"]
     # The readers' pages still set no cookie (RFC 8058 one-click needs none).

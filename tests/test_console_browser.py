@@ -115,8 +115,7 @@ def test_a_triggered_send_shows_its_progress_live(chromium, site, tmp_path) -> N
     # Poll from here: the page's CSP (rightly) forbids the eval wait_for_function uses.
     deadline = time.monotonic() + 30
     while not (
-        page.get_attribute("progress", "value") == "40"
-        and page.inner_text("[data-k=sent]") == "40"
+        page.get_attribute("progress", "value") == "40" and page.inner_text("[data-k=sent]") == "40"
     ):
         assert time.monotonic() < deadline, page.inner_text("main")
         page.wait_for_timeout(200)

@@ -297,8 +297,14 @@ def test_a_large_bulk_action_runs_in_the_background_with_progress(
 
     monkeypatch.setattr(pages, "BULK_INLINE_MAX", 10)
     token = csrf(signed_in, "/admin/readers")
-    data = {"csrf": token, "status": "pending", "scope": "all", "action": "timezone",
-            "value": "Europe/Paris", "confirmed": "yes"}
+    data = {
+        "csrf": token,
+        "status": "pending",
+        "scope": "all",
+        "action": "timezone",
+        "value": "Europe/Paris",
+        "confirmed": "yes",
+    }
     r = signed_in.post("/admin/readers/bulk", data=data)
     assert r.status_code == 302 and "/admin/readers/bulk/" in r.headers["Location"]
     deadline = time.monotonic() + 30

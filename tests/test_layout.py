@@ -131,9 +131,7 @@ def test_no_import_cycles() -> None:
 
 
 def test_cycle_finder_finds_a_circle() -> None:
-    assert strongly_connected({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [
-        {"a", "b", "c"}
-    ]
+    assert strongly_connected({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
 
 
 def test_top_level_stays_small() -> None:

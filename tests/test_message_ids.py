@@ -166,9 +166,7 @@ def test_a_bounce_quoting_a_message_id_of_before_installation_ids_still_counts(
     assert bounced(session, "ana@example.com")
 
 
-def test_a_bounce_quoting_another_installations_message_id_changes_nothing(
-    session, two
-) -> None:
+def test_a_bounce_quoting_another_installations_message_id_changes_nothing(session, two) -> None:
     (a, _), installations, ids = two
     # Database b's Message-ID, with the same key, the same edition and subscriber ids and
     # the same reader address: only the installation part says it is not ours.

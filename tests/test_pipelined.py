@@ -7,6 +7,7 @@ import quopri
 import random
 import socket
 import threading
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -215,3 +216,46 @@ def test_replies_are_read_in_bulk_whatever_their_shape() -> None:
         with pytest.raises(Closed) as caught:
             wire.replies(3)
         assert caught.value.replies == [(250, b"ok"), (421, b"4.7.0 closing")]
+
+
+def test_one_thread_over_three_pipelined_connections_sends_each_reader_once(
+    session: Any, settings: Any
+) -> None:
+    """A batch over three connections that one thread takes in turn, each message's
+    envelope sent ahead with the last body on its connection: a refused address fails
+    and bounces, a reader who left before the send is suppressed (their envelope never
+    goes ahead), every other reader gets exactly one message, and no connection is
+    dropped for it."""
+    from collections import Counter
+
+    from digest import store
+    from digest.editions import pipeline, sending
+    from digest.models import Subscriber
+    from tests.conftest import add_articles
+    from tests.test_pipeline import AFTER, CUT, MORNING, add_reader
+
+    add_articles(session, CUT - timedelta(hours=1), [("Story", "news")])
+    readers = [add_reader(session, f"r{i}@example.com") for i in range(60)]
+    session.commit()
+    with scripted_server(refuse={"r7@example.com": "550 5.1.1 no such user"}) as s:
+        smtp = settings.with_(smtp=parse_smtp_url(s.url), smtp_connections=3)
+        plan = pipeline.plan_edition(session, smtp, MORNING, AFTER)
+        session.get(Subscriber, readers[20].id).status = "unsubscribed"
+        session.commit()
+        report = sending.send_batch(
+            session,
+            smtp,
+            SMTPTransport(smtp.smtp),
+            store.delivery_ids(session, plan.edition_id),
+            AFTER,
+        )
+    assert (report.sent, report.failed, report.suppressed) == (58, 1, 1)
+    assert Counter(s.recipients) == Counter(
+        f"r{i}@example.com" for i in range(60) if i not in (7, 20)
+    )
+    assert all(body for body in s.accepted)  # no empty message to anyone
+    assert s.connections == 3
+    session.expire_all()
+    assert session.get(Subscriber, readers[7].id).status == "bounced"
+    counts = store.edition_counts(session, plan.edition_id)
+    assert counts == {"sent": 58, "failed": 1, "suppressed": 1}

@@ -133,8 +133,9 @@ def test_pages_are_stable_while_readers_sign_up(session) -> None:
         session.commit()
         second = list_readers(session, flt, after=first.next_after, limit=10, now=NOW)
         assert not {r.id for r in first.rows} & {r.id for r in second.rows}
-        unplaced = list_readers(session, flt, after=first.next_after, limit=10, now=NOW,
-                                locate=False)  # the API's: no count of the rows ahead
+        unplaced = list_readers(
+            session, flt, after=first.next_after, limit=10, now=NOW, locate=False
+        )  # the API's: no count of the rows ahead
         assert unplaced.rows == second.rows and unplaced.first == 0 < second.first
         assert unplaced.next_after == second.next_after
         back = list_readers(session, flt, before=second.prev_before, limit=10, now=NOW)

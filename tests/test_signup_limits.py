@@ -156,9 +156,9 @@ def test_bounced_or_complained_address_gets_nothing_and_the_same_page(
     gone = post(client, smtp, "gone@example.com")
     new = post(client, smtp, "new@example.com")
     assert gone.status_code == new.status_code == 200
-    assert gone.get_data(as_text=True).replace("gone@", "X@") == new.get_data(
-        as_text=True
-    ).replace("new@", "X@")
+    assert gone.get_data(as_text=True).replace("gone@", "X@") == new.get_data(as_text=True).replace(
+        "new@", "X@"
+    )
     assert [m[1] for m in sink.messages] == [["new@example.com"]]
 
 

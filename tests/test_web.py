@@ -725,6 +725,7 @@ def test_gunicorn_runs_the_app_factory(spawn, sqlite_url, tmp_path) -> None:
 
 # --- the pages in a real browser engine (headless Chromium) ------------------------------------
 
+
 @pytest.fixture(scope="module")
 def browser(chromium: Any) -> Any:
     return chromium
