@@ -45,10 +45,8 @@ class DripServer:
         self.thread.join(timeout=5)
 
     def _handle(self, conn: socket.socket) -> None:
-        self.connections += 1
         with conn:
             try:
-                rcpt = ""
                 conn.sendall(b"220 drip ESMTP\r\n")
                 reader = conn.makefile("rb")
                 while not self.stop.is_set():

@@ -182,7 +182,7 @@ def test_an_edition_message_is_dot_safe_and_goes_out_unstuffed(smtp_server: Any)
     from digest.mail.message import Envelope, Sender, build_message
 
     sink, url = smtp_server
-    text = "\n".join(". item %d ..." % i for i in range(50))
+    text = "\n".join(f". item {i} ..." for i in range(50))
     sender = Sender("news@example.com", "News", "news.example.com", "News", "u@example.com")
     env = Envelope("r@example.com", ".Dot", "<1@x>", "https://x/u", "tok", text, "<p>.</p>")
     message = build_message(sender, ".subject", datetime(2026, 12, 6, tzinfo=UTC), env)
@@ -259,3 +259,26 @@ def test_one_thread_over_three_pipelined_connections_sends_each_reader_once(
     assert session.get(Subscriber, readers[7].id).status == "bounced"
     counts = store.edition_counts(session, plan.edition_id)
     assert counts == {"sent": 58, "failed": 1, "suppressed": 1}
+
+
+def test_a_reply_that_came_in_time_counts_when_its_turn_comes_late() -> None:
+    """Past the deadline (the thread was busy on another connection), a reply already
+    there is read; with nothing there it is DeadlineExceeded at once, not a wait."""
+    import time
+
+    from digest.mail.wire import DeadlineExceeded, Wire
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        wire = Wire(ours, read_timeout=5)
+        wire.deadline = time.monotonic() + 0.05
+        theirs.sendall(b"250 2.0.0 queued\r\n")
+        time.sleep(0.1)  # the deadline passes with the reply waiting in the socket
+        assert wire.replies(1) == [(250, b"2.0.0 queued")]
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            wire.replies(1)
+        assert time.monotonic() - started < 1
+        wire.deadline = time.monotonic() + 5  # the next message waits as it should
+        threading.Timer(0.2, theirs.sendall, args=(b"250 ok\r\n",)).start()
+        assert wire.replies(1) == [(250, b"ok")]

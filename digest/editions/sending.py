@@ -355,6 +355,7 @@ class Lane:
         except RelayUnavailable as exc:
             # No relay can take mail now: the rows go back untried (no attempt spent)
             # and the batch goes again when the first relay is due back.
+            flight.land_quietly()
             with self.lock:
                 self.report.retry_after = max(self.report.retry_after, exc.retry_after)
                 if len(self.report.errors) < 100:
