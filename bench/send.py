@@ -138,7 +138,6 @@ def bench_settings(
             "DIGEST_SMTP_URL": smtp_url,
             "DIGEST_SECRET_KEY": "bench-secret",
             "DIGEST_BATCH_SIZE": str(batch),
-            "DIGEST_RECORD_GROUP": os.environ.get("DIGEST_RECORD_GROUP", "32"),
             "DIGEST_BASE_URL": "https://news.example.com",
             "DIGEST_SMTP_CONNECTIONS": str(connections),
         }

@@ -6,20 +6,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import (
-    ARRAY,
-    BigInteger,
-    String,
-    and_,
-    any_,
-    bindparam,
-    cast,
-    func,
-    literal,
-    or_,
-    select,
-    update,
-)
+from sqlalchemy import and_, bindparam, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from digest.errors import InvalidInput
@@ -134,81 +121,55 @@ def claim_deliveries(
     On PostgreSQL rows another worker holds are skipped, not waited for; rows of a
     paused or cancelled edition are never claimed.
     """
-    pg = _on_postgresql(session)
-    values = {"ids": _id_array(ids) if pg else list(ids), "now": now, "until": now + lease}
+    values = {"ids": list(ids), "now": now, "until": now + lease}
     # No objects of these rows live in the session: nothing to synchronise, and the
     # ORM's evaluation of the WHERE clause would cost more than the claim itself.
     options = {"synchronize_session": False}
-    claim = _CLAIM_PG if pg else _CLAIM
-    return sorted(session.scalars(claim, values, execution_options=options).all())
+    return sorted(session.scalars(_CLAIM, values, execution_options=options).all())
 
 
-def _on_postgresql(session: Session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
-
-
-def _id_array(ids: Sequence[int]) -> str:
-    """A batch's ids as one PostgreSQL array literal: one parameter, one short statement
-    the server prepares once, instead of 500 placeholders rendered and bound each time."""
-    return "{" + ",".join(str(int(i)) for i in ids) + "}"
-
-
-# The ids bound as one parameter: on SQLite an expanding one (a batch of 500 ids costs
-# no statement building and no coercion of 500 literals), on PostgreSQL an array.
-_IDS: Any = bindparam("ids", expanding=True)
-_IDS_PG: Any = any_(cast(bindparam("ids", type_=String), ARRAY(BigInteger)))
-
-
-def _claim(ids: Any) -> Any:
-    ready = (
-        select(Delivery.id)
-        .where(
-            Delivery.id == ids if ids is _IDS_PG else Delivery.id.in_(ids),
-            or_(
-                Delivery.status == "queued",
-                and_(Delivery.status == "deferred", Delivery.next_attempt_at <= bindparam("now")),
-            ),
-            _not_halted(),  # a paused or cancelled edition sends nothing more
-        )
-        .with_for_update(skip_locked=True)
+# Built once, the ids bound as one expanding parameter: a batch of 500 ids costs no
+# statement building and no coercion of 500 literals.
+_READY = (
+    select(Delivery.id)
+    .where(
+        Delivery.id.in_(bindparam("ids", expanding=True)),
+        or_(
+            Delivery.status == "queued",
+            and_(Delivery.status == "deferred", Delivery.next_attempt_at <= bindparam("now")),
+        ),
+        _not_halted(),  # a paused or cancelled edition sends nothing more
     )
-    return (
-        update(Delivery)
-        .where(Delivery.id.in_(ready.scalar_subquery()))
-        .values(status="sending", lease_until=bindparam("until"), attempts=Delivery.attempts + 1)
-        .returning(Delivery.id)
-    )
-
-
-_CLAIM, _CLAIM_PG = _claim(_IDS), _claim(_IDS_PG)
+    .with_for_update(skip_locked=True)
+)
+_CLAIM = (
+    update(Delivery)
+    .where(Delivery.id.in_(_READY.scalar_subquery()))
+    .values(status="sending", lease_until=bindparam("until"), attempts=Delivery.attempts + 1)
+    .returning(Delivery.id)
+)
 
 
 def sending_rows(session: Session, ids: Sequence[int]) -> list[Any]:
     """What the send loop needs of each claimed row, in id order."""
-    if _on_postgresql(session):
-        return list(session.execute(_SENDING_ROWS_PG, {"ids": _id_array(ids)}))
     return list(session.execute(_SENDING_ROWS, {"ids": list(ids)}))
 
 
-def _sending_rows(ids: Any) -> Any:
-    return (
-        select(
-            Delivery.id,
-            Delivery.edition_id,
-            Delivery.subscriber_id,
-            Delivery.variant_id,
-            Delivery.attempts,
-            Subscriber.email,
-            Subscriber.name,
-            Subscriber.status,
-        )
-        .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-        .where(Delivery.id == ids if ids is _IDS_PG else Delivery.id.in_(ids))
-        .order_by(Delivery.id)
+_SENDING_ROWS = (
+    select(
+        Delivery.id,
+        Delivery.edition_id,
+        Delivery.subscriber_id,
+        Delivery.variant_id,
+        Delivery.attempts,
+        Subscriber.email,
+        Subscriber.name,
+        Subscriber.status,
     )
-
-
-_SENDING_ROWS, _SENDING_ROWS_PG = _sending_rows(_IDS), _sending_rows(_IDS_PG)
+    .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+    .where(Delivery.id.in_(bindparam("ids", expanding=True)))
+    .order_by(Delivery.id)
+)
 
 
 def edition_counts(session: Session, edition_id: int) -> dict[str, int]:
