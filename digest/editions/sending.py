@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import ExitStack
@@ -208,10 +209,8 @@ def send_batch(
     started = time.monotonic()
     report.claimed = len(claimed)
     rows = store.sending_rows(session, claimed)
-    templates = {
-        vid: message_template(settings, store.get_variant(session, vid), now)
-        for vid in {r.variant_id for r in rows}
-    }
+    editions = {row.edition_id for row in rows}
+    templates = batch_templates(session, settings, {r.variant_id for r in rows}, now)
     installation = store.installation_id(session)  # once per batch, for the Message-IDs
     session.commit()  # the lanes below use their own connections
     lanes = max(1, min(settings.smtp_connections, len(rows) // 20))
@@ -239,7 +238,7 @@ def send_batch(
         lane = Lane(
             settings, templates, now, report, record, beat, stop_at, per_message, installation
         )
-        lane.halt = HaltWatch(session.get_bind(), {row.edition_id for row in rows})
+        lane.halt = HaltWatch(session.get_bind(), editions)
         if len(groups) == 1:
             lane.progress, lane.total = on_progress, len(rows)
             lane.run(groups[0], shares[0])
@@ -262,7 +261,7 @@ def send_batch(
                     future.result()  # a lane's unexpected error, after all have stopped
     if on_progress:
         on_progress(report.done, len(rows))
-    for edition_id in {row.edition_id for row in rows}:
+    for edition_id in editions:
         store.update_edition_status(session, edition_id)
     session.commit()
     return report
@@ -284,10 +283,24 @@ def encoded_variant(variant: EditionVariant) -> tuple[EncodedSplicer, EncodedSpl
     return found
 
 
-def message_template(settings: Settings, variant: EditionVariant, now: datetime) -> MessageTemplate:
-    html, text = encoded_variant(variant)
+def message_template(settings: Settings, variant: Any, now: datetime) -> MessageTemplate:
+    """`variant`: an EditionVariant, or its head (store.variant_heads) once encoded."""
+    html, text = _ENCODED.get((variant.id, variant.slot_nonce)) or encoded_variant(variant)
     key = f"{variant.edition_id}:{variant.sections}"
     return MessageTemplate(sender_of(settings), variant.subject, now, key, html, text)
+
+
+def batch_templates(
+    session: Session, settings: Settings, variant_ids: set[int], now: datetime
+) -> dict[int, MessageTemplate]:
+    """A batch's message templates; a variant's 30-80 kB of bodies are read from the
+    database only when this process has not encoded them yet."""
+    templates = {}
+    for head in store.variant_heads(session, variant_ids):
+        cached = (head.id, head.slot_nonce) in _ENCODED
+        variant = head if cached else store.get_variant(session, head.id)
+        templates[head.id] = message_template(settings, variant, now)
+    return templates
 
 
 @dataclass
@@ -440,6 +453,8 @@ class Flight:
         self.aloft: list[tuple[Any, str] | None] = [None] * len(transports)
         self.begun = 0
         self.senders: dict[int, str] = {}  # MAIL FROM of the rows announced ahead, by id
+        self.upcoming: deque[int] = deque()  # indices of the next active rows
+        self.scanned = -1  # the last row index _nth_active looked at
         # A transport that can send the next envelope with this body (SMTP) is told whose
         # it is; a relay pool or the outbox has nothing to gain from knowing.
         self.prepares = [getattr(t, "prepare", None) for t in transports]
@@ -458,7 +473,7 @@ class Flight:
         transport = self.transports[turn]
         prepare = self.prepares[turn]
         if prepare is not None:
-            after = _nth_active(rows, i, slots, statuses)
+            after = self._nth_active(rows, i, slots, statuses)
             if after is not None:
                 sender = envelope_sender(settings, after.edition_id, after.subscriber_id)
                 self.senders[after.id] = sender  # its own begin takes it from here
@@ -508,6 +523,20 @@ class Flight:
         for k in range(slots):
             self.land((self.begun + k) % slots)
 
+    def _nth_active(self, rows: Sequence[Any], i: int, n: int, statuses: dict[int, str]) -> Any:
+        """The n-th row after rows[i] whose reader is active: the next message on the
+        same connection as rows[i], the rows going round n connections in turn. Each
+        row is looked at once (`upcoming` keeps the next active ones)."""
+        upcoming = self.upcoming
+        while upcoming and upcoming[0] <= i:
+            upcoming.popleft()
+        while len(upcoming) < n and self.scanned + 1 < len(rows):
+            self.scanned += 1
+            after = rows[self.scanned]
+            if self.scanned > i and statuses.get(after.subscriber_id, after.status) == "active":
+                upcoming.append(self.scanned)
+        return rows[upcoming[n - 1]] if len(upcoming) >= n else None
+
     def land_quietly(self) -> None:
         """Every message aloft, on the way out of an error: what was written is landed
         (the recorder keeps an outcome it cannot write yet), so that no row that went
@@ -522,18 +551,6 @@ class Flight:
         self.pending.discard(row.id)
         with self.lane.lock:
             self.lane.report.count(outcome, row.email, error)
-
-
-def _nth_active(rows: Sequence[Any], i: int, n: int, statuses: dict[int, str]) -> Any:
-    """The n-th row after rows[i] whose reader is active: the next message on the same
-    connection as rows[i] when the rows go round n connections in turn."""
-    for j in range(i + 1, len(rows)):
-        after = rows[j]
-        if statuses.get(after.subscriber_id, after.status) == "active":
-            n -= 1
-            if n == 0:
-                return after
-    return None
 
 
 def _failure(

@@ -63,6 +63,7 @@ from digest.store.editions import (
     replace_edition_articles,
     sent_article_ids,
     set_edition_status,
+    variant_heads,
     variants,
 )
 from digest.store.installation import installation_id
@@ -171,6 +172,7 @@ __all__ = [
     "suppress_open_deliveries",
     "suppressed_hashes",
     "update_edition_status",
+    "variant_heads",
     "variants",
     "waiting_rows",
 ]

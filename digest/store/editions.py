@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -107,6 +107,14 @@ def add_variant(session: Session, edition_id: int, sections: str, **fields: Any)
 
 def get_variant(session: Session, variant_id: int) -> EditionVariant:
     return get_or_raise(session, EditionVariant, variant_id, "edition variant")
+
+
+def variant_heads(session: Session, variant_ids: Iterable[int]) -> list[Any]:
+    """Each variant's id, edition, sections, subject and slot nonce, without its bodies
+    (a send batch has them encoded already, once per process)."""
+    v = EditionVariant
+    stmt = select(v.id, v.edition_id, v.sections, v.subject, v.slot_nonce)
+    return list(session.execute(stmt.where(v.id.in_(sorted(set(variant_ids))))))
 
 
 def variants(session: Session, edition_id: int) -> list[EditionVariant]:
