@@ -131,8 +131,11 @@ def cpu_line(ours_ms: float, theirs_ms: float | None, label: str) -> str:
 def bench_settings(
     database_url: str, smtp_url: str, data_dir: Path, batch: int, connections: int = 4
 ) -> Settings:
+    # Other DIGEST_* settings in the environment apply (DIGEST_RECORD_GROUP=64, say).
+    tuning = {k: v for k, v in os.environ.items() if k.startswith("DIGEST_")}
     return load_settings(
         {
+            **tuning,
             "DIGEST_DATA_DIR": str(data_dir),
             "DIGEST_DATABASE_URL": database_url,
             "DIGEST_SMTP_URL": smtp_url,

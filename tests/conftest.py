@@ -123,6 +123,15 @@ class Sink:
     drop_after: int | None = None  # close the connection at DATA after this many messages
     delay: float = 0.0  # seconds to wait before answering DATA (a slow relay)
     refuse_sender: str | None = None  # reply to MAIL FROM, e.g. "550 sender rejected"
+    pipelining: bool = False  # offer PIPELINING (aiosmtpd reads pipelined commands in turn)
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.pipelining:  # before the last line ("250 HELP")
+            return [*responses[:-1], "250-PIPELINING", responses[-1]]
+        return responses
 
     async def handle_MAIL(
         self, server: Any, session: Any, envelope: Any, address: str, mail_options: Any

@@ -399,3 +399,31 @@ def test_postfix_takes_bdat_and_refuses_with_its_code() -> None:
         assert t._conn is conn is not None
     assert caught.value.code == 501
     assert "recipient refused: 501" in str(caught.value)
+
+
+@pytest.mark.parametrize(("scheme", "query"), [("smtp", "?starttls=1"), ("smtps", "")])
+def test_envelopes_go_ahead_over_tls_too(
+    certificate: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch, scheme: str, query: str
+) -> None:
+    """STARTTLS and implicit TLS with PIPELINING (aiosmtpd): no gather write there, the
+    pieces are joined; the envelope sent ahead is used, and every message arrives whole."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate[0]))
+    sink, controller = _tls_server(certificate, implicit=scheme == "smtps")
+    sink.pipelining = True
+    bodies = [b"Subject: %d\r\n\r\n.dot first\r\nbody %d\r\n" % (i, i) for i in range(4)]
+    try:
+        base = f"{scheme}://digest:s3cret@127.0.0.1:{controller.port}{query}"
+        with SMTPTransport(parse_smtp_url(base)) as t:
+            for i, body in enumerate(bodies):
+                if i + 1 < len(bodies):
+                    t.prepare("a@example.com", f"r{i + 1}@example.com")
+                t.begin("a@example.com", f"r{i}@example.com", body)
+                t.end()
+                if i:
+                    assert t._pipelining and t._wire is not None and not t._wire._gather
+            conn = t._conn
+        assert conn is not None
+    finally:
+        controller.stop()
+    assert [m[1] for m in sink.messages] == [[f"r{i}@example.com"] for i in range(4)]
+    assert [m[2] for m in sink.messages] == bodies  # dot-stuffed on the wire, unstuffed there
