@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from digest import store  # noqa: E402
 from digest.config import Settings, load_settings  # noqa: E402
 from digest.db import make_engine, make_sessionmaker, upgrade  # noqa: E402
-from digest.editions import dispatch, pipeline, sending  # noqa: E402
+from digest.editions import dispatch, lanes, pipeline, sending  # noqa: E402
 from digest.editions.render import inline_css  # noqa: E402
 from digest.editions.schedule import Cohort  # noqa: E402
 from digest.mail.message import Envelope, MessageTemplate, build_message  # noqa: E402
@@ -113,7 +113,7 @@ def message_size(settings: Settings) -> int:
         assert edition is not None
         variant = store.variants(session, edition.id)[0]
         template = sending.message_template(settings, variant, NOW)
-        reader = sending.address_reader(
+        reader = lanes.address_reader(
             settings, store.installation_id(session), edition.id, 1, "reader1@example.com", "R 1"
         )
         return len(template.render(reader))
@@ -278,7 +278,7 @@ def per_message_costs(settings: Settings, samples: int) -> tuple[list[float], li
         ours = []
         for i in range(samples * 20):
             t = time.perf_counter()
-            reader = sending.address_reader(
+            reader = lanes.address_reader(
                 settings, installation, edition.id, i, f"r{i}@example.com", f"Reader {i}"
             )
             template.render(reader)
@@ -326,7 +326,7 @@ def dkim_cost(settings: Settings, samples: int = 400) -> tuple[float, float, int
             )
             runs = []
             for i in range(samples):
-                reader = sending.address_reader(
+                reader = lanes.address_reader(
                     settings, installation, edition.id, i, f"r{i}@x.com", "R"
                 )
                 t = time.perf_counter()

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from digest import store
 from digest.config import REPO_ROOT, parse_smtp_url
-from digest.editions import pipeline, sending
+from digest.editions import lanes, pipeline, sending
 from digest.editions.render import (
     SLOT_NAMES,
     ArticleView,
@@ -232,9 +232,7 @@ def test_variants_keep_their_nonce_and_it_is_never_sent(settings, session) -> No
     assert len(variant.slot_nonce) == 32 and variant.slot_nonce in variant.html
     prepared = sending.prepare_variant(variant)
     installation = store.installation_id(session)
-    reader = sending.address_reader(
-        settings, installation, plan.edition_id, 1, "a@example.com", "A"
-    )
+    reader = lanes.address_reader(settings, installation, plan.edition_id, 1, "a@example.com", "A")
     html = prepared.html.fill(reader.html_values)
     text = prepared.text.fill(reader.text_values)
     assert variant.slot_nonce not in html and variant.slot_nonce not in text
