@@ -13,6 +13,7 @@ from typing import Any
 from flask import (
     abort,
     flash,
+    jsonify,
     redirect,
     render_template,
     request,
@@ -181,7 +182,8 @@ def _run_job(
 
 @console.get("/readers/bulk/<job>")
 def readers_bulk_progress(job: str) -> Any:
-    """How far a large bulk action has got (the page reloads itself until it is done)."""
+    """How far a large bulk action has got; `?format=json` gives the same numbers and
+    status line to the page's script, which updates them in place until it is done."""
     if not re.fullmatch(r"[A-Za-z0-9_-]{8,20}", job):
         abort(404)
     storage: Any = runtime().guard.storage
@@ -189,14 +191,16 @@ def readers_bulk_progress(job: str) -> Any:
     if not total:
         abort(404)
     changed = storage.get(_job_key(job, "changed"))
-    return render_template(
-        "admin/bulk_progress.html",
-        total=total,
-        done=min(storage.get(_job_key(job, "done")), total),
-        finished=bool(changed),
-        changed=max(changed - 1, 0),
-        failed=bool(storage.get(_job_key(job, "failed"))),
-    )
+    numbers = {
+        "total": total,
+        "done": min(storage.get(_job_key(job, "done")), total),
+        "finished": bool(changed),
+        "changed": max(changed - 1, 0),
+        "failed": bool(storage.get(_job_key(job, "failed"))),
+    }
+    if request.args.get("format") == "json":
+        return jsonify(numbers | {"status": render_template("admin/_bulk_status.html", **numbers)})
+    return render_template("admin/bulk_progress.html", **numbers)
 
 
 def _offered() -> list[str]:
