@@ -207,3 +207,32 @@ def test_a_421_that_ends_the_connection_slows_the_relay_too(script: dict[str, An
             t.send("a@example.com", "two@example.com", MSG, "<2@x>")
     assert caught.value.code == 421
     assert slept == pytest.approx([0.02])  # half the rate after the 421
+
+
+def test_a_rate_limited_relay_takes_the_one_thread_path_and_heeds_a_421_sent_ahead() -> None:
+    """begin/end through the limiter: a token per message begun, the next envelope sent
+    ahead, and a 421 to that envelope slows the relay down like any other."""
+    from tests.faults import scripted_server
+
+    clock = FakeClock()
+    limiter = LocalLimiter(Limits(rate=100, burst=1), clock)
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock.now += seconds
+
+    with scripted_server(refuse={"two@example.com": "421 4.7.0 slow down"}) as server:
+        transport = SMTPTransport(parse_smtp_url(f"{server.url}?deadline=5"))
+        with RateLimited(transport, limiter, 1.0, sleep) as t:
+            t.prepare("a@example.com", "two@example.com")
+            t.begin("a@example.com", "one@example.com", MSG)
+            t.end()
+            with pytest.raises(TransientSendError) as caught:
+                t.begin("a@example.com", "two@example.com", MSG)
+                t.end()
+            t.begin("a@example.com", "three@example.com", MSG)
+            t.end()
+    assert caught.value.code == 421
+    assert server.recipients == ["one@example.com", "three@example.com"]
+    assert slept == pytest.approx([0.01, 0.02])  # a token each (one in the bucket); then half

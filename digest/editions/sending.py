@@ -109,9 +109,10 @@ def send_batch(
 ) -> BatchReport:
     """Claim the given deliveries and send them, recording replies in group commits.
 
-    The rows are split over `settings.smtp_connections` connections (threads): a
-    relay answers each command after a round trip, and overlapping those waits is
-    where a sender's throughput comes from. Each connection is reused for its share.
+    The rows go over `settings.smtp_connections` connections: a relay answers after a
+    round trip, and overlapping those waits is where a sender's throughput comes from.
+    One thread takes SMTP connections in turn (lanes.Flight); a relay pool or the
+    outbox gets a thread per connection. Each connection is reused for the batch.
     The claim is short (`claim_seconds`) and renewed by a heartbeat while we live.
     """
     report = BatchReport()
@@ -136,7 +137,8 @@ def send_batch(
         # usually there (no thread switches, no lock handoffs: a third of the CPU).
         groups, shares = [transports], [rows]
     else:
-        # Relays, rate limits, the outbox: a thread per connection, each its share.
+        # Several relays (a pool that picks one per message), the outbox: a thread per
+        # connection, each its share.
         groups, shares = [[t] for t in transports], [rows[i::lanes] for i in range(lanes)]
 
     def clock() -> datetime:

@@ -254,8 +254,25 @@ class RateLimited:
 
     def send(self, sender: str, recipient: str, message: bytes, message_id: str) -> None:
         self.wait_for_token()
+        self._heeding(lambda: self.inner.send(sender, recipient, message, message_id))
+
+    # An SMTP relay's begin/end and prepare (see SMTPTransport), so that one thread can
+    # take a rate-limited relay's connections in turn too: the token is taken when a
+    # message begins, a "slow down" is heeded whichever half hears it.
+
+    def prepare(self, sender: str, recipient: str) -> None:
+        self.inner.prepare(sender, recipient)  # type: ignore[attr-defined]
+
+    def begin(self, sender: str, recipient: str, message: bytes) -> None:
+        self.wait_for_token()
+        self._heeding(lambda: self.inner.begin(sender, recipient, message))  # type: ignore[attr-defined]
+
+    def end(self) -> None:
+        self._heeding(self.inner.end)  # type: ignore[attr-defined]
+
+    def _heeding(self, step: Callable[[], None]) -> None:
         try:
-            self.inner.send(sender, recipient, message, message_id)
+            step()
         except TransientSendError as exc:
             if exc.code in SLOW_DOWN_CODES:
                 self.limiter.slow_down()
