@@ -65,6 +65,20 @@ class FakeClock:
         return self.now
 
 
+def paced() -> tuple[FakeClock, LocalLimiter, list[float], Any]:
+    """A limiter of 100 a second (a bucket of one) on a fake clock, and a sleep that
+    moves the clock and keeps what was slept."""
+    clock = FakeClock()
+    limiter = LocalLimiter(Limits(rate=100, burst=1), clock)
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock.now += seconds
+
+    return clock, limiter, slept, sleep
+
+
 def test_local_limiter_rate_burst_caps_and_slow_down() -> None:
     clock = FakeClock()
     limiter = LocalLimiter(Limits(rate=10, burst=2, per_hour=5), clock)
@@ -104,13 +118,7 @@ def test_redis_limiter_is_one_bucket_for_every_client(redis_url: str) -> None:
 def test_a_421_slows_the_relay_and_a_long_wait_hands_back(smtp_server) -> None:
     sink, url = smtp_server
     sink.refuse["busy@example.com"] = "421 4.7.0 too many messages, slow down"
-    clock = FakeClock()
-    limiter = LocalLimiter(Limits(rate=100, burst=1), clock)
-    slept: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        slept.append(seconds)
-        clock.now += seconds
+    clock, limiter, slept, sleep = paced()
 
     with RateLimited(SMTPTransport(parse_smtp_url(url)), limiter, 1.0, sleep) as t:
         t.send("a@example.com", "one@example.com", MSG, "<1@x>")
@@ -189,13 +197,7 @@ def test_two_workers_never_go_faster_than_the_relays_rate(
 def test_a_421_that_ends_the_connection_slows_the_relay_too(script: dict[str, Any]) -> None:
     from tests.faults import scripted_server
 
-    clock = FakeClock()
-    limiter = LocalLimiter(Limits(rate=100, burst=1), clock)
-    slept: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        slept.append(seconds)
-        clock.now += seconds
+    clock, limiter, slept, sleep = paced()
 
     with scripted_server(**script) as server:
         transport = SMTPTransport(parse_smtp_url(f"{server.url}?deadline=5"))
@@ -214,13 +216,7 @@ def test_a_rate_limited_relay_takes_the_one_thread_path_and_heeds_a_421_sent_ahe
     ahead, and a 421 to that envelope slows the relay down like any other."""
     from tests.faults import scripted_server
 
-    clock = FakeClock()
-    limiter = LocalLimiter(Limits(rate=100, burst=1), clock)
-    slept: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        slept.append(seconds)
-        clock.now += seconds
+    clock, limiter, slept, sleep = paced()
 
     with scripted_server(refuse={"two@example.com": "421 4.7.0 slow down"}) as server:
         transport = SMTPTransport(parse_smtp_url(f"{server.url}?deadline=5"))
