@@ -225,6 +225,12 @@ class Lane:
             self.report.held.extend(sorted(pending & held))
 
 
+def splits(transport: Transport) -> bool:
+    """Whether a transport sends in two halves (begin, then end) and can be told the
+    next envelope (prepare): an SMTP relay, rate-limited or not."""
+    return hasattr(transport, "begin")
+
+
 class Flight:
     """The messages one lane has on its connections: each row is begun on the next
     connection in turn, once that connection's last message has landed (its answer
@@ -242,9 +248,9 @@ class Flight:
         self.senders: dict[int, str] = {}  # MAIL FROM of the rows announced ahead, by id
         self.upcoming: deque[int] = deque()  # indices of the next active rows
         self.scanned = -1  # the last row index _nth_active looked at
-        # A transport that can send the next envelope with this body (SMTP) is told whose
-        # it is; a relay pool or the outbox has nothing to gain from knowing.
-        self.prepares = [getattr(t, "prepare", None) for t in transports]
+        # A transport that sends in halves (SMTP) is told whose envelope comes next on
+        # it; a relay pool or the outbox sends whole and has nothing to gain from it.
+        self.halves = [splits(t) for t in transports]
 
     def begin(self, row: Any, rows: Sequence[Any], i: int, statuses: dict[int, str]) -> None:
         lane, settings, record = self.lane, self.lane.settings, self.lane.record
@@ -258,13 +264,13 @@ class Flight:
         self.begun += 1
         self.land(turn)  # the connection's last message, begun `slots` messages ago
         transport = self.transports[turn]
-        prepare = self.prepares[turn]
-        if prepare is not None:
+        halves = self.halves[turn]
+        if halves:
             after = self._nth_active(rows, i, slots, statuses)
             if after is not None:
                 sender = envelope_sender(settings, after.edition_id, after.subscriber_id)
                 self.senders[after.id] = sender  # its own begin takes it from here
-                prepare(sender, after.email)
+                transport.prepare(sender, after.email)  # type: ignore[attr-defined]
         reader = address_reader(
             settings, lane.installation, row.edition_id, row.subscriber_id, row.email, row.name
         )
@@ -273,7 +279,7 @@ class Flight:
             sender = self.senders.pop(row.id, "") or envelope_sender(
                 settings, row.edition_id, row.subscriber_id
             )
-            if prepare is None:
+            if not halves:
                 transport.send(sender, row.email, message, reader.message_id)
             else:
                 transport.begin(sender, row.email, message)  # type: ignore[attr-defined]
@@ -283,7 +289,7 @@ class Flight:
             self._count(row, *_failure(settings, record, row, exc, lane.now))
             return
         self.aloft[turn] = (row, reader.message_id)
-        if prepare is None:
+        if not halves:
             self.land(turn)  # sent whole: its answer is in
 
     def land(self, turn: int) -> None:
@@ -295,7 +301,7 @@ class Flight:
         self.aloft[turn] = None
         row, message_id = aloft
         lane = self.lane
-        if self.prepares[turn] is not None:
+        if self.halves[turn]:
             try:
                 self.transports[turn].end()  # type: ignore[attr-defined]
             except (TransientSendError, PermanentSendError) as exc:

@@ -22,7 +22,7 @@ from digest import store
 from digest.config import Settings
 from digest.editions.halt import HaltWatch
 from digest.editions.heartbeat import MARGIN, Heartbeat
-from digest.editions.lanes import BatchReport, Lane, Progress
+from digest.editions.lanes import BatchReport, Lane, Progress, splits
 from digest.editions.render import Rendered, SlotMarks, Splicer
 from digest.errors import ConfigError
 from digest.mail.message import EncodedSplicer, MessageTemplate, Sender
@@ -131,7 +131,7 @@ def send_batch(
     session.commit()  # the lanes below use their own connections
     lanes = max(1, min(settings.smtp_connections, len(rows) // 20))
     transports = [transport] + [transport.fresh() for _ in range(lanes - 1)]
-    if all(hasattr(t, "begin") for t in transports):
+    if all(splits(t) for t in transports):
         # SMTP connections: one thread writes a message on each in turn and reads each
         # answer when that connection's turn comes round again, by which time it is
         # usually there (no thread switches, no lock handoffs: a third of the CPU).
@@ -187,9 +187,10 @@ def send_batch(
 _ENCODED: dict[tuple[int, str], tuple[EncodedSplicer, EncodedSplicer]] = {}
 
 
-def encoded_variant(variant: EditionVariant) -> tuple[EncodedSplicer, EncodedSplicer]:
+def encoded_variant(variant: Any) -> tuple[EncodedSplicer, EncodedSplicer]:
     """A rendering's HTML and text, quoted-printable encoded between their slots, once
-    per process (variants never change; their nonce tells two databases' apart)."""
+    per process (variants never change; their nonce tells two databases' apart).
+    `variant` is an EditionVariant, or its head (store.variant_heads) once encoded."""
     key = (variant.id, variant.slot_nonce)
     found = _ENCODED.get(key)
     if found is None:
@@ -201,8 +202,8 @@ def encoded_variant(variant: EditionVariant) -> tuple[EncodedSplicer, EncodedSpl
 
 
 def message_template(settings: Settings, variant: Any, now: datetime) -> MessageTemplate:
-    """`variant`: an EditionVariant, or its head (store.variant_heads) once encoded."""
-    html, text = _ENCODED.get((variant.id, variant.slot_nonce)) or encoded_variant(variant)
+    """`variant`: as encoded_variant takes it."""
+    html, text = encoded_variant(variant)
     key = f"{variant.edition_id}:{variant.sections}"
     return MessageTemplate(sender_of(settings), variant.subject, now, key, html, text)
 

@@ -172,7 +172,8 @@ def _dot_stuffed(body: bytes) -> list[bytes]:
 def _envelope(sender: str, recipient: str) -> bytes:
     """MAIL and RCPT for these addresses; PermanentSendError for one that cannot go
     into a command."""
-    if "\r" in sender + recipient or "\n" in sender + recipient:
+    both = sender + recipient
+    if "\r" in both or "\n" in both:
         raise PermanentSendError(f"refusing address with a line break: {recipient!r}")
     try:
         return b"MAIL FROM:<%b>\r\nRCPT TO:<%b>\r\n" % (
@@ -296,16 +297,8 @@ class SMTPTransport:
         assert self._waiting is None, "end() the message under way first"
         envelope = _envelope(sender, recipient)
         ahead, self._next = self._next, None
-        deadline = self._deadline = time.monotonic() + self.config.deadline
-
-        def start() -> Exception | None:
-            if self._opened is not None and self._opened[0] != envelope:
-                self._abandon()
-            wire = self._wire or self._open(deadline)
-            wire.deadline = deadline
-            return self._start(wire, envelope, message, ahead)
-
-        self._guarded(start)
+        self._deadline = time.monotonic() + self.config.deadline
+        self._guarded(self._start, envelope, message, ahead)
 
     def end(self) -> None:
         """The second half of a send: the server's answer to the body begin() wrote
@@ -316,12 +309,12 @@ class SMTPTransport:
             finally:
                 self._waiting = None
 
-    def _guarded(self, step: Callable[[], Exception | None]) -> None:
+    def _guarded(self, step: Callable[..., Exception | None], *args: Any) -> None:
         """Run a step of the transaction; a refusal it returns is raised (the transaction
         reset first), and what goes wrong on the way becomes a TransientSendError."""
         try:
             try:
-                refused = step()
+                refused = step(*args)
             except Closed as exc:
                 # What the server said before it hung up (a 421 to RCPT, say) is the error.
                 said = _refusal(exc.replies, "message refused", 250)
@@ -354,14 +347,17 @@ class SMTPTransport:
                 ) from None
             raise TransientSendError(f"connection lost: {exc}") from None
 
-    def _start(
-        self, wire: Wire, envelope: bytes, body: bytes, ahead: bytes | None
-    ) -> Exception | None:
+    def _start(self, envelope: bytes, body: bytes, ahead: bytes | None) -> Exception | None:
         """Write one message, MAIL and RCPT first unless they went ahead with the last
-        one; the first refusal, classified, or None once the body is on its way.
+        one (on a connection opened if need be); the first refusal, classified, or None
+        once the body is on its way.
 
         `ahead` is the next message's envelope: with PIPELINING its commands follow
         this body in the same write, and their replies wait in `_opened` for it."""
+        if self._opened is not None and self._opened[0] != envelope:
+            self._abandon()
+        wire = self._wire or self._open(self._deadline)
+        wire.deadline = self._deadline
         opened, self._opened = self._opened, None
         if not self._pipelining:
             ahead = None
