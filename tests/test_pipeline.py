@@ -374,6 +374,28 @@ def test_a_claim_only_finishes_rows_it_still_holds(session, smtp_settings, world
     assert store.edition_counts(session, plan.edition_id) == {"sending": 2, "sent": 1}
 
 
+def test_the_writer_is_woken_at_three_quarters_of_a_group(session, smtp_settings) -> None:
+    """The heartbeat writes a group once 6 of 8 outcomes wait (commits as large as the
+    crash bound allows); the sender itself writes when all 8 do."""
+    _many_readers(session, 10)
+    plan = pipeline.plan_edition(session, smtp_settings, MORNING, AFTER)
+    ids = store.delivery_ids(session, plan.edition_id)
+    lease = timedelta(seconds=60)
+    store.claim_deliveries(session, ids, AFTER, lease)
+    session.commit()
+    with store.Recorder(session, AFTER + lease, group=8) as record:
+        for i in ids[:5]:
+            record.sent(i, f"<{i}@x>", AFTER)
+        assert not record.wake.is_set() and record.waiting()[0] == 5
+        record.sent(ids[5], f"<{ids[5]}@x>", AFTER)
+        assert record.wake.is_set()
+        record.sent(ids[6], f"<{ids[6]}@x>", AFTER)
+        assert record.written == 0  # the writer's to write (no heartbeat runs here)
+        record.sent(ids[7], f"<{ids[7]}@x>", AFTER)
+        assert record.written == 8 and record.waiting()[0] == 0 and not record.wake.is_set()
+    assert store.edition_counts(session, plan.edition_id) == {"sent": 8, "sending": 2}
+
+
 # --- faults: a dropped database, a dripping relay, handed-back rows ----------------------
 
 

@@ -69,7 +69,7 @@ class Heartbeat:
         next_renewal = time.monotonic() + self.every
         tick = min(self.window, self.every)
         while not self._stop.is_set():
-            woken = self.recorder.wake.wait(tick)  # half a group waits, or a tick passed
+            woken = self.recorder.wake.wait(tick)  # most of a group waits, or a tick passed
             if self._stop.is_set():
                 return
             try:

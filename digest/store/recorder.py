@@ -115,8 +115,9 @@ def _naive(value: datetime | None) -> datetime | None:
 class Recorder:
     """The outcomes of one claim, each group written in one transaction on a connection
     outside the caller's session, usually by the batch's heartbeat thread (`wake` tells
-    it half a group waits), so lanes never wait for the database; a lane that finds a
-    whole group unwritten writes it itself first.
+    it three quarters of a group wait: commits as large as the crash bound allows, with
+    room for the replies that come in while one is written), so lanes never wait for
+    the database; a lane that finds a whole group unwritten writes it itself first.
 
     A crash loses at most the outcomes not yet written: the messages in flight plus one
     group. `group=1` records every reply in its own commit, before the lane goes on.
@@ -138,7 +139,10 @@ class Recorder:
         )
         self._lock = threading.RLock()  # the connection and the claim value
         self._buffer = threading.Lock()  # the outcomes waiting (taken without waiting on I/O)
-        self.wake = threading.Event()  # half a group waits: time the writer wrote it
+        self.wake = threading.Event()  # most of a group waits: time the writer wrote it
+        # A commit's cost is mostly per commit on SQLite (its pages) and per round trip
+        # on PostgreSQL: 24 outcomes a commit cost a third less a message than 16.
+        self._wake_at = max(1, 3 * self.group // 4)
         self._outcomes: list[Outcome] = []
         self._bounces: list[tuple[int, str, datetime]] = []
         self._oldest = 0.0  # time.monotonic() of the oldest unwritten outcome
@@ -170,7 +174,7 @@ class Recorder:
                 self._oldest = time.monotonic()
             self._outcomes.append(outcome)
             count = len(self._outcomes)
-            if count * 2 >= self.group:
+            if count >= self._wake_at and not self.wake.is_set():
                 self.wake.set()
         if count >= self.group:
             self.flush()  # a whole group unwritten: the writer is behind, write it here
