@@ -193,6 +193,84 @@ def test_an_edition_message_is_dot_safe_and_goes_out_unstuffed(smtp_server: Any)
     assert sink.messages[0][2].replace(b"\r\n", b"\n") == message.replace(b"\r\n", b"\n")
 
 
+class ChunkingServer:
+    """A relay offering PIPELINING and CHUNKING (as Postfix does): keeps every byte it
+    received and each message's BDAT chunk."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"smtp://127.0.0.1:{self.listener.getsockname()[1]}?deadline=10"
+        self.raw = bytearray()
+        self.chunks: list[bytes] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        with self.listener:
+            conn, _ = self.listener.accept()
+        with conn, conn.makefile("rb") as reader:
+            conn.sendall(b"220 chunking ESMTP\r\n")
+            while line := reader.readline():
+                self.raw += line
+                verb = line[:4].upper()
+                if verb == b"EHLO":
+                    conn.sendall(b"250-chunking\r\n250-PIPELINING\r\n250 CHUNKING\r\n")
+                elif verb == b"BDAT":
+                    chunk = reader.read(int(line.split()[1]))
+                    self.raw += chunk
+                    self.chunks.append(chunk)
+                    conn.sendall(b"250 2.0.0 queued\r\n")
+                elif verb == b"QUIT":
+                    conn.sendall(b"221 bye\r\n")
+                    return
+                else:
+                    conn.sendall(b"250 ok\r\n")
+
+
+def _template_and_reader(name: str = ".Dot") -> tuple[Any, Any]:
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from digest.mail.message import MessageTemplate, Reader, Sender
+
+    sender = Sender("news@example.com", "News", "news.example.com", "News", "u@example.com")
+    slots = ["name_suffix", "u"]
+    html = SimpleNamespace(parts=["<p>Hi", '</p><p>.</p><a href="', '">stop</a>'], slots=slots)
+    text = SimpleNamespace(parts=[". Hi", "\n.\n" * 20 + "Unsubscribe: ", "\n"], slots=slots)
+    template = MessageTemplate(
+        sender, ".subject", datetime(2026, 12, 6, tzinfo=UTC), "1:all", html, text
+    )
+    values = {"name_suffix": f" {name}", "u": ".https://x/u/tok"}
+    reader = Reader("r@example.com", name, "<1@x>", "https://x/u/tok", "tok", values, values)
+    return template, reader
+
+
+def test_a_message_in_pieces_goes_out_whole_without_being_joined(smtp_server: Any) -> None:
+    """The send path's message is its pieces (Gathered): the same bytes as the joined
+    message, sent by BDAT with its exact size (CHUNKING), by DATA unstuffed otherwise."""
+    from digest.mail.message import Gathered
+
+    template, reader = _template_and_reader()
+    pieces, whole = template.gathered(reader), template.render(reader)
+    assert isinstance(pieces, Gathered) and isinstance(whole, DotSafe) and len(pieces) > 10
+    assert b"".join(pieces) == whole and pieces.size == len(whole)
+    assert b"\n." not in whole and not whole.startswith(b".")
+
+    server = ChunkingServer()
+    with SMTPTransport(parse_smtp_url(server.url)) as t:
+        t.begin("news@example.com", "r@example.com", pieces)
+        t.end()
+        assert t._chunking
+    server.thread.join(5)
+    assert server.chunks == [whole]
+    assert b"RCPT TO:<r@example.com>\r\nBDAT %d LAST\r\n" % len(whole) + whole in server.raw
+
+    sink, url = smtp_server  # aiosmtpd: no CHUNKING, so DATA
+    with SMTPTransport(parse_smtp_url(url)) as t:
+        t.send("news@example.com", "r@example.com", pieces, "<1@x>")
+    assert sink.messages[0][2].replace(b"\r\n", b"\n") == whole.replace(b"\r\n", b"\n")
+
+
 def test_replies_are_read_in_bulk_whatever_their_shape() -> None:
     """One-line replies in one segment, a multi-line one, a bare code, a reply split over
     two segments, and a hang-up that keeps the replies that came before it."""

@@ -275,13 +275,15 @@ class Flight:
             settings, lane.installation, row.edition_id, row.subscriber_id, row.email, row.name
         )
         try:
-            message = lane.templates[row.variant_id].render(reader)
+            template = lane.templates[row.variant_id]
             sender = self.senders.pop(row.id, "") or envelope_sender(
                 settings, row.edition_id, row.subscriber_id
             )
             if not halves:
-                transport.send(sender, row.email, message, reader.message_id)
+                transport.send(sender, row.email, template.render(reader), reader.message_id)
             else:
+                # In pieces: SMTP writes them in one gather, never joined.
+                message = template.gathered(reader)
                 transport.begin(sender, row.email, message)  # type: ignore[attr-defined]
         except RelayUnavailable:
             raise  # not this reader's problem: the lane hands the row back untried

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from digest.config import SMTPConfig
 from digest.errors import RelayUnavailable, TransientSendError
+from digest.mail.message import Gathered
 from digest.mail.transport import Transport
 
 SLOW_DOWN_CODES = (421, 451, 454)
@@ -263,7 +264,7 @@ class RateLimited:
     def prepare(self, sender: str, recipient: str) -> None:
         self.inner.prepare(sender, recipient)  # type: ignore[attr-defined]
 
-    def begin(self, sender: str, recipient: str, message: bytes) -> None:
+    def begin(self, sender: str, recipient: str, message: bytes | Gathered) -> None:
         self.wait_for_token()
         self._heeding(lambda: self.inner.begin(sender, recipient, message))  # type: ignore[attr-defined]
 

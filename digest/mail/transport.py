@@ -24,7 +24,7 @@ from digest.errors import (
     PermanentSendError,
     TransientSendError,
 )
-from digest.mail.message import DotSafe
+from digest.mail.message import DotSafe, Gathered
 from digest.mail.wire import Closed, DeadlineExceeded, Garbled, Wire, deadline_wait
 
 # A mailbox that does not exist: enhanced status 5.1.1 (bad mailbox), 5.1.2 (bad
@@ -157,16 +157,25 @@ def _refusal(replies: list[tuple[int, bytes]], last: str, last_ok: int) -> Excep
     return None
 
 
-def _dot_stuffed(body: bytes) -> list[bytes]:
+def _dot_stuffed(body: bytes | Gathered) -> list[bytes]:
     """The body for DATA: dot-stuffed (RFC 5321 4.5.2), CRLF-ended, with its end mark.
 
-    digest's own messages (DotSafe) have no line that starts with a dot: they go out
-    as they are, neither scanned nor copied."""
+    digest's own messages (DotSafe, Gathered) have no line that starts with a dot: they
+    go out as they are, neither scanned nor copied."""
+    if isinstance(body, Gathered):
+        return [*body, b".\r\n" if body[-1].endswith(b"\r\n") else b"\r\n.\r\n"]
     if not isinstance(body, DotSafe) and (body[:1] == b"." or b"\n." in body):
         body = body.replace(b"\r\n.", b"\r\n..")
         if body.startswith(b"."):
             body = b"." + body
     return [body, b".\r\n" if body.endswith(b"\r\n") else b"\r\n.\r\n"]
+
+
+def _chunk(body: bytes | Gathered) -> tuple[int, list[bytes]]:
+    """The body for BDAT: its size and its pieces (sent as they are, RFC 3030)."""
+    if isinstance(body, Gathered):
+        return body.size, list(body)
+    return len(body), [body]
 
 
 def _envelope(sender: str, recipient: str) -> bytes:
@@ -286,11 +295,11 @@ class SMTPTransport:
         except PermanentSendError:
             self._next = None  # its send will say why
 
-    def send(self, sender: str, recipient: str, message: bytes, message_id: str) -> None:
+    def send(self, sender: str, recipient: str, message: bytes | Gathered, message_id: str) -> None:
         self.begin(sender, recipient, message)
         self.end()
 
-    def begin(self, sender: str, recipient: str, message: bytes) -> None:
+    def begin(self, sender: str, recipient: str, message: bytes | Gathered) -> None:
         """The first half of a send: everything up to the body's write. What the server
         says to the body is end()'s to read, so a caller may begin a message on each of
         several connections before it waits for any (one thread, several lanes)."""
@@ -347,7 +356,9 @@ class SMTPTransport:
                 ) from None
             raise TransientSendError(f"connection lost: {exc}") from None
 
-    def _start(self, envelope: bytes, body: bytes, ahead: bytes | None) -> Exception | None:
+    def _start(
+        self, envelope: bytes, body: bytes | Gathered, ahead: bytes | None
+    ) -> Exception | None:
         """Write one message, MAIL and RCPT first unless they went ahead with the last
         one (on a connection opened if need be); the first refusal, classified, or None
         once the body is on its way.
@@ -367,10 +378,12 @@ class SMTPTransport:
                 refused = _refusal(known, "message refused", 250)
                 if refused is not None:
                     return refused
-                pieces = [b"BDAT %d LAST\r\n" % len(body), body]
+                size, chunk = _chunk(body)
+                pieces = [b"BDAT %d LAST\r\n" % size, *chunk]
             else:
                 known = []
-                pieces = [b"%bBDAT %d LAST\r\n" % (envelope, len(body)), body]
+                size, chunk = _chunk(body)
+                pieces = [b"%bBDAT %d LAST\r\n" % (envelope, size), *chunk]
             if ahead is not None:
                 pieces.append(ahead)
             wire.write_all(pieces)
