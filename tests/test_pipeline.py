@@ -20,7 +20,7 @@ from digest.editions.schedule import Cohort
 from digest.mail.tokens import read_token
 from digest.mail.transport import SMTPTransport
 from digest.models import Delivery, Edition, EditionVariant, Subscriber
-from tests.conftest import NOW, add_articles
+from tests.conftest import NOW, PG_URL, add_articles
 from tests.faults import TcpProxy, dripping_server
 
 TZ = "Australia/Sydney"
@@ -320,6 +320,62 @@ def test_two_claims_never_overlap(session, sessions, smtp_settings, world) -> No
         second = store.claim_deliveries(other, ids, AFTER, timedelta(minutes=5))
         other.commit()
     assert first == ids and second == []
+
+
+def test_claim_rows_gives_the_rows_won_once_in_id_order(session, smtp_settings, world) -> None:
+    """What a batch claims comes with what its send loop needs, in id order; ids not
+    ready (unknown, already claimed, of a paused edition) are left out."""
+    plan = pipeline.plan_edition(session, smtp_settings, MORNING, AFTER)
+    ids = store.delivery_ids(session, plan.edition_id)
+    lease = timedelta(seconds=60)
+    store.set_edition_status(session, plan.edition_id, "paused", only_from=("sending",))
+    assert store.claim_rows(session, ids, AFTER, lease) == []
+    store.set_edition_status(session, plan.edition_id, "sending", only_from=("paused",))
+    rows = store.claim_rows(session, [10**9, *reversed(ids)], AFTER, lease)
+    session.commit()
+    assert [r.id for r in rows] == ids
+    assert [tuple(r) for r in rows] == [tuple(r) for r in store.sending_rows(session, ids)]
+    assert {r.email for r in rows} == {"ana@example.com", "ben@example.com", "cy@example.com"}
+    assert all(r.attempts == 1 and r.status == "active" for r in rows)
+    assert store.edition_counts(session, plan.edition_id) == {"sending": len(ids)}
+    assert store.claim_rows(session, ids, AFTER, lease) == []
+
+
+@pytest.mark.skipif(not PG_URL, reason="DIGEST_TEST_DATABASE_URL not set")
+def test_claim_rows_skips_what_another_holds_and_plans_by_primary_key(
+    sessions, smtp_settings, world
+) -> None:
+    """PostgreSQL: a row another transaction holds is skipped, not waited for; and the
+    claim reads its batch by primary key even under a cached generic plan (where
+    `id = ANY(...)` would AND in the status index and read every queued row)."""
+    from sqlalchemy import text
+
+    from digest.store.deliveries import _CLAIM_ROWS_PG
+
+    with sessions() as session, sessions() as other:
+        if session.get_bind().dialect.name != "postgresql":
+            pytest.skip("PostgreSQL only")
+        plan = pipeline.plan_edition(session, smtp_settings, MORNING, AFTER)
+        session.commit()
+        ids = store.delivery_ids(session, plan.edition_id)
+        other.execute(text("SELECT id FROM delivery WHERE id = :id FOR UPDATE"), {"id": ids[0]})
+        rows = store.claim_rows(session, ids, AFTER, timedelta(seconds=60))
+        session.commit()
+        assert [r.id for r in rows] == ids[1:]
+        other.rollback()
+
+        sql = _CLAIM_ROWS_PG.text
+        for name, number in ((":ids", "$1"), (":now", "$2"), (":until", "$3")):
+            sql = sql.replace(name, number)
+        session.execute(text("SET plan_cache_mode = force_generic_plan"))
+        session.execute(text(f"PREPARE claim_test(text, timestamp, timestamp) AS {sql}"))
+        plan_json = session.execute(
+            text("EXPLAIN (FORMAT JSON) EXECUTE claim_test('{1,2,3}', now(), now())")
+        ).scalar()
+        session.rollback()
+    shown = str(plan_json)
+    assert "delivery_pkey" in shown
+    assert "ix_delivery_status_lease" not in shown and "ix_delivery_edition_status" not in shown
 
 
 def test_interrupted_batch_hands_unsent_rows_back(session, smtp_settings, smtp_server) -> None:

@@ -118,13 +118,13 @@ def send_batch(
     report = BatchReport()
     per_message = check_claim(settings)
     claim = timedelta(seconds=settings.claim_seconds)
-    claimed = store.claim_deliveries(session, delivery_ids, now, claim)
+    rows = store.claim_rows(session, delivery_ids, now, claim)
     session.commit()
-    if not claimed:
+    if not rows:
         return report
     started = time.monotonic()
+    claimed = [row.id for row in rows]
     report.claimed = len(claimed)
-    rows = store.sending_rows(session, claimed)
     editions = {row.edition_id for row in rows}
     templates = batch_templates(session, settings, {r.variant_id for r in rows}, now)
     installation = store.installation_id(session)  # once per batch, for the Message-IDs
