@@ -69,12 +69,11 @@ class Heartbeat:
         next_renewal = time.monotonic() + self.every
         tick = min(self.window, self.every)
         while not self._stop.is_set():
-            woken = self.recorder.wake.wait(tick)  # most of a group waits, or a tick passed
+            self.recorder.wake.wait(tick)  # most of a group waits, or a tick passed
             if self._stop.is_set():
                 return
             try:
-                count, age = self.recorder.waiting()
-                if count and (woken or age >= self.window):
+                if self.recorder.due(self.window):
                     self.recorder.flush()
                 if time.monotonic() >= next_renewal:
                     started = time.monotonic()

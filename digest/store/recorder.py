@@ -142,7 +142,7 @@ class Recorder:
         self.wake = threading.Event()  # most of a group waits: time the writer wrote it
         # A commit's cost is mostly per commit on SQLite (its pages) and per round trip
         # on PostgreSQL: 24 outcomes a commit cost a third less a message than 16.
-        self._wake_at = max(1, 3 * self.group // 4)
+        self.wake_at = max(1, 3 * self.group // 4)
         self._outcomes: list[Outcome] = []
         self._bounces: list[tuple[int, str, datetime]] = []
         self._oldest = 0.0  # time.monotonic() of the oldest unwritten outcome
@@ -174,7 +174,7 @@ class Recorder:
                 self._oldest = time.monotonic()
             self._outcomes.append(outcome)
             count = len(self._outcomes)
-            if count >= self._wake_at and not self.wake.is_set():
+            if count >= self.wake_at and not self.wake.is_set():
                 self.wake.set()
         if count >= self.group:
             self.flush()  # a whole group unwritten: the writer is behind, write it here
@@ -202,6 +202,17 @@ class Recorder:
             if not self._outcomes:
                 return 0, 0.0
             return len(self._outcomes), time.monotonic() - self._oldest
+
+    def due(self, window: float) -> bool:
+        """Whether the writer should write now: most of a group waits, or the oldest
+        outcome has waited `window` seconds. If not, the wake is taken back: the
+        sending thread wrote the group itself while the writer waited for the GIL."""
+        with self._buffer:
+            count = len(self._outcomes)
+            if count >= self.wake_at or (count and time.monotonic() - self._oldest >= window):
+                return True
+            self.wake.clear()
+            return False
 
     def flush(self) -> None:
         """Write every waiting outcome in one transaction. Outcomes stay queued until
