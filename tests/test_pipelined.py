@@ -360,3 +360,42 @@ def test_a_reply_that_came_in_time_counts_when_its_turn_comes_late() -> None:
         wire.deadline = time.monotonic() + 5  # the next message waits as it should
         threading.Timer(0.2, theirs.sendall, args=(b"250 ok\r\n",)).start()
         assert wire.replies(1) == [(250, b"ok")]
+
+
+def test_a_plain_socket_waits_only_when_it_would_block() -> None:
+    """The wire's plain socket is non-blocking: a write larger than the socket takes
+    at once waits (in poll) while the peer drains it, and arrives whole; a peer that
+    stops reading ends the write by the deadline; a silent one a read by read_timeout."""
+    import time
+
+    from digest.mail.wire import DeadlineExceeded, Wire
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        wire = Wire(ours, read_timeout=0.3)
+        assert ours.getblocking() is False
+        wire.deadline = time.monotonic() + 10
+        body = bytes(range(256)) * 8192  # 2 MB: far more than a socket buffers
+        got = bytearray()
+
+        def drain() -> None:
+            while len(got) < len(body):
+                time.sleep(0.001)
+                got.extend(theirs.recv(65536))
+
+        reader = threading.Thread(target=drain)
+        reader.start()
+        wire.write_all([b"BDAT %d LAST\r\n" % len(body), body[:1000], body[1000:]])
+        reader.join(10)
+        assert bytes(got) == b"BDAT %d LAST\r\n" % len(body) + body
+
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            wire.replies(1)  # nothing comes: read_timeout, not the 10 s deadline
+        assert 0.25 < time.monotonic() - started < 2
+
+        wire.read_timeout, wire.deadline = 5, time.monotonic() + 0.5
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            wire.write_all([body])  # nobody reads: the deadline ends the write
+        assert 0.4 < time.monotonic() - started < 3

@@ -420,7 +420,7 @@ def test_envelopes_go_ahead_over_tls_too(
                 t.begin("a@example.com", f"r{i}@example.com", body)
                 t.end()
                 if i:
-                    assert t._pipelining and t._wire is not None and not t._wire._gather
+                    assert t._pipelining and t._wire is not None and not t._wire._plain
             conn = t._conn
         assert conn is not None
     finally:
