@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from digest.config import Settings
 from digest.editions.render import ArticleView
+from digest.mail.ratelimit import redis_client
 from digest.mail.tokens import click_reader_part, click_token, open_token
 from digest.store import clicks as click_store
 
@@ -333,9 +334,7 @@ class LinkTargets:
 
     def _client(self) -> Any:
         if self._redis is None and self.redis_url:
-            import redis
-
-            self._redis = redis.Redis.from_url(
+            self._redis = redis_client(
                 self.redis_url, socket_timeout=0.2, socket_connect_timeout=0.2
             )
         return self._redis

@@ -179,14 +179,15 @@ class RedisLimiter:
         self._slow_down(keys=[self.keys[1]], args=[SLOWEST, int(SLOW_SECONDS * 1000)])
 
 
-def redis_client(url: str) -> Any:
-    """A redis-py client for digest's Redis URL (kombu's redis+socket:// too)."""
+def redis_client(url: str, **options: Any) -> Any:
+    """A redis-py client for digest's Redis URL (kombu's redis+socket:// too, the
+    embedded server's spelling); `options` go to redis.Redis (timeouts, say)."""
     import redis
 
     if url.startswith("redis+socket://"):
         path = url.removeprefix("redis+socket://").split("?", 1)[0]
-        return redis.Redis(unix_socket_path=path)
-    return redis.Redis.from_url(url)
+        return redis.Redis(unix_socket_path=path, **options)
+    return redis.Redis.from_url(url, **options)
 
 
 _LOCAL: dict[tuple[str, Limits], LocalLimiter] = {}
