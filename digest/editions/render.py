@@ -229,7 +229,10 @@ def slot_values(
 
 
 def html_escaped(values: dict[str, str]) -> dict[str, str]:
-    """Slot values made safe for the HTML body (most, links above all, need nothing)."""
+    """Slot values made safe for the HTML body: the same dict when none needs it (links
+    and most names: one look at them all), else a copy with those escaped."""
+    if not _HTML_SPECIAL.search("".join(values.values())):
+        return values
     return {
         k: html.escape(v, quote=True) if _HTML_SPECIAL.search(v) else v for k, v in values.items()
     }

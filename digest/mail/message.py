@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import binascii
 import hashlib
+import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -88,9 +89,14 @@ def _addr(name: str, address: str, header: str = "To") -> str:
     if not address.isascii():
         raise ValueError(f"address {address!r} is not ASCII")
     if clean.isascii():
+        if clean and not _SPECIALS.search(clean):
+            return f"{clean} <{address}>"  # as formataddr writes it: nothing to quote
         return formataddr((clean, address))
     words = Header(clean, "utf-8", header_name=header).encode(maxlinelen=76, linesep="\r\n")
     return f"{words} <{address}>"
+
+
+_SPECIALS = re.compile(r'[][\\()<>@,:;".]')  # RFC 5322 specials: a name with one is quoted
 
 
 def _encoded(text: str, header: str = "Subject") -> str:
@@ -225,6 +231,7 @@ class EncodedSplicer:
             for i, part in enumerate(body.parts)
         ]
         self.slots = list(body.slots)
+        self._after = list(zip(self.slots, self.parts[1:], strict=True))  # (slot, part)
 
     def fill(self, values: dict[str, str], encoded: dict[str, bytes] | None = None) -> bytes:
         """The body with these values; `encoded` keeps each distinct value's encoding
@@ -238,7 +245,7 @@ class EncodedSplicer:
     ) -> None:
         """fill(), its pieces appended to `out` instead of joined."""
         out.append(self.parts[0])
-        for slot, part in zip(self.slots, self.parts[1:], strict=True):
+        for slot, part in self._after:
             value = values[slot]
             piece = encoded.get(value)
             if piece is None:
@@ -287,7 +294,7 @@ class Gathered(tuple[bytes, ...]):
         return DotSafe(b"".join(self))
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Reader:
     """One reader's part of a templated message: address, ids, and slot values."""
 

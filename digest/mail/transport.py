@@ -150,6 +150,8 @@ _STEPS = (("sender refused", 250), ("recipient refused", 250))
 
 def _refusal(replies: list[tuple[int, bytes]], last: str, last_ok: int) -> Exception | None:
     """The first reply of a transaction that says no, classified; None if all say yes."""
+    if last_ok == 250 and all(code == 250 for code, _ in replies):
+        return None  # the usual case, every step accepted
     steps = (*_STEPS, (last, last_ok))
     for (code, text), (what, ok) in zip(replies, steps, strict=False):
         if code != ok and not (ok == 250 and code == 251):
