@@ -430,9 +430,13 @@ def test_a_claim_only_finishes_rows_it_still_holds(session, smtp_settings, world
     assert store.edition_counts(session, plan.edition_id) == {"sending": 2, "sent": 1}
 
 
-def test_the_writer_is_woken_at_three_quarters_of_a_group(session, smtp_settings) -> None:
-    """The heartbeat writes a group once 6 of 8 outcomes wait (commits as large as the
-    crash bound allows); the sender itself writes when all 8 do."""
+def test_the_sender_writes_whole_groups_and_the_heartbeat_what_waited(
+    session, smtp_settings
+) -> None:
+    """A group is written by the sender once it is whole (8 here); fewer outcomes wait
+    until they are `window` old, and then the heartbeat's tick writes them."""
+    from digest.editions.heartbeat import Heartbeat
+
     _many_readers(session, 10)
     plan = pipeline.plan_edition(session, smtp_settings, MORNING, AFTER)
     ids = store.delivery_ids(session, plan.edition_id)
@@ -440,22 +444,23 @@ def test_the_writer_is_woken_at_three_quarters_of_a_group(session, smtp_settings
     store.claim_deliveries(session, ids, AFTER, lease)
     session.commit()
     with store.Recorder(session, AFTER + lease, group=8) as record:
-        for i in ids[:5]:
+        for i in ids[:7]:
             record.sent(i, f"<{i}@x>", AFTER)
-        assert not record.wake.is_set() and record.waiting()[0] == 5
-        record.sent(ids[5], f"<{ids[5]}@x>", AFTER)
-        assert record.wake.is_set()
-        record.sent(ids[6], f"<{ids[6]}@x>", AFTER)
-        assert record.written == 0  # the writer's to write (no heartbeat runs here)
+        assert record.written == 0 and record.waiting()[0] == 7 and not record.due(60.0)
         record.sent(ids[7], f"<{ids[7]}@x>", AFTER)
-        assert record.written == 8 and record.waiting()[0] == 0 and not record.wake.is_set()
+        assert record.written == 8 and record.waiting()[0] == 0
         for i in ids[8:]:
             record.sent(i, f"<{i}@x>", AFTER)
-        # Woken after the sender wrote the group itself: two outcomes are not worth a
-        # commit yet, and the wake is taken back (no busy loop); once old, they are.
-        record.wake.set()
-        assert not record.due(window=60.0) and not record.wake.is_set()
-        assert record.due(window=0.0)
+        assert not record.due(window=60.0) and record.due(window=0.0)
+
+        def clock() -> datetime:
+            return AFTER
+
+        with Heartbeat(record, ids, clock, 60, 5, window=0.05):
+            deadline = time.monotonic() + 5
+            while record.written < 10 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        assert record.written == 10
     assert store.edition_counts(session, plan.edition_id) == {"sent": 10}
 
 

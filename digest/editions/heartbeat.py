@@ -1,5 +1,6 @@
-"""A send batch's heartbeat: it writes waiting outcomes once they are a few
-milliseconds old and renews the batch's claim while the batch's process lives.
+"""A send batch's heartbeat: it writes outcomes that have waited `window` seconds for
+their group (the sender writes whole groups itself) and renews the batch's claim while
+the batch's process lives.
 
 A worker that stops (SIGKILL, lost machine) stops renewing, so its claim ends
 `claim_seconds` after the last renewal and the sweep re-queues its rows: recovery takes
@@ -28,7 +29,7 @@ def renew_every(claim_seconds: float, per_message: float) -> float:
 
 
 class Heartbeat:
-    """Runs beside a batch's lanes: flushes `recorder` every `window` seconds and renews
+    """Runs beside a batch's lanes: writes what waited `window` seconds in `recorder`, and renews
     the claim on `ids` every `renew_every(...)` seconds, with `clock()` as now."""
 
     def __init__(
@@ -58,7 +59,6 @@ class Heartbeat:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self.recorder.wake.set()
         self._thread.join()
 
     def holds(self, seconds: float) -> bool:
@@ -69,8 +69,7 @@ class Heartbeat:
         next_renewal = time.monotonic() + self.every
         tick = min(self.window, self.every)
         while not self._stop.is_set():
-            self.recorder.wake.wait(tick)  # most of a group waits, or a tick passed
-            if self._stop.is_set():
+            if self._stop.wait(tick):
                 return
             try:
                 if self.recorder.due(self.window):

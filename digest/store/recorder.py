@@ -114,10 +114,11 @@ def _naive(value: datetime | None) -> datetime | None:
 
 class Recorder:
     """The outcomes of one claim, each group written in one transaction on a connection
-    outside the caller's session, usually by the batch's heartbeat thread (`wake` tells
-    it three quarters of a group wait: commits as large as the crash bound allows, with
-    room for the replies that come in while one is written), so lanes never wait for
-    the database; a lane that finds a whole group unwritten writes it itself first.
+    outside the caller's session. The sending thread writes a group once it is whole
+    (a writer thread would cost more: it waits for the interpreter lock while the
+    sender holds it, and handing the lock back and forth costs a third of the write);
+    the batch's heartbeat writes what has waited longer than its window when sending
+    is slow (see `due`).
 
     A crash loses at most the outcomes not yet written: the messages in flight plus one
     group. `group=1` records every reply in its own commit, before the lane goes on.
@@ -139,10 +140,6 @@ class Recorder:
         )
         self._lock = threading.RLock()  # the connection and the claim value
         self._buffer = threading.Lock()  # the outcomes waiting (taken without waiting on I/O)
-        self.wake = threading.Event()  # most of a group waits: time the writer wrote it
-        # A commit's cost is mostly per commit on SQLite (its pages) and per round trip
-        # on PostgreSQL: 24 outcomes a commit cost a third less a message than 16.
-        self.wake_at = max(1, 3 * self.group // 4)
         self._outcomes: list[Outcome] = []
         self._bounces: list[tuple[int, str, datetime]] = []
         self._oldest = 0.0  # time.monotonic() of the oldest unwritten outcome
@@ -174,10 +171,8 @@ class Recorder:
                 self._oldest = time.monotonic()
             self._outcomes.append(outcome)
             count = len(self._outcomes)
-            if count >= self.wake_at and not self.wake.is_set():
-                self.wake.set()
         if count >= self.group:
-            self.flush()  # a whole group unwritten: the writer is behind, write it here
+            self.flush()  # a whole group: written now, before the sender goes on
 
     def sent(self, delivery_id: int, message_id: str, now: datetime) -> None:
         self._add(Outcome(delivery_id, "sent", sent_at=now, message_id=message_id))
@@ -204,22 +199,16 @@ class Recorder:
             return len(self._outcomes), time.monotonic() - self._oldest
 
     def due(self, window: float) -> bool:
-        """Whether the writer should write now: most of a group waits, or the oldest
-        outcome has waited `window` seconds. If not, the wake is taken back: the
-        sending thread wrote the group itself while the writer waited for the GIL."""
+        """Whether outcomes have waited `window` seconds for their group (sending is
+        slow): then the heartbeat writes them."""
         with self._buffer:
-            count = len(self._outcomes)
-            if count >= self.wake_at or (count and time.monotonic() - self._oldest >= window):
-                return True
-            self.wake.clear()
-            return False
+            return bool(self._outcomes) and time.monotonic() - self._oldest >= window
 
     def flush(self) -> None:
         """Write every waiting outcome in one transaction. Outcomes stay queued until
         that commit succeeds, so a later flush (after a reconnect) can still write them."""
         with self._lock:
             with self._buffer:
-                self.wake.clear()
                 if not self._outcomes and not self._bounces:
                     return
                 outcomes, bounces = list(self._outcomes), list(self._bounces)
