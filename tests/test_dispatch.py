@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select, update
@@ -175,6 +176,44 @@ def test_next_retry_says_which_rows_and_when(session, settings: Settings) -> Non
     session.commit()
     assert dispatch.next_retry(session, [a, b, c], TICK) == ([a, b], 60.0)
     assert dispatch.next_retry(session, [a, b], TICK + timedelta(hours=1)) == ([a, b], 0.0)
+
+
+def test_next_retry_skips_the_query_after_a_batch_that_deferred_nothing(
+    session, settings: Settings
+) -> None:
+    """A batch that claimed every row and deferred none cannot leave one waiting: no
+    query. One that deferred a row, or could not claim one, asks the database."""
+    from sqlalchemy import event
+
+    from digest.editions.lanes import BatchReport
+
+    seed(session, LONDON, readers=3)
+    [fanout] = dispatch.plan_slot(session, settings, "morning", TICK, timezone=LONDON)
+    ids = fanout.batches[0]
+    session.execute(
+        update(Delivery)
+        .where(Delivery.id == ids[0])
+        .values(status="deferred", next_attempt_at=TICK + timedelta(seconds=30))
+    )
+    session.commit()
+    statements: list[str] = []
+    engine = session.get_bind()
+
+    def listener(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        clean = BatchReport(claimed=3, sent=3)
+        assert dispatch.next_retry(session, ids, TICK, clean) is None
+        assert statements == []
+        short = BatchReport(claimed=2, sent=2)  # one row was not claimable: it is asked
+        assert dispatch.next_retry(session, ids, TICK, short) == ([ids[0]], 30.0)
+        assert [q for q in statements if "deferred" in q.lower() or "next_attempt_at" in q]
+        deferred = BatchReport(claimed=3, sent=2, deferred=1)
+        assert dispatch.next_retry(session, ids, TICK, deferred) == ([ids[0]], 30.0)
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
 
 
 def test_counts_leave_out_error_texts() -> None:

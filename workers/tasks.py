@@ -169,7 +169,7 @@ def send_batch(self: Any, delivery_ids: list[int], now: str | None = None) -> di
         report = sending.send_batch(
             session, settings, make_transport(settings), delivery_ids, at, progress
         )
-        again = dispatch.next_retry(session, delivery_ids, at)
+        again = dispatch.next_retry(session, delivery_ids, at, report)
     if again or report.handed_back:
         # Deferred rows go again when the first is due (each row counts its own
         # attempts); rows the lanes handed back unsent go again at once.

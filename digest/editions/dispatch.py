@@ -202,10 +202,17 @@ def retry_edition(
 
 
 def next_retry(
-    session: Session, delivery_ids: Sequence[int], now: datetime
+    session: Session,
+    delivery_ids: Sequence[int],
+    now: datetime,
+    report: sending.BatchReport | None = None,
 ) -> tuple[list[int], float] | None:
     """The batch's rows left deferred and the seconds until the first of them is due,
-    or None when nothing in the batch waits for a retry."""
+    or None when nothing in the batch waits for a retry. With the batch's `report`: a
+    batch that claimed every row and deferred none has none waiting, and the query
+    (hundreds of ids) is not made."""
+    if report is not None and not report.deferred and report.claimed >= len(set(delivery_ids)):
+        return None
     deferred = store.deferred_among(session, delivery_ids)
     if not deferred:
         return None
