@@ -122,6 +122,7 @@ class Sink:
     refuse: dict[str, str] = field(default_factory=dict)
     drop_after: int | None = None  # close the connection at DATA after this many messages
     delay: float = 0.0  # seconds to wait before answering DATA (a slow relay)
+    answer_delay: float = 0.0  # seconds between keeping a message and saying so
     refuse_sender: str | None = None  # reply to MAIL FROM, e.g. "550 sender rejected"
     pipelining: bool = False  # offer PIPELINING (aiosmtpd reads pipelined commands in turn)
 
@@ -157,6 +158,8 @@ class Sink:
             server.transport.close()
             return "421 closing"
         self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        if self.answer_delay:
+            await asyncio.sleep(self.answer_delay)
         return "250 Message accepted for delivery"
 
     def parsed(self) -> list[EmailMessage]:

@@ -84,9 +84,17 @@ def redis_for(settings: Settings, echo: Echo) -> Iterator[str]:
 
 
 def _stop(children: dict[str, subprocess.Popen[bytes]], echo: Echo, grace: float) -> None:
-    """SIGTERM to every child's process group, then SIGKILL what is still there."""
+    """SIGTERM to every child, then SIGKILL its process group if it is still there.
+
+    The worker's own process only: Celery's warm shutdown lets the task in hand finish
+    and then stops its pool. Its pool processes die at once on SIGTERM (Celery resets
+    the signal there), so one sent to the whole group would kill a batch mid-send,
+    after a message went and before its outcome was written."""
     for child in children.values():
-        _signal_group(child, signal.SIGTERM)
+        try:
+            child.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
     deadline = time.monotonic() + grace
     for name, child in children.items():
         try:
