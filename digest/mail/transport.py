@@ -375,16 +375,15 @@ class SMTPTransport:
         if not self._pipelining:
             ahead = None
         if self._chunking:
+            size, chunk = _chunk(body)
             if opened is not None:
                 known = opened[1]  # MAIL and RCPT went with the last message
                 refused = _refusal(known, "message refused", 250)
                 if refused is not None:
                     return refused
-                size, chunk = _chunk(body)
                 pieces = [b"BDAT %d LAST\r\n" % size, *chunk]
             else:
                 known = []
-                size, chunk = _chunk(body)
                 pieces = [b"%bBDAT %d LAST\r\n" % (envelope, size), *chunk]
             if ahead is not None:
                 pieces.append(ahead)

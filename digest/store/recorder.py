@@ -190,8 +190,8 @@ class Recorder:
     def due(self, window: float) -> bool:
         """Whether outcomes have waited `window` seconds for their group (sending is
         slow): then the heartbeat writes them."""
-        with self._buffer:
-            return bool(self._outcomes) and time.monotonic() - self._oldest >= window
+        count, age = self.waiting()
+        return count > 0 and age >= window
 
     def flush(self) -> None:
         """Write every waiting outcome in one transaction. Outcomes stay queued until
