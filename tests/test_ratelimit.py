@@ -176,11 +176,15 @@ def test_two_workers_never_go_faster_than_the_relays_rate(
     wait_for(lambda: delivery_counts(sqlite_url) == {"sent": 200}, 60, "the edition sent")
     assert recipients(sink) == {email: 1 for email in readers}
     stamps.sort()
-    # Counted over two-second windows: on a loaded machine the sink's event loop can
-    # stall for a moment and then stamp a few paced messages together; over two seconds
-    # that evens out, and a missing limit (200 messages in about one second) still shows.
+    # Counted over two-second windows. The sink stamps a message when its body has
+    # arrived, not when its token was taken: the time between the two varies with the
+    # machine's load (a worker descheduled, the sink's event loop stalled), so tokens taken
+    # over a little more than two seconds can land in one window (CI once counted 91
+    # against the exact 90). A quarter of a second of that jitter is allowed: 100. A missing
+    # limit (200 messages in about one second) still shows, and so does the span below.
+    jitter = 0.25
     most = max(sum(1 for t in stamps[i:] if t < start + 2.0) for i, start in enumerate(stamps))
-    assert most <= 2 * 40 + 10, most
+    assert most <= (2 + jitter) * 40 + 10, most
     assert stamps[-1] - stamps[0] >= (200 - 10) / 40 * 0.9  # it was the limit that paced it
     with redis_client(env["DIGEST_REDIS_URL"]) as r:
         assert r.keys(f"digest:relay:127.0.0.1:{smtp_url.rsplit(':', 1)[1]}:*")
