@@ -364,9 +364,22 @@ def test_claim_rows_skips_what_another_holds_and_plans_by_primary_key(
         assert [r.id for r in rows] == ids[1:]
         other.rollback()
 
-        sql = _CLAIM_ROWS_PG.text
-        for name, number in ((":ids", "$1"), (":now", "$2"), (":until", "$3")):
-            sql = sql.replace(name, number)
+        # The statement as psycopg sends it, the batch's values as $1-$3 (as a prepared
+        # statement has them), its constants written in.
+        compiled = _CLAIM_ROWS_PG.params(ids="{}", now=AFTER, until=AFTER).compile(
+            dialect=session.get_bind().dialect
+        )
+        numbers = {"ids": "$1", "now": "$2", "until": "$3"}
+
+        def placeholder(found: re.Match[str]) -> str:
+            name = found.group(1) or found.group(2)
+            value = compiled.params[name]
+            if found.group(2):  # a list written in (`IN (...)`)
+                return ", ".join(repr(v) for v in value)
+            return numbers.get(name) or repr(value)
+
+        sql = re.sub(r"%\((\w+)\)s|__\[POSTCOMPILE_(\w+)\]", placeholder, compiled.string)
+        assert sql.count("$1") == 1 and sql.count("$2") == 1 and sql.count("$3") == 1
         session.execute(text("SET plan_cache_mode = force_generic_plan"))
         session.execute(text(f"PREPARE claim_test(text, timestamp, timestamp) AS {sql}"))
         plan_json = session.execute(

@@ -6,8 +6,21 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, exists, func, literal, or_, select, text, update
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    String,
+    and_,
+    bindparam,
+    cast,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.orm import Session, aliased
 
 from digest.errors import InvalidInput
 from digest.models import (
@@ -16,7 +29,6 @@ from digest.models import (
     Edition,
     EditionVariant,
     Subscriber,
-    UTCDateTime,
 )
 from digest.store.base import insert_for_session, rowcount
 from digest.store.editions import HALTED, get_edition, set_edition_status
@@ -25,9 +37,22 @@ from digest.store.subscribers import cohort_filter
 OPEN_STATUSES = ("queued", "sending", "deferred")
 
 
-def _not_halted() -> Any:
+def _not_halted(row: Any = Delivery) -> Any:
     """Rows of editions that may be sent (not paused, not cancelled)."""
-    return Delivery.edition_id.not_in(select(Edition.id).where(Edition.status.in_(HALTED)))
+    return row.edition_id.not_in(select(Edition.id).where(Edition.status.in_(HALTED)))
+
+
+def _ready(row: Any) -> Any:
+    """The rule of which delivery rows a batch may claim: queued, or deferred and due
+    (`now` is a bound parameter), and of an edition that is not paused or cancelled.
+    `row` is Delivery or an alias of it."""
+    return and_(
+        or_(
+            row.status == "queued",
+            and_(row.status == "deferred", row.next_attempt_at <= bindparam("now")),
+        ),
+        _not_halted(row),
+    )
 
 
 def queue_deliveries(
@@ -133,14 +158,7 @@ def claim_deliveries(
 # statement building and no coercion of 500 literals.
 _READY = (
     select(Delivery.id)
-    .where(
-        Delivery.id.in_(bindparam("ids", expanding=True)),
-        or_(
-            Delivery.status == "queued",
-            and_(Delivery.status == "deferred", Delivery.next_attempt_at <= bindparam("now")),
-        ),
-        _not_halted(),  # a paused or cancelled edition sends nothing more
-    )
+    .where(Delivery.id.in_(bindparam("ids", expanding=True)), _ready(Delivery))
     .with_for_update(skip_locked=True)
 )
 _CLAIM = (
@@ -162,35 +180,44 @@ def claim_rows(session: Session, ids: Sequence[int], now: datetime, lease: timed
     render and parse than the claim costs the server), on SQLite in two."""
     if session.get_bind().dialect.name != "postgresql":
         return sending_rows(session, claim_deliveries(session, ids, now, lease))
-    values = {"ids": "{" + ",".join(str(int(i)) for i in ids) + "}"}
-    values.update(now=now, until=now + lease)
+    values = {"ids": "{" + ",".join(str(int(i)) for i in ids) + "}", "now": now}
+    values["until"] = now + lease
     return sorted(session.execute(_CLAIM_ROWS_PG, values), key=lambda row: row.id)
 
 
-# The claim and its rows on PostgreSQL. The batch's ids are unnested and joined to the
-# table, so the plan reads them by primary key however the server caches it (a generic
-# plan of `id = ANY(...)` ANDs in the status index and reads every queued row).
-_CLAIM_ROWS_PG = text(
-    f"""
-    WITH claimed AS (
-        UPDATE delivery SET status = 'sending', lease_until = :until,
-            attempts = delivery.attempts + 1
-        WHERE delivery.id IN (
-            SELECT d.id FROM unnest(CAST(:ids AS bigint[])) AS batch(id)
-            JOIN delivery AS d ON d.id = batch.id
-            WHERE (d.status = 'queued' OR (d.status = 'deferred' AND d.next_attempt_at <= :now))
-              AND d.edition_id NOT IN (
-                  SELECT edition.id FROM edition WHERE edition.status IN {HALTED!r}
-              )
-            FOR UPDATE OF d SKIP LOCKED
-        )
-        RETURNING delivery.id, delivery.edition_id, delivery.subscriber_id,
-            delivery.variant_id, delivery.attempts
+# The claim and its rows on PostgreSQL, one statement: the batch's ids come as one
+# array literal (text, cast by the server), are unnested and joined to the table, so the
+# plan reads them by primary key however the server caches it (a generic plan of
+# `id = ANY(...)` ANDs in the status index and reads every queued row).
+_batch = (
+    func.unnest(cast(bindparam("ids", type_=String), ARRAY(BigInteger)))
+    .table_valued("id")
+    .render_derived(name="batch")
+)
+_row = aliased(Delivery, name="d")
+_WON = (
+    select(_row.id)
+    .select_from(_batch)
+    .join(_row, _row.id == _batch.c.id)
+    .where(_ready(_row))
+    .with_for_update(of=_row, skip_locked=True)
+)
+_claimed = (
+    update(Delivery)
+    .where(Delivery.id.in_(_WON.scalar_subquery()))
+    .values(status="sending", lease_until=bindparam("until"), attempts=Delivery.attempts + 1)
+    .returning(
+        Delivery.id,
+        Delivery.edition_id,
+        Delivery.subscriber_id,
+        Delivery.variant_id,
+        Delivery.attempts,
     )
-    SELECT claimed.*, subscriber.email, subscriber.name, subscriber.status
-    FROM claimed JOIN subscriber ON subscriber.id = claimed.subscriber_id
-    """
-).bindparams(bindparam("now", type_=UTCDateTime), bindparam("until", type_=UTCDateTime))
+    .cte("claimed")
+)
+_CLAIM_ROWS_PG = select(_claimed, Subscriber.email, Subscriber.name, Subscriber.status).join(
+    Subscriber, Subscriber.id == _claimed.c.subscriber_id
+)
 
 
 _SENDING_ROWS = (
