@@ -75,6 +75,28 @@ def tree_cpu(roots: list[int]) -> float:
     return sum(times.get(pid, 0.0) for pid in tree)
 
 
+def machine_cpu() -> tuple[float, float]:
+    """(busy, all) CPU seconds of the whole machine so far, from /proc/stat (iowait
+    counts as idle): whether a run was short of CPU or waited."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields) - idle) / TICK, sum(fields) / TICK
+
+
+def named_cpu(name: str) -> float:
+    """CPU seconds of every process called `name` (the local PostgreSQL server's
+    backends, say), children they waited for included."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        if text[text.index("(") + 1 : text.rindex(")")] == name:
+            total += sum(int(v) for v in text.rsplit(")", 1)[1].split()[11:15]) / TICK
+    return total
+
+
 def db_busy_seconds(url: str) -> float | None:
     """Seconds the database has spent executing statements (PostgreSQL 14+), or None."""
     if not url.startswith("postgres"):
@@ -237,14 +259,20 @@ def main() -> None:
         env = worker_env(settings, redis, f"bench-{uuid.uuid4().hex[:8]}", smtp_url)
         with workers(env, args.workers, tmp) as pids:
             busy2 = db_busy_seconds(url)
-            cpu0 = tree_cpu(pids)
+            cpu0, machine0, pg0 = tree_cpu(pids), machine_cpu(), named_cpu("postgres")
             celery_s, sent = run_celery(settings, env)
             workers_ms = (tree_cpu(pids) - cpu0) * 1000 / max(1, sent)
+            machine1, pg_ms = machine_cpu(), (named_cpu("postgres") - pg0) * 1000 / max(1, sent)
         busy3 = db_busy_seconds(url)  # the workers have gone: their statistics are in
         celery_rate = sent / celery_s
         print(
             f"celery ({args.workers} workers): {sent} sent in {celery_s:6.2f} s = "
             f"{celery_rate:7,.0f} messages/s{busy_share(busy2, busy3, celery_s)}"
+        )
+        busy, total = (b - a for a, b in zip(machine0, machine1, strict=True))
+        print(
+            f"machine during the celery run: {busy / total:.0%} of {os.cpu_count()} cores busy; "
+            f"PostgreSQL's processes {pg_ms:.3f} ms of CPU a message"
         )
         size = message_size(settings)
         sessions = args.workers * args.connections
