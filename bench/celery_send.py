@@ -34,6 +34,7 @@ from send import (  # noqa: E402
     TZ,
     bench_settings,
     cpu_line,
+    cpu_seconds,
     message_size,
     run_inprocess,
     seed,
@@ -81,6 +82,13 @@ def machine_cpu() -> tuple[float, float]:
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = fields[3] + fields[4]
     return (sum(fields) - idle) / TICK, sum(fields) / TICK
+
+
+OTHERS = ("postgres", "smtp-sink", "redis-server")  # the local servers the run uses
+
+
+def others_cpu() -> dict[str, float]:
+    return {name: named_cpu(name) for name in OTHERS}
 
 
 def named_cpu(name: str) -> float:
@@ -259,10 +267,12 @@ def main() -> None:
         env = worker_env(settings, redis, f"bench-{uuid.uuid4().hex[:8]}", smtp_url)
         with workers(env, args.workers, tmp) as pids:
             busy2 = db_busy_seconds(url)
-            cpu0, machine0, pg0 = tree_cpu(pids), machine_cpu(), named_cpu("postgres")
+            cpu0, machine0, others0 = tree_cpu(pids), machine_cpu(), others_cpu()
+            own0 = cpu_seconds()
             celery_s, sent = run_celery(settings, env)
             workers_ms = (tree_cpu(pids) - cpu0) * 1000 / max(1, sent)
-            machine1, pg_ms = machine_cpu(), (named_cpu("postgres") - pg0) * 1000 / max(1, sent)
+            machine1, others1 = machine_cpu(), others_cpu()
+            own_ms = (cpu_seconds() - own0) * 1000 / max(1, sent)
         busy3 = db_busy_seconds(url)  # the workers have gone: their statistics are in
         celery_rate = sent / celery_s
         print(
@@ -270,9 +280,13 @@ def main() -> None:
             f"{celery_rate:7,.0f} messages/s{busy_share(busy2, busy3, celery_s)}"
         )
         busy, total = (b - a for a, b in zip(machine0, machine1, strict=True))
+        shares = ", ".join(
+            f"{name} {(others1[name] - others0[name]) * 1000 / max(1, sent):.3f}" for name in OTHERS
+        )
         print(
-            f"machine during the celery run: {busy / total:.0%} of {os.cpu_count()} cores busy; "
-            f"PostgreSQL's processes {pg_ms:.3f} ms of CPU a message"
+            f"machine during the celery run: {busy / total:.0%} of {os.cpu_count()} cores busy, "
+            f"{busy * 1000 / max(1, sent):.3f} ms of CPU a message in all; workers "
+            f"{workers_ms:.3f}, {shares}, this process {own_ms:.3f}"
         )
         size = message_size(settings)
         sessions = args.workers * args.connections
