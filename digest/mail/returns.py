@@ -16,6 +16,12 @@ import re
 from digest.config import Settings
 from digest.mail.tokens import mac
 
+# Enhanced statuses (RFC 3463) that say the address itself does not exist: bad mailbox,
+# bad domain, null MX. Any other permanent failure (policy, a blocklist, a full mailbox)
+# fails that one message and keeps the reader. Read at send time (a refused RCPT) and in
+# the reports that come back (DSNs).
+NO_MAILBOX = frozenset({"5.1.1", "5.1.2", "5.1.10"})
+
 _TAG = re.compile(r"\+(\d{1,18})\.(\d{1,18})\.([a-z2-7]{16})@")
 
 

@@ -25,14 +25,14 @@ from digest.errors import (
     TransientSendError,
 )
 from digest.mail.message import DotSafe, Gathered
+from digest.mail.returns import NO_MAILBOX
 from digest.mail.wire import Closed, DeadlineExceeded, Garbled, Wire, deadline_wait
 
-# A mailbox that does not exist: enhanced status 5.1.1 (bad mailbox), 5.1.2 (bad
-# domain) or 5.1.10 (null MX) at the start of the reply. Only without an enhanced code
-# do the classic wordings count. Anything else (5.7.1 policy, a blocklisted IP that
-# happens to contain "5.1.") fails the message but never suppresses the reader.
-_ENHANCED = re.compile(rb"^\s*(\d)\.(\d{1,3})\.(\d{1,3})\b")
-_NO_MAILBOX = {(5, 1, 1), (5, 1, 2), (5, 1, 10)}
+# A mailbox that does not exist: one of returns.NO_MAILBOX's enhanced statuses at the
+# start of the reply. Only without an enhanced code do the classic wordings count.
+# Anything else (5.7.1 policy, a blocklisted IP that happens to contain "5.1.") fails
+# the message but never suppresses the reader.
+_ENHANCED = re.compile(rb"^\s*(\d\.\d{1,3}\.\d{1,3})\b")
 _UNKNOWN_WORDING = re.compile(rb"user unknown|no such user|unknown user|does not exist", re.I)
 
 
@@ -42,7 +42,7 @@ def unknown_mailbox(code: int, reply: bytes) -> bool:
         return False
     enhanced = _ENHANCED.match(reply)
     if enhanced:
-        return tuple(int(g) for g in enhanced.groups()) in _NO_MAILBOX
+        return enhanced.group(1).decode() in NO_MAILBOX
     return bool(_UNKNOWN_WORDING.search(reply))
 
 

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from digest import store
 from digest.errors import InvalidToken, NotFound
-from digest.mail.returns import read_verp
+from digest.mail.returns import NO_MAILBOX, read_verp
 from digest.mail.tokens import OurMessageId, read_message_id, read_token
 from digest.readers import accounts
 from digest.readers.returned import SoftRule, act, clean
@@ -36,9 +36,6 @@ _UNSUBSCRIBE = re.compile(
     r"unsubscribe\s+([0-9a-z]{1,20}\.[0-9a-z]{0,20}\.[A-Za-z0-9_-]{1,40})", re.I
 )
 _ADDRESS = re.compile(r"[^\s<>;:\"]+@[^\s<>;\"]+")
-# Statuses that say the address itself is gone; other permanent failures (policy,
-# blocklists, a full mailbox) fail that one message but keep the reader.
-NO_MAILBOX = ("5.1.1", "5.1.2", "5.1.10")
 COMPLAINTS = ("", "abuse", "fraud")
 
 
