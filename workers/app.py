@@ -13,7 +13,7 @@ from celery import Celery, signals
 from sqlalchemy.orm import Session, sessionmaker
 
 from digest.config import Settings, load_settings
-from digest.db import make_engine, make_sessionmaker
+from digest.db import make_engine, make_sessionmaker, preload_driver
 from workers.base import DigestTask
 from workers.config import celery_config
 from workers.heartbeat import WorkerHeartbeat
@@ -57,6 +57,7 @@ def _check_settings(**_: Any) -> None:
     # Fail at start with one clear line, not at the first task.
     celery_config(runtime.settings)
     runtime.settings.data_dir.mkdir(parents=True, exist_ok=True)
+    preload_driver(runtime.settings.database_url)  # before the pool forks
 
 
 from workers import tasks  # noqa: E402,F401  (registers the tasks on the app)
