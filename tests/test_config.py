@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from digest.config import load_settings, postgres_url
+from digest.config import load_settings, postgres_url, tls_client_context
 from digest.db import alembic_config, make_engine, normalise_url
 from digest.errors import ConfigError
 
@@ -202,3 +202,20 @@ def test_returned_mail_settings_and_their_secrets(tmp_path: Path) -> None:
     assert (settings.soft_bounce_limit, settings.soft_bounce_days) == (3, 14)
     shown = repr(settings)
     assert not any(s in shown for s in ("mailgun-secret", "postmark-secret", "imap-secret"))
+
+
+def test_one_tls_client_context_per_purpose_and_trust_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Made once per process (making one reads the whole CA bundle), verifying as the
+    default does; another purpose, or another SSL_CERT_FILE, gets a context of its own."""
+    import ssl
+
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    smtp = tls_client_context("smtp")
+    assert tls_client_context("smtp") is smtp
+    assert smtp.verify_mode == ssl.CERT_REQUIRED and smtp.check_hostname
+    assert tls_client_context("https") is not smtp
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+    other = tls_client_context("smtp")
+    assert other is not smtp and tls_client_context("smtp") is other

@@ -10,13 +10,13 @@ from __future__ import annotations
 import http.client
 import ipaddress
 import socket
-import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urljoin, urlsplit
 from urllib.request import url2pathname
 
+from digest.config import tls_client_context
 from digest.errors import FeedError, UnsafeURL
 
 USER_AGENT = "digest/0.1 (+https://github.com/digest; feed reader)"
@@ -199,7 +199,7 @@ def _get_once(
     conn: _CheckedHTTPConnection
     if parts.scheme == "https":
         conn = _CheckedHTTPSConnection(
-            host, port, timeout=deadline.left(url), context=ssl.create_default_context()
+            host, port, timeout=deadline.left(url), context=tls_client_context("https")
         )
     else:
         conn = _CheckedHTTPConnection(host, port, timeout=deadline.left(url))

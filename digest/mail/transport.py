@@ -10,14 +10,13 @@ import errno
 import os
 import re
 import smtplib
-import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
-from digest.config import SMTPConfig, open_private, private_folder
+from digest.config import SMTPConfig, open_private, private_folder, tls_client_context
 from digest.errors import (
     ConfigError,
     OutboxUnwritable,
@@ -247,13 +246,13 @@ class SMTPTransport:
                     c.host,
                     c.port,
                     self.local_hostname,
-                    context=ssl.create_default_context(),
+                    context=tls_client_context("smtp"),
                     **limits,
                 )
             else:
                 conn = _SMTP(c.host, c.port, self.local_hostname, **limits)
                 if c.tls == "starttls":
-                    conn.starttls(context=ssl.create_default_context())
+                    conn.starttls(context=tls_client_context("smtp"))
             if c.username:
                 conn.login(c.username, c.password or "")
             conn.ehlo_or_helo_if_needed()

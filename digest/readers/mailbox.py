@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from digest.config import tls_client_context
 from digest.errors import ConfigError, DigestError
 
 PROCESSED_FLAG = "$DigestProcessed"
@@ -95,13 +96,13 @@ def connect(target: ImapTarget) -> Iterator[imaplib.IMAP4]:
             conn = imaplib.IMAP4_SSL(
                 target.host,
                 target.port,
-                ssl_context=ssl.create_default_context(),
+                ssl_context=tls_client_context("imap"),
                 timeout=target.timeout,
             )
         else:
             conn = imaplib.IMAP4(target.host, target.port, timeout=target.timeout)
             if target.tls == "starttls" and "STARTTLS" in conn.capabilities:
-                conn.starttls(ssl.create_default_context())
+                conn.starttls(tls_client_context("imap"))
         conn.login(target.user, target.password)
         # imaplib keeps the capabilities from before login; MOVE and UIDPLUS come after.
         typ, data = conn.capability()
