@@ -125,6 +125,7 @@ class Sink:
     answer_delay: float = 0.0  # seconds between keeping a message and saying so
     refuse_sender: str | None = None  # reply to MAIL FROM, e.g. "550 sender rejected"
     pipelining: bool = False  # offer PIPELINING (aiosmtpd reads pipelined commands in turn)
+    peers: set[Any] = field(default_factory=set)  # (host, port) of each connection that sent MAIL
 
     async def handle_EHLO(
         self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
@@ -137,6 +138,7 @@ class Sink:
     async def handle_MAIL(
         self, server: Any, session: Any, envelope: Any, address: str, mail_options: Any
     ) -> str:
+        self.peers.add(session.peer)
         if self.refuse_sender:
             return self.refuse_sender
         envelope.mail_from = address

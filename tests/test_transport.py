@@ -430,3 +430,78 @@ def test_envelopes_go_ahead_over_tls_too(
         controller.stop()
     assert [m[1] for m in sink.messages] == [[f"r{i}@example.com"] for i in range(4)]
     assert [m[2] for m in sink.messages] == bodies  # dot-stuffed on the wire, unstuffed there
+
+
+# --- connections kept for the next batch ------------------------------------------------
+
+
+def _batch(config: Any, lanes: int, first: int) -> None:
+    """One batch as the send loop runs it: a transport per lane, two messages each."""
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        transports = [stack.enter_context(SMTPTransport(config, reuse=True)) for _ in range(lanes)]
+        for i in range(2):
+            for lane, transport in enumerate(transports):
+                n = first + 2 * lane + i
+                transport.send("a@example.com", f"r{n}@example.com", MSG, f"<{n}@x>")
+
+
+def test_a_batch_leaves_its_connections_to_the_next(smtp_server) -> None:
+    """Three batches of two lanes in one process: two connections in all (no connect,
+    greeting and EHLO, with TLS no handshake and login, for the next batches)."""
+    sink, url = smtp_server
+    config = parse_smtp_url(url)
+    for batch in range(3):
+        _batch(config, 2, 4 * batch)
+    assert sorted(m[1][0] for m in sink.messages) == sorted(f"r{n}@example.com" for n in range(12))
+    assert len(sink.peers) == 2
+    # Without reuse (a transport made by hand, the tests', the CLI's checks) each batch
+    # connects afresh and says QUIT.
+    with SMTPTransport(config) as plain:
+        plain.send("a@example.com", "x@example.com", MSG, "<x@x>")
+    assert len(sink.peers) == 3
+
+
+def test_a_parked_connection_the_server_closed_is_not_used() -> None:
+    """A relay that hangs up idle connections (aiosmtpd after 0.3 s, with a 421): the
+    next batch sees it and connects afresh; no message is deferred."""
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import SMTP
+
+    from tests.conftest import Sink, free_port
+
+    class Impatient(Controller):
+        def factory(self) -> SMTP:
+            return SMTP(self.handler, decode_data=False, timeout=0.3)
+
+    sink = Sink()
+    controller = Impatient(sink, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        config = parse_smtp_url(f"smtp://127.0.0.1:{controller.port}")
+        _batch(config, 1, 0)
+        time.sleep(0.8)  # the server has said 421 and closed it
+        _batch(config, 1, 2)  # raises if a message could not go
+        assert len(sink.messages) == 4 and len(sink.peers) == 2
+    finally:
+        controller.stop()
+
+
+def test_a_forked_process_does_not_take_its_parents_connections(smtp_server) -> None:
+    """A Celery pool process forked after its parent sent: the parent's parked sockets
+    are not the child's to write on (both would talk on one connection)."""
+    import os
+
+    from digest.mail.transport import PARKED
+
+    sink, url = smtp_server
+    config = parse_smtp_url(url)
+    _batch(config, 1, 0)
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child's verdict is its exit status
+        os._exit(0 if PARKED.take((config, None)) is None else 1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    _batch(config, 1, 2)  # the parent's own connection is still there, and still works
+    assert len(sink.messages) == 4 and len(sink.peers) == 1

@@ -216,7 +216,7 @@ def relay_transport(settings: Settings) -> Transport:
     relays = relays_of(settings)
     layers: list[Transport] = []
     for config in relays:
-        transport: Transport = SMTPTransport(config)
+        transport: Transport = SMTPTransport(config, reuse=True)
         limiter = limiter_for(config, settings.redis_url)
         if limiter is not None:
             transport = RateLimited(transport, limiter, max_wait=RATE_WAIT)

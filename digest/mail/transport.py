@@ -6,10 +6,12 @@ again later) or PermanentSendError (do not), so the pipeline never sees reply co
 
 from __future__ import annotations
 
+import atexit
 import errno
 import os
 import re
 import smtplib
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -206,9 +208,14 @@ class SMTPTransport:
     and text, a 421 after which the server hangs up included.
     """
 
-    def __init__(self, config: SMTPConfig, local_hostname: str | None = None) -> None:
+    def __init__(
+        self, config: SMTPConfig, local_hostname: str | None = None, *, reuse: bool = False
+    ) -> None:
         self.config = config
         self.local_hostname = local_hostname
+        # Leave the connection open for this process's next batch to the same relay
+        # (see _Parked) instead of QUIT when the batch ends.
+        self.reuse = reuse
         self._conn: _DeadlineMixin | None = None
         self._wire: Wire | None = None
         self._pipelining = False
@@ -225,7 +232,7 @@ class SMTPTransport:
         return f"smtp {self.config.host}:{self.config.port} ({self.config.tls})"
 
     def fresh(self) -> SMTPTransport:
-        return SMTPTransport(self.config, self.local_hostname)
+        return SMTPTransport(self.config, self.local_hostname, reuse=self.reuse)
 
     def __enter__(self) -> SMTPTransport:
         return self
@@ -277,6 +284,10 @@ class SMTPTransport:
         return conn
 
     def _open(self, deadline: float) -> Wire:
+        parked = PARKED.take((self.config, self.local_hostname)) if self.reuse else None
+        if parked is not None:
+            self._conn, self._wire, self._pipelining, self._chunking = parked
+            return parked[1]
         conn = self._connect(deadline)
         assert conn.sock is not None
         self._conn = conn
@@ -468,7 +479,14 @@ class SMTPTransport:
         if wire is not None:
             wire.deadline = time.monotonic() + min(5.0, self.config.deadline)  # a courtesy
             self._abandon()
-        wire = self._wire
+        wire, conn = self._wire, self._conn
+        if wire is not None and conn is not None and self.reuse and self._waiting is None:
+            # Between transactions (an envelope that went ahead was reset): parked.
+            PARKED.put(
+                (self.config, self.local_hostname), (conn, wire, self._pipelining, self._chunking)
+            )
+            self._conn, self._wire = None, None
+            return
         if wire is not None:
             try:
                 wire.write(b"QUIT\r\n")
@@ -476,6 +494,88 @@ class SMTPTransport:
             except (OSError, DeadlineExceeded, Closed, Garbled):
                 pass
         self._drop()
+
+
+Connection = tuple[Any, Wire, bool, bool]  # smtplib's object, its Wire, PIPELINING, CHUNKING
+
+
+class _Parked:
+    """SMTP connections that batches left open, for this process's next batch to the same
+    relay (as configured, with the same local name). A batch opens one connection per
+    lane (four by default): with TLS and AUTH that is a handshake, a login and several
+    round trips each, which consecutive batches of a busy worker need not repeat.
+
+    A connection is reused only within `IDLE` seconds of its batch's end (a relay may
+    close idle connections; Postfix waits 300 s, others less), in the process that
+    opened it, and only when nothing has come in on it since (no hang-up, no 421):
+    otherwise it is closed and the batch connects afresh. At most `MOST` wait per relay.
+    """
+
+    IDLE = 5.0
+    MOST = 8
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._waiting: dict[Any, list[tuple[float, Connection]]] = {}
+
+    def take(self, key: Any) -> Connection | None:
+        with self._lock:
+            self._expire()
+            waiting = self._waiting.get(key, [])
+            while waiting:
+                _, connection = waiting.pop()
+                if connection[1].quiet():
+                    return connection
+                _hang_up(connection, polite=False)
+        return None
+
+    def put(self, key: Any, connection: Connection) -> None:
+        with self._lock:
+            self._expire()
+            waiting = self._waiting.setdefault(key, [])
+            waiting.append((time.monotonic(), connection))
+            while len(waiting) > self.MOST:
+                _hang_up(waiting.pop(0)[1], polite=True)
+
+    def close_all(self) -> None:
+        """QUIT every parked connection (a process on its way out)."""
+        with self._lock:
+            waiting, self._waiting = self._waiting, {}
+            for entries in waiting.values():
+                for _, connection in entries:
+                    _hang_up(connection, polite=os.getpid() == self._pid)
+
+    def _expire(self) -> None:
+        if os.getpid() != self._pid:  # a forked child: the parent's sockets are not ours
+            self._waiting, self._pid = {}, os.getpid()
+            return
+        oldest = time.monotonic() - self.IDLE
+        for key, entries in list(self._waiting.items()):
+            while entries and entries[0][0] < oldest:
+                _hang_up(entries.pop(0)[1], polite=True)
+            if not entries:
+                del self._waiting[key]
+
+
+def _hang_up(connection: Connection, polite: bool) -> None:
+    """QUIT (when `polite`, within a second) and close."""
+    conn, wire = connection[0], connection[1]
+    if polite:
+        wire.deadline = time.monotonic() + 1.0
+        try:
+            wire.write(b"QUIT\r\n")
+            wire.replies(1)
+        except (OSError, DeadlineExceeded, Closed, Garbled):
+            pass
+    try:
+        conn.close()
+    except OSError:
+        pass
+
+
+PARKED = _Parked()
+atexit.register(PARKED.close_all)
 
 
 class OutboxTransport:

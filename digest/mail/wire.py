@@ -199,3 +199,15 @@ class Wire:
 
     def clear(self) -> None:
         self._buffer = b""
+
+    def quiet(self) -> bool:
+        """Whether nothing has come in since the last reply read: an idle connection
+        whose server has neither hung up nor spoken (a 421 on its idle timeout) since."""
+        if self._buffer or (not self._plain and self.sock.pending()):  # type: ignore[attr-defined]
+            return False
+        try:
+            probe = select.poll()
+            probe.register(self.sock, select.POLLIN)
+            return not probe.poll(0)  # readable, hung up or in error: not quiet
+        except (OSError, ValueError):  # closed meanwhile
+            return False
