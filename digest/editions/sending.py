@@ -112,7 +112,8 @@ def send_batch(
     The rows go over `settings.smtp_connections` connections: a relay answers after a
     round trip, and overlapping those waits is where a sender's throughput comes from.
     One thread takes SMTP connections in turn (lanes.Flight); a relay pool or the
-    outbox gets a thread per connection. Each connection is reused for the batch.
+    outbox gets a thread per connection. Each connection is reused for the batch, and
+    SMTP ones are left to this process's next batch (transport.PARKED).
     The claim is short (`claim_seconds`) and renewed by a heartbeat while we live.
     """
     report = BatchReport()
