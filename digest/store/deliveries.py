@@ -262,7 +262,7 @@ def update_edition_status(session: Session, edition_id: int) -> str:
         cancel_open_deliveries(session, edition_id, now=None)
     elif status == "sending" and not still_open:
         set_edition_status(session, edition_id, "done", only_from=("sending",))
-        status = session.scalar(select(Edition.status).where(Edition.id == edition_id))
+        status = session.scalar(select(Edition.status).where(Edition.id == edition_id)) or status
     loaded = session.identity_map.get(session.identity_key(Edition, edition_id))
     if loaded is not None:
         session.expire(loaded, ["status"])  # an Edition this session holds reads it afresh
