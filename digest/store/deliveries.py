@@ -180,8 +180,8 @@ def claim_rows(session: Session, ids: Sequence[int], now: datetime, lease: timed
     render and parse than the claim costs the server), on SQLite in two."""
     if session.get_bind().dialect.name != "postgresql":
         return sending_rows(session, claim_deliveries(session, ids, now, lease))
-    values = {"ids": "{" + ",".join(str(int(i)) for i in ids) + "}", "now": now}
-    values["until"] = now + lease
+    batch = "{" + ",".join(str(int(i)) for i in ids) + "}"
+    values = {"ids": batch, "now": now, "until": now + lease}
     return sorted(session.execute(_CLAIM_ROWS_PG, values), key=lambda row: row.id)
 
 
