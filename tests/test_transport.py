@@ -493,7 +493,7 @@ def test_a_forked_process_does_not_take_its_parents_connections(smtp_server) -> 
     are not the child's to write on (both would talk on one connection)."""
     import os
 
-    from digest.mail.transport import PARKED
+    from digest.mail.parked import PARKED
 
     sink, url = smtp_server
     config = parse_smtp_url(url)

@@ -113,7 +113,7 @@ def send_batch(
     round trip, and overlapping those waits is where a sender's throughput comes from.
     One thread takes SMTP connections in turn (lanes.Flight); a relay pool or the
     outbox gets a thread per connection. Each connection is reused for the batch, and
-    SMTP ones are left to this process's next batch (transport.PARKED).
+    SMTP ones are left to this process's next batch (mail/parked.py).
     The claim is short (`claim_seconds`) and renewed by a heartbeat while we live.
     """
     report = BatchReport()
