@@ -18,7 +18,6 @@ import shutil
 import socket
 import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +31,7 @@ from aiosmtpd.controller import Controller  # noqa: E402
 
 from digest.config import _TLS_CONTEXTS, parse_smtp_url  # noqa: E402
 from digest.mail.transport import SMTPTransport  # noqa: E402
+from tests.faults import self_signed_certificate  # noqa: E402
 
 SYSTEM_BUNDLE = Path(ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt")
 MESSAGE = b"From: news@example.com\r\nTo: reader@example.com\r\nSubject: x\r\n\r\nhello\r\n"
@@ -48,18 +48,6 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def certificate(folder: Path) -> tuple[Path, Path]:
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
-        + ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"]
-        + ["-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
@@ -67,7 +55,7 @@ def main() -> None:
     if shutil.which("openssl") is None:
         sys.exit("needs the openssl command to make the relay's certificate")
     with tempfile.TemporaryDirectory() as tmp:
-        cert, key = certificate(Path(tmp))
+        cert, key = self_signed_certificate(Path(tmp))
         bundle = Path(tmp) / "bundle.pem"
         system = SYSTEM_BUNDLE.read_bytes() if SYSTEM_BUNDLE.exists() else b""
         bundle.write_bytes(system + cert.read_bytes())

@@ -1,14 +1,31 @@
 """Misbehaving neighbours for fault tests: an SMTP server that drips its replies a byte
-at a time, and a TCP proxy that can cut a database off and let it back."""
+at a time, and a TCP proxy that can cut a database off and let it back; and a
+self-signed certificate for the TLS servers of tests and bench/tls_connect.py."""
 
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
+
+
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """(certificate, key) for 127.0.0.1, made by the openssl command (which the caller
+    checks for), valid two days: a client that trusts it as its CA can verify it."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
+        + ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"]
+        + ["-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
 
 
 def _serve(listener: socket.socket, handle: Any, stop: threading.Event) -> None:

@@ -10,7 +10,7 @@ import pytest
 from digest.config import parse_smtp_url, tls_client_context
 from digest.errors import ConfigError, PermanentSendError, TransientSendError
 from digest.mail.transport import OutboxTransport, SMTPTransport
-from tests.faults import dripping_server
+from tests.faults import dripping_server, self_signed_certificate
 
 MSG = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nbody\r\n"
 
@@ -285,20 +285,10 @@ def test_every_refusal_keeps_its_code_and_the_connection_goes_on(
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 (the test trusts it as its CA)."""
     import shutil
-    import subprocess
 
     if shutil.which("openssl") is None:
         pytest.skip("needs the openssl command to make a test certificate")
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
-        + ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"]
-        + ["-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
 
 
 def _tls_server(certificate: tuple[Path, Path], implicit: bool) -> Any:
