@@ -53,20 +53,28 @@ TARGET = 3500  # messages/s through two workers on PostgreSQL (issue 20)
 TICK = os.sysconf("SC_CLK_TCK")
 
 
+def processes() -> Iterator[tuple[int, str, int, float]]:
+    """(pid, command name, parent pid, CPU seconds) of every process, from /proc; the
+    CPU is user + system, with the children it has already waited for."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # gone meanwhile
+        head, _, rest = text.rpartition(")")
+        fields = rest.split()
+        cpu = sum(int(v) for v in fields[11:15]) / TICK  # utime stime cutime cstime
+        yield int(stat.parent.name), head.partition("(")[2], int(fields[1]), cpu
+
+
 def tree_cpu(roots: list[int]) -> float:
     """CPU seconds of these processes and their descendants (user + system, with the
     children they have already waited for), read from /proc: the workers' whole cost
     while they send, without their start-up."""
     parents: dict[int, int] = {}
     times: dict[int, float] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # gone meanwhile
-        pid = int(stat.parent.name)
-        parents[pid] = int(fields[1])
-        times[pid] = sum(int(v) for v in fields[11:15]) / TICK  # utime stime cutime cstime
+    for pid, _, parent, cpu in processes():
+        parents[pid], times[pid] = parent, cpu
     tree, frontier = set(roots), list(roots)
     while frontier:
         pid = frontier.pop()
@@ -94,15 +102,7 @@ def others_cpu() -> dict[str, float]:
 def named_cpu(name: str) -> float:
     """CPU seconds of every process called `name` (the local PostgreSQL server's
     backends, say), children they waited for included."""
-    total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        if text[text.index("(") + 1 : text.rindex(")")] == name:
-            total += sum(int(v) for v in text.rsplit(")", 1)[1].split()[11:15]) / TICK
-    return total
+    return sum(cpu for _, command, _, cpu in processes() if command == name)
 
 
 def db_busy_seconds(url: str) -> float | None:

@@ -10,7 +10,7 @@ import threading
 import time
 from typing import Any
 
-from digest.mail.wire import Closed, DeadlineExceeded, Garbled, Wire
+from digest.mail.wire import Wire
 
 Connection = tuple[Any, Wire, bool, bool]  # smtplib's object, its Wire, PIPELINING, CHUNKING
 
@@ -79,11 +79,7 @@ def _hang_up(connection: Connection, polite: bool) -> None:
     conn, wire = connection[0], connection[1]
     if polite:
         wire.deadline = time.monotonic() + 1.0
-        try:
-            wire.write(b"QUIT\r\n")
-            wire.replies(1)
-        except (OSError, DeadlineExceeded, Closed, Garbled):
-            pass
+        wire.quit()
     try:
         conn.close()
     except OSError:

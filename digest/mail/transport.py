@@ -487,11 +487,7 @@ class SMTPTransport:
             self._conn, self._wire = None, None
             return
         if wire is not None:
-            try:
-                wire.write(b"QUIT\r\n")
-                wire.replies(1)
-            except (OSError, DeadlineExceeded, Closed, Garbled):
-                pass
+            wire.quit()
         self._drop()
 
 

@@ -200,6 +200,15 @@ class Wire:
     def clear(self) -> None:
         self._buffer = b""
 
+    def quit(self) -> None:
+        """QUIT and its reply, by the deadline already set; a server that is gone or
+        answers nonsense is let be (the connection is closed next either way)."""
+        try:
+            self.write(b"QUIT\r\n")
+            self.replies(1)
+        except (OSError, DeadlineExceeded, Closed, Garbled):
+            pass
+
     def quiet(self) -> bool:
         """Whether nothing has come in since the last reply read: an idle connection
         whose server has neither hung up nor spoken (a 421 on its idle timeout) since."""
