@@ -94,7 +94,10 @@ def plan_edition(
                 resume=_redelivered(self),
                 origin=guard.CELERY,
                 who=who,
+                chunked=True,
             )
+            # Enqueued as they are queued: workers send the first readers' batches
+            # while this task queues the rest.
             batches = [tid for f in fanouts for tid in fan_out(f.stream(), now)]
             # Inside the session: a summary counts rows, and a session used after it
             # closed would hold a transaction (on SQLite, the write lock) until collected.

@@ -7,8 +7,9 @@ everything here takes its session, settings and `now` like the rest of digest/.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -30,8 +31,12 @@ class QueuedBatches:
         self.session, self.edition_id, self.size = session, edition_id, size
 
     def __iter__(self) -> Iterator[list[int]]:
+        return self.since(0)
+
+    def since(self, after: int) -> Iterator[list[int]]:
+        """The batches of queued ids above `after`."""
         batch: list[int] = []
-        for delivery_id in store.stream_delivery_ids(self.session, self.edition_id):
+        for delivery_id in store.stream_delivery_ids(self.session, self.edition_id, after):
             batch.append(delivery_id)
             if len(batch) == self.size:
                 yield batch
@@ -49,11 +54,16 @@ class QueuedBatches:
 
 @dataclass
 class Fanout:
-    """One planned edition and its queued delivery ids, to hand to send tasks in batches."""
+    """One planned edition and its queued delivery ids, to hand to send tasks in batches.
+
+    An edition planned a chunk at a time (`grow`) has its first readers queued; the
+    stream hands out their batches, queues the next chunk (pipeline.queue_more), hands
+    out its batches, and so on: the first workers send while the rest is queued."""
 
     plan: PlanResult | None
     queued: QueuedBatches | None = None
     decision: guard.Decision | None = None
+    grow: Callable[[], bool] | None = None
 
     @property
     def batches(self) -> list[list[int]]:
@@ -61,8 +71,32 @@ class Fanout:
         return list(self.stream())
 
     def stream(self) -> Iterator[list[int]]:
-        """The batches as they are read from the database."""
-        return iter(self.queued) if self.queued is not None else iter(())
+        """The batches as they are read from the database (and queued, with `grow`)."""
+        return self._stream() if self.queued is not None else iter(())
+
+    def _stream(self) -> Iterator[list[int]]:
+        assert self.queued is not None
+        last = 0
+        while True:
+            for batch in self.queued.since(last):
+                last = batch[-1]
+                yield batch
+            if self.grow is None:
+                return
+            if not self.grow():  # the last chunk is queued: hand it out, then stop
+                self.grow = None
+                self._queued_all()
+
+    def _queued_all(self) -> None:
+        """The plan as it stands once every reader is queued (its count, its note)."""
+        if self.plan is not None and self.queued is not None:
+            session, edition_id = self.queued.session, self.queued.edition_id
+            self.plan = replace(
+                self.plan,
+                queued=store.count_deliveries(session, edition_id),
+                note=store.get_edition(session, edition_id).note,
+                queuing=False,
+            )
 
     def summary(self) -> dict[str, Any]:
         """What a task may return about it: ids and counts, never an address."""
@@ -107,6 +141,24 @@ def queued_batches(session: Session, edition_id: int, size: int) -> QueuedBatche
     return QueuedBatches(session, edition_id, size)
 
 
+def _fanout(session: Session, settings: Settings, plan: PlanResult, now: datetime) -> Fanout:
+    """A plan's queued rows in batches, and the rest of its readers queued as they are
+    handed out when it was planned a chunk at a time. The rows of each chunk are dated
+    by the planner's clock moved on by the time spent, so that the sweep takes a plan
+    whose planner stopped for lost only when its newest chunk is a claim's time old."""
+    fanout = Fanout(plan, queued_batches(session, plan.edition_id, settings.batch_size))
+    if plan.queuing:
+        started = time.monotonic()
+
+        def grow() -> bool:
+            at = now + timedelta(seconds=time.monotonic() - started)
+            size = pipeline.chunk_size(settings)
+            return pipeline.queue_more(session, settings, plan.edition_id, at, size)
+
+        fanout.grow = grow
+    return fanout
+
+
 def plan_slot(
     session: Session,
     settings: Settings,
@@ -120,9 +172,12 @@ def plan_slot(
     who: str = "",
     force: bool = False,
     early: bool = True,
+    chunked: bool = False,
 ) -> list[Fanout]:
     """Plan the slot's edition for one timezone, or for every timezone with readers,
-    each as the guard decides (guard.may_plan) and audited with its origin.
+    each as the guard decides (guard.may_plan) and audited with its origin. `chunked`
+    (the tasks, which stream the batches to workers as they come): each plan queues
+    its first readers, the stream the rest (see Fanout).
 
     Only an edition this call created is fanned out: a second call for the same cohort
     creates nothing and sends nothing. With `resume` (the task came back after its
@@ -136,11 +191,21 @@ def plan_slot(
     fanouts = []
     for cohort in pipeline.cohorts_for(session, settings, slot, now, day, timezone):
         decision, plan = pipeline.plan_cohort(
-            session, settings, cohort, now, origin=origin, who=who, force=force, early=early
+            session,
+            settings,
+            cohort,
+            now,
+            origin=origin,
+            who=who,
+            force=force,
+            early=early,
+            chunk=pipeline.first_chunk_size(settings) if chunked else None,
         )
         fanout = Fanout(plan, decision=decision)
         if plan is not None and plan.status == "sending" and (plan.created or resume):
-            fanout.queued = queued_batches(session, plan.edition_id, settings.batch_size)
+            # A resumed plan goes on queueing where its lost planner stopped.
+            fanout = _fanout(session, settings, plan, now)
+            fanout.decision = decision
         fanouts.append(fanout)
     return fanouts
 
@@ -165,15 +230,12 @@ def resume_edition(
 
 
 def dispatch_due(session: Session, settings: Settings, now: datetime) -> list[Fanout]:
-    """Plan every due cohort (see pipeline.dispatch_due) and batch what each queued."""
+    """Plan every due cohort (see pipeline.dispatch_due), each a chunk at a time, and
+    batch what each queues."""
+    chunk = pipeline.first_chunk_size(settings)
     return [
-        Fanout(
-            plan,
-            queued_batches(session, plan.edition_id, settings.batch_size)
-            if plan.status == "sending"
-            else None,
-        )
-        for plan in pipeline.dispatch_due(session, settings, now)
+        _fanout(session, settings, plan, now) if plan.status == "sending" else Fanout(plan)
+        for plan in pipeline.dispatch_due(session, settings, now, chunk=chunk)
     ]
 
 

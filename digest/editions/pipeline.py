@@ -56,6 +56,7 @@ class PlanResult:
     status: str
     queued: int = 0
     note: str = ""
+    queuing: bool = False  # readers remain to be queued (queue_more)
 
 
 # --- selection -------------------------------------------------------------------
@@ -162,6 +163,7 @@ def plan_edition(
     record: str = "",
     note: str = "",
     keep_empty: bool = True,
+    chunk: int | None = None,
 ) -> PlanResult:
     """Create the cohort's edition, its snapshot, renderings and delivery rows, once.
 
@@ -169,8 +171,10 @@ def plan_edition(
     task) finds the edition and creates nothing. `record` ("missed", "superseded")
     records an edition that sends no mail, with `note` saying why. Without
     `keep_empty`, a plan that would send nothing (no articles, or no reader) records
-    nothing: an early send must not use up the cohort's edition for the day.
-    Entry points call `plan_cohort`, which asks the guard first.
+    nothing: an early send must not use up the cohort's edition for the day. With
+    `chunk`, only the first `chunk` readers (in subscriber id order) are queued here,
+    and the plan says it is `queuing`: the caller sends them while queue_more queues
+    the rest. Entry points call `plan_cohort`, which asks the guard first.
     """
     existing = store.find_edition(session, cohort)
     if existing is not None:
@@ -219,18 +223,83 @@ def plan_edition(
 
     store.add_edition_articles(session, edition.id, [c.id for c in snapshot])
     empty_choices = render_variants(session, settings, cohort, edition.id, snapshot)
-    queued = store.queue_deliveries(session, edition, settings.default_timezone, now)
+    # With `chunk`, the first readers are queued in this transaction (more chunks while
+    # none of them has a row, so that an empty plan is still seen here) and the rest
+    # by queue_more, while the first are being sent.
+    after = store.queue_deliveries(session, edition, settings.default_timezone, now, limit=chunk)
+    queued = store.count_deliveries(session, edition.id)
+    while not queued and after is not None:
+        after = store.queue_deliveries(
+            session, edition, settings.default_timezone, now, after=after, limit=chunk
+        )
+        queued = store.count_deliveries(session, edition.id)
     if not queued and not keep_empty:
         session.rollback()
         return PlanResult(
             0, cohort, False, NOTHING, note="no reader would get it: no edition recorded"
         )
     edition.status = "sending" if queued else "done"
-    edition.note = f"{len(snapshot)} articles, {queued} readers"
+    edition.queue_after = after
+    edition.note = f"{len(snapshot)} articles, {QUEUING if after else f'{queued} readers'}"
     if empty_choices:
         edition.note += "; nothing new for readers of " + " | ".join(empty_choices)
     session.commit()
-    return PlanResult(edition.id, cohort, True, edition.status, queued, edition.note)
+    return PlanResult(
+        edition.id, cohort, True, edition.status, queued, edition.note, queuing=after is not None
+    )
+
+
+QUEUING = "readers being queued"  # an edition's note until queue_more has queued them all
+
+
+def queue_more(
+    session: Session, settings: Settings, edition_id: int, now: datetime, chunk: int
+) -> bool:
+    """Queue the next `chunk` readers of an edition planned a chunk at a time, in a
+    transaction of its own; whether readers remain. Safe to call from two planners at
+    once (a resumed task and the sweep): each reader still gets one row, and the one
+    whose cursor move loses reads the edition again. The last chunk writes the
+    edition's reader count into its note and lets it be done."""
+    edition: Edition = store.get_edition(session, edition_id)
+    session.refresh(edition, ["queue_after", "note"])
+    was = edition.queue_after
+    if was is None:
+        return False
+    after = store.queue_deliveries(
+        session, edition, settings.default_timezone, now, after=was, limit=chunk
+    )
+    if not store.move_queue_cursor(session, edition_id, was, after):
+        session.rollback()  # another planner queued this chunk first
+        return True
+    if after is None:
+        queued = store.count_deliveries(session, edition_id)
+        edition.note = edition.note.replace(QUEUING, f"{queued} readers", 1)
+    session.commit()
+    if after is None:
+        store.update_edition_status(session, edition_id)  # done, if all were sent already
+        session.commit()
+    return after is not None
+
+
+def queue_rest(session: Session, settings: Settings, edition_id: int, now: datetime) -> None:
+    """Queue every reader an edition planned a chunk at a time has not queued yet."""
+    while queue_more(session, settings, edition_id, now, chunk_size(settings)):
+        pass
+
+
+# Planning a chunk at a time: the plan's own transaction queues FIRST_BATCHES batches of
+# readers, so two workers start sending while the planner queues the rest, CHUNK_BATCHES
+# batches a transaction (a million readers: a hundred short transactions, not one long).
+FIRST_BATCHES = 2
+CHUNK_BATCHES = 20
+
+
+def first_chunk_size(settings: Settings) -> int:
+    return FIRST_BATCHES * settings.batch_size
+
+
+def chunk_size(settings: Settings) -> int:
+    return CHUNK_BATCHES * settings.batch_size
 
 
 def render_variants(
@@ -279,10 +348,12 @@ def plan_cohort(
     who: str = "",
     force: bool = False,
     early: bool = True,
+    chunk: int | None = None,
 ) -> tuple[guard.Decision, PlanResult | None]:
     """Ask the guard, act on its decision and write it to the audit log with its
     origin: what every entry point calls. Returns the decision and, unless it was
-    refused (or not due), the plan."""
+    refused (or not due), the plan (its first `chunk` readers queued, see
+    plan_edition)."""
     decision = guard.may_plan(
         session, settings, cohort, now, origin=origin, force=force, early=early
     )
@@ -301,11 +372,14 @@ def plan_cohort(
             session, settings, cohort, now, record=decision.status, note=decision.reason
         )
     else:
-        plan = plan_edition(session, settings, cohort, now, keep_empty=not decision.early)
+        plan = plan_edition(
+            session, settings, cohort, now, keep_empty=not decision.early, chunk=chunk
+        )
     if plan.created or plan.status == NOTHING:
         what = f"edition {plan.edition_id} {plan.status}" if plan.edition_id else plan.status
         extra = "; forced: a day still ahead" if decision.forced else ""
-        detail = f"[{origin}] {cohort}: {what}, {plan.queued} queued ({decision.reason}){extra}"
+        queued = f"{plan.queued} queued" + (", the rest being queued" if plan.queuing else "")
+        detail = f"[{origin}] {cohort}: {what}, {queued} ({decision.reason}){extra}"
         store.audit(session, by, "planned", detail, now)
         session.commit()
     return decision, plan
@@ -314,7 +388,13 @@ def plan_cohort(
 def _existing(session: Session, edition: Edition, cohort: Cohort) -> PlanResult:
     counts = store.edition_counts(session, edition.id)
     return PlanResult(
-        edition.id, cohort, False, edition.status, counts.get("queued", 0), edition.note
+        edition.id,
+        cohort,
+        False,
+        edition.status,
+        counts.get("queued", 0),
+        edition.note,
+        queuing=edition.queue_after is not None,
     )
 
 
@@ -422,9 +502,12 @@ def rendering_without_hidden(
 # --- schedule and repair -----------------------------------------------------------------
 
 
-def dispatch_due(session: Session, settings: Settings, now: datetime) -> list[PlanResult]:
+def dispatch_due(
+    session: Session, settings: Settings, now: datetime, *, chunk: int | None = None
+) -> list[PlanResult]:
     """Plan every cohort whose send time has passed and that has no edition yet.
 
+    Each plan queues its first `chunk` readers when given (see plan_edition).
     Within the catch-up window the edition is planned (and sent late); past it, it is
     recorded as missed so that it is never sent hours late. A cohort nobody reads (before
     the first reader, or a slot nobody chose there) gets no edition at all: nothing was
@@ -442,7 +525,9 @@ def dispatch_due(session: Session, settings: Settings, now: datetime) -> list[Pl
         ):
             continue  # its send time came before any of its readers: nothing was missed
         if store.find_edition(session, due.cohort) is None:
-            _, plan = plan_cohort(session, settings, due.cohort, now, origin=guard.BEAT)
+            _, plan = plan_cohort(
+                session, settings, due.cohort, now, origin=guard.BEAT, chunk=chunk
+            )
             if plan is not None:
                 results.append(plan)
     return results
@@ -458,7 +543,8 @@ def sweep(
     or a batch handed them back and its task gave up). A caller that knows tasks are
     still waiting in the broker passes `queued_too=False`: those queued rows are a
     backlog, not lost, and re-sending them would only pile up duplicate tasks (one more
-    task for rows a task already carries is harmless: claims let only one send them).
+    task for rows a task already carries is harmless: claims let only one send them);
+    with them goes the rest of an edition whose planner stopped while queueing.
     Returns the delivery ids by edition, for the caller to send or enqueue.
     """
     orphan = now - timedelta(seconds=settings.claim_seconds)
@@ -468,4 +554,11 @@ def sweep(
     by_edition: dict[int, list[int]] = {}
     for edition_id, delivery_id in found:
         by_edition.setdefault(edition_id, []).append(delivery_id)
+    # An edition planned a chunk at a time whose planner stopped (and whose task did
+    # not come back) gets the rest of its readers queued here, and sent.
+    for edition_id in store.stalled_plans(session, orphan) if queued_too else []:
+        queue_rest(session, settings, edition_id, now)
+        known = set(by_edition.get(edition_id, []))
+        fresh = [d for d in store.delivery_ids(session, edition_id) if d not in known]
+        by_edition.setdefault(edition_id, []).extend(fresh)
     return by_edition

@@ -56,13 +56,31 @@ def _ready(row: Any) -> Any:
 
 
 def queue_deliveries(
-    session: Session, edition: Edition, default_timezone: str, now: datetime
-) -> int:
-    """One queued delivery per reader of the cohort, in one INSERT ... SELECT.
-
-    Readers whose sections have no variant (nothing to show them) get no row.
+    session: Session,
+    edition: Edition,
+    default_timezone: str,
+    now: datetime,
+    *,
+    after: int | None = None,
+    limit: int | None = None,
+) -> int | None:
+    """Queue one delivery per reader of the cohort in one INSERT ... SELECT: every
+    reader, or (with `limit`) the next `limit` readers in subscriber id order after the
+    subscriber id `after`. Returns the last subscriber id a chunk covered while readers
+    may remain, None once none is left. A reader queued already keeps their one row;
+    readers whose sections have no variant (nothing to show them) get none.
     """
     cohort = Cohort(edition.slot, edition.local_day, edition.timezone)
+    readers = cohort_filter(cohort, default_timezone)
+    if after is not None:
+        readers = and_(readers, Subscriber.id > after)
+    last = None
+    if limit is not None:
+        last = session.scalar(
+            select(Subscriber.id).where(readers).order_by(Subscriber.id).offset(limit - 1).limit(1)
+        )
+        if last is not None:
+            readers = and_(readers, Subscriber.id <= last)
     source = (
         select(
             literal(edition.id),
@@ -79,7 +97,7 @@ def queue_deliveries(
                 EditionVariant.sections == Subscriber.sections,
             ),
         )
-        .where(cohort_filter(cohort, default_timezone))
+        .where(readers)
     )
     stmt = (
         insert_for_session(session, Delivery)
@@ -89,13 +107,47 @@ def queue_deliveries(
         .on_conflict_do_nothing(index_elements=["edition_id", "subscriber_id"])
     )
     session.execute(stmt)
-    # rowcount of INSERT ... SELECT is not reliable across drivers (psycopg gives -1).
-    return (
-        session.scalar(
-            select(func.count()).select_from(Delivery).where(Delivery.edition_id == edition.id)
-        )
-        or 0
+    return last
+
+
+def move_queue_cursor(session: Session, edition_id: int, was: int, to: int | None) -> bool:
+    """Record that the edition's readers are queued up to subscriber id `to` (None:
+    all of them), if the cursor still stands at `was`; whether it moved. One statement:
+    of two planners queueing the same chunk, only one moves it (the other's rows were
+    a no-op against the first's)."""
+    result = session.execute(
+        update(Edition)
+        .where(Edition.id == edition_id, Edition.queue_after == was)
+        .values(queue_after=to)
+        .execution_options(synchronize_session="fetch")
     )
+    return rowcount(result) == 1
+
+
+def stalled_plans(session: Session, before: datetime) -> list[int]:
+    """Editions whose readers are still being queued but whose newest row (or, with
+    none yet, the edition itself) dates from before `before`: their planner is gone."""
+    newest = (
+        select(func.max(Delivery.queued_at))
+        .where(Delivery.edition_id == Edition.id)
+        .scalar_subquery()
+    )
+    stmt = (
+        select(Edition.id)
+        .where(
+            Edition.queue_after.is_not(None),
+            func.coalesce(newest, Edition.created_at) < before,
+        )
+        .order_by(Edition.id)
+    )
+    return list(session.scalars(stmt))
+
+
+def count_deliveries(session: Session, edition_id: int) -> int:
+    """How many delivery rows the edition has, in any status."""
+    # (rowcount of INSERT ... SELECT is not reliable across drivers: psycopg gives -1.)
+    stmt = select(func.count()).select_from(Delivery).where(Delivery.edition_id == edition_id)
+    return int(session.scalar(stmt) or 0)
 
 
 def delivery_ids(
@@ -109,12 +161,13 @@ def delivery_ids(
     return list(session.scalars(stmt))
 
 
-def stream_delivery_ids(session: Session, edition_id: int) -> Iterator[int]:
-    """The edition's queued delivery ids in id order, fetched a few thousand at a time
-    (a server-side cursor on PostgreSQL): flat memory for any edition size."""
+def stream_delivery_ids(session: Session, edition_id: int, after: int = 0) -> Iterator[int]:
+    """The edition's queued delivery ids above `after` in id order, fetched a few
+    thousand at a time (a server-side cursor on PostgreSQL): flat memory for any
+    edition size."""
     stmt = (
         select(Delivery.id)
-        .where(Delivery.edition_id == edition_id, Delivery.status == "queued")
+        .where(Delivery.edition_id == edition_id, Delivery.status == "queued", Delivery.id > after)
         .order_by(Delivery.id)
         .execution_options(yield_per=5000)
     )
@@ -247,7 +300,8 @@ def edition_counts(session: Session, edition_id: int) -> dict[str, int]:
 
 
 def update_edition_status(session: Session, edition_id: int) -> str:
-    """`done` once no delivery is open any more; returns the status now stored.
+    """`done` once every reader is queued and no delivery is open any more; returns
+    the status now stored.
 
     The status is read afresh and changed only from `sending`: an operator may have
     paused or cancelled the edition meanwhile, in another process. Every batch asks,
@@ -255,12 +309,14 @@ def update_edition_status(session: Session, edition_id: int) -> str:
     million-reader edition would cost more than the batch) come in one query.
     """
     open_row = exists().where(Delivery.edition_id == edition_id, Delivery.status.in_(OPEN_STATUSES))
-    status, still_open = session.execute(
-        select(Edition.status, open_row).where(Edition.id == edition_id)
+    status, still_open, queuing = session.execute(
+        select(Edition.status, open_row, Edition.queue_after.is_not(None)).where(
+            Edition.id == edition_id
+        )
     ).one()
     if status == "cancelled":
         cancel_open_deliveries(session, edition_id, now=None)
-    elif status == "sending" and not still_open:
+    elif status == "sending" and not still_open and not queuing:
         set_edition_status(session, edition_id, "done", only_from=("sending",))
         status = session.scalar(select(Edition.status).where(Edition.id == edition_id)) or status
     loaded = session.identity_map.get(session.identity_key(Edition, edition_id))
