@@ -14,7 +14,7 @@ from digest.editions import dispatch, sending
 from digest.editions.sending import BatchReport
 from digest.errors import ConfigError, InvalidInput
 from digest.feeds.sanitize import clean_summary
-from digest.models import Delivery, Edition
+from digest.models import AuditEntry, Delivery, Edition
 
 LONDON = "Europe/London"
 TICK = datetime(2026, 11, 29, 6, 5, tzinfo=UTC)  # 06:05 in London, 17:05 in Sydney
@@ -240,3 +240,124 @@ def test_no_edition_is_recorded_for_a_cohort_nobody_reads(session, settings) -> 
     fanouts = dispatch.dispatch_due(session, settings, TICK + timedelta(days=2))
     assert [f.plan.cohort.timezone for f in fanouts] == [LONDON]
     assert all(f.plan.status != "missed" for f in fanouts)
+
+
+# --- planning a chunk at a time (the tasks' plans) -----------------------------------------
+
+
+def _edition(session, edition_id: int) -> Edition:
+    session.expire_all()
+    return session.get(Edition, edition_id)
+
+
+def test_a_chunked_plan_hands_out_its_first_readers_before_the_rest_are_queued(
+    session, settings: Settings
+) -> None:
+    settings = settings.with_(batch_size=2)  # the plan queues 4 readers, each chunk 40
+    seed(session, LONDON, readers=50)
+    [fanout] = dispatch.plan_slot(session, settings, "morning", TICK, timezone=LONDON, chunked=True)
+    plan = fanout.plan
+    assert plan.created and plan.queuing and plan.queued == 4
+    edition_id = plan.edition_id
+    assert _edition(session, edition_id).queue_after is not None
+    assert "readers being queued" in _edition(session, edition_id).note
+
+    stream = fanout.stream()
+    first = [next(stream), next(stream)]
+    # The first workers have their batches while 46 readers have no row yet.
+    assert store.count_deliveries(session, edition_id) == 4
+    rest = list(stream)
+    ids = [i for b in first + rest for i in b]
+    assert [len(b) for b in first + rest] == [2] * 25
+    assert len(set(ids)) == 50 == store.count_deliveries(session, edition_id)
+    readers = session.scalars(
+        select(Delivery.subscriber_id).where(Delivery.edition_id == edition_id)
+    ).all()
+    assert len(set(readers)) == 50  # every reader once
+    edition = _edition(session, edition_id)
+    assert edition.queue_after is None and edition.note == "3 articles, 50 readers"
+    assert fanout.summary()["queued"] == 50
+    details = session.scalars(select(AuditEntry.detail)).all()
+    assert any("4 queued, the rest being queued" in d for d in details)
+
+
+def test_an_edition_is_not_done_while_readers_remain_to_be_queued(
+    session, settings: Settings
+) -> None:
+    settings = settings.with_(batch_size=2)
+    seed(session, LONDON, readers=4)  # exactly the first chunk: the plan cannot know
+    [fanout] = dispatch.plan_slot(session, settings, "morning", TICK, timezone=LONDON, chunked=True)
+    edition_id = fanout.plan.edition_id
+    assert fanout.plan.queuing
+    # Every row queued so far is sent before the planner looks for more readers.
+    session.execute(update(Delivery).values(status="sent"))
+    session.commit()
+    assert store.update_edition_status(session, edition_id) == "sending"
+    session.commit()
+    assert fanout.batches == []  # nobody else: the last (empty) chunk ends the plan
+    assert _edition(session, edition_id).status == "done"
+    assert _edition(session, edition_id).note == "3 articles, 4 readers"
+
+
+def test_a_resumed_plan_goes_on_where_its_lost_planner_stopped(session, settings: Settings) -> None:
+    settings = settings.with_(batch_size=2)
+    seed(session, LONDON, readers=50)
+    [fanout] = dispatch.plan_slot(session, settings, "morning", TICK, timezone=LONDON, chunked=True)
+    # The planner's worker died after handing out the first readers' batches.
+    handed = [i for b in fanout.queued for i in b]
+    edition_id = fanout.plan.edition_id
+    assert store.count_deliveries(session, edition_id) == 4
+
+    [resumed] = dispatch.plan_slot(
+        session, settings, "morning", TICK, timezone=LONDON, resume=True, chunked=True
+    )
+    assert not resumed.plan.created and resumed.plan.queuing
+    ids = [i for b in resumed.stream() for i in b]
+    # Every queued row again (claims keep the handed-out batch from going twice).
+    assert set(handed) <= set(ids) and len(ids) == len(set(ids)) == 50
+    assert _edition(session, edition_id).queue_after is None
+    assert store.count_deliveries(session, edition_id) == 50
+
+
+def test_a_second_plan_leaves_the_queueing_to_the_first(session, settings: Settings) -> None:
+    settings = settings.with_(batch_size=2)
+    seed(session, LONDON, readers=10)
+    [first] = dispatch.plan_slot(session, settings, "morning", TICK, timezone=LONDON, chunked=True)
+    [second] = dispatch.plan_slot(session, settings, "morning", TICK, timezone=LONDON, chunked=True)
+    assert second.batches == [] and second.plan.edition_id == first.plan.edition_id
+    assert store.count_deliveries(session, first.plan.edition_id) == 4
+    assert len([i for b in first.batches for i in b]) == 10
+
+
+def test_the_sweep_queues_the_rest_of_a_plan_whose_planner_is_gone(
+    session, settings: Settings
+) -> None:
+    settings = settings.with_(batch_size=2)
+    seed(session, LONDON, readers=50)
+    [fanout] = dispatch.plan_slot(session, settings, "morning", TICK, timezone=LONDON, chunked=True)
+    edition_id = fanout.plan.edition_id  # its stream is never read: the planner died
+    # Within a claim's time the planner may still be at work: the sweep leaves it.
+    assert dispatch.sweep(session, settings, TICK + timedelta(seconds=1)) == []
+    assert _edition(session, edition_id).queue_after is not None
+    # A sweep that knows tasks wait in the broker leaves it too.
+    later = TICK + timedelta(seconds=settings.claim_seconds + 1)
+    assert dispatch.sweep(session, settings, later, queued_too=False) == []
+
+    batches = dispatch.sweep(session, settings, later)
+    ids = [i for b in batches for i in b]
+    assert len(ids) == len(set(ids)) == 50 == store.count_deliveries(session, edition_id)
+    edition = _edition(session, edition_id)
+    assert edition.queue_after is None and edition.note == "3 articles, 50 readers"
+
+
+def test_the_queue_cursor_moves_only_from_where_it_stood(session, settings: Settings) -> None:
+    settings = settings.with_(batch_size=2)
+    seed(session, LONDON, readers=10)
+    [fanout] = dispatch.plan_slot(session, settings, "morning", TICK, timezone=LONDON, chunked=True)
+    edition_id = fanout.plan.edition_id
+    cursor = _edition(session, edition_id).queue_after
+    # A second planner that queued the same chunk finds the cursor moved and loses.
+    assert store.move_queue_cursor(session, edition_id, cursor, cursor + 5)
+    assert not store.move_queue_cursor(session, edition_id, cursor, cursor + 9)
+    session.commit()
+    assert _edition(session, edition_id).queue_after == cursor + 5

@@ -548,6 +548,8 @@ def sweep(
     Returns the delivery ids by edition, for the caller to send or enqueue.
     """
     orphan = now - timedelta(seconds=settings.claim_seconds)
+    # (Found before the requeue below dates their first rows afresh.)
+    stalled = store.stalled_plans(session, orphan) if queued_too else []
     found = store.stale_deliveries(session, now, orphan if queued_too else None)
     store.requeue(session, [d for _, d in found], now)
     session.commit()
@@ -556,7 +558,7 @@ def sweep(
         by_edition.setdefault(edition_id, []).append(delivery_id)
     # An edition planned a chunk at a time whose planner stopped (and whose task did
     # not come back) gets the rest of its readers queued here, and sent.
-    for edition_id in store.stalled_plans(session, orphan) if queued_too else []:
+    for edition_id in stalled:
         queue_rest(session, settings, edition_id, now)
         known = set(by_edition.get(edition_id, []))
         fresh = [d for d in store.delivery_ids(session, edition_id) if d not in known]

@@ -136,7 +136,7 @@ def stalled_plans(session: Session, before: datetime) -> list[int]:
         select(Edition.id)
         .where(
             Edition.queue_after.is_not(None),
-            func.coalesce(newest, Edition.created_at) < before,
+            func.coalesce(newest, Edition.created_at, type_=Edition.created_at.type) < before,
         )
         .order_by(Edition.id)
     )
