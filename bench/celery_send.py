@@ -2,7 +2,9 @@
 
 Seeds N subscribers, sends the morning edition in this process (bench/send.py's run),
 deletes it, then sends it again by enqueueing digest.plan_edition for two worker
-processes, and prints messages per second for both, Celery's overhead and, on
+processes, twice: the first edition after they started, and (deleted again, after
+their SMTP connections went idle) an edition on the running workers, as a publisher's
+workers meet each edition. Prints messages per second for each, Celery's overhead and, on
 PostgreSQL, the share of each run the database spent executing our statements
 (pg_stat_database.active_time of the bench database: give it a database of its own).
 
@@ -45,6 +47,7 @@ from sqlalchemy import delete, func, select  # noqa: E402
 
 from digest.config import Settings  # noqa: E402
 from digest.db import make_engine, make_sessionmaker  # noqa: E402
+from digest.mail.parked import PARKED  # noqa: E402
 from digest.models import Delivery, Edition  # noqa: E402
 from workers.client import client_app  # noqa: E402
 
@@ -266,6 +269,20 @@ def main() -> None:
         redis = stack.enter_context(redis_url())
         env = worker_env(settings, redis, f"bench-{uuid.uuid4().hex[:8]}", smtp_url)
         with workers(env, args.workers, tmp) as pids:
+            # The first edition after the workers started pays their warm-up (new
+            # database connections, first statements, the first renders); a publisher's
+            # workers run all day, and each edition finds them warm. Its SMTP
+            # connections are closed before the next (Parked.IDLE), as hours apart.
+            first_s, first_sent = run_celery(settings, env)
+            first_rate = first_sent / first_s
+            print(
+                f"celery ({args.workers} workers), the first edition after they started: "
+                f"{first_sent} sent in {first_s:6.2f} s = {first_rate:7,.0f} messages/s"
+            )
+            forget_editions(settings)
+            # PostgreSQL reports an idle session's statistics within 10 s: the first
+            # edition's are in before the second's busy share is taken.
+            time.sleep(max(PARKED.IDLE + 1, 11))
             busy2 = db_busy_seconds(url)
             cpu0, machine0, others0 = tree_cpu(pids), machine_cpu(), others_cpu()
             own0 = cpu_seconds()
@@ -276,8 +293,9 @@ def main() -> None:
         busy3 = db_busy_seconds(url)  # the workers have gone: their statistics are in
         celery_rate = sent / celery_s
         print(
-            f"celery ({args.workers} workers): {sent} sent in {celery_s:6.2f} s = "
-            f"{celery_rate:7,.0f} messages/s{busy_share(busy2, busy3, celery_s)}"
+            f"celery ({args.workers} workers), an edition on running workers: {sent} sent in "
+            f"{celery_s:6.2f} s = {celery_rate:7,.0f} messages/s"
+            f"{busy_share(busy2, busy3, celery_s)}"
         )
         busy, total = (b - a for a, b in zip(machine0, machine1, strict=True))
         shares = ", ".join(
@@ -295,13 +313,19 @@ def main() -> None:
         print(cpu_line(workers_ms, theirs, f"the {args.workers} workers (plan and send)"))
     overhead = 1 - celery_rate / inproc_rate
     verdict = "ok" if overhead < OVERHEAD_LIMIT else "OVER the limit"
-    print(f"celery overhead: {overhead:+.1%} (limit {OVERHEAD_LIMIT:.0%}): {verdict}")
+    print(
+        f"celery overhead, running workers: {overhead:+.1%} (limit {OVERHEAD_LIMIT:.0%}): {verdict}"
+    )
     if url.startswith("postgres") and args.workers == 2:
-        met = "met" if celery_rate >= TARGET else "NOT met"
-        print(f"target {TARGET:,} messages/s through two workers on PostgreSQL: {met}")
-    if sent != args.subscribers or r["sent"] != args.subscribers:
+        verdicts = ", ".join(
+            f"{what} {rate:,.0f} ({'met' if rate >= TARGET else 'NOT met'})"
+            for what, rate in (("running workers", celery_rate), ("first edition", first_rate))
+        )
+        print(f"target {TARGET:,} messages/s through two workers on PostgreSQL: {verdicts}")
+    if {sent, first_sent, int(r["sent"])} != {args.subscribers}:
         sys.exit(
-            f"sent {r['sent']:.0f} in-process and {sent} through celery, of {args.subscribers}"
+            f"sent {r['sent']:.0f} in-process and {first_sent} and {sent} through celery, "
+            f"of {args.subscribers}"
         )
     if os.environ.get("BENCH_ASSERT") and overhead >= OVERHEAD_LIMIT:
         sys.exit(1)
