@@ -262,6 +262,24 @@ def test_a_beat_tick_sends_each_due_cohort_exactly_once(
     assert {e.status for e in editions(sqlite_url) if e.status != "missed"} == {"done"}
 
 
+def test_a_plan_task_sends_its_first_readers_while_it_queues_the_rest(
+    sqlite_url, smtp_server, worker_env, start_worker, client
+) -> None:
+    sink, smtp_url = smtp_server
+    readers = {f"r{i:02}@example.com": LONDON for i in range(13)}
+    seed(sqlite_url, readers, [TICK - timedelta(hours=1)])
+    # Batches of 2: the plan queues 4 readers, then the rest (up to 40) in its stream.
+    start_worker(worker_env(sqlite_url, smtp_url, DIGEST_BATCH_SIZE="2"), concurrency=2)
+    plan = run(client, "digest.plan_edition", slot="morning", timezone=LONDON, now=TICK.isoformat())
+    [edition] = plan["editions"]
+    assert edition["queued"] == 13
+    assert len(plan["batches"]) == 7  # 2 + 2, then 2 x 4 + 1
+    assert recipients(sink) == Counter({email: 1 for email in readers})
+    [done] = editions(sqlite_url)
+    assert (done.status, done.queue_after, done.note) == ("done", None, "1 articles, 13 readers")
+    assert delivery_counts(sqlite_url) == {"sent": 13}
+
+
 def test_two_ticks_and_five_sends_make_one_edition(
     database_url, smtp_server, worker_env, start_worker, spawn
 ) -> None:
