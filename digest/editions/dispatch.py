@@ -31,12 +31,8 @@ class QueuedBatches:
         self.session, self.edition_id, self.size = session, edition_id, size
 
     def __iter__(self) -> Iterator[list[int]]:
-        return self.since(0)
-
-    def since(self, after: int) -> Iterator[list[int]]:
-        """The batches of queued ids above `after`."""
         batch: list[int] = []
-        for delivery_id in store.stream_delivery_ids(self.session, self.edition_id, after):
+        for delivery_id in store.stream_delivery_ids(self.session, self.edition_id):
             batch.append(delivery_id)
             if len(batch) == self.size:
                 yield batch
@@ -63,7 +59,7 @@ class Fanout:
     plan: PlanResult | None
     queued: QueuedBatches | None = None
     decision: guard.Decision | None = None
-    grow: Callable[[], bool] | None = None
+    grow: Callable[[], tuple[list[int], bool]] | None = None
 
     @property
     def batches(self) -> list[list[int]]:
@@ -76,16 +72,13 @@ class Fanout:
 
     def _stream(self) -> Iterator[list[int]]:
         assert self.queued is not None
-        last = 0
-        while True:
-            for batch in self.queued.since(last):
-                last = batch[-1]
-                yield batch
-            if self.grow is None:
-                return
-            if not self.grow():  # the last chunk is queued: hand it out, then stop
+        yield from self.queued  # what is queued so far (all of it, for a resumed plan)
+        while self.grow is not None:
+            ids, more = self.grow()  # a chunk's new rows, as its INSERT returned them
+            if not more:
                 self.grow = None
                 self._queued_all()
+            yield from sending.chunks(sorted(ids), self.queued.size)
 
     def _queued_all(self) -> None:
         """The plan as it stands once every reader is queued (its count, its note)."""
@@ -150,7 +143,7 @@ def _fanout(session: Session, settings: Settings, plan: PlanResult, now: datetim
     if plan.queuing:
         started = time.monotonic()
 
-        def grow() -> bool:
+        def grow() -> tuple[list[int], bool]:
             at = now + timedelta(seconds=time.monotonic() - started)
             size = pipeline.chunk_size(settings)
             return pipeline.queue_more(session, settings, plan.edition_id, at, size)

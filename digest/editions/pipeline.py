@@ -254,23 +254,24 @@ QUEUING = "readers being queued"  # an edition's note until queue_more has queue
 
 def queue_more(
     session: Session, settings: Settings, edition_id: int, now: datetime, chunk: int
-) -> bool:
+) -> tuple[list[int], bool]:
     """Queue the next `chunk` readers of an edition planned a chunk at a time, in a
-    transaction of its own; whether readers remain. Safe to call from two planners at
-    once (a resumed task and the sweep): each reader still gets one row, and the one
-    whose cursor move loses reads the edition again. The last chunk writes the
-    edition's reader count into its note and lets it be done."""
+    transaction of its own; the new rows' ids and whether readers remain. Safe to call
+    from two planners at once (a resumed task and the sweep): each reader still gets
+    one row, and the one whose cursor move loses reads the edition again. The last
+    chunk writes the edition's reader count into its note and lets it be done."""
     edition: Edition = store.get_edition(session, edition_id)
     session.refresh(edition, ["queue_after", "note"])
     was = edition.queue_after
     if was is None:
-        return False
+        return [], False
+    ids: list[int] = []
     after = store.queue_deliveries(
-        session, edition, settings.default_timezone, now, after=was, limit=chunk
+        session, edition, settings.default_timezone, now, after=was, limit=chunk, ids=ids
     )
     if not store.move_queue_cursor(session, edition_id, was, after):
         session.rollback()  # another planner queued this chunk first
-        return True
+        return [], True
     if after is None:
         queued = store.count_deliveries(session, edition_id)
         edition.note = edition.note.replace(QUEUING, f"{queued} readers", 1)
@@ -278,12 +279,12 @@ def queue_more(
     if after is None:
         store.update_edition_status(session, edition_id)  # done, if all were sent already
         session.commit()
-    return after is not None
+    return ids, after is not None
 
 
 def queue_rest(session: Session, settings: Settings, edition_id: int, now: datetime) -> None:
     """Queue every reader an edition planned a chunk at a time has not queued yet."""
-    while queue_more(session, settings, edition_id, now, chunk_size(settings)):
+    while queue_more(session, settings, edition_id, now, chunk_size(settings))[1]:
         pass
 
 

@@ -63,12 +63,14 @@ def queue_deliveries(
     *,
     after: int | None = None,
     limit: int | None = None,
+    ids: list[int] | None = None,
 ) -> int | None:
     """Queue one delivery per reader of the cohort in one INSERT ... SELECT: every
     reader, or (with `limit`) the next `limit` readers in subscriber id order after the
     subscriber id `after`. Returns the last subscriber id a chunk covered while readers
     may remain, None once none is left. A reader queued already keeps their one row;
-    readers whose sections have no variant (nothing to show them) get none.
+    readers whose sections have no variant (nothing to show them) get none. `ids`
+    (a chunk's caller, which sends them) gets the new rows' ids appended.
     """
     cohort = Cohort(edition.slot, edition.local_day, edition.timezone)
     readers = cohort_filter(cohort, default_timezone)
@@ -106,7 +108,10 @@ def queue_deliveries(
         )
         .on_conflict_do_nothing(index_elements=["edition_id", "subscriber_id"])
     )
-    session.execute(stmt)
+    if ids is None:
+        session.execute(stmt)
+    else:
+        ids.extend(session.scalars(stmt.returning(Delivery.id)))
     return last
 
 
@@ -161,13 +166,12 @@ def delivery_ids(
     return list(session.scalars(stmt))
 
 
-def stream_delivery_ids(session: Session, edition_id: int, after: int = 0) -> Iterator[int]:
-    """The edition's queued delivery ids above `after` in id order, fetched a few
-    thousand at a time (a server-side cursor on PostgreSQL): flat memory for any
-    edition size."""
+def stream_delivery_ids(session: Session, edition_id: int) -> Iterator[int]:
+    """The edition's queued delivery ids in id order, fetched a few thousand at a time
+    (a server-side cursor on PostgreSQL): flat memory for any edition size."""
     stmt = (
         select(Delivery.id)
-        .where(Delivery.edition_id == edition_id, Delivery.status == "queued", Delivery.id > after)
+        .where(Delivery.edition_id == edition_id, Delivery.status == "queued")
         .order_by(Delivery.id)
         .execution_options(yield_per=5000)
     )
