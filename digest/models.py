@@ -209,7 +209,7 @@ class Edition(Base):
     # Taken off the public archive by an operator (the readers who got it keep it).
     unpublished: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # While its readers are still being queued, a chunk at a time and sent as they are
-    # (digest.editions.pipeline.queue_more): the last subscriber id queued so far.
+    # (digest.editions.queueing.queue_more): the last subscriber id queued so far.
     # NULL once every reader has a delivery row; only then can the edition be done.
     queue_after: Mapped[int | None] = mapped_column(Integer, default=None)
 

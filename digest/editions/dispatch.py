@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from digest import store
 from digest.config import Settings, check_timezone
-from digest.editions import control, guard, pipeline, sending
+from digest.editions import control, guard, pipeline, queueing, sending
 from digest.editions.pipeline import PlanResult
 from digest.errors import InvalidInput
 
@@ -53,7 +53,7 @@ class Fanout:
     """One planned edition and its queued delivery ids, to hand to send tasks in batches.
 
     An edition planned a chunk at a time (`grow`) has its first readers queued; the
-    stream hands out their batches, queues the next chunk (pipeline.queue_more), hands
+    stream hands out their batches, queues the next chunk (queueing.queue_more), hands
     out its batches, and so on: the first workers send while the rest is queued."""
 
     plan: PlanResult | None
@@ -145,8 +145,8 @@ def _fanout(session: Session, settings: Settings, plan: PlanResult, now: datetim
 
         def grow() -> tuple[list[int], bool]:
             at = now + timedelta(seconds=time.monotonic() - started)
-            size = pipeline.chunk_size(settings)
-            return pipeline.queue_more(session, settings, plan.edition_id, at, size)
+            size = queueing.chunk_size(settings)
+            return queueing.queue_more(session, settings, plan.edition_id, at, size)
 
         fanout.grow = grow
     return fanout
@@ -192,7 +192,7 @@ def plan_slot(
             who=who,
             force=force,
             early=early,
-            chunk=pipeline.first_chunk_size(settings) if chunked else None,
+            chunk=queueing.first_chunk_size(settings) if chunked else None,
         )
         fanout = Fanout(plan, decision=decision)
         if plan is not None and plan.status == "sending" and (plan.created or resume):
@@ -225,7 +225,7 @@ def resume_edition(
 def dispatch_due(session: Session, settings: Settings, now: datetime) -> list[Fanout]:
     """Plan every due cohort (see pipeline.dispatch_due), each a chunk at a time, and
     batch what each queues."""
-    chunk = pipeline.first_chunk_size(settings)
+    chunk = queueing.first_chunk_size(settings)
     return [
         _fanout(session, settings, plan, now) if plan.status == "sending" else Fanout(plan)
         for plan in pipeline.dispatch_due(session, settings, now, chunk=chunk)

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from digest import store
 from digest.config import Settings
-from digest.editions import clicks, guard
+from digest.editions import clicks, guard, queueing
 from digest.editions.render import (
     ArticleView,
     EditionView,
@@ -56,7 +56,7 @@ class PlanResult:
     status: str
     queued: int = 0
     note: str = ""
-    queuing: bool = False  # readers remain to be queued (queue_more)
+    queuing: bool = False  # readers remain to be queued (queueing.queue_more)
 
 
 # --- selection -------------------------------------------------------------------
@@ -173,8 +173,8 @@ def plan_edition(
     `keep_empty`, a plan that would send nothing (no articles, or no reader) records
     nothing: an early send must not use up the cohort's edition for the day. With
     `chunk`, only the first `chunk` readers (in subscriber id order) are queued here,
-    and the plan says it is `queuing`: the caller sends them while queue_more queues
-    the rest. Entry points call `plan_cohort`, which asks the guard first.
+    and the plan says it is `queuing`: the caller sends them while queueing.queue_more
+    queues the rest. Entry points call `plan_cohort`, which asks the guard first.
     """
     existing = store.find_edition(session, cohort)
     if existing is not None:
@@ -225,7 +225,7 @@ def plan_edition(
     empty_choices = render_variants(session, settings, cohort, edition.id, snapshot)
     # With `chunk`, the first readers are queued in this transaction (more chunks while
     # none of them has a row, so that an empty plan is still seen here) and the rest
-    # by queue_more, while the first are being sent.
+    # by queueing.queue_more, while the first are being sent.
     after = store.queue_deliveries(session, edition, settings.default_timezone, now, limit=chunk)
     queued = store.count_deliveries(session, edition.id)
     while not queued and after is not None:
@@ -240,67 +240,14 @@ def plan_edition(
         )
     edition.status = "sending" if queued else "done"
     edition.queue_after = after
-    edition.note = f"{len(snapshot)} articles, {QUEUING if after else f'{queued} readers'}"
+    readers = queueing.QUEUING if after else f"{queued} readers"
+    edition.note = f"{len(snapshot)} articles, {readers}"
     if empty_choices:
         edition.note += "; nothing new for readers of " + " | ".join(empty_choices)
     session.commit()
     return PlanResult(
         edition.id, cohort, True, edition.status, queued, edition.note, queuing=after is not None
     )
-
-
-QUEUING = "readers being queued"  # an edition's note until queue_more has queued them all
-
-
-def queue_more(
-    session: Session, settings: Settings, edition_id: int, now: datetime, chunk: int
-) -> tuple[list[int], bool]:
-    """Queue the next `chunk` readers of an edition planned a chunk at a time, in a
-    transaction of its own; the new rows' ids and whether readers remain. Safe to call
-    from two planners at once (a resumed task and the sweep): each reader still gets
-    one row, and the one whose cursor move loses reads the edition again. The last
-    chunk writes the edition's reader count into its note and lets it be done."""
-    edition: Edition = store.get_edition(session, edition_id)
-    session.refresh(edition, ["queue_after", "note"])
-    was = edition.queue_after
-    if was is None:
-        return [], False
-    ids: list[int] = []
-    after = store.queue_deliveries(
-        session, edition, settings.default_timezone, now, after=was, limit=chunk, ids=ids
-    )
-    if not store.move_queue_cursor(session, edition_id, was, after):
-        session.rollback()  # another planner queued this chunk first
-        return [], True
-    if after is None:
-        queued = store.count_deliveries(session, edition_id)
-        edition.note = edition.note.replace(QUEUING, f"{queued} readers", 1)
-    session.commit()
-    if after is None:
-        store.update_edition_status(session, edition_id)  # done, if all were sent already
-        session.commit()
-    return ids, after is not None
-
-
-def queue_rest(session: Session, settings: Settings, edition_id: int, now: datetime) -> None:
-    """Queue every reader an edition planned a chunk at a time has not queued yet."""
-    while queue_more(session, settings, edition_id, now, chunk_size(settings))[1]:
-        pass
-
-
-# Planning a chunk at a time: the plan's own transaction queues FIRST_BATCHES batches of
-# readers, so two workers start sending while the planner queues the rest, CHUNK_BATCHES
-# batches a transaction (a million readers: a hundred short transactions, not one long).
-FIRST_BATCHES = 2
-CHUNK_BATCHES = 20
-
-
-def first_chunk_size(settings: Settings) -> int:
-    return FIRST_BATCHES * settings.batch_size
-
-
-def chunk_size(settings: Settings) -> int:
-    return CHUNK_BATCHES * settings.batch_size
 
 
 def render_variants(
@@ -560,7 +507,7 @@ def sweep(
     # An edition planned a chunk at a time whose planner stopped (and whose task did
     # not come back) gets the rest of its readers queued here, and sent.
     for edition_id in stalled:
-        queue_rest(session, settings, edition_id, now)
+        queueing.queue_rest(session, settings, edition_id, now)
         known = set(by_edition.get(edition_id, []))
         fresh = [d for d in store.delivery_ids(session, edition_id) if d not in known]
         by_edition.setdefault(edition_id, []).extend(fresh)
