@@ -426,6 +426,56 @@ def test_a_killed_worker_loses_no_delivery(
     assert len(ids) == 30  # a resent message carries the same Message-ID
 
 
+def test_a_planner_killed_between_chunks_loses_no_reader(
+    database_url, smtp_server, worker_env, start_worker, client
+) -> None:
+    """The plan task's worker dies after its first readers were queued and sent, while
+    its next chunk waits on a reader's row lock: the sweep queues and sends the rest,
+    and every reader gets the edition once."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("holds a PostgreSQL row lock on a reader")
+    sink, smtp_url = smtp_server
+    readers = {f"k{i:02}@example.com": LONDON for i in range(30)}
+    seed(database_url, readers, [TICK - timedelta(hours=1)])
+    # Batches of 2: the plan queues the first 4 readers, its next chunk the other 26.
+    env = worker_env(database_url, smtp_url, DIGEST_BATCH_SIZE="2")
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as holder:
+            # The second chunk's INSERT checks its foreign key to this reader and waits.
+            locked = select(Subscriber.id).where(Subscriber.email == "k09@example.com")
+            holder.execute(locked.with_for_update())
+            doomed = start_worker(env, concurrency=2)
+            kwargs = {"timezone": LONDON, "now": TICK.isoformat()}
+            client.send_task("digest.plan_edition", args=["morning"], kwargs=kwargs)
+            wait_for(
+                lambda: delivery_counts(database_url) == {"sent": 4}, 30, "the first chunk sent"
+            )
+            doomed.signal(signal.SIGKILL)
+            doomed.proc.wait(timeout=10)
+            holder.rollback()
+    finally:
+        engine.dispose()
+    [edition] = editions(database_url)
+    assert edition.status == "sending" and edition.queue_after is not None
+    assert "readers being queued" in edition.note
+
+    start_worker(env, concurrency=2)
+    # Within a claim's time the planner may still be at work; after it, the sweep
+    # queues the rest and sends it.
+    assert run(client, "digest.sweep", now=(TICK + timedelta(seconds=5)).isoformat()) == {
+        "requeued": 0,
+        "batches": [],
+    }
+    later = TICK + timedelta(seconds=load_settings(env).claim_seconds + 1)
+    swept = run(client, "digest.sweep", now=later.isoformat())
+    assert swept["requeued"] == 26
+    assert recipients(sink) == Counter({email: 1 for email in readers})
+    [edition] = editions(database_url)
+    assert (edition.status, edition.queue_after) == ("done", None)
+    assert edition.note == "1 articles, 30 readers"
+
+
 def test_transient_failures_retry_and_operators_retry_failures(
     sqlite_url, smtp_server, worker_env, start_worker, client
 ) -> None:
