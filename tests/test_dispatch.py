@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 
 from digest import store
 from digest.config import Settings
-from digest.editions import dispatch, sending
+from digest.editions import control, dispatch, guard, sending
 from digest.editions.sending import BatchReport
 from digest.errors import ConfigError, InvalidInput
 from digest.feeds.sanitize import clean_summary
@@ -361,3 +361,20 @@ def test_the_queue_cursor_moves_only_from_where_it_stood(session, settings: Sett
     assert not store.move_queue_cursor(session, edition_id, cursor, cursor + 9)
     session.commit()
     assert _edition(session, edition_id).queue_after == cursor + 5
+
+
+def test_a_paused_edition_s_later_chunks_wait_for_its_resume(session, settings: Settings) -> None:
+    settings = settings.with_(batch_size=2)
+    seed(session, LONDON, readers=50)
+    [fanout] = dispatch.plan_slot(session, settings, "morning", TICK, timezone=LONDON, chunked=True)
+    edition_id = fanout.plan.edition_id
+    control.pause(session, edition_id, TICK, origin=guard.CONSOLE)
+    # Every reader is queued; only the rows queued before the pause are handed out.
+    handed = [i for b in fanout.stream() for i in b]
+    assert len(handed) == 4 and store.count_deliveries(session, edition_id) == 50
+    edition = _edition(session, edition_id)
+    assert (edition.status, edition.queue_after) == ("paused", None)
+    assert edition.note == "3 articles, 50 readers"
+
+    _, queued = dispatch.resume_edition(session, edition_id, TICK, 2, origin=guard.CONSOLE)
+    assert len({i for b in queued for i in b}) == 50

@@ -36,10 +36,11 @@ def queue_more(
     session: Session, settings: Settings, edition_id: int, now: datetime, chunk: int
 ) -> tuple[list[int], bool]:
     """Queue the next `chunk` readers of an edition planned a chunk at a time, in a
-    transaction of its own; the new rows' ids and whether readers remain. Safe to call
-    from two planners at once (a resumed task and the sweep): each reader still gets
-    one row, and the one whose cursor move loses reads the edition again. The last
-    chunk writes the edition's reader count into its note and lets it be done."""
+    transaction of its own; the new rows' ids to send (none while the edition is
+    paused or cancelled) and whether readers remain. Safe to call from two planners at
+    once (a resumed task and the sweep): each reader still gets one row, and the one
+    whose cursor move loses reads the edition again. The last chunk writes the
+    edition's reader count into its note and lets it be done."""
     edition: Edition = store.get_edition(session, edition_id)
     session.refresh(edition, ["queue_after", "note"])
     was = edition.queue_after
@@ -59,6 +60,10 @@ def queue_more(
     if after is None:
         store.update_edition_status(session, edition_id)  # done, if all were sent already
         session.commit()
+    # Asked after the commit: a resume from now on hands these rows out itself (it
+    # sends every queued row), and a cancel's last chunk cancels them.
+    if store.halted_editions(session, [edition_id]):
+        ids = []
     return ids, after is not None
 
 
