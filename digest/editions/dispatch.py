@@ -134,12 +134,18 @@ def queued_batches(session: Session, edition_id: int, size: int) -> QueuedBatche
     return QueuedBatches(session, edition_id, size)
 
 
-def _fanout(session: Session, settings: Settings, plan: PlanResult, now: datetime) -> Fanout:
+def _fanout(
+    session: Session,
+    settings: Settings,
+    plan: PlanResult,
+    now: datetime,
+    decision: guard.Decision | None = None,
+) -> Fanout:
     """A plan's queued rows in batches, and the rest of its readers queued as they are
     handed out when it was planned a chunk at a time. The rows of each chunk are dated
     by the planner's clock moved on by the time spent, so that the sweep takes a plan
     whose planner stopped for lost only when its newest chunk is a claim's time old."""
-    fanout = Fanout(plan, queued_batches(session, plan.edition_id, settings.batch_size))
+    fanout = Fanout(plan, queued_batches(session, plan.edition_id, settings.batch_size), decision)
     if plan.queuing:
         started = time.monotonic()
 
@@ -194,12 +200,11 @@ def plan_slot(
             early=early,
             chunk=queueing.first_chunk_size(settings) if chunked else None,
         )
-        fanout = Fanout(plan, decision=decision)
         if plan is not None and plan.status == "sending" and (plan.created or resume):
             # A resumed plan goes on queueing where its lost planner stopped.
-            fanout = _fanout(session, settings, plan, now)
-            fanout.decision = decision
-        fanouts.append(fanout)
+            fanouts.append(_fanout(session, settings, plan, now, decision))
+        else:
+            fanouts.append(Fanout(plan, decision=decision))
     return fanouts
 
 

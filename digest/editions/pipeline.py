@@ -226,13 +226,14 @@ def plan_edition(
     # With `chunk`, the first readers are queued in this transaction (more chunks while
     # none of them has a row, so that an empty plan is still seen here) and the rest
     # by queueing.queue_more, while the first are being sent.
-    after = store.queue_deliveries(session, edition, settings.default_timezone, now, limit=chunk)
-    queued = store.count_deliveries(session, edition.id)
-    while not queued and after is not None:
+    after = None
+    while True:
         after = store.queue_deliveries(
             session, edition, settings.default_timezone, now, after=after, limit=chunk
         )
         queued = store.count_deliveries(session, edition.id)
+        if queued or after is None:
+            break
     if not queued and not keep_empty:
         session.rollback()
         return PlanResult(

@@ -230,6 +230,11 @@ class SMTPTransport:
     def describe(self) -> str:
         return f"smtp {self.config.host}:{self.config.port} ({self.config.tls})"
 
+    @property
+    def _relay_key(self) -> tuple[SMTPConfig, str | None]:
+        """What a parked connection must match: the relay as configured, our name."""
+        return self.config, self.local_hostname
+
     def fresh(self) -> SMTPTransport:
         return SMTPTransport(self.config, self.local_hostname, reuse=self.reuse)
 
@@ -283,7 +288,7 @@ class SMTPTransport:
         return conn
 
     def _open(self, deadline: float) -> Wire:
-        parked = PARKED.take((self.config, self.local_hostname)) if self.reuse else None
+        parked = PARKED.take(self._relay_key) if self.reuse else None
         if parked is not None:
             self._conn, self._wire, self._pipelining, self._chunking = parked
             return parked[1]
@@ -481,9 +486,7 @@ class SMTPTransport:
         wire, conn = self._wire, self._conn
         if wire is not None and conn is not None and self.reuse and self._waiting is None:
             # Between transactions (an envelope that went ahead was reset): parked.
-            PARKED.put(
-                (self.config, self.local_hostname), (conn, wire, self._pipelining, self._chunking)
-            )
+            PARKED.put(self._relay_key, (conn, wire, self._pipelining, self._chunking))
             self._conn, self._wire = None, None
             return
         if wire is not None:
