@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -178,8 +179,41 @@ def free_port() -> int:
 
 
 class _Controller(Controller):
+    """aiosmtpd's threaded server, which hangs up on its clients when stopped, as a relay
+    going down does. aiosmtpd alone closes its loop with the connections it accepted
+    still open: their sockets then warn whenever they are collected (an error here, and
+    often in a later test), and the clients hold sockets nobody answers."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sessions: weakref.WeakSet[SMTPProtocol] = weakref.WeakSet()
+
     def factory(self) -> SMTPProtocol:
-        return SMTPProtocol(self.handler, decode_data=False, enable_SMTPUTF8=True)
+        session = SMTPProtocol(self.handler, decode_data=False, enable_SMTPUTF8=True)
+        self.sessions.add(session)
+        return session
+
+    def stop(self, no_assert: bool = False) -> None:
+        if self._thread is not None and self.server is not None:
+            asyncio.run_coroutine_threadsafe(self._hang_up(), self.loop).result(timeout=10)
+        super().stop(no_assert)
+
+    async def _hang_up(self) -> None:
+        """Stop accepting, let the connections already accepted become sessions, close
+        them until three rounds in a row find none open, and only then close the
+        listening socket: Python 3.11's server, once closed, drops a connection it had
+        accepted but not yet set up without closing its socket."""
+        assert self.server is not None
+        for sock in self.server.sockets:
+            self.loop.remove_reader(sock.fileno())
+        quiet = 0
+        while quiet < 3:
+            await asyncio.sleep(0.01)
+            live = [s.transport for s in list(self.sessions) if s.transport is not None]
+            quiet = 0 if live else quiet + 1
+            for transport in live:
+                transport.abort()
+        self.server.close()
 
 
 @pytest.fixture

@@ -3,7 +3,12 @@ relay is down and resumes by itself (two real aiosmtpd servers, real workers).""
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import socket
 import threading
+import time
+import warnings
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -134,6 +139,40 @@ def test_a_relay_that_goes_down_is_taken_out_and_the_message_goes_to_another(rel
         ["4@example.com"],
     ]
     assert [m[1] for m in b.sink.messages] == [["2@example.com"]]
+
+
+def test_a_relay_stopped_while_clients_connect_hangs_up_on_each_and_leaks_no_socket() -> None:
+    """The harness's relay going down while connections arrive, as workers fail over to
+    it: every client is hung up on, and no socket is left for the collector to find
+    (a ResourceWarning then fails whichever test is running; it failed CI once)."""
+    relay = Relay()
+    relay.start()
+    clients: list[socket.socket] = []
+    stop = threading.Event()
+
+    def connect() -> None:
+        while not stop.is_set():
+            try:
+                clients.append(socket.create_connection(("127.0.0.1", relay.port), timeout=5))
+            except OSError:  # refused once the relay is down
+                time.sleep(0.001)
+
+    threads = [threading.Thread(target=connect) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: len(clients) >= 50, 10, "clients to connect")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        relay.stop()
+        stop.set()
+        for thread in threads:
+            thread.join()
+        for client in clients:  # a client never hung up on times out here
+            with client, contextlib.suppress(ConnectionResetError):
+                while client.recv(4096):  # the greeting, perhaps, then the hang-up
+                    pass
+        gc.collect()
+    assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
 
 
 def test_two_relays_one_stopped_halfway_then_both_and_the_edition_resumes(
