@@ -189,7 +189,7 @@ class _Controller(Controller):
         self.sessions: weakref.WeakSet[SMTPProtocol] = weakref.WeakSet()
 
     def factory(self) -> SMTPProtocol:
-        session = SMTPProtocol(self.handler, decode_data=False, enable_SMTPUTF8=True)
+        session = SMTPProtocol(self.handler, **{"decode_data": False, **self.SMTP_kwargs})
         self.sessions.add(session)
         return session
 

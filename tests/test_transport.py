@@ -294,10 +294,9 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def _tls_server(certificate: tuple[Path, Path], implicit: bool) -> Any:
     import ssl
 
-    from aiosmtpd.controller import Controller
     from aiosmtpd.smtp import AuthResult
 
-    from tests.conftest import Sink, free_port
+    from tests.conftest import Sink, _Controller, free_port
 
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(*map(str, certificate))
@@ -313,7 +312,7 @@ def _tls_server(certificate: tuple[Path, Path], implicit: bool) -> Any:
         options |= {"ssl_context": context, "auth_require_tls": False}
     else:
         options |= {"tls_context": context, "require_starttls": True}
-    controller = Controller(sink, hostname="127.0.0.1", port=free_port(), **options)
+    controller = _Controller(sink, hostname="127.0.0.1", port=free_port(), **options)
     controller.start()
     return sink, controller
 
@@ -456,17 +455,10 @@ def test_a_batch_leaves_its_connections_to_the_next(smtp_server) -> None:
 def test_a_parked_connection_the_server_closed_is_not_used() -> None:
     """A relay that hangs up idle connections (aiosmtpd after 0.3 s, with a 421): the
     next batch sees it and connects afresh; no message is deferred."""
-    from aiosmtpd.controller import Controller
-    from aiosmtpd.smtp import SMTP
-
-    from tests.conftest import Sink, free_port
-
-    class Impatient(Controller):
-        def factory(self) -> SMTP:
-            return SMTP(self.handler, decode_data=False, timeout=0.3)
+    from tests.conftest import Sink, _Controller, free_port
 
     sink = Sink()
-    controller = Impatient(sink, hostname="127.0.0.1", port=free_port())
+    controller = _Controller(sink, hostname="127.0.0.1", port=free_port(), timeout=0.3)
     controller.start()
     try:
         config = parse_smtp_url(f"smtp://127.0.0.1:{controller.port}")
