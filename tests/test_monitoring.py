@@ -444,7 +444,7 @@ def test_seen_only_the_web_app_running(make_app, settings, session, worker_env) 
 
 
 def test_seen_send_now_with_the_worker_stopped(make_app, settings, session, worker_env) -> None:
-    """Seen: with the worker stopped, Send now said "1 send tasks enqueued", the edition
+    """Seen: with the worker stopped, Send now said "1 send tasks enqueued" (sic), the edition
     stayed at "sending 0 of 4" and `digest status` said only "1 tasks waiting". Now the
     banner and `digest status` say that no worker is alive, and then that the edition
     has not moved."""
@@ -463,12 +463,12 @@ def test_seen_send_now_with_the_worker_stopped(make_app, settings, session, work
     form = {"slot": "morning", "timezone": "Australia/Sydney", "csrf": token}
     r = client.post("/admin/trigger", data=form, follow_redirects=True)
     page = r.get_data(as_text=True)
-    assert "1 send tasks enqueued" in page
+    assert "1 send task enqueued" in page
     assert "no worker alive, 4 deliveries queued" in page
 
     status = CliRunner().invoke(cli, ["--now", at.isoformat(), "status"], env=env).output
     assert (
-        "Health: DIGEST CRITICAL - no worker alive, 1 tasks waiting, 4 deliveries queued" in status
+        "Health: DIGEST CRITICAL - no worker alive, 1 task waiting, 4 deliveries queued" in status
     )
 
     clock.advance(minutes=6)

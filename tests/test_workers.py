@@ -276,7 +276,7 @@ def test_a_plan_task_sends_its_first_readers_while_it_queues_the_rest(
     assert len(plan["batches"]) == 7  # 2 + 2, then 2 x 4 + 1
     assert recipients(sink) == Counter({email: 1 for email in readers})
     [done] = editions(sqlite_url)
-    assert (done.status, done.queue_after, done.note) == ("done", None, "1 articles, 13 readers")
+    assert (done.status, done.queue_after, done.note) == ("done", None, "1 article, 13 readers")
     assert delivery_counts(sqlite_url) == {"sent": 13}
 
 
@@ -473,7 +473,7 @@ def test_a_planner_killed_between_chunks_loses_no_reader(
     assert recipients(sink) == Counter({email: 1 for email in readers})
     [edition] = editions(database_url)
     assert (edition.status, edition.queue_after) == ("done", None)
-    assert edition.note == "1 articles, 30 readers"
+    assert edition.note == "1 article, 30 readers"
 
 
 def test_transient_failures_retry_and_operators_retry_failures(
@@ -506,8 +506,8 @@ def test_transient_failures_retry_and_operators_retry_failures(
     del sink.refuse["no@example.com"]
     edition_id = plan["editions"][0]["edition"]
     retry = digest_cli(env, "retry", str(edition_id), "--failed")
-    assert "1 deliveries re-queued" in retry
-    assert "1 digest.send_batch tasks enqueued" in retry
+    assert "1 delivery re-queued" in retry
+    assert "1 digest.send_batch task enqueued" in retry
     wait_for(lambda: delivery_counts(sqlite_url) == {"sent": 3}, 30, "the retried delivery")
     assert recipients(sink) == Counter({email: 1 for email in readers})
 
@@ -622,7 +622,7 @@ def test_retry_and_sweep_run_in_process_without_a_broker(
     with pytest.raises(AssertionError, match="--failed, --deferred or both"):
         digest_cli(env, "retry", str(edition.id))
     out = digest_cli(env, "retry", str(edition.id), "--failed", "--deferred")
-    assert "1 deliveries re-queued" in out and "1 sent" in out
+    assert "1 delivery re-queued" in out and "1 sent" in out
     assert delivery_counts(sqlite_url) == {"sent": 2}
     assert recipients(sink) == Counter({"a@example.com": 1, "b@example.com": 1})
     assert "0 deliveries re-queued" in digest_cli(env, "sweep")

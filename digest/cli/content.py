@@ -12,6 +12,7 @@ from digest.cli import App, cli, pass_app
 from digest.cli.readers import operator_name
 from digest.feeds.ingest import check_feed_source, import_articles, ingest_all
 from digest.operations import operators
+from digest.words import counted
 
 
 @cli.group()
@@ -73,7 +74,7 @@ def ingest(app: App) -> None:
             click.echo(f"ok {r.feed_url}: {r.new} new, {r.seen} already stored")
         for note in r.skipped:
             click.echo(f"  skipped {note}")
-    click.echo(f"{len(reports)} feeds polled, {failed} failed")
+    click.echo(f"{counted(len(reports), 'feed')} polled, {failed} failed")
 
 
 @cli.group()

@@ -28,6 +28,7 @@ from digest.models import SUBSCRIBER_STATUSES, Subscriber
 from digest.operations import operators
 from digest.readers import accounts, bulk, reader_admin
 from digest.readers.subscribers import export_csv, export_private, import_file, subscriber_fields
+from digest.words import counted
 
 STATUSES = (*SUBSCRIBER_STATUSES, reader_admin.ERASED)
 
@@ -164,9 +165,9 @@ def subscribers_export(app: App, file: Path) -> None:
         else:
             n = export_private(session, file)
         where = "standard output" if str(file) == "-" else str(file.resolve())
-        _audit(session, app, "exported readers", f"all {n} readers to {where}")
+        _audit(session, app, "exported readers", f"all {counted(n, 'reader')} to {where}")
         session.commit()
-    click.echo(f"{n} subscribers exported", err=True)
+    click.echo(f"{counted(n, 'subscriber')} exported", err=True)
 
 
 @subscribers.command("list")

@@ -32,6 +32,7 @@ from digest.editions.schedule import Cohort, local_day, next_day_of
 from digest.editions.selection import normalise_sections
 from digest.mail.relays import make_transport
 from digest.store import overview as q
+from digest.words import counted
 
 
 @cli.command()
@@ -167,7 +168,7 @@ def _say_dry(
         if d.status == "sending" and not broker:
             counts = store.edition_counts(session, d.edition_id or 0)
             left = counts.get("queued", 0) + counts.get("deferred", 0)
-            more = f"; would send its {left} deliveries still open"
+            more = f"; would send its {counted(left, 'delivery')} still open"
         click.echo(f"{cohort}: {d.reason}{more}")
         return
     if d.action == guard.RECORD:
@@ -191,9 +192,9 @@ def _say_dry(
         return
     choices = store.cohort_section_choices(session, cohort, settings.default_timezone)
     click.echo(
-        f"{cohort}: {how} to {count} readers ({d.reason}): window "
+        f"{cohort}: {how} to {counted(count, 'reader')} ({d.reason}): window "
         f"{start.isoformat(timespec='minutes')} .. {cut.isoformat(timespec='minutes')}, "
-        f"{len(snapshot)} articles, {len(choices)} section choices"
+        f"{counted(len(snapshot), 'article')}, {counted(len(choices), 'section choice')}"
     )
     for view in pipeline.article_views(session, snapshot[: settings.max_articles]):
         click.echo(f"  [{view.section}] {view.title}")
@@ -412,7 +413,7 @@ def _send_batches(app: App, batches: list[list[int]], inline: bool) -> None:
         calls = [([batch], {"now": app.pinned_now()}) for batch in batches]
         # Retried and swept rows go ahead of any editions' backlog.
         ids = enqueue(settings, "digest.send_batch", calls, **send_options(first=True))
-        click.echo(f"  {len(ids)} digest.send_batch tasks enqueued")
+        click.echo(f"  {counted(len(ids), 'digest.send_batch task')} enqueued")
         return
     transport, report = make_transport(settings), sending.BatchReport()
     with app.session() as session:
@@ -441,7 +442,7 @@ def retry(app: App, edition_id: int, failed: bool, deferred: bool, inline: bool)
         count, batches = dispatch.retry_edition(
             session, app.settings, edition_id, statuses, app.now()
         )
-    click.echo(f"edition {edition_id}: {count} deliveries re-queued")
+    click.echo(f"edition {edition_id}: {counted(count, 'delivery')} re-queued")
     if batches:
         _send_batches(app, batches, inline)
 
@@ -455,7 +456,7 @@ def sweep(app: App, inline: bool) -> None:
 
     with app.session() as session:
         batches = dispatch.sweep(session, app.settings, app.now())
-    click.echo(f"{sum(len(b) for b in batches)} deliveries re-queued")
+    click.echo(f"{counted(sum(len(b) for b in batches), 'delivery')} re-queued")
     if batches:
         _send_batches(app, batches, inline)
 

@@ -12,6 +12,7 @@ from digest.cli import App, cli, pass_app
 from digest.operations import engagement, overview
 from digest.readers.inbound import count_kept, kept_folder
 from digest.store import overview as q
+from digest.words import counted
 
 RECENT = 12  # past editions shown without --all
 
@@ -80,7 +81,7 @@ def status(
     if broker_error:
         click.echo(broker_error)
     for queue, count in (lengths or {}).items():
-        click.echo(f"queue {queue}: {count} tasks waiting")
+        click.echo(f"queue {queue}: {counted(count, 'task')} waiting")
     _health_lines(app, lengths, broker_error or "")
 
 
@@ -125,7 +126,7 @@ def _overview_lines(data: overview.Overview) -> None:
         due = "  due now" if n.due_now else ""
         click.echo(
             f"  {n.slot:<8} {n.timezone:<24} {n.local:%a %d %b %H:%M} local "
-            f"({n.utc:%H:%M} UTC)  {n.readers} readers{due}"
+            f"({n.utc:%H:%M} UTC)  {counted(n.readers, 'reader')}{due}"
         )
     click.echo("Sending now" if data.sending else "Sending now: nothing")
     for p in data.sending:
@@ -174,13 +175,13 @@ def waiting_lines(
             "no task waiting in the broker" if broker else "no broker: `digest sweep` sends them"
         )
         lines.append(
-            f"WARNING: {queued} deliveries queued with no task ({where}), "
+            f"WARNING: {counted(queued, 'delivery')} queued with no task ({where}), "
             f"the oldest queued {age(oldest, now)} ago; the sweep re-enqueues them"
         )
     expired, oldest = waiting["expired"]
     if expired and oldest:
         lines.append(
-            f"WARNING: {expired} deliveries claimed by stopped workers, the oldest claim "
+            f"WARNING: {counted(expired, 'delivery')} claimed by stopped workers, the oldest claim "
             f"ended {age(oldest, now)} ago; the sweep re-queues them"
         )
     due, oldest = waiting["due"]

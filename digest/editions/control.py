@@ -19,6 +19,7 @@ from digest.config import Settings
 from digest.editions import pipeline
 from digest.errors import InvalidInput
 from digest.models import Cohort, Edition
+from digest.words import counted
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ def replan(
     edition.status = "sending" if queued else "done"
     edition.note = (
         f"{edition.note}; planned again {now.isoformat(timespec='minutes')}: "
-        f"{len(snapshot)} articles, {queued} readers who had not got it"
+        f"{counted(len(snapshot), 'article')}, {counted(queued, 'reader')} who had not got it"
     )
     session.flush()
     now_standing = standing(session, edition_id)

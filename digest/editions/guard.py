@@ -17,6 +17,7 @@ from digest import store
 from digest.config import Settings
 from digest.editions.schedule import local_day, send_at
 from digest.models import Cohort
+from digest.words import counted
 
 # Who may start a plan. Only people at the CLI or the console may force a day that is
 # still ahead; a Celery client (Flower) or the API may not.
@@ -143,7 +144,7 @@ def may_plan(
                 cohort,
                 RECORD,
                 f"not sent: its send time {at.isoformat()} passed more than "
-                f"{settings.catchup_minutes} minutes before it was planned",
+                f"{counted(settings.catchup_minutes, 'minute')} before it was planned",
                 status="missed",
             )
         return Decision(cohort, PLAN, f"sent late: its send time passed {_ago(late)} ago")

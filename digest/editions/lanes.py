@@ -31,6 +31,7 @@ from digest.mail.message import MessageTemplate, Reader
 from digest.mail.returns import envelope_sender
 from digest.mail.tokens import message_id, reader_tokens
 from digest.mail.transport import Transport
+from digest.words import counted
 
 Progress = Callable[[int, int], None]
 
@@ -354,7 +355,7 @@ def _failure(
     """Record a message that did not go: deferred or failed; returns (outcome, error)."""
     if isinstance(exc, TransientSendError):
         if r.attempts >= settings.max_attempts:
-            record.failed(r.id, f"gave up after {r.attempts} attempts: {exc}")
+            record.failed(r.id, f"gave up after {counted(r.attempts, 'attempt')}: {exc}")
             return "failed", str(exc)
         record.deferred(r.id, str(exc), now + backoff(settings, r.attempts))
         return "deferred", str(exc)

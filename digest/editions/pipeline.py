@@ -43,6 +43,7 @@ from digest.mail.transport import Transport
 from digest.models import Article, Edition
 from digest.store.overview import readers_per_cohort
 from digest.store.subscribers import cohort_readers_confirmed_by
+from digest.words import counted
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
@@ -186,7 +187,7 @@ def plan_edition(
         record = "missed"
         note = (
             f"not sent: its send time {cut.isoformat()} passed more than "
-            f"{settings.catchup_minutes} minutes before it was planned"
+            f"{counted(settings.catchup_minutes, 'minute')} before it was planned"
         )
     if record:
         edition = store.create_edition(
@@ -241,8 +242,8 @@ def plan_edition(
         )
     edition.status = "sending" if queued else "done"
     edition.queue_after = after
-    readers = queueing.QUEUING if after else f"{queued} readers"
-    edition.note = f"{len(snapshot)} articles, {readers}"
+    readers = queueing.QUEUING if after else counted(queued, "reader")
+    edition.note = f"{counted(len(snapshot), 'article')}, {readers}"
     if empty_choices:
         edition.note += "; nothing new for readers of " + " | ".join(empty_choices)
     session.commit()

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from digest import store
 from digest.config import Settings
 from digest.models import Edition
+from digest.words import counted
 
 # Planning a chunk at a time: the plan's own transaction queues FIRST_BATCHES batches of
 # readers, so two workers start sending while the planner queues the rest, CHUNK_BATCHES
@@ -55,7 +56,7 @@ def queue_more(
         return [], True
     if after is None:
         queued = store.count_deliveries(session, edition_id)
-        edition.note = edition.note.replace(QUEUING, f"{queued} readers", 1)
+        edition.note = edition.note.replace(QUEUING, counted(queued, "reader"), 1)
     session.commit()
     if after is None:
         store.update_edition_status(session, edition_id)  # done, if all were sent already

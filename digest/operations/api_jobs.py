@@ -18,6 +18,7 @@ from digest.models import ApiJob
 from digest.readers.subscribers import import_rows, read_rows
 from digest.store import api as store_api
 from digest.store.operators import add_audit
+from digest.words import counted
 
 log = logging.getLogger(__name__)
 FORMATS = ("csv", "jsonl")
@@ -110,7 +111,7 @@ def run_import(
                 session,
                 audit_as,
                 "imported readers",
-                f"job {job_id}: {report.added} added, {len(report.errors)} rows refused",
+                f"job {job_id}: {report.added} added, {counted(len(report.errors), 'row')} refused",
                 now,
             )
             session.commit()

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 
 from digest.config import Settings
 from digest.store.health import EditionActivity
+from digest.words import counted
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 LEVELS = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
@@ -187,8 +188,8 @@ def _processes(facts: Facts, settings: Settings, now: datetime) -> tuple[list[Pr
         state = "alive" if h in alive else "down"
         details.append(f"worker {h.name}: {state}, {_last_seen(h, now)}")
     if not alive:
-        what = [f"{tasks} tasks waiting"] if tasks else []
-        what += [f"{rows} deliveries queued"] if rows else []
+        what = [f"{counted(tasks, 'task')} waiting"] if tasks else []
+        what += [f"{counted(rows, 'delivery')} queued"] if rows else []
         last = f" (last worker {_last_seen(workers[0], now)})" if workers else ""
         if what:
             text = f"no worker alive, {', '.join(what)}{last}"
@@ -245,7 +246,7 @@ def _sending(facts: Facts, settings: Settings, now: datetime) -> list[Problem]:
         said = "nothing sent yet" if e.last_sent is None else "nothing sent"
         text = (
             f"edition {e.id} ({e.cohort}): {said} for {ago(last, now)}, "
-            f"{e.waiting} deliveries waiting"
+            f"{counted(e.waiting, 'delivery')} waiting"
         )
         if anything_sent:  # other editions go out: this one waits its turn in the queue
             problems.append(
@@ -301,7 +302,8 @@ def _quality(facts: Facts, settings: Settings, now: datetime) -> list[Problem]:
             Problem(
                 WARNING,
                 "deferred",
-                f"{deferred} deliveries deferred for a retry (over {settings.deferred_warn})",
+                f"{counted(deferred, 'delivery')} deferred for a retry "
+                f"(over {settings.deferred_warn})",
                 "the relay refuses or throttles mail: read the deferred errors on the "
                 "edition's page and check DIGEST_SMTP_* and the relay's limits",
             )
@@ -347,10 +349,11 @@ def assess(facts: Facts, settings: Settings, now: datetime) -> Health:
     tasks = sum((facts.queues or {}).values())
     queued = facts.waiting.get("queued", 0) + facts.waiting.get("sending", 0)
     details.append(
-        f"waiting: {tasks} tasks in the broker, {queued} deliveries queued or being sent, "
+        f"waiting: {counted(tasks, 'task')} in the broker, "
+        f"{counted(queued, 'delivery')} queued or being sent, "
         f"{facts.waiting.get('deferred', 0)} deferred"
         if facts.queues is not None
-        else f"waiting: {queued} deliveries queued or being sent, "
+        else f"waiting: {counted(queued, 'delivery')} queued or being sent, "
         f"{facts.waiting.get('deferred', 0)} deferred"
     )
     level = max([p.level for p in problems], default=OK)

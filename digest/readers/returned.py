@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
-from digest import store
+from digest import store, words
 from digest.config import Settings
 from digest.errors import InvalidInput, NotFound
 from digest.mail.addresses import mailbox_of
@@ -80,7 +80,9 @@ def act(
     if kind == "soft":
         since = now - timedelta(days=rule.days)
         count = store.count_soft(session, [subscriber.id], since).get(subscriber.id, 0)
-        counted = f"{reason}: soft bounce {count} of {rule.limit} in {rule.days} days"
+        counted = (
+            f"{reason}: soft bounce {count} of {rule.limit} in {words.counted(rule.days, 'day')}"
+        )
         if count < rule.limit or subscriber.status in accounts.LEFT:
             return f"{counted}; {masked} stays {subscriber.status}"
         subscriber = accounts.leave(session, subscriber.id, "bounced", now)

@@ -28,6 +28,7 @@ from digest.mail.transport import Transport
 from digest.readers import accounts
 from digest.store import clicks as click_store
 from digest.store.operators import add_audit
+from digest.words import counted
 
 log = logging.getLogger(__name__)
 AUDIT_NAME = "sunset"
@@ -130,8 +131,8 @@ def end_unanswered(session: Session, settings: Settings, now: datetime) -> int:
                 session,
                 AUDIT_NAME,
                 "unsubscribe-inactive",
-                f"reader {sid}: no click in {settings.sunset_editions} editions and no "
-                f"answer within {settings.sunset_days} days (reason: inactive)",
+                f"reader {sid}: no click in {counted(settings.sunset_editions, 'edition')} and no "
+                f"answer within {counted(settings.sunset_days, 'day')} (reason: inactive)",
                 now,
             )
             ended += 1

@@ -35,6 +35,7 @@ from digest.web.base import (
     utcnow,
 )
 from digest.web.signin_limits import SigninLimits
+from digest.words import noun
 
 __all__ = [
     "EDITION_CSP",
@@ -54,7 +55,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     app.config.update(MAX_CONTENT_LENGTH=64 * 1024)
     app.jinja_env.undefined = StrictUndefined
     app.jinja_env.globals.update(
-        sender_name=settings.from_name, postal_address=settings.postal_address
+        sender_name=settings.from_name, postal_address=settings.postal_address, noun=noun
     )
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)

@@ -21,6 +21,7 @@ from digest.operations import operators
 from digest.web.base import client_key, db, message_page, runtime
 from digest.web.forms import csrf_ok, csrf_token, same_origin
 from digest.web.signin_limits import login_name
+from digest.words import counted
 
 console = Blueprint("console", __name__, url_prefix="/admin")
 SESSION_HOURS = 12
@@ -120,7 +121,7 @@ def _safe_next(target: str | None) -> str:
 
 def _wait_text(seconds: int) -> str:
     if seconds < 90:
-        return f"{seconds} seconds"
+        return counted(seconds, "second")
     return f"{(seconds + 59) // 60} minutes"
 
 

@@ -27,6 +27,7 @@ from digest.web.api.content import article_out
 from digest.web.api.spec import operation
 from digest.web.base import EDITION_CSP, db, runtime
 from digest.web.console.common import hand_off
+from digest.words import noun
 
 log = logging.getLogger(__name__)
 _EDITION = {"edition_id": "$response.body#/edition_id"}
@@ -199,7 +200,10 @@ def retry_edition(edition_id: int, body: s.RetryIn) -> Any:
     store.get_edition(db(), edition_id)
     statuses = sorted(set(body.statuses))
     count, batches = dispatch.retry_edition(db(), rt.settings, edition_id, statuses, rt.clock())
-    audit("retried", f"edition {edition_id}: {count} {'/'.join(statuses)} deliveries")
+    audit(
+        "retried",
+        f"edition {edition_id}: {count} {'/'.join(statuses)} {noun(count, 'delivery')}",
+    )
     db().commit()
     how = hand_off(batches, first=True)
     return s.RetryOut(edition_id=edition_id, requeued=count, sending=how), 202

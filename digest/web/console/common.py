@@ -16,6 +16,7 @@ from digest.operations import operators
 from digest.store.base import MAX_ID
 from digest.web.auth import operator_name
 from digest.web.base import db, runtime
+from digest.words import counted
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +51,12 @@ def hand_off(batches: list[list[int]], *, first: bool = False) -> str:
 
         calls: list[tuple[list[Any], dict[str, Any]]] = [([b], {}) for b in batches]
         ids = enqueue(rt.settings, "digest.send_batch", calls, **send_options(first=first))
-        return f"{len(ids)} send tasks enqueued"
+        return f"{counted(len(ids), 'send task')} enqueued"
     worker = threading.Thread(
         target=send_here, args=(rt.settings, rt.sessions, rt.clock, batches), daemon=True
     )
     worker.start()
-    return f"sending {sum(map(len, batches))} messages from the web process"
+    return f"sending {counted(sum(map(len, batches)), 'message')} from the web process"
 
 
 def send_here(settings: Settings, sessions: Any, clock: Any, batches: list[list[int]]) -> None:

@@ -22,6 +22,7 @@ from digest.store import overview as q
 from digest.web.auth import console, operator_name
 from digest.web.base import DIGITS, EDITION_CSP, db, runtime
 from digest.web.console.common import checked_id, done, hand_off, record_action
+from digest.words import counted, noun
 
 # --- editions --------------------------------------------------------------------------------
 
@@ -93,10 +94,17 @@ def edition_retry(edition_id: int) -> Any:
     rt = runtime()
     edition_id = checked_id(edition_id)
     count, batches = dispatch.retry_edition(db(), rt.settings, edition_id, statuses, rt.clock())
-    record_action("retried", f"edition {edition_id}: {count} {'/'.join(statuses)} deliveries")
+    record_action(
+        "retried",
+        f"edition {edition_id}: {count} {'/'.join(statuses)} {noun(count, 'delivery')}",
+    )
     db().commit()
     how = hand_off(batches, first=True)
-    return done(f"{count} deliveries re-queued; {how}.", "console.edition", edition_id=edition_id)
+    return done(
+        f"{counted(count, 'delivery')} re-queued; {how}.",
+        "console.edition",
+        edition_id=edition_id,
+    )
 
 
 @console.post("/editions/<int:edition_id>/archive/<action>")

@@ -28,6 +28,7 @@ from digest.store.readers_query import ReaderFilter
 from digest.web.auth import console
 from digest.web.base import DIGITS, db, runtime
 from digest.web.console.common import checked_id, done, record_action
+from digest.words import counted
 
 log = logging.getLogger(__name__)
 PAGE_SIZE = 50
@@ -100,7 +101,9 @@ def readers_export() -> Any:
     flt = _filter()
     now = rt.clock()
     count = readers_query.count_readers(session, flt, now)
-    record_action("exported readers", f"{count} readers matching {readers_query.describe(flt)}")
+    record_action(
+        "exported readers", f"{counted(count, 'reader')} matching {readers_query.describe(flt)}"
+    )
     session.commit()
 
     def rows() -> Any:
