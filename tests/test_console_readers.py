@@ -84,6 +84,16 @@ def test_a_bulk_change_confirms_the_count_then_is_one_audit_entry(signed_in, ses
     assert not [e for e in audit(session) if e[1] == "bulk erase"]
 
 
+def test_one_reader_is_one_reader_on_the_page_and_in_the_log(signed_in, session) -> None:
+    token = csrf(signed_in, "/admin/readers")
+    data = {"csrf": token, "q": "r001", "scope": "all", "action": "editions", "value": "evening"}
+    page = signed_in.post("/admin/readers/bulk", data=data).get_data(as_text=True)
+    assert "1 reader?" in page and "1 readers" not in page
+    assert signed_in.get("/admin/readers/export.csv?q=r001").status_code == 200
+    exported = [e[2] for e in audit(session) if e[1] == "exported readers"]
+    assert exported and exported[-1].startswith("1 reader matching"), exported
+
+
 def test_export_is_the_filtered_readers_formula_safe_and_audited(signed_in, session) -> None:
     r = signed_in.get("/admin/readers/export.csv?status=pending&q=r00")
     body = r.get_data(as_text=True)
