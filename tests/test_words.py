@@ -23,3 +23,18 @@ def test_a_count_and_its_noun(count: int, singular: str, want: str) -> None:
 
 def test_an_irregular_plural_is_given() -> None:
     assert noun(2, "index", "indexes") == "indexes" and noun(1, "index", "indexes") == "index"
+
+
+def test_the_re_permission_email_says_1_day_and_1_edition(tmp_path) -> None:
+    """Counts from the settings in a reader's email: DIGEST_SUNSET_DAYS=1 reads "1 day"."""
+    from email import message_from_bytes, policy
+
+    from digest.readers.sunset import compose
+    from tests.conftest import NOW, make_settings
+
+    one = {"DIGEST_SUNSET_DAYS": "1", "DIGEST_SUNSET_EDITIONS": "1"}
+    settings = make_settings(tmp_path, "sqlite://", DIGEST_CLICK_TRACKING="reader", **one)
+    raw, _ = compose(settings, 7, "r@example.com", NOW)
+    text = message_from_bytes(raw, policy=policy.default).get_body(("plain",)).get_content()
+    flat = " ".join(text.split())
+    assert "within 1 day," in flat and "your last 1 edition." in flat, flat

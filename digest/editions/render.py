@@ -24,6 +24,7 @@ from digest.editions.budget import (
     subject_line,
 )
 from digest.mail.addresses import fold_header_text
+from digest.words import noun
 
 # click_reader: reader mode's part of the click links (digest/editions/clicks.py); empty
 # in every rendering anyone may see.
@@ -136,6 +137,8 @@ def environment(templates_dir: Path) -> tuple[Environment, Environment]:
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    for env in (html_env, text_env):
+        env.globals["noun"] = noun
     return html_env, text_env
 
 
