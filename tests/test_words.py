@@ -1,8 +1,12 @@
 """Counts read right wherever digest writes one: "1 reader", "2 readers"."""
 
+from email import message_from_bytes, policy
+
 import pytest
 
+from digest.readers.sunset import compose
 from digest.words import counted, noun
+from tests.conftest import NOW, make_settings
 
 
 @pytest.mark.parametrize(
@@ -27,11 +31,6 @@ def test_an_irregular_plural_is_given() -> None:
 
 def test_the_re_permission_email_says_1_day_and_1_edition(tmp_path) -> None:
     """Counts from the settings in a reader's email: DIGEST_SUNSET_DAYS=1 reads "1 day"."""
-    from email import message_from_bytes, policy
-
-    from digest.readers.sunset import compose
-    from tests.conftest import NOW, make_settings
-
     one = {"DIGEST_SUNSET_DAYS": "1", "DIGEST_SUNSET_EDITIONS": "1"}
     settings = make_settings(tmp_path, "sqlite://", DIGEST_CLICK_TRACKING="reader", **one)
     raw, _ = compose(settings, 7, "r@example.com", NOW)

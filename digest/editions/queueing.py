@@ -20,6 +20,7 @@ from digest.words import counted
 # batches a transaction (a million readers: a hundred short transactions, not one long).
 FIRST_BATCHES = 2
 CHUNK_BATCHES = 20
+QUEUING = "readers being queued"  # an edition's note until queue_more has queued them all
 
 
 def first_chunk_size(settings: Settings) -> int:
@@ -28,9 +29,6 @@ def first_chunk_size(settings: Settings) -> int:
 
 def chunk_size(settings: Settings) -> int:
     return CHUNK_BATCHES * settings.batch_size
-
-
-QUEUING = "readers being queued"  # an edition's note until queue_more has queued them all
 
 
 def queue_more(
